@@ -1,0 +1,42 @@
+# flowring: `make up` starts a local cluster on the embedded default model, `make test` runs the tests.
+# Both create .venv in the repository root and install what is missing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL ?= qwen-coder
+STAGES ?= auto
+DTYPE ?= bfloat16
+PYTEST_ARGS ?=
+
+.PHONY: up down test lint venv clean
+
+venv: $(STAMP)
+
+# torch is pinned first: the local CPU build is taken, and the project's range then installs nothing more.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0 || $(BIN)/python -m pip install --quiet 'torch>=2.11'
+	$(BIN)/python -m pip install --quiet -e '.[dev,gguf]'
+	touch $(STAMP)
+
+up: venv
+	$(BIN)/flowring models pull $(MODEL)
+	$(BIN)/flowring up --model $(MODEL) --stages $(STAGES) --dtype $(DTYPE)
+
+down: venv
+	$(BIN)/flowring down
+
+# pytest exit 5 means "no tests ran": that must fail, not pass silently.
+test: venv
+	$(BIN)/flowring models pull smollm2
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: venv
+	$(BIN)/ruff check common services tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""Building draft trees with a draft model (EAGLE-2 style top-k expansion, score-ordered output).
+
+The draft model keeps a KV cache over the committed context (prompt and every output token, the
+current root included). A draft grows level by level from the root: the ``top_k`` best children of
+every frontier node are candidates with cumulative log-probability scores; the ``top_k`` best
+candidates form the next frontier. The ``nodes`` best candidates overall, ancestor-closed, ordered by
+score (ties by creation order) form the tree, so parents precede children and the likeliest nodes
+are streamed first. The draft is deterministic; sampling happens only at verification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from common.modeling import KVCache, ModelSlice, causal_attend
+from common.tree import DraftTree
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    nodes: int  # draft nodes below the root
+    depth: int  # levels below the root
+    top_k: int
+
+
+class TreeDrafter:
+    """A draft model with its context cache; ``draft`` never changes the committed context."""
+
+    def __init__(self, model: ModelSlice) -> None:
+        assert model.with_embedding and model.with_head, "the draft model must be whole"
+        self._model = model
+        self._cache: KVCache = model.new_cache()
+        self._root_logits: torch.Tensor | None = None  # [vocab] at the last committed token
+
+    @property
+    def context_length(self) -> int:
+        return self._cache.length
+
+    def reset(self) -> None:
+        self._cache.reset()
+        self._root_logits = None
+
+    @torch.no_grad()
+    def extend_context(self, tokens: Sequence[int], chunk: int = 64) -> None:
+        """Append committed tokens to the draft cache (prefill and accepted tokens)."""
+        for start in range(0, len(tokens), chunk):
+            ids = torch.tensor(tokens[start : start + chunk], dtype=torch.long)
+            past = self._cache.length
+            positions = torch.arange(past, past + len(ids))
+            hidden = self._model(ids, positions, causal_attend(past, len(ids)), self._cache)
+            self._root_logits = self._model.logits(hidden[-1:])[0]
+
+    @torch.no_grad()
+    def draft(self, root: int, shape: TreeShape) -> DraftTree:
+        """A tree rooted at ``root``, which must be the last token of the committed context."""
+        assert self._root_logits is not None and shape.nodes >= 1 and shape.depth >= 1 and shape.top_k >= 1
+        committed = self._cache.length
+        root_pos = committed - 1
+        k = shape.top_k
+        # Candidate pool: creation order breaks score ties, so a parent always sorts before its child.
+        pool_tokens, pool_parents, pool_scores = [root], [-1], [0.0]
+        cache_row = {0: root_pos}  # pool index -> draft cache row, for expanded nodes
+        logp = torch.log_softmax(self._root_logits.float(), dim=-1)
+        top = torch.topk(logp, min(k, logp.numel()))
+        frontier = []
+        for score, token in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            frontier.append(len(pool_tokens))
+            pool_tokens.append(token)
+            pool_parents.append(0)
+            pool_scores.append(score)
+        try:
+            for level in range(1, shape.depth):
+                logp = self._expand(frontier, pool_parents, cache_row, committed, root_pos + level, pool_tokens)
+                top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)  # [F, k]
+                candidates = []
+                for f, (values, tokens) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
+                    parent = frontier[f]
+                    for value, token in zip(values, tokens, strict=True):
+                        candidates.append(len(pool_tokens))
+                        pool_tokens.append(token)
+                        pool_parents.append(parent)
+                        pool_scores.append(pool_scores[parent] + value)
+                candidates.sort(key=lambda i: (-pool_scores[i], i))
+                frontier = candidates[:k]
+        finally:
+            self._cache.truncate(committed)
+        return _select(pool_tokens, pool_parents, pool_scores, shape.nodes)
+
+    def _expand(
+        self,
+        frontier: list[int],
+        parents: list[int],
+        cache_row: dict[int, int],
+        committed: int,
+        position: int,
+        tokens: list[int],
+    ) -> torch.Tensor:
+        """Run the frontier through the draft model; returns log-probabilities [F, vocab]."""
+        past = self._cache.length
+        n = len(frontier)
+        attend = torch.zeros(n, past + n, dtype=torch.bool)
+        attend[:, :committed] = True
+        for r, node in enumerate(frontier):
+            attend[r, past + r] = True
+            ancestor = parents[node]
+            while ancestor > 0:  # the root's row lies inside the committed context
+                attend[r, cache_row[ancestor]] = True
+                ancestor = parents[ancestor]
+            cache_row[node] = past + r
+        ids = torch.tensor([tokens[i] for i in frontier], dtype=torch.long)
+        positions = torch.full((n,), position, dtype=torch.long)
+        hidden = self._model(ids, positions, attend, self._cache)
+        return torch.log_softmax(self._model.logits(hidden), dim=-1)
+
+
+def _select(tokens: list[int], parents: list[int], scores: list[float], nodes: int) -> DraftTree:
+    """The ``nodes`` best-scoring candidates whose ancestors are all selected, in score order."""
+    order = sorted(range(1, len(tokens)), key=lambda i: (-scores[i], i))
+    index = {0: 0}
+    out_tokens, out_parents, out_scores = [tokens[0]], [-1], [0.0]
+    for i in order:
+        if len(out_tokens) > nodes:
+            break
+        if parents[i] not in index:
+            continue  # a tie at the cut-off left its parent out
+        index[i] = len(out_tokens)
+        out_tokens.append(tokens[i])
+        out_parents.append(index[parents[i]])
+        out_scores.append(scores[i])
+    return DraftTree(tuple(out_tokens), tuple(out_parents), tuple(out_scores))

@@ -1,0 +1,88 @@
+"""Order checks and epoch bookkeeping shared by every service.
+
+Commands from the scheduler carry a per-service sequence number; segments carry a per-request
+sequence number that every ring hop preserves. A gap, a repeat or a step backwards is reported as
+an :class:`OrderError`, never applied. Prune events are applied strictly in epoch order; the
+:class:`PruneLog` keeps the recent ones so a segment tagged with an older epoch is brought forward.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from common.protocol import Message, ProtocolError, Prune
+from common.tree import RemappedRows, remap_rows
+
+
+class OrderError(ProtocolError):
+    """A lost, duplicated or reordered message: the state it would touch is left unchanged."""
+
+
+class SequenceCheck:
+    """Expects 0, 1, 2, ... from one stream."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.expected = 0
+
+    def check(self, seq: int) -> None:
+        if seq != self.expected:
+            kind = "duplicated or reordered" if seq < self.expected else "lost"
+            raise OrderError(f"{self._what}: got #{seq}, expected #{self.expected} ({kind} message)")
+        self.expected += 1
+
+
+class PruneLog:
+    """The epoch and round reached by one request, and the recent prune events that led there."""
+
+    KEEP_EVENTS = 256  # far more than segments in flight; an older segment is an error
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.round = 0
+        self._events: dict[int, Prune] = {}
+
+    def record(self, event: Prune) -> None:
+        if event.epoch != self.epoch + 1:
+            raise OrderError(f"prune event for epoch {event.epoch} while at epoch {self.epoch}")
+        self._events[event.epoch] = event
+        self._events.pop(event.epoch - self.KEEP_EVENTS, None)
+        self.epoch = event.epoch
+        self.round = event.round
+
+    def bring_forward(self, epoch: int, first: int, parents: Sequence[int]) -> RemappedRows:
+        """Rows of a segment in numbering ``epoch`` as they stand now (``epoch <= self.epoch``)."""
+        assert epoch <= self.epoch, "a segment from the future must wait for its events"
+        rows = tuple(range(len(parents)))
+        current = RemappedRows(rows, first, tuple(parents))
+        for e in range(epoch + 1, self.epoch + 1):
+            event = self._events.get(e)
+            if event is None:
+                raise OrderError(f"segment of epoch {epoch} is older than the prune log")
+            step = remap_rows(current.first, current.parents, event.keep)
+            current = RemappedRows(tuple(current.rows[r] for r in step.rows), step.first, step.parents)
+            if not current.rows:
+                break
+        return current
+
+
+class EarlyMessages:
+    """Messages that reached a service before the StartRequest of their request (links race).
+
+    They are held, in arrival order, and replayed when that request starts; holding is bounded, and
+    whatever belongs to another request (an ended one) is discarded at the next start.
+    """
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._held: deque[Message] = deque(maxlen=self.LIMIT)
+
+    def hold(self, msg: Message) -> None:
+        self._held.append(msg)
+
+    def release(self, request_id: str) -> list[Message]:
+        mine = [m for m in self._held if getattr(m, "request_id", None) == request_id]
+        self._held.clear()
+        return mine

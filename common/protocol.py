@@ -1,0 +1,360 @@
+"""Wire messages of the flowring ring and their one codec.
+
+Every message is a frozen dataclass tagged by ``KIND``. On the wire a message is a multipart ZeroMQ
+message: frame 0 is a msgpack header ``{"v": version, "kind": tag, "f": fields, "t": tensor specs}``,
+frames 1.. are the raw bytes of the tensor fields (dtype by name, shape in the header), sent without
+copies. A wrong version, an unknown tag or a malformed frame is a :class:`ProtocolError`.
+
+Vocabulary (FlowSpec): a *draft tree* is rooted at the last sampled token; its nodes are numbered in
+score order so every parent precedes its children. A *segment* is a contiguous range of tree nodes
+streamed through the ring. A *prune event* retires the verified segment: the *accepted* path becomes
+committed context, the next token's subtree is *kept* and renumbered, everything else is dropped.
+Each prune event raises the request's *epoch*; a segment is tagged with the epoch whose numbering its
+node indices use, so every receiver can bring it up to date without a global barrier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+import torch
+
+PROTOCOL_VERSION = 1
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be decoded into a known message of this protocol version."""
+
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+# ---------------------------------------------------------------------------------------------- ring data
+@dataclass(frozen=True)
+class Segment:
+    """Rows travelling the ring drafter -> stage 1 -> ... -> stage N -> verifier.
+
+    ``phase`` "prefill": prompt rows at absolute positions, appended to committed context (causal).
+    ``phase`` "tree": draft-tree nodes ``first .. first+len-1`` in the numbering of ``epoch``;
+    ``parents[i]`` is a tree index (-1: the node is the root, attached to committed context).
+    Zero rows is an EMPTY bubble: it keeps one message per slot so sequence numbers stay dense.
+    ``hidden`` is absent on the drafter's output (stage 1 embeds ``tokens``).
+    """
+
+    KIND: ClassVar[str] = "segment"
+    request_id: str
+    round: int
+    epoch: int
+    seq: int
+    phase: str
+    first: int
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    positions: tuple[int, ...]
+    last_prefill: bool = False
+    hidden: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        if self.phase not in ("prefill", "tree"):
+            raise ProtocolError(f"segment phase {self.phase!r} is neither 'prefill' nor 'tree'")
+        if len(self.positions) != n or (self.phase == "tree" and len(self.parents) != n):
+            raise ProtocolError("segment tokens, parents and positions disagree in length")
+        if self.hidden is not None and (self.hidden.dim() != 2 or self.hidden.shape[0] != n):
+            raise ProtocolError(f"segment hidden shape {tuple(self.hidden.shape)} does not match {n} rows")
+
+    @property
+    def rows(self) -> int:
+        return len(self.tokens)
+
+
+# ------------------------------------------------------------------------------------ scheduler commands
+@dataclass(frozen=True)
+class DraftSettings:
+    """Tree shape: the fill tree of a new round and each expansion."""
+
+    top_k: int = 4
+    fill_nodes: int = 24
+    fill_depth: int = 5
+    fill_segments: int = 0  # 0: one per pipeline hop (stages + verifier)
+    segment_cap: int = 16
+    expand_nodes: int = 12
+    expand_depth: int = 4
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """Begin a request: every service resets its per-request state."""
+
+    KIND: ClassVar[str] = "start"
+    request_id: str
+    cmd_seq: int
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 0.0
+    seed: int = 0
+    draft: DraftSettings = field(default_factory=DraftSettings)
+    prefill_chunk: int = 64
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Prune event number ``epoch``: applies to tree numbering ``epoch - 1``.
+
+    ``accepted``: the verified path (root first), now committed context. ``keep``: the next token's
+    node and its descendants, ascending; node ``keep[i]`` becomes node ``i``. Empty ``keep`` ends the
+    round (the next token is not in the tree): the next round starts from ``next_token``.
+    ``new_tokens``: output tokens this event adds (accepted after the root, then ``next_token``).
+    """
+
+    KIND: ClassVar[str] = "prune"
+    request_id: str
+    cmd_seq: int
+    epoch: int
+    round: int
+    accepted: tuple[int, ...]
+    keep: tuple[int, ...]
+    new_tokens: tuple[int, ...]
+    next_token: int
+
+    @property
+    def ends_round(self) -> bool:
+        return not self.keep
+
+
+@dataclass(frozen=True)
+class Expand:
+    """Tell the drafter a slot in the ring is free: send the next segment (a fill after a new round)."""
+
+    KIND: ClassVar[str] = "expand"
+    request_id: str
+    cmd_seq: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class EndRequest:
+    KIND: ClassVar[str] = "end"
+    request_id: str
+    cmd_seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    KIND: ClassVar[str] = "shutdown"
+    cmd_seq: int
+
+
+# ----------------------------------------------------------------------------------- reports to scheduler
+@dataclass(frozen=True)
+class Verdict:
+    """The verifier's decision on one segment.
+
+    kind "prefill": ``next_token`` is the first output token. kind "tree": ``accepted`` is the path of
+    tree indices (numbering ``epoch``) that matched the base model, root first, and ``next_token`` the
+    token the base model emits after it. kind "noop": the segment was pruned empty on its way.
+    """
+
+    KIND: ClassVar[str] = "verdict"
+    request_id: str
+    seq: int
+    epoch: int
+    round: int
+    kind: str
+    accepted: tuple[int, ...] = ()
+    accepted_tokens: tuple[int, ...] = ()
+    next_token: int = -1
+    rows: int = 0
+
+
+@dataclass(frozen=True)
+class DraftReport:
+    """Nodes the drafter appended to the tree (numbering ``epoch``) in answer to one Expand."""
+
+    KIND: ClassVar[str] = "draft_report"
+    request_id: str
+    epoch: int
+    first: int
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    segments_sent: int
+    draft_ms: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    KIND: ClassVar[str] = "ready"
+    service: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A service could not handle a message; the scheduler fails the request with this reason."""
+
+    KIND: ClassVar[str] = "fault"
+    service: str
+    request_id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """Per-request busy time of one service, sent when the request ends."""
+
+    KIND: ClassVar[str] = "stage_stats"
+    service: str
+    request_id: str
+    busy_ms: float
+    forwards: int
+    rows: int
+
+
+# ------------------------------------------------------------------------------------------ client API
+@dataclass(frozen=True)
+class GenerateRequest:
+    KIND: ClassVar[str] = "generate"
+    prompt: str
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    seed: int = 0
+    raw: bool = False
+    prompt_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerateReply:
+    KIND: ClassVar[str] = "generate_reply"
+    ok: bool
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    KIND: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    KIND: ClassVar[str] = "status_reply"
+    ready: bool
+    services: dict[str, Any] = field(default_factory=dict)
+    busy: bool = False
+
+
+Message = (
+    Segment | StartRequest | Prune | Expand | EndRequest | Shutdown | Verdict | DraftReport | Ready | Fault
+    | StageStats | GenerateRequest | GenerateReply | StatusRequest | StatusReply
+)
+_TYPES: dict[str, type] = {
+    t.KIND: t
+    for t in (
+        Segment, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Fault,
+        StageStats, GenerateRequest, GenerateReply, StatusRequest, StatusReply,
+    )
+}
+_NESTED: dict[str, type] = {"draft": DraftSettings}
+
+
+def _tensor_frame(t: torch.Tensor) -> memoryview:
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    # bfloat16 has no numpy dtype: ship its bytes; the header keeps the real dtype name.
+    return memoryview(t.view(torch.uint8).numpy() if t.dtype == torch.bfloat16 else t.numpy()).cast("B")
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """Message -> multipart frames (header first, then one raw frame per tensor field)."""
+    fields: dict[str, Any] = {}
+    specs: list[list[Any]] = []
+    frames: list[bytes | memoryview] = []
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, torch.Tensor):
+            if value.dtype not in _DTYPE_NAMES:
+                raise ProtocolError(f"cannot send tensor of dtype {value.dtype}")
+            specs.append([f.name, _DTYPE_NAMES[value.dtype], list(value.shape)])
+            frames.append(_tensor_frame(value))
+        elif dataclasses.is_dataclass(value):
+            fields[f.name] = dataclasses.asdict(value)
+        else:
+            fields[f.name] = value
+    header = msgpack.packb({"v": PROTOCOL_VERSION, "kind": msg.KIND, "f": fields, "t": specs})
+    return [header, *frames]
+
+
+def decode(frames: list[Any]) -> Message:
+    """Multipart frames -> message; any malformation is a ProtocolError, never another exception."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        header = msgpack.unpackb(_as_bytes(frames[0]))
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"undecodable header: {exc}") from exc
+    if not isinstance(header, dict) or header.get("v") != PROTOCOL_VERSION:
+        got = header.get("v") if isinstance(header, dict) else None
+        raise ProtocolError(f"protocol version {got!r}, this service speaks {PROTOCOL_VERSION}")
+    cls = _TYPES.get(header.get("kind"))
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {header.get('kind')!r}")
+    fields = dict(header.get("f") or {})
+    specs = header.get("t") or []
+    if len(specs) != len(frames) - 1:
+        raise ProtocolError(f"{cls.KIND}: {len(specs)} tensor specs but {len(frames) - 1} frames")
+    try:
+        for (name, dtype_name, shape), frame in zip(specs, frames[1:], strict=True):
+            fields[name] = _tensor_from_frame(frame, dtype_name, shape)
+        for name, nested in _NESTED.items():
+            if isinstance(fields.get(name), dict):
+                fields[name] = nested(**fields[name])
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in list(fields.items()):
+            if name not in names:
+                raise ProtocolError(f"{cls.KIND}: unexpected field {name!r}")
+            if isinstance(value, list):
+                fields[name] = tuple(value)
+        return cls(**fields)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ProtocolError(f"{cls.KIND}: malformed fields: {exc}") from exc
+
+
+def _as_bytes(frame: Any) -> bytes | memoryview:
+    return frame.buffer if hasattr(frame, "buffer") else frame
+
+
+def _tensor_from_frame(frame: Any, dtype_name: str, shape: list[int]) -> torch.Tensor:
+    dtype = _DTYPES.get(dtype_name)
+    if dtype is None:
+        raise ProtocolError(f"unknown tensor dtype {dtype_name!r}")
+    buf = _as_bytes(frame)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    expected = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+    if raw.size != expected:
+        raise ProtocolError(f"tensor frame of {raw.size} bytes, expected {expected} for {dtype_name}{shape}")
+    if raw.size == 0:
+        return torch.empty(shape, dtype=dtype)
+    # Zero-copy view of the received frame. The frame is read-only; receivers never write into a
+    # received tensor (they index-select rows or run a forward that allocates), so that is safe.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)

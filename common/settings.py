@@ -1,0 +1,93 @@
+"""Cluster layout and per-service settings: frozen, JSON round-trippable, built at the CLI edge."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.protocol import DraftSettings
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one service runs and the ports it binds (0: the service binds none of that kind)."""
+
+    name: str
+    host: str = "127.0.0.1"
+    data_port: int = 0  # ring input (stages, verifier)
+    cmd_port: int = 0  # scheduler commands (ring services)
+    report_port: int = 0  # scheduler only: reports from every service
+    client_port: int = 0  # scheduler only: client requests
+    layers: tuple[int, int] = (0, 0)  # stages only
+    cpus: str = ""  # optional taskset CPU list, e.g. "0-3"
+
+    def endpoint(self, port: int) -> str:
+        return f"tcp://{self.host}:{port}"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    poll_interval_s: float = 1.0  # every receive waits at most this long, then the loop checks in
+    request_timeout_s: float = 600.0  # a request still running after this fails with a clear error
+    ready_timeout_s: float = 600.0  # `flowring up` gives the services this long to load
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    base: str  # resolved local Hugging Face folder
+    draft: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int = 0  # torch threads per service; 0 = torch's default
+    drafter: Placement = field(default_factory=lambda: Placement("drafter"))
+    stages: tuple[Placement, ...] = ()
+    verifier: Placement = field(default_factory=lambda: Placement("verifier"))
+    scheduler: Placement = field(default_factory=lambda: Placement("scheduler"))
+    draft_settings: DraftSettings = field(default_factory=DraftSettings)
+    prefill_chunk: int = 64
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    @property
+    def ring(self) -> list[Placement]:
+        """Services on the data path, in ring order."""
+        return [self.drafter, *self.stages, self.verifier]
+
+    def placement(self, name: str) -> Placement:
+        for p in (*self.ring, self.scheduler):
+            if p.name == name:
+                return p
+        raise KeyError(f"no service named {name!r} in this cluster")
+
+    def successor(self, name: str) -> Placement | None:
+        ring = self.ring
+        names = [p.name for p in ring]
+        i = names.index(name)
+        return ring[i + 1] if i + 1 < len(ring) else None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterSpec:
+        raw = json.loads(text)
+
+        def place(d: dict[str, Any]) -> Placement:
+            return Placement(**{**d, "layers": tuple(d.get("layers", (0, 0)))})
+
+        return cls(
+            **{k: v for k, v in raw.items() if k not in ("drafter", "stages", "verifier", "scheduler",
+                                                         "draft_settings", "timeouts")},
+            drafter=place(raw["drafter"]),
+            stages=tuple(place(s) for s in raw["stages"]),
+            verifier=place(raw["verifier"]),
+            scheduler=place(raw["scheduler"]),
+            draft_settings=DraftSettings(**raw["draft_settings"]),
+            timeouts=Timeouts(**raw["timeouts"]),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterSpec:
+        return cls.from_json(path.read_text())

@@ -1,0 +1,209 @@
+"""Starting and stopping a local cluster: one background process per service, on loopback.
+
+The run folder holds ``cluster.json`` (every service's settings), ``pids.json`` and ``logs/NAME.log``
+(each service's JSON log lines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.modeling import load_model_spec
+from common.partition import even_split
+from common.protocol import DraftSettings
+from common.settings import ClusterSpec, Placement, Timeouts
+from services.client import Client, ClusterUnavailable
+
+
+class LaunchError(RuntimeError):
+    """The cluster could not be started or stopped; the message says why in one line."""
+
+
+def default_run_dir() -> Path:
+    home = Path(os.environ.get("FLOWRING_HOME", Path.home() / ".cache" / "flowring"))
+    return home / "run"
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """Ports the OS reports free right now (bound and released, so a race is possible but rare)."""
+    socks, ports = [], []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((host, 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def plan_local(
+    base: Path,
+    draft: Path,
+    stages: int,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    threads: int = 0,
+    host: str = "127.0.0.1",
+    draft_settings: DraftSettings | None = None,
+    layer_ranges: list[tuple[int, int]] | None = None,
+    timeouts: Timeouts | None = None,
+) -> ClusterSpec:
+    """Every service on ``host`` with freshly chosen ports; layers split evenly unless given."""
+    layers = load_model_spec(base).num_layers
+    ranges = layer_ranges or even_split(layers, stages)
+    if len(ranges) != stages or ranges[0][0] != 0 or ranges[-1][1] != layers or any(
+        a[1] != b[0] for a, b in zip(ranges, ranges[1:], strict=False)
+    ):
+        raise LaunchError(f"layer ranges {ranges} do not cover the base model's {layers} layers in order")
+    ports = iter(free_ports(host, 2 * stages + 5))
+    return ClusterSpec(
+        base=str(base), draft=str(draft), dtype=dtype, device=device, threads=threads,
+        drafter=Placement("drafter", host, cmd_port=next(ports)),
+        stages=tuple(
+            Placement(f"stage-{i + 1}", host, data_port=next(ports), cmd_port=next(ports), layers=r)
+            for i, r in enumerate(ranges)
+        ),
+        verifier=Placement("verifier", host, data_port=next(ports), cmd_port=next(ports)),
+        scheduler=Placement("scheduler", host, report_port=next(ports), client_port=next(ports)),
+        draft_settings=draft_settings or DraftSettings(),
+        timeouts=timeouts or Timeouts(),
+    )
+
+
+def client_for(spec: ClusterSpec, timeout_s: float | None = None) -> Client:
+    s = spec.scheduler
+    return Client(s.endpoint(s.client_port), timeout_s or spec.timeouts.request_timeout_s)
+
+
+def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
+    """Spawn every service in the background and return once the scheduler reports all ready."""
+    if (run_dir / "pids.json").exists() and _alive(_read_pids(run_dir)):
+        raise LaunchError(f"a cluster is already running from {run_dir}: run `flowring down` first")
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (run_dir / "cluster.json").write_text(spec.to_json())
+    pids: dict[str, int] = {}
+    for place in (spec.scheduler, *spec.ring):
+        cmd = [sys.executable, "-m", "services.run", "--cluster", str(run_dir / "cluster.json"),
+               "--service", place.name, "--log-level", log_level]
+        if place.cpus:
+            cmd = ["taskset", "-c", place.cpus, *cmd]
+        with open(logs / f"{place.name}.log", "ab") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=_project_root())
+        pids[place.name] = proc.pid
+    (run_dir / "pids.json").write_text(json.dumps(pids))
+    try:
+        wait_ready(spec, run_dir, pids)
+    except LaunchError:
+        stop(run_dir)
+        raise
+
+
+def wait_ready(spec: ClusterSpec, run_dir: Path, pids: dict[str, int]) -> None:
+    deadline = time.monotonic() + spec.timeouts.ready_timeout_s
+    with client_for(spec) as client:
+        while time.monotonic() < deadline:
+            dead = [name for name, pid in pids.items() if not _alive({name: pid})]
+            if dead:
+                raise LaunchError(f"{dead[0]} exited while starting: {_last_error(run_dir / 'logs' / f'{dead[0]}.log')}")
+            try:
+                if client.status(timeout_s=2.0).ready:
+                    return
+            except ClusterUnavailable:
+                pass
+            time.sleep(0.2)
+    raise LaunchError(f"services not ready after {spec.timeouts.ready_timeout_s:.0f} s; see {run_dir / 'logs'}")
+
+
+def stop(run_dir: Path, grace_s: float = 10.0) -> list[str]:
+    """Ask the cluster to shut down, then terminate whatever is left. Returns the services stopped."""
+    pids = _read_pids(run_dir)
+    if not pids:
+        return []
+    cluster = run_dir / "cluster.json"
+    if cluster.exists():
+        try:
+            with client_for(ClusterSpec.load(cluster), 2.0) as client:
+                client.shutdown(timeout_s=2.0)
+        except (ClusterUnavailable, OSError, ValueError):
+            pass  # already gone or never came up: signals below finish the job
+    deadline = time.monotonic() + grace_s
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids.values():
+            _signal_group(pid, sig)
+        end = time.monotonic() + 3.0
+        while _alive(pids) and time.monotonic() < end:
+            time.sleep(0.1)
+    if _alive(pids):
+        raise LaunchError(f"processes {sorted(pids.values())} would not stop")
+    (run_dir / "pids.json").unlink(missing_ok=True)
+    return sorted(pids)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+        os.killpg(pid, sig)
+
+
+def _read_pids(run_dir: Path) -> dict[str, int]:
+    path = run_dir / "pids.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _alive(pids: dict[str, int]) -> bool:
+    for pid in pids.values():
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            waited = 0  # not our child (another `flowring` process started it)
+        if waited == pid:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        if _is_zombie(pid):
+            continue
+        return True
+    return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("error", "critical") or "exception" in entry:
+            return str(entry.get("error") or entry.get("event"))
+    return lines[-1][-300:] if lines else "no output"
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+

@@ -1,0 +1,92 @@
+"""The I/O shell every ring service runs: poll with a timeout, decode, hand to the core, send.
+
+Cores are state machines (``handle(message) -> [(destination, message)]``); this loop owns the
+sockets and the logging. A malformed frame is logged and dropped. An order or protocol violation
+(lost, duplicated or reordered message) fails the request it concerns with a Fault to the
+scheduler and leaves the service ready for the next request: it never crashes the service.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+import zmq
+
+from common.protocol import EndRequest, Fault, Message, ProtocolError, Ready, Segment, Shutdown, StartRequest
+from common.transport import recv, send
+
+log = structlog.get_logger()
+
+
+class Core(Protocol):
+    name: str
+
+    def handle(self, msg: Message) -> list[tuple[str, Message]]: ...
+
+
+@dataclass
+class ServiceSockets:
+    inputs: list[zmq.Socket]  # PULL sockets: ring input and/or commands
+    routes: dict[str, zmq.Socket]  # destination name -> PUSH socket ("next", "scheduler")
+
+
+def serve(
+    core: Core,
+    sockets: ServiceSockets,
+    *,
+    poll_interval_s: float,
+    drop_request: Callable[[], None],
+    after_send: Callable[[], None] | None = None,
+) -> None:
+    """Run until a Shutdown command arrives."""
+    structlog.contextvars.bind_contextvars(service=core.name)
+    send(sockets.routes["scheduler"], Ready(core.name, os.getpid()))
+    log.info("service_ready", pid=os.getpid())
+    poller = zmq.Poller()
+    for sock in sockets.inputs:
+        poller.register(sock, zmq.POLLIN)
+    while True:
+        events = dict(poller.poll(int(poll_interval_s * 1000)))
+        if not events:
+            continue  # the timeout is the loop's chance to notice a Shutdown or a signal
+        for sock in sockets.inputs:
+            if sock not in events:
+                continue
+            try:
+                msg = recv(sock)
+            except ProtocolError as exc:
+                log.warning("bad_message_dropped", error=str(exc))
+                continue
+            if isinstance(msg, Shutdown):
+                log.info("service_shutdown")
+                return
+            _handle(core, msg, sockets, drop_request)
+            if after_send is not None:
+                after_send()
+
+
+def _handle(core: Core, msg: Message, sockets: ServiceSockets, drop_request: Callable[[], None]) -> None:
+    request_id = getattr(msg, "request_id", "")
+    started = time.perf_counter()
+    try:
+        outs = core.handle(msg)
+    except ProtocolError as exc:
+        log.error("request_failed", request_id=request_id, kind=msg.KIND, error=str(exc))
+        drop_request()
+        send(sockets.routes["scheduler"], Fault(core.name, request_id, str(exc)))
+        return
+    for dest, out in outs:
+        send(sockets.routes[dest], out)
+    if isinstance(msg, StartRequest | EndRequest):
+        log.info(msg.KIND, request_id=request_id)
+    else:
+        log.debug(
+            "handled", request_id=request_id, kind=msg.KIND, epoch=getattr(msg, "epoch", None),
+            seq=getattr(msg, "seq", None), rows=msg.rows if isinstance(msg, Segment) else None,
+            sent=len(outs), ms=round((time.perf_counter() - started) * 1e3, 2),
+        )

@@ -1,0 +1,147 @@
+"""A pipeline stage: one slice of the base model's layers and its KV cache, as a state machine.
+
+KV layout per request: ``[committed context : committed][tree nodes 0 .. tree_rows-1]``. Segments
+arrive in tree-index order and prune events are applied in epoch order, so the tree region always
+holds nodes ``0 .. tree_rows-1`` of the current numbering. A segment waits only for the prune events
+of its own epoch (the drafter had applied them before drafting it), never for a global step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from common.modeling import KVCache, ModelSlice, causal_attend
+from common.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
+from common.protocol import EndRequest, Message, Prune, Segment, StageStats, StartRequest
+
+Outbound = tuple[str, Message]  # (destination, message): "next" is the ring successor
+
+
+@dataclass
+class _Request:
+    request_id: str
+    cache: KVCache
+    log: PruneLog = field(default_factory=PruneLog)
+    segments: SequenceCheck = field(default_factory=lambda: SequenceCheck("segment"))
+    committed: int = 0
+    ancestors: list[frozenset[int]] = field(default_factory=list)  # of cached tree nodes
+    waiting: deque[Segment] = field(default_factory=deque)
+    busy_s: float = 0.0
+    forwards: int = 0
+    rows: int = 0
+
+    @property
+    def tree_rows(self) -> int:
+        return len(self.ancestors)
+
+
+class StageCore:
+    def __init__(self, name: str, model: ModelSlice) -> None:
+        self.name = name
+        self._model = model
+        self._request: _Request | None = None
+        self._early = EarlyMessages()
+        self._cache: KVCache | None = None  # reused across requests: no reallocation per request
+
+    @property
+    def request(self) -> _Request | None:
+        return self._request
+
+    def drop_request(self) -> None:
+        """Forget the current request after a fault; the next StartRequest begins afresh."""
+        self._request = None
+
+    def handle(self, msg: Message) -> list[Outbound]:
+        if isinstance(msg, StartRequest):
+            self._cache = self._cache or self._model.new_cache()
+            self._cache.reset()
+            self._request = _Request(msg.request_id, self._cache)
+            return [out for early in self._early.release(msg.request_id) for out in self.handle(early)]
+        req = self._request
+        if req is None or getattr(msg, "request_id", None) != req.request_id:
+            self._early.hold(msg)
+            return []  # a message of a finished request still in flight
+        if isinstance(msg, EndRequest):
+            self._request = None
+            stats = StageStats(self.name, req.request_id, req.busy_s * 1e3, req.forwards, req.rows)
+            return [("scheduler", stats)]
+        if isinstance(msg, Prune):
+            self._apply_prune(req, msg)
+        elif isinstance(msg, Segment):
+            req.segments.check(msg.seq)
+            req.waiting.append(msg)
+        else:
+            raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
+        out: list[Outbound] = []
+        while req.waiting and req.waiting[0].epoch <= req.log.epoch:
+            out.append(("next", self._process(req, req.waiting.popleft())))
+        return out
+
+    def _apply_prune(self, req: _Request, event: Prune) -> None:
+        req.log.record(event)
+        in_cache = [k for k in event.keep if k < req.tree_rows]
+        if any(a >= req.tree_rows for a in event.accepted):
+            raise OrderError(f"prune epoch {event.epoch} accepts nodes this stage has not computed")
+        g = req.committed
+        rows = list(range(g)) + [g + a for a in event.accepted] + [g + k for k in in_cache]
+        req.cache.keep(torch.tensor(rows, dtype=torch.long))
+        mapping = {old: new for new, old in enumerate(in_cache)}
+        req.ancestors = [frozenset(mapping[j] for j in req.ancestors[k] if j in mapping) for k in in_cache]
+        req.committed = g + len(event.accepted)
+
+    def _process(self, req: _Request, seg: Segment) -> Segment:
+        started = time.perf_counter()
+        out = self._prefill(req, seg) if seg.phase == "prefill" else self._tree(req, seg)
+        req.busy_s += time.perf_counter() - started
+        return out
+
+    def _prefill(self, req: _Request, seg: Segment) -> Segment:
+        if req.tree_rows or req.cache.length != seg.first:
+            raise OrderError(f"prefill rows at {seg.first} but the cache holds {req.cache.length}")
+        inputs = self._inputs(seg, list(range(seg.rows)))
+        positions = torch.tensor(seg.positions, dtype=torch.long)
+        hidden = self._model(inputs, positions, causal_attend(req.cache.length, seg.rows), req.cache)
+        req.committed = req.cache.length
+        req.forwards += 1
+        req.rows += seg.rows
+        return replace(seg, epoch=req.log.epoch, hidden=hidden)
+
+    def _tree(self, req: _Request, seg: Segment) -> Segment:
+        now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
+        if not now.rows:
+            return replace(seg, epoch=req.log.epoch, first=0, tokens=(), parents=(), positions=(), hidden=None)
+        if now.first != req.tree_rows:
+            raise OrderError(f"segment starts at node {now.first}, this stage holds {req.tree_rows} tree nodes")
+        rows = list(now.rows)
+        n = len(rows)
+        g, t = req.committed, req.tree_rows
+        for r, parent in enumerate(now.parents):
+            req.ancestors.append((req.ancestors[parent] if parent >= 0 else frozenset()) | {t + r})
+        attend = torch.zeros(n, g + t + n, dtype=torch.bool)
+        attend[:, :g] = True
+        for r in range(n):
+            attend[r, [g + j for j in req.ancestors[t + r]]] = True
+        positions = torch.tensor([seg.positions[r] for r in rows], dtype=torch.long)
+        hidden = self._model(self._inputs(seg, rows), positions, attend, req.cache)
+        req.forwards += 1
+        req.rows += n
+        return replace(
+            seg,
+            epoch=req.log.epoch,
+            first=now.first,
+            tokens=tuple(seg.tokens[r] for r in rows),
+            parents=now.parents,
+            positions=tuple(seg.positions[r] for r in rows),
+            hidden=hidden,
+        )
+
+    def _inputs(self, seg: Segment, rows: list[int]) -> torch.Tensor:
+        if self._model.with_embedding:
+            return torch.tensor([seg.tokens[r] for r in rows], dtype=torch.long)
+        if seg.hidden is None:
+            raise OrderError(f"{self.name} needs hidden states but the segment carries none")
+        return seg.hidden if len(rows) == seg.rows else seg.hidden[rows]

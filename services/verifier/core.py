@@ -1,0 +1,126 @@
+"""The verifier: the base model's final norm and lm_head, and the acceptance decision.
+
+Logits are computed as soon as a segment arrives (the costly part, overlapping the drafter's
+expansion); the decision waits only for the prune event that the previous verdict caused, so that
+the segment's nodes are numbered as the scheduler's tree is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from common.modeling import ModelSlice
+from common.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
+from common.protocol import EndRequest, Message, Prune, Segment, StageStats, StartRequest, Verdict
+from common.verification import accept_greedy, accept_sampling, sample_token
+
+Outbound = tuple[str, Message]
+
+
+@dataclass
+class _Request:
+    request_id: str
+    temperature: float
+    generator: torch.Generator
+    log: PruneLog = field(default_factory=PruneLog)
+    segments: SequenceCheck = field(default_factory=lambda: SequenceCheck("segment"))
+    waiting: deque[tuple[Segment, torch.Tensor | None]] = field(default_factory=deque)
+    awaiting_epoch: int = 0  # the epoch the last verdict will create; decide nothing before it
+    busy_s: float = 0.0
+    forwards: int = 0
+    rows: int = 0
+
+
+class VerifierCore:
+    def __init__(self, name: str, head: ModelSlice) -> None:
+        assert head.with_head
+        self.name = name
+        self._head = head
+        self._request: _Request | None = None
+        self._early = EarlyMessages()
+
+    def drop_request(self) -> None:
+        """Forget the current request after a fault; the next StartRequest begins afresh."""
+        self._request = None
+
+    def handle(self, msg: Message) -> list[Outbound]:
+        if isinstance(msg, StartRequest):
+            generator = torch.Generator().manual_seed(msg.seed)
+            self._request = _Request(msg.request_id, msg.temperature, generator)
+            return [out for early in self._early.release(msg.request_id) for out in self.handle(early)]
+        req = self._request
+        if req is None or getattr(msg, "request_id", None) != req.request_id:
+            self._early.hold(msg)
+            return []
+        if isinstance(msg, EndRequest):
+            self._request = None
+            return [("scheduler", StageStats(self.name, req.request_id, req.busy_s * 1e3, req.forwards, req.rows))]
+        if isinstance(msg, Prune):
+            req.log.record(msg)
+        elif isinstance(msg, Segment):
+            req.segments.check(msg.seq)
+            req.waiting.append((msg, self._logits(req, msg)))
+        else:
+            raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
+        return self._decide(req)
+
+    def _logits(self, req: _Request, seg: Segment) -> torch.Tensor | None:
+        if seg.rows == 0 or (seg.phase == "prefill" and not seg.last_prefill):
+            return None
+        if seg.hidden is None:
+            raise OrderError("the verifier received a segment without hidden states")
+        started = time.perf_counter()
+        hidden = seg.hidden[-1:] if seg.phase == "prefill" else seg.hidden
+        logits = self._head.logits(hidden)  # [rows, vocab]
+        req.busy_s += time.perf_counter() - started
+        req.forwards += 1
+        req.rows += hidden.shape[0]
+        return logits
+
+    def _decide(self, req: _Request) -> list[Outbound]:
+        out: list[Outbound] = []
+        while req.waiting:
+            seg, logits = req.waiting[0]
+            if req.log.epoch < max(seg.epoch, req.awaiting_epoch):
+                break
+            req.waiting.popleft()
+            if seg.round < req.log.round:
+                continue  # in flight when its round ended: nobody waits for it
+            verdict = self._verdict(req, seg, logits)
+            if verdict is not None:
+                out.append(("scheduler", verdict))
+        return out
+
+    def _verdict(self, req: _Request, seg: Segment, logits: torch.Tensor | None) -> Verdict | None:
+        base = {"request_id": req.request_id, "seq": seg.seq, "round": req.log.round, "epoch": req.log.epoch}
+        if seg.phase == "prefill":
+            if not seg.last_prefill:
+                return None
+            req.awaiting_epoch = req.log.epoch + 1
+            token = sample_token(logits[-1], req.temperature, req.generator)
+            return Verdict(**base, kind="prefill", next_token=token, rows=seg.rows)
+        now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
+        if not now.rows:
+            return Verdict(**base, kind="noop")
+        if now.first != 0:
+            raise OrderError(f"verified segment starts at node {now.first}, not at the root")
+        rows = list(now.rows)
+        tokens = [seg.tokens[r] for r in rows]
+        picked = logits[rows] if len(rows) != seg.rows else logits
+        if req.temperature > 0:
+            decision = accept_sampling(tokens, now.parents, picked, req.temperature, req.generator)
+        else:
+            decision = accept_greedy(tokens, now.parents, picked)
+        req.awaiting_epoch = req.log.epoch + 1
+        return Verdict(
+            **base,
+            kind="tree",
+            accepted=decision.path,
+            accepted_tokens=tuple(tokens[i] for i in decision.path),
+            next_token=decision.next_token,
+            rows=len(rows),
+        )

@@ -1,0 +1,85 @@
+"""The real ring: one OS process per service, PUSH/PULL over TCP on loopback, tiny random models."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from common.protocol import DraftSettings
+from services.cli.main import app
+from services.launcher import client_for, plan_local, start, stop
+from tests.support.reference import greedy_reference
+from tests.support.tiny_models import make_tiny_pair
+
+TREES = DraftSettings(top_k=3, fill_nodes=12, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return make_tiny_pair(tmp_path_factory.mktemp("pair"), family="qwen2", seed=11)
+
+
+@pytest.mark.parametrize("stages", [1, 2, 4])
+def test_greedy_output_equals_base_generate_over_tcp(pair, stages, tmp_path):
+    base, draft = pair
+    spec = plan_local(base, draft, stages, draft_settings=TREES, threads=1)
+    start(spec, tmp_path / "run")
+    try:
+        rng = random.Random(stages)
+        with client_for(spec, 120) as client:
+            for _ in range(20):
+                prompt = [rng.randrange(3, 300) for _ in range(rng.randrange(1, 80))]
+                reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=16)
+                assert reply.ok, reply.error
+                assert list(reply.token_ids) == greedy_reference(base, prompt, 16), prompt
+                assert reply.stats["steps"] >= 1
+                assert set(reply.stats["services"]) == {p.name for p in spec.ring if p.name != "drafter"}
+    finally:
+        stopped = stop(tmp_path / "run")
+    assert len(stopped) == stages + 3
+
+
+def test_cli_up_generate_status_down(pair, tmp_path, monkeypatch):
+    base, draft = pair
+    monkeypatch.setenv("FLOWRING_HOME", str(tmp_path / "home"))
+    run_dir = str(tmp_path / "run")
+    runner = CliRunner()
+    result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--stages", "2",
+                                 "--threads", "1", "--run-dir", run_dir])
+    assert result.exit_code == 0, result.output
+    assert "flowring is up" in result.output
+    try:
+        result = runner.invoke(app, ["status", "--run-dir", run_dir])
+        assert result.exit_code == 0 and "cluster ready" in result.output
+        result = runner.invoke(app, ["generate", "hello ring", "--max-new-tokens", "12", "--json", "--raw",
+                                     "--run-dir", run_dir])
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.output)
+        assert len(payload["token_ids"]) <= 12 and payload["token_ids"]
+        assert {"steps", "rounds", "tokens_per_step", "wall_ms"} <= set(payload["stats"])
+        again = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--run-dir", run_dir])
+        assert again.exit_code == 1 and "already running" in again.output
+    finally:
+        result = runner.invoke(app, ["down", "--run-dir", run_dir])
+    assert result.exit_code == 0 and "stopped 5 service(s)" in result.output
+    result = runner.invoke(app, ["status", "--run-dir", run_dir])
+    assert result.exit_code == 1
+
+
+def test_mismatched_tokenizers_refused_at_startup(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tests.support.tiny_models import make_tiny_model
+
+    base, _ = make_tiny_pair(tmp_path / "a", seed=1)
+    other = make_tiny_model(tmp_path / "b", vocab=400, seed=2)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<an-extra-token>"])
+    tokenizer.save_pretrained(other)
+    result = CliRunner().invoke(app, ["up", "--base", str(base), "--draft", str(other), "--run-dir",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "tokenizer" in result.output.lower()

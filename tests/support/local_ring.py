@@ -1,0 +1,80 @@
+"""All ring services in one process, wired by per-link FIFO queues.
+
+Messages are delivered in a seeded random interleaving that respects each link's FIFO order, as a
+network of PUSH/PULL sockets would: this exercises the epoch logic under arbitrary timing, fast and
+reproducibly, with the very cores the real services run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from pathlib import Path
+
+import torch
+
+from common.drafting import TreeDrafter
+from common.modeling import load_model_spec, load_slice
+from common.partition import even_split
+from common.protocol import DraftSettings, GenerateReply, GenerateRequest, Message, decode, encode
+from services.drafter.core import DrafterCore
+from services.scheduler.core import CLIENT, SchedulerCore
+from services.stage.core import StageCore
+from services.verifier.core import VerifierCore
+
+
+class LocalRing:
+    def __init__(
+        self,
+        base: Path,
+        draft: Path,
+        stages: int,
+        *,
+        settings: DraftSettings | None = None,
+        interleave_seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        wire: bool = True,
+    ) -> None:
+        spec = load_model_spec(base)
+        ranges = even_split(spec.num_layers, stages)
+        self.stages = [
+            StageCore(f"stage-{i + 1}", load_slice(base, r, with_embedding=i == 0, with_head=False, dtype=dtype))
+            for i, r in enumerate(ranges)
+        ]
+        head = load_slice(base, (spec.num_layers, spec.num_layers), with_embedding=False, with_head=True, dtype=dtype)
+        self.verifier = VerifierCore("verifier", head)
+        drafter_model = load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype)
+        self.drafter = DrafterCore("drafter", TreeDrafter(drafter_model), hops=stages + 1)
+        names = ["drafter", *(s.name for s in self.stages), "verifier"]
+        self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings())
+        self._cores = {c.name: c for c in (self.drafter, *self.stages, self.verifier)}
+        self._next = dict(zip(names[:-1], names[1:], strict=True))
+        self._links: dict[tuple[str, str], deque[Message]] = {}
+        self._random = random.Random(interleave_seed)
+        self._wire = wire  # round-trip every message through the codec, as the sockets do
+        self.delivered = 0
+
+    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> GenerateReply:
+        request = GenerateRequest(prompt="", prompt_ids=tuple(prompt), max_new_tokens=max_new_tokens,
+                                  temperature=temperature, seed=seed)
+        replies: list[GenerateReply] = []
+        self._route("scheduler", self.scheduler.submit(CLIENT + "test", request), replies)
+        while not replies:
+            busy = [link for link, queue in self._links.items() if queue]
+            assert busy, "the ring went quiet without answering: a deadlock"
+            src, dst = self._random.choice(busy)
+            msg = self._links[(src, dst)].popleft()
+            self.delivered += 1
+            target = self.scheduler if dst == "scheduler" else self._cores[dst]
+            self._route(dst, target.handle(msg), replies)
+        return replies[0]
+
+    def _route(self, src: str, outs: list[tuple[str, Message]], replies: list[GenerateReply]) -> None:
+        for dest, msg in outs:
+            if dest.startswith(CLIENT):
+                replies.append(msg)
+                continue
+            if self._wire:
+                msg = decode([bytes(f) for f in encode(msg)])
+            dst = self._next[src] if dest == "next" else dest
+            self._links.setdefault((src, dst), deque()).append(msg)
