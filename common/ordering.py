@@ -53,7 +53,8 @@ class PruneLog:
 
     def bring_forward(self, epoch: int, first: int, parents: Sequence[int]) -> RemappedRows:
         """Rows of a segment in numbering ``epoch`` as they stand now (``epoch <= self.epoch``)."""
-        assert epoch <= self.epoch, "a segment from the future must wait for its events"
+        if epoch > self.epoch:
+            raise OrderError(f"segment of epoch {epoch} is ahead of this service (epoch {self.epoch})")
         rows = tuple(range(len(parents)))
         current = RemappedRows(rows, first, tuple(parents))
         for e in range(epoch + 1, self.epoch + 1):

@@ -277,6 +277,8 @@ def _tensor_frame(t: torch.Tensor) -> memoryview:
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
     # bfloat16 has no numpy dtype: ship its bytes; the header keeps the real dtype name.
     return memoryview(t.view(torch.uint8).numpy() if t.dtype == torch.bfloat16 else t.numpy()).cast("B")
 
@@ -307,35 +309,63 @@ def decode(frames: list[Any]) -> Message:
         raise ProtocolError("empty message")
     try:
         header = msgpack.unpackb(_as_bytes(frames[0]))
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError(f"undecodable header: {exc}") from exc
-    if not isinstance(header, dict) or header.get("v") != PROTOCOL_VERSION:
-        got = header.get("v") if isinstance(header, dict) else None
-        raise ProtocolError(f"protocol version {got!r}, this service speaks {PROTOCOL_VERSION}")
-    cls = _TYPES.get(header.get("kind"))
+    if not isinstance(header, dict):
+        raise ProtocolError("message header is not a map")
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r}, this service speaks {PROTOCOL_VERSION}")
+    kind = header.get("kind")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message kind {header.get('kind')!r}")
-    fields = dict(header.get("f") or {})
-    specs = header.get("t") or []
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    fields, specs = header.get("f", {}), header.get("t", [])
+    if not isinstance(fields, dict) or not isinstance(specs, list):
+        raise ProtocolError(f"{cls.KIND}: malformed header")
     if len(specs) != len(frames) - 1:
         raise ProtocolError(f"{cls.KIND}: {len(specs)} tensor specs but {len(frames) - 1} frames")
     try:
-        for (name, dtype_name, shape), frame in zip(specs, frames[1:], strict=True):
+        fields = dict(fields)
+        for spec, frame in zip(specs, frames[1:], strict=True):
+            name, dtype_name, shape = spec
             fields[name] = _tensor_from_frame(frame, dtype_name, shape)
         for name, nested in _NESTED.items():
             if isinstance(fields.get(name), dict):
                 fields[name] = nested(**fields[name])
-        names = {f.name: f for f in dataclasses.fields(cls)}
         for name, value in list(fields.items()):
-            if name not in names:
-                raise ProtocolError(f"{cls.KIND}: unexpected field {name!r}")
             if isinstance(value, list):
                 fields[name] = tuple(value)
+        _check_fields(cls, fields)
         return cls(**fields)
     except ProtocolError:
         raise
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, AttributeError, RuntimeError) as exc:
         raise ProtocolError(f"{cls.KIND}: malformed fields: {exc}") from exc
+
+
+# Field annotation (as written above) -> check of a decoded value.
+_CHECKS: dict[str, Any] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: type(v) is int,
+    "float": lambda v: type(v) in (int, float),
+    "bool": lambda v: type(v) is bool,
+    "tuple[int, ...]": lambda v: isinstance(v, tuple) and all(type(x) is int for x in v),
+    "torch.Tensor | None": lambda v: v is None or isinstance(v, torch.Tensor),
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+    "DraftSettings": lambda v: isinstance(v, DraftSettings),
+}
+
+
+def _check_fields(cls: type, fields: dict[str, Any]) -> None:
+    declared = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in fields.items():
+        f = declared.get(name)
+        if f is None:
+            raise ProtocolError(f"{cls.KIND}: unexpected field {name!r}")
+        check = _CHECKS.get(str(f.type))
+        if check is not None and not check(value):
+            raise ProtocolError(f"{cls.KIND}: field {name!r} has the wrong type ({type(value).__name__})")
 
 
 def _as_bytes(frame: Any) -> bytes | memoryview:

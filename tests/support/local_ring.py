@@ -16,7 +16,16 @@ import torch
 from common.drafting import TreeDrafter
 from common.modeling import load_model_spec, load_slice
 from common.partition import even_split
-from common.protocol import DraftSettings, GenerateReply, GenerateRequest, Message, decode, encode
+from common.protocol import (
+    DraftSettings,
+    Fault,
+    GenerateReply,
+    GenerateRequest,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+)
 from services.drafter.core import DrafterCore
 from services.scheduler.core import CLIENT, SchedulerCore
 from services.stage.core import StageCore
@@ -61,13 +70,27 @@ class LocalRing:
         self._route("scheduler", self.scheduler.submit(CLIENT + "test", request), replies)
         while not replies:
             busy = [link for link, queue in self._links.items() if queue]
-            assert busy, "the ring went quiet without answering: a deadlock"
+            if not busy:  # what the scheduler's request deadline does in a real cluster
+                self._route("scheduler", self.scheduler.fail_current("timed out: the ring went quiet"), replies)
+                break
             src, dst = self._random.choice(busy)
             msg = self._links[(src, dst)].popleft()
             self.delivered += 1
-            target = self.scheduler if dst == "scheduler" else self._cores[dst]
-            self._route(dst, target.handle(msg), replies)
+            if dst == "scheduler":
+                self._route(dst, self.scheduler.handle(msg), replies)
+                continue
+            core = self._cores[dst]
+            try:
+                outs = core.handle(msg)
+            except ProtocolError as exc:  # what services/runtime.py does: fail the request, stay up
+                core.drop_request()
+                outs = [("scheduler", Fault(dst, getattr(msg, "request_id", ""), str(exc)))]
+            self._route(dst, outs, replies)
         return replies[0]
+
+    def inject(self, dst: str, msg: Message) -> None:
+        """Queue a message for ``dst`` from outside the ring (a stray or forged packet)."""
+        self._links.setdefault(("outside", dst), deque()).append(msg)
 
     def _route(self, src: str, outs: list[tuple[str, Message]], replies: list[GenerateReply]) -> None:
         for dest, msg in outs:

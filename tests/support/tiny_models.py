@@ -120,3 +120,15 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
                 param.copy_(0.5 * noise)
             else:
                 param.copy_(noise / math.sqrt(param.shape[-1]))
+
+
+def make_perturbed_copy(source: Path, path: Path, *, noise: float, seed: int = 0) -> Path:
+    """A draft that agrees with ``source`` often but not always: its weights plus relative noise."""
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(noise * param.abs().mean() * torch.randn(param.shape, generator=gen))
+    model.save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
