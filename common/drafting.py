@@ -89,6 +89,45 @@ class TreeDrafter:
             self._cache.truncate(committed)
         return _select(pool_tokens, pool_parents, pool_scores, shape.nodes)
 
+    @torch.no_grad()
+    def grow_level(self, tree: DraftTree, width: int, top_k: int) -> DraftTree:
+        """PipeDec growth: one more level of the ``width`` best children of the deepest nodes.
+
+        One draft forward over the tree's nodes (ancestor mask) gives the deepest nodes' logits.
+        """
+        assert self._root_logits is not None and len(tree) >= 1
+        frontier = _frontier(tree)
+        if frontier == [0]:
+            logp = torch.log_softmax(self._root_logits.float(), dim=-1)[None]  # [1, vocab]
+        else:
+            committed = self._cache.length
+            depths = tree.depths()
+            n = len(tree) - 1  # every node but the root, whose row is the last committed one
+            attend = torch.zeros(n, committed + n, dtype=torch.bool)
+            attend[:, :committed] = True
+            ancestors = [committed - 1] + [0] * n  # tree index -> cache row
+            for i in range(1, len(tree)):
+                ancestors[i] = committed + i - 1
+                node = i
+                while node > 0:
+                    attend[i - 1, ancestors[node]] = True
+                    node = tree.parents[node]
+            ids = torch.tensor(tree.tokens[1:], dtype=torch.long)
+            positions = torch.tensor([committed - 1 + d for d in depths[1:]], dtype=torch.long)
+            try:
+                hidden = self._model(ids, positions, attend, self._cache)
+                logp = torch.log_softmax(self._model.logits(hidden[[f - 1 for f in frontier]]), dim=-1)
+            finally:
+                self._cache.truncate(committed)
+        top = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)  # [F, k]
+        candidates = []
+        for f, values, tokens in zip(frontier, top.values.tolist(), top.indices.tolist(), strict=True):
+            for value, token in zip(values, tokens, strict=True):
+                candidates.append((tree.scores[f] + value, len(candidates), token, f))
+        candidates.sort(key=lambda c: (-c[0], c[1]))
+        best = candidates[:width]
+        return tree.appended([c[2] for c in best], [c[3] for c in best], [c[0] for c in best])
+
     def _expand(
         self,
         frontier: list[int],
@@ -131,3 +170,9 @@ def _select(tokens: list[int], parents: list[int], scores: list[float], nodes: i
         out_parents.append(index[parents[i]])
         out_scores.append(scores[i])
     return DraftTree(tuple(out_tokens), tuple(out_parents), tuple(out_scores))
+
+
+def _frontier(tree: DraftTree) -> list[int]:
+    depths = tree.depths()
+    deepest = max(depths)
+    return [i for i, d in enumerate(depths) if d == deepest]

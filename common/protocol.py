@@ -64,6 +64,7 @@ class Segment:
     parents: tuple[int, ...]
     positions: tuple[int, ...]
     last_prefill: bool = False
+    closes_tree: bool = False  # last segment of a round's fill tree (Chunk-PP verifies the tree whole)
     hidden: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -92,6 +93,7 @@ class DraftSettings:
     segment_cap: int = 16
     expand_nodes: int = 12
     expand_depth: int = 4
+    pipedec_width: int = 8  # nodes per tree level in pipedec mode
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ class StartRequest:
     seed: int = 0
     draft: DraftSettings = field(default_factory=DraftSettings)
     prefill_chunk: int = 64
+    mode: str = "flowspec"
+    link_mbps: float = 0.0  # emulated bandwidth of every hop for this request (0: unshaped)
+    link_latency_ms: float = 0.0  # emulated one-way latency of every hop
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,9 @@ class GenerateRequest:
     seed: int = 0
     raw: bool = False
     prompt_ids: tuple[int, ...] = ()
+    mode: str = "flowspec"
+    link_mbps: float = 0.0
+    link_latency_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -256,6 +264,13 @@ class StatusReply:
     ready: bool
     services: dict[str, Any] = field(default_factory=dict)
     busy: bool = False
+
+
+MODES = ("ar", "chunk", "pipedec", "flowspec")
+"""Decoding modes on one cluster. ``ar``: pipelined autoregressive, no draft. ``chunk``: one draft
+tree per round, streamed in chunks and verified whole (Chunk-PP). ``pipedec``: the tree grows one
+level per step, verified and pruned step by step (PipeDec). ``flowspec``: score-ordered segments,
+step-wise verification, pruning and re-drafted expansion (FlowSpec)."""
 
 
 Message = (

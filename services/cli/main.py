@@ -60,7 +60,7 @@ def up(
     if not base or not draft:
         _fail("give --model NAME, or both --base and --draft")
     stage_count = _stage_count(stages)
-    from common.model_store import resolve
+    from common.model_store import ModelStoreError, resolve
     from common.modeling.tokenizer import check_same_tokenizer
 
     try:
@@ -72,7 +72,7 @@ def up(
                           draft_settings=settings)
         typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with draft {draft_dir.name} ...")
         start(spec, run_dir, log_level=log_level)
-    except (LaunchError, ValueError, OSError) as exc:
+    except (LaunchError, ModelStoreError, ValueError, OSError) as exc:
         _fail(str(exc))
     s = spec.scheduler
     typer.echo(f"flowring is up: scheduler at {s.endpoint(s.client_port)}, logs in {run_dir / 'logs'}")

@@ -22,7 +22,7 @@ from common.protocol import (
     Segment,
     StartRequest,
 )
-from common.tree import DraftTree, merge_trees, prune_tree, segment_sizes
+from common.tree import DraftTree, merge_trees, prune_tree, segment_sizes, single_root
 
 Outbound = tuple[str, Message]
 MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find nodes the tree lacks
@@ -35,6 +35,8 @@ class _Request:
     root: int = -1
     pending: list[int] = field(default_factory=list)  # committed tokens not yet in the draft cache
     tree: DraftTree | None = None  # None between rounds
+    mode: str = "flowspec"
+    context_length: int = 0  # prompt and output tokens, the root included
     log: PruneLog = field(default_factory=PruneLog)
     seq: int = 0
     idle_expands: int = 0  # Expands since the last prune: grow the draft to find new nodes
@@ -67,7 +69,9 @@ class DrafterCore:
             return []
         if isinstance(msg, Prune):
             req.log.record(msg)
-            req.pending.extend(msg.new_tokens)
+            if req.mode != "ar":  # ar never drafts, so the draft model needs no context
+                req.pending.extend(msg.new_tokens)
+            req.context_length += len(msg.new_tokens)
             req.root = msg.next_token
             req.tree = None if msg.ends_round else prune_tree(req.tree, msg.keep)
             req.idle_expands = 0
@@ -79,7 +83,7 @@ class DrafterCore:
         raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
 
     def _start(self, msg: StartRequest) -> list[Outbound]:
-        req = self._request = _Request(msg.request_id, msg.draft)
+        req = self._request = _Request(msg.request_id, msg.draft, mode=msg.mode, context_length=len(msg.prompt))
         self._drafter.reset()
         prompt = list(msg.prompt)
         out: list[Outbound] = []
@@ -93,39 +97,35 @@ class DrafterCore:
     def prefill_draft_context(self) -> None:
         """Feed committed tokens to the draft model (called by the shell after sending, to overlap)."""
         req = self._request
-        if req is not None and req.pending:
+        if req is not None and req.pending and req.mode != "ar":
             self._drafter.extend_context(req.pending)
             req.pending = []
 
     def _expand(self, req: _Request) -> list[Outbound]:
         started = time.perf_counter()
-        self.prefill_draft_context()
-        settings = req.draft
-        out: list[Outbound] = []
-        if req.tree is None:
-            shape = TreeShape(settings.fill_nodes, settings.fill_depth, settings.top_k)
-            req.tree = self._drafter.draft(req.root, shape)
-            first = 0
-            sizes = segment_sizes(len(req.tree), settings.fill_segments or self._hops, settings.segment_cap)
+        if req.mode == "ar":
+            req.tree, first, sizes = single_root(req.root), 0, [1]  # no speculation: the root alone
         else:
-            grow = min(req.idle_expands, MAX_GROWTH)
-            shape = TreeShape(settings.expand_nodes * (1 + grow), settings.expand_depth + grow, settings.top_k)
-            req.tree, first = merge_trees(req.tree, self._drafter.draft(req.root, shape))
-            sizes = [len(req.tree) - first]
-            req.idle_expands += 1
+            self.prefill_draft_context()
+            if req.tree is None:
+                req.tree, sizes = self._fill(req)
+                first = 0
+            else:
+                first = len(req.tree)
+                req.tree = self._grow(req)
+                sizes = [len(req.tree) - first]
         tree = req.tree
         depths = tree.depths()
-        root_pos = self._drafter.context_length - 1
+        root_pos = req.context_length - 1
+        out: list[Outbound] = []
         start = first
-        for size in sizes:
+        for i, size in enumerate(sizes):
             nodes = range(start, start + size)
-            out.append((
-                "next",
-                self._segment(
-                    req, "tree", start, [tree.tokens[i] for i in nodes], [tree.parents[i] for i in nodes],
-                    [root_pos + depths[i] for i in nodes], False,
-                ),
-            ))
+            segment = self._segment(
+                req, "tree", start, [tree.tokens[j] for j in nodes], [tree.parents[j] for j in nodes],
+                [root_pos + depths[j] for j in nodes], closes_tree=first == 0 and i == len(sizes) - 1,
+            )
+            out.append(("next", segment))
             start += size
         report = DraftReport(
             request_id=req.request_id, epoch=req.log.epoch, first=first,
@@ -134,11 +134,36 @@ class DrafterCore:
         )
         return [*out, ("scheduler", report)]
 
-    def _segment(self, req, phase, first, tokens, parents, positions, last) -> Segment:
+    def _fill(self, req: _Request) -> tuple[DraftTree, list[int]]:
+        """A new round's tree and its segment sizes: one segment per pipeline hop."""
+        settings = req.draft
+        count = settings.fill_segments or self._hops
+        if req.mode == "pipedec":  # one tree level per segment, the root riding with the first
+            tree, sizes = single_root(req.root), []
+            for _ in range(count):
+                before = len(tree)
+                tree = self._drafter.grow_level(tree, settings.pipedec_width, settings.top_k)
+                sizes.append(len(tree) - before + (1 if before == 1 else 0))
+            return tree, sizes
+        tree = self._drafter.draft(req.root, TreeShape(settings.fill_nodes, settings.fill_depth, settings.top_k))
+        return tree, segment_sizes(len(tree), count, settings.segment_cap)
+
+    def _grow(self, req: _Request) -> DraftTree:
+        """The running round's tree after one expansion (nodes appended at the end)."""
+        settings = req.draft
+        if req.mode == "pipedec":
+            return self._drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k)
+        grow = min(req.idle_expands, MAX_GROWTH)
+        req.idle_expands += 1
+        shape = TreeShape(settings.expand_nodes * (1 + grow), settings.expand_depth + grow, settings.top_k)
+        merged, _ = merge_trees(req.tree, self._drafter.draft(req.root, shape))
+        return merged
+
+    def _segment(self, req, phase, first, tokens, parents, positions, last=False, closes_tree=False) -> Segment:
         seg = Segment(
             request_id=req.request_id, round=req.log.round, epoch=req.log.epoch, seq=req.seq, phase=phase,
             first=first, tokens=tuple(tokens), parents=tuple(parents), positions=tuple(positions),
-            last_prefill=last,
+            last_prefill=last, closes_tree=closes_tree,
         )
         req.seq += 1
         return seg

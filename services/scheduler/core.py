@@ -17,6 +17,7 @@ from typing import Any
 
 from common.ordering import OrderError
 from common.protocol import (
+    MODES,
     DraftReport,
     DraftSettings,
     EndRequest,
@@ -145,11 +146,14 @@ class SchedulerCore:
                 prompt = tuple(self._codec.encode(request.prompt, request.raw))
             if not prompt or request.max_new_tokens < 1:
                 return [(client, GenerateReply(ok=False, error="empty prompt or max_new_tokens < 1"))]
+            if request.mode not in MODES:
+                return [(client, GenerateReply(ok=False, error=f"mode {request.mode!r} is not one of {', '.join(MODES)}"))]
             job = self._job = _Job(client, request, f"r{next(self._ids)}", prompt, time.perf_counter())
             start = {
                 "request_id": job.request_id, "prompt": prompt, "max_new_tokens": request.max_new_tokens,
                 "temperature": request.temperature, "seed": request.seed, "draft": self._draft,
-                "prefill_chunk": self._prefill_chunk,
+                "prefill_chunk": self._prefill_chunk, "mode": request.mode, "link_mbps": request.link_mbps,
+                "link_latency_ms": request.link_latency_ms,
             }
             return [(name, StartRequest(cmd_seq=self._next_seq(name), **start)) for name in self._services]
         return []
@@ -178,7 +182,9 @@ class SchedulerCore:
             job.accepted += len(accepted) - 1
             new_tokens = (*verdict.accepted_tokens[1:], verdict.next_token)
             job.step_tokens += len(new_tokens)
-            keep = plan_prune(job.tree, accepted, verdict.next_token)
+            # Chunk-PP and autoregressive decoding verify each tree whole: every verification ends the round.
+            continues = job.request.mode in ("flowspec", "pipedec")
+            keep = plan_prune(job.tree, accepted, verdict.next_token) if continues else ()
         job.output.extend(new_tokens)
         if self._stop(job):
             return self._finish(job)
@@ -241,6 +247,7 @@ class SchedulerCore:
         new = len(job.output)
         return {
             "request_id": job.request_id,
+            "mode": job.request.mode,
             "prompt_tokens": len(job.prompt),
             "new_tokens": new,
             "steps": job.steps,
@@ -248,11 +255,13 @@ class SchedulerCore:
             "rounds": job.round,
             "accepted_per_step": job.accepted / job.steps if job.steps else 0.0,
             "tokens_per_step": job.step_tokens / job.steps if job.steps else 0.0,
+            "tokens_per_round": job.step_tokens / job.round if job.round else 0.0,
             "prefill_ms": (prefilled - job.started) * 1e3,
             "decode_ms": decode_s * 1e3,
             "wall_ms": wall_s * 1e3,
             "decode_tokens_per_s": (new - 1) / decode_s if new > 1 else 0.0,
             "tokens_per_s": new / wall_s if wall_s > 0 else 0.0,
-            "drafter_ms_per_step": job.draft_ms / max(job.steps + job.noops + job.round, 1),
+            "drafter_ms_per_step": job.draft_ms / max(job.steps + job.noops, 1),
+            "drafter_busy_ms": job.draft_ms,
             "services": dict(job.service_stats),
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -30,6 +30,8 @@ class _Request:
     segments: SequenceCheck = field(default_factory=lambda: SequenceCheck("segment"))
     waiting: deque[tuple[Segment, torch.Tensor | None]] = field(default_factory=deque)
     awaiting_epoch: int = 0  # the epoch the last verdict will create; decide nothing before it
+    mode: str = "flowspec"
+    gathered: list[tuple[Segment, torch.Tensor]] = field(default_factory=list)  # chunk mode: the round's tree
     busy_s: float = 0.0
     forwards: int = 0
     rows: int = 0
@@ -50,7 +52,7 @@ class VerifierCore:
     def handle(self, msg: Message) -> list[Outbound]:
         if isinstance(msg, StartRequest):
             generator = torch.Generator().manual_seed(msg.seed)
-            self._request = _Request(msg.request_id, msg.temperature, generator)
+            self._request = _Request(msg.request_id, msg.temperature, generator, mode=msg.mode)
             return [out for early in self._early.release(msg.request_id) for out in self.handle(early)]
         req = self._request
         if req is None or getattr(msg, "request_id", None) != req.request_id:
@@ -75,7 +77,7 @@ class VerifierCore:
             raise OrderError("the verifier received a segment without hidden states")
         started = time.perf_counter()
         hidden = seg.hidden[-1:] if seg.phase == "prefill" else seg.hidden
-        logits = self._head.logits(hidden)  # [rows, vocab]
+        logits = self._head.logits(hidden).cpu()  # [rows, vocab]; acceptance and its RNG run on the CPU
         req.busy_s += time.perf_counter() - started
         req.forwards += 1
         req.rows += hidden.shape[0]
@@ -106,6 +108,16 @@ class VerifierCore:
         now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
         if not now.rows:
             return Verdict(**base, kind="noop")
+        if req.mode == "chunk":  # Chunk-PP: gather the round's segments, verify the tree whole
+            req.gathered.append((seg, logits))
+            if not seg.closes_tree:
+                return None
+            parts, req.gathered = req.gathered, []
+            seg = replace(parts[0][0], tokens=sum((p.tokens for p, _ in parts), ()),
+                          parents=sum((p.parents for p, _ in parts), ()), hidden=None,
+                          positions=sum((p.positions for p, _ in parts), ()))
+            logits = torch.cat([lg for _, lg in parts])
+            now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
         if now.first != 0:
             raise OrderError(f"verified segment starts at node {now.first}, not at the root")
         rows = list(now.rows)

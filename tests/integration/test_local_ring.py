@@ -42,3 +42,25 @@ def test_self_draft_accepts_whole_paths(tmp_path):
     reply = ring.generate(prompt, max_new_tokens=30)
     assert list(reply.token_ids) == greedy_reference(base, prompt, 30)
     assert reply.stats["tokens_per_step"] > 1.5
+
+
+@pytest.mark.parametrize("mode", ["ar", "chunk", "pipedec", "flowspec"])
+def test_every_mode_is_lossless(tmp_path, mode):
+    from tests.support.tiny_models import make_perturbed_copy
+
+    base, _ = make_tiny_pair(tmp_path, seed=8)
+    near = make_perturbed_copy(base, tmp_path / "near", noise=0.05, seed=2)
+    ring = LocalRing(base, near, 2, settings=SMALL_TREES, interleave_seed=4)
+    rounds = []
+    for prompt in _prompts(4, 300, seed=9):
+        reply = ring.generate(prompt, max_new_tokens=20, mode=mode)
+        assert reply.ok, reply.error
+        assert list(reply.token_ids) == greedy_reference(base, prompt, 20)
+        assert reply.stats["mode"] == mode
+        rounds.append(reply.stats["rounds"] / max(reply.stats["steps"], 1))
+    if mode in ("ar", "chunk"):
+        assert all(r == 1 for r in rounds)  # every verification ends its round
+    else:
+        assert min(rounds) < 1  # rounds continue across verifications
+    if mode == "ar":
+        assert reply.stats["accepted_per_step"] == 0

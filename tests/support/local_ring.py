@@ -63,9 +63,11 @@ class LocalRing:
         self._wire = wire  # round-trip every message through the codec, as the sockets do
         self.delivered = 0
 
-    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> GenerateReply:
+    def generate(
+        self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0, mode: str = "flowspec"
+    ) -> GenerateReply:
         request = GenerateRequest(prompt="", prompt_ids=tuple(prompt), max_new_tokens=max_new_tokens,
-                                  temperature=temperature, seed=seed)
+                                  temperature=temperature, seed=seed, mode=mode)
         replies: list[GenerateReply] = []
         self._route("scheduler", self.scheduler.submit(CLIENT + "test", request), replies)
         while not replies:
