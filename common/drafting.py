@@ -89,44 +89,70 @@ class TreeDrafter:
             self._cache.truncate(committed)
         return _select(pool_tokens, pool_parents, pool_scores, shape.nodes)
 
-    @torch.no_grad()
     def grow_level(self, tree: DraftTree, width: int, top_k: int) -> DraftTree:
-        """PipeDec growth: one more level of the ``width`` best children of the deepest nodes.
+        """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""
+        return self.grow(tree, _deepest(tree), width, top_k)
 
-        One draft forward over the tree's nodes (ancestor mask) gives the deepest nodes' logits.
+    def grow_best(self, tree: DraftTree, leaves: int, width: int, top_k: int) -> DraftTree:
+        """Best-first growth: children of the ``leaves`` best-scoring leaves, ``width`` best kept.
+
+        One draft forward per step instead of a re-draft of ``depth`` sequential forwards: what a
+        draft model that is not a one-layer EAGLE head can afford on every pipeline step.
         """
-        assert self._root_logits is not None and len(tree) >= 1
-        frontier = _frontier(tree)
-        if frontier == [0]:
-            logp = torch.log_softmax(self._root_logits.float(), dim=-1)[None]  # [1, vocab]
-        else:
-            committed = self._cache.length
-            depths = tree.depths()
-            n = len(tree) - 1  # every node but the root, whose row is the last committed one
-            attend = torch.zeros(n, committed + n, dtype=torch.bool)
-            attend[:, :committed] = True
-            ancestors = [committed - 1] + [0] * n  # tree index -> cache row
-            for i in range(1, len(tree)):
-                ancestors[i] = committed + i - 1
-                node = i
-                while node > 0:
-                    attend[i - 1, ancestors[node]] = True
-                    node = tree.parents[node]
-            ids = torch.tensor(tree.tokens[1:], dtype=torch.long)
-            positions = torch.tensor([committed - 1 + d for d in depths[1:]], dtype=torch.long)
-            try:
-                hidden = self._model(ids, positions, attend, self._cache)
-                logp = torch.log_softmax(self._model.logits(hidden[[f - 1 for f in frontier]]), dim=-1)
-            finally:
-                self._cache.truncate(committed)
-        top = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)  # [F, k]
+        return self.grow(tree, _best_leaves(tree, leaves), width, top_k)
+
+    @torch.no_grad()
+    def grow(self, tree: DraftTree, frontier: list[int], width: int, top_k: int) -> DraftTree:
+        """Append the ``width`` best new children of ``frontier`` nodes (by cumulative score).
+
+        One draft forward over the tree's nodes (ancestor mask) gives the frontier's logits; children
+        the tree already has are not proposed again.
+        """
+        assert self._root_logits is not None and len(tree) >= 1 and frontier
+        logp = torch.log_softmax(self._tree_logits(tree, frontier), dim=-1)  # [F, vocab]
+        top = torch.topk(logp, min(top_k + 1, logp.shape[-1]), dim=-1)  # one spare for a known child
+        existing = {(p, t) for p, t in zip(tree.parents, tree.tokens, strict=True)}
         candidates = []
         for f, values, tokens in zip(frontier, top.values.tolist(), top.indices.tolist(), strict=True):
-            for value, token in zip(values, tokens, strict=True):
+            fresh = [(v, t) for v, t in zip(values, tokens, strict=True) if (f, t) not in existing][:top_k]
+            for value, token in fresh:
                 candidates.append((tree.scores[f] + value, len(candidates), token, f))
         candidates.sort(key=lambda c: (-c[0], c[1]))
         best = candidates[:width]
         return tree.appended([c[2] for c in best], [c[3] for c in best], [c[0] for c in best])
+
+    def _tree_logits(self, tree: DraftTree, nodes: list[int]) -> torch.Tensor:
+        """Draft logits [len(nodes), vocab] at tree nodes; the root's come from the context.
+
+        One forward over the nodes and their ancestors (not the whole tree), with the ancestor mask.
+        """
+        needed: set[int] = set()
+        for node in nodes:
+            while node > 0 and node not in needed:
+                needed.add(node)
+                node = tree.parents[node]
+        order = sorted(needed)  # parents first
+        rows_logits = None
+        if order:
+            committed = self._cache.length
+            depths = tree.depths()
+            row = {0: committed - 1} | {node: committed + k for k, node in enumerate(order)}
+            attend = torch.zeros(len(order), committed + len(order), dtype=torch.bool)
+            attend[:, :committed] = True
+            for k, node in enumerate(order):
+                while node > 0:
+                    attend[k, row[node]] = True
+                    node = tree.parents[node]
+            ids = torch.tensor([tree.tokens[i] for i in order], dtype=torch.long)
+            positions = torch.tensor([committed - 1 + depths[i] for i in order], dtype=torch.long)
+            try:
+                hidden = self._model(ids, positions, attend, self._cache)  # [len(order), H]
+                wanted = [i for i in nodes if i > 0]
+                rows_logits = dict(zip(wanted, self._model.logits(hidden[[order.index(i) for i in wanted]]),
+                                       strict=True))
+            finally:
+                self._cache.truncate(committed)
+        return torch.stack([self._root_logits.float() if i == 0 else rows_logits[i] for i in nodes])
 
     def _expand(
         self,
@@ -172,7 +198,13 @@ def _select(tokens: list[int], parents: list[int], scores: list[float], nodes: i
     return DraftTree(tuple(out_tokens), tuple(out_parents), tuple(out_scores))
 
 
-def _frontier(tree: DraftTree) -> list[int]:
+def _deepest(tree: DraftTree) -> list[int]:
     depths = tree.depths()
     deepest = max(depths)
     return [i for i, d in enumerate(depths) if d == deepest]
+
+
+def _best_leaves(tree: DraftTree, count: int) -> list[int]:
+    has_child = set(tree.parents)
+    leaves = [i for i in range(len(tree)) if i not in has_child]
+    return sorted(leaves, key=lambda i: (-tree.scores[i], i))[:count]

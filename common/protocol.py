@@ -94,6 +94,8 @@ class DraftSettings:
     expand_nodes: int = 12
     expand_depth: int = 4
     pipedec_width: int = 8  # nodes per tree level in pipedec mode
+    expansion: str = "grow"  # flowspec: "grow" (best leaves, one draft forward) or "redraft" (from the root)
+    expand_leaves: int = 4  # "grow": leaves expanded per step
 
 
 @dataclass(frozen=True)

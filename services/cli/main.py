@@ -44,12 +44,19 @@ def up(
     expand_nodes: Annotated[int, typer.Option(help="Draft nodes per expansion.")] = _DEFAULTS.expand_nodes,
     expand_depth: Annotated[int, typer.Option(help="Levels per expansion.")] = _DEFAULTS.expand_depth,
     segment_cap: Annotated[int, typer.Option(help="Most nodes per segment.")] = _DEFAULTS.segment_cap,
+    expansion: Annotated[str, typer.Option(help="flowspec expansion: grow (one draft forward) or redraft.")] = (
+        _DEFAULTS.expansion
+    ),
+    expand_leaves: Annotated[int, typer.Option(help="Leaves grown per step (grow).")] = _DEFAULTS.expand_leaves,
+    pipedec_width: Annotated[int, typer.Option(help="Nodes per level in pipedec mode.")] = _DEFAULTS.pipedec_width,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     log_level: Annotated[str, typer.Option(help="debug, info or warning.")] = "info",
 ) -> None:
     """Start a local cluster (every service a background process on loopback); return when ready."""
     if dtype not in ("float32", "bfloat16"):
         _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if expansion not in ("grow", "redraft"):
+        _fail(f"--expansion must be grow or redraft, not {expansion}")
     if model:
         from common.catalog import default_pair
 
@@ -67,7 +74,8 @@ def up(
         base_dir, draft_dir = resolve(base), resolve(draft)
         check_same_tokenizer(base_dir, draft_dir)
         settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth,
-                                 expand_nodes=expand_nodes, expand_depth=expand_depth, segment_cap=segment_cap)
+                                 expand_nodes=expand_nodes, expand_depth=expand_depth, segment_cap=segment_cap,
+                                 expansion=expansion, expand_leaves=expand_leaves, pipedec_width=pipedec_width)
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
                           draft_settings=settings)
         typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with draft {draft_dir.name} ...")

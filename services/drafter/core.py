@@ -155,6 +155,9 @@ class DrafterCore:
             return self._drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k)
         grow = min(req.idle_expands, MAX_GROWTH)
         req.idle_expands += 1
+        if settings.expansion == "grow":
+            return self._drafter.grow_best(req.tree, settings.expand_leaves * (1 + grow),
+                                           settings.expand_nodes * (1 + grow), settings.top_k)
         shape = TreeShape(settings.expand_nodes * (1 + grow), settings.expand_depth + grow, settings.top_k)
         merged, _ = merge_trees(req.tree, self._drafter.draft(req.root, shape))
         return merged

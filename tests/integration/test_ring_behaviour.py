@@ -28,20 +28,23 @@ def models(tmp_path_factory):
     return base, near
 
 
-def test_partially_agreeing_draft_is_lossless_under_any_interleaving(models):
+@pytest.mark.parametrize("expansion", ["grow", "redraft"])
+def test_partially_agreeing_draft_is_lossless_under_any_interleaving(models, expansion):
     base, near = models
     rng = random.Random(0)
-    steps = accepted = 0
+    steps = accepted = rounds = 0
     for interleave in range(3):
-        ring = LocalRing(base, near, 3, settings=TREES, interleave_seed=interleave)
+        ring = LocalRing(base, near, 3, settings=replace(TREES, expansion=expansion), interleave_seed=interleave)
         for _ in range(4):
             prompt = [rng.randrange(3, 300) for _ in range(rng.randrange(2, 40))]
             reply = ring.generate(prompt, max_new_tokens=32)
             assert list(reply.token_ids) == greedy_reference(base, prompt, 32)
             steps += reply.stats["steps"]
+            rounds += reply.stats["rounds"]
             accepted += reply.stats["accepted_per_step"] * reply.stats["steps"]
-    # The draft agrees often enough that pruning keeps subtrees, not only round restarts.
-    assert accepted / steps > 0.3
+    # The draft agrees often enough that drafts get accepted and pruning keeps subtrees (rounds go on).
+    assert accepted > 0.05 * steps
+    assert rounds < 0.7 * steps
 
 
 def _exact_triples(base, prompt: list[int], temperature: float, top: int = 8) -> dict[tuple[int, ...], float]:
