@@ -43,16 +43,19 @@ class LocalRing:
         interleave_seed: int = 0,
         dtype: torch.dtype = torch.float32,
         wire: bool = True,
+        device: str = "cpu",
     ) -> None:
         spec = load_model_spec(base)
         ranges = even_split(spec.num_layers, stages)
         self.stages = [
-            StageCore(f"stage-{i + 1}", load_slice(base, r, with_embedding=i == 0, with_head=False, dtype=dtype))
+            StageCore(f"stage-{i + 1}", load_slice(base, r, with_embedding=i == 0, with_head=False, dtype=dtype,
+                                                   device=device))
             for i, r in enumerate(ranges)
         ]
-        head = load_slice(base, (spec.num_layers, spec.num_layers), with_embedding=False, with_head=True, dtype=dtype)
+        head = load_slice(base, (spec.num_layers, spec.num_layers), with_embedding=False, with_head=True, dtype=dtype,
+                          device=device)
         self.verifier = VerifierCore("verifier", head)
-        drafter_model = load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype)
+        drafter_model = load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype, device=device)
         self.drafter = DrafterCore("drafter", TreeDrafter(drafter_model), hops=stages + 1)
         names = ["drafter", *(s.name for s in self.stages), "verifier"]
         self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings())
