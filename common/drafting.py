@@ -89,27 +89,33 @@ class TreeDrafter:
             self._cache.truncate(committed)
         return _select(pool_tokens, pool_parents, pool_scores, shape.nodes)
 
-    def grow_level(self, tree: DraftTree, width: int, top_k: int) -> DraftTree:
+    def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: Sequence[int] = ()) -> DraftTree:
         """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""
-        return self.grow(tree, _deepest(tree), width, top_k)
+        return self.grow(tree, _deepest(tree), width, top_k, pending)
 
-    def grow_best(self, tree: DraftTree, leaves: int, width: int, top_k: int) -> DraftTree:
+    def grow_best(
+        self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
+    ) -> DraftTree:
         """Best-first growth: children of the ``leaves`` best-scoring leaves, ``width`` best kept.
 
         One draft forward per step instead of a re-draft of ``depth`` sequential forwards: what a
         draft model that is not a one-layer EAGLE head can afford on every pipeline step.
         """
-        return self.grow(tree, _best_leaves(tree, leaves), width, top_k)
+        return self.grow(tree, _best_leaves(tree, leaves), width, top_k, pending)
 
     @torch.no_grad()
-    def grow(self, tree: DraftTree, frontier: list[int], width: int, top_k: int) -> DraftTree:
+    def grow(
+        self, tree: DraftTree, frontier: list[int], width: int, top_k: int, pending: Sequence[int] = ()
+    ) -> DraftTree:
         """Append the ``width`` best new children of ``frontier`` nodes (by cumulative score).
 
-        One draft forward over the tree's nodes (ancestor mask) gives the frontier's logits; children
-        the tree already has are not proposed again.
+        ``pending``: committed tokens not yet in the draft cache, ending with the tree's root; they
+        ride in the same forward as the tree nodes, so a step costs one draft forward in all.
+        Children the tree already has are not proposed again.
         """
-        assert self._root_logits is not None and len(tree) >= 1 and frontier
-        logp = torch.log_softmax(self._tree_logits(tree, frontier), dim=-1)  # [F, vocab]
+        assert len(tree) >= 1 and frontier
+        assert not pending or pending[-1] == tree.tokens[0], "pending tokens end with the root"
+        logp = torch.log_softmax(self._tree_logits(tree, frontier, pending), dim=-1)  # [F, vocab]
         top = torch.topk(logp, min(top_k + 1, logp.shape[-1]), dim=-1)  # one spare for a known child
         existing = {(p, t) for p, t in zip(tree.parents, tree.tokens, strict=True)}
         candidates = []
@@ -121,10 +127,11 @@ class TreeDrafter:
         best = candidates[:width]
         return tree.appended([c[2] for c in best], [c[3] for c in best], [c[0] for c in best])
 
-    def _tree_logits(self, tree: DraftTree, nodes: list[int]) -> torch.Tensor:
-        """Draft logits [len(nodes), vocab] at tree nodes; the root's come from the context.
+    def _tree_logits(self, tree: DraftTree, nodes: list[int], pending: Sequence[int]) -> torch.Tensor:
+        """Draft logits [len(nodes), vocab] at tree nodes (the root's: at the last committed token).
 
-        One forward over the nodes and their ancestors (not the whole tree), with the ancestor mask.
+        One forward: the pending committed tokens (causal, kept in the cache), then the asked nodes
+        and their ancestors (tree mask, dropped from the cache afterwards).
         """
         needed: set[int] = set()
         for node in nodes:
@@ -132,26 +139,35 @@ class TreeDrafter:
                 needed.add(node)
                 node = tree.parents[node]
         order = sorted(needed)  # parents first
-        rows_logits = None
-        if order:
-            committed = self._cache.length
-            depths = tree.depths()
+        past, p = self._cache.length, len(pending)
+        committed = past + p
+        rows_logits: dict[int, torch.Tensor] = {}
+        if order or p:
+            n = p + len(order)
+            attend = torch.zeros(n, past + n, dtype=torch.bool)
+            attend[:p, :past] = True
+            attend[:p, past:committed] = torch.ones(p, p, dtype=torch.bool).tril()
+            attend[p:, :committed] = True
             row = {0: committed - 1} | {node: committed + k for k, node in enumerate(order)}
-            attend = torch.zeros(len(order), committed + len(order), dtype=torch.bool)
-            attend[:, :committed] = True
+            depths = tree.depths()
             for k, node in enumerate(order):
                 while node > 0:
-                    attend[k, row[node]] = True
+                    attend[p + k, row[node]] = True
                     node = tree.parents[node]
-            ids = torch.tensor([tree.tokens[i] for i in order], dtype=torch.long)
-            positions = torch.tensor([committed - 1 + depths[i] for i in order], dtype=torch.long)
+            ids = torch.tensor([*pending, *(tree.tokens[i] for i in order)], dtype=torch.long)
+            positions = torch.tensor([*range(past, committed), *(committed - 1 + depths[i] for i in order)])
             try:
-                hidden = self._model(ids, positions, attend, self._cache)  # [len(order), H]
+                hidden = self._model(ids, positions, attend, self._cache)  # [n, H]
                 wanted = [i for i in nodes if i > 0]
-                rows_logits = dict(zip(wanted, self._model.logits(hidden[[order.index(i) for i in wanted]]),
-                                       strict=True))
+                picks = ([p - 1] if p else []) + [p + order.index(i) for i in wanted]
+                logits = self._model.logits(hidden[picks]) if picks else None
+                if p:
+                    self._root_logits = logits[0]
+                rows_logits = dict(zip(wanted, logits[1 if p else 0 :], strict=True)) if wanted else {}
             finally:
-                self._cache.truncate(committed)
+                if self._cache.length > committed:
+                    self._cache.truncate(committed)
+        assert self._root_logits is not None, "the draft model has no context yet"
         return torch.stack([self._root_logits.float() if i == 0 else rows_logits[i] for i in nodes])
 
     def _expand(

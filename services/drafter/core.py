@@ -106,8 +106,8 @@ class DrafterCore:
         if req.mode == "ar":
             req.tree, first, sizes = single_root(req.root), 0, [1]  # no speculation: the root alone
         else:
-            self.prefill_draft_context()
             if req.tree is None:
+                self.prefill_draft_context()
                 req.tree, sizes = self._fill(req)
                 first = 0
             else:
@@ -151,13 +151,17 @@ class DrafterCore:
     def _grow(self, req: _Request) -> DraftTree:
         """The running round's tree after one expansion (nodes appended at the end)."""
         settings = req.draft
-        if req.mode == "pipedec":
-            return self._drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k)
+        if req.mode == "pipedec" or settings.expansion == "grow":
+            pending, req.pending = req.pending, []  # they ride in the growth's one draft forward
+            if req.mode == "pipedec":
+                return self._drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
+            grow = min(req.idle_expands, MAX_GROWTH)
+            req.idle_expands += 1
+            return self._drafter.grow_best(req.tree, settings.expand_leaves * (1 + grow),
+                                           settings.expand_nodes * (1 + grow), settings.top_k, pending)
+        self.prefill_draft_context()
         grow = min(req.idle_expands, MAX_GROWTH)
         req.idle_expands += 1
-        if settings.expansion == "grow":
-            return self._drafter.grow_best(req.tree, settings.expand_leaves * (1 + grow),
-                                           settings.expand_nodes * (1 + grow), settings.top_k)
         shape = TreeShape(settings.expand_nodes * (1 + grow), settings.expand_depth + grow, settings.top_k)
         merged, _ = merge_trees(req.tree, self._drafter.draft(req.root, shape))
         return merged
