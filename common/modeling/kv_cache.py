@@ -111,26 +111,32 @@ class KVCache:
         """Forget rows written by ``extend`` but not committed."""
         self._pending = [0] * self.num_layers
 
-    def keep(self, rows: Tensor) -> None:
-        """Compact the cache to ``rows`` (ascending, unique, < length), which become ``[0, len(rows))``."""
+    def keep(self, rows: Tensor, start: int = 0) -> None:
+        """Compact rows ``[start, length)`` to ``rows`` (ascending, unique, in that range).
+
+        Rows below ``start`` stay where they are (a committed prefix is never copied); ``rows``
+        become ``[start, start + len(rows))``.
+        """
         self._check_no_pending("keep")
         rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
         n = rows.numel()
+        if not 0 <= start <= self._length:
+            raise ValueError(f"keep start {start} outside [0, {self._length}]")
         if n:
-            if int(rows[0]) < 0 or int(rows[-1]) >= self._length:
-                raise ValueError(f"keep rows must lie in [0, {self._length}), got {rows.tolist()}")
+            if int(rows[0]) < start or int(rows[-1]) >= self._length:
+                raise ValueError(f"keep rows must lie in [{start}, {self._length}), got {rows.tolist()}")
             if n > 1 and not bool((rows[1:] > rows[:-1]).all()):
                 raise ValueError(f"keep rows must be strictly ascending, got {rows.tolist()}")
-        if n == self._length:
-            # Strictly ascending and within [0, length) with `length` entries: the identity.
+        if start + n == self._length:
+            # Strictly ascending within [start, length) with every row present: the identity.
             return
         index = rows.to(self._device)
         for buffers in (self._keys, self._values):
             for buf in buffers:
                 # index_select materialises the gathered rows first, so the write below cannot
                 # read a row that it has already overwritten.
-                buf[:, :n].copy_(buf.index_select(1, index))
-        self._length = n
+                buf[:, start : start + n].copy_(buf.index_select(1, index))
+        self._length = start + n
 
     def truncate(self, length: int) -> None:
         """Drop every row at or after ``length``."""

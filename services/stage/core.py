@@ -87,8 +87,8 @@ class StageCore:
         if any(a >= req.tree_rows for a in event.accepted):
             raise OrderError(f"prune epoch {event.epoch} accepts nodes this stage has not computed")
         g = req.committed
-        rows = list(range(g)) + [g + a for a in event.accepted] + [g + k for k in in_cache]
-        req.cache.keep(torch.tensor(rows, dtype=torch.long))
+        rows = [g + a for a in event.accepted] + [g + k for k in in_cache]
+        req.cache.keep(torch.tensor(rows, dtype=torch.long), start=g)  # the committed prefix stays put
         mapping = {old: new for new, old in enumerate(in_cache)}
         req.ancestors = [frozenset(mapping[j] for j in req.ancestors[k] if j in mapping) for k in in_cache]
         req.committed = g + len(event.accepted)

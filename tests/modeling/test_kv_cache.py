@@ -166,3 +166,19 @@ def test_buffers_follow_dtype() -> None:
     k, _ = cache.extend(0, torch.ones(HEADS, 1, DIM), torch.ones(HEADS, 1, DIM))
     assert k.dtype == torch.bfloat16
     assert cache.nbytes == 2 * HEADS * 4 * DIM * 2
+
+
+def test_keep_with_a_start_leaves_the_prefix_and_compacts_the_rest():
+    cache = KVCache(2, 1, 2, dtype=torch.float32, initial_capacity=8)
+    rows = torch.arange(6, dtype=torch.float32)[None, :, None].expand(1, 6, 2).clone()  # row i holds i
+    for layer in range(2):
+        cache.extend(layer, rows, rows + 100)
+    cache.advance(6)
+    cache.keep(torch.tensor([3, 5]), start=2)
+    keys, values = cache.extend(0, rows[:, :1], rows[:, :1])
+    cache.rollback()
+    assert cache.length == 4
+    assert keys[0, :4, 0].tolist() == [0.0, 1.0, 3.0, 5.0]
+    assert values[0, :4, 0].tolist() == [100.0, 101.0, 103.0, 105.0]
+    with pytest.raises(ValueError):
+        cache.keep(torch.tensor([1]), start=2)
