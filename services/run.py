@@ -10,10 +10,11 @@ import torch
 import zmq
 
 from common.drafting import TreeDrafter
+from common.link import shaped_push
 from common.logs import configure
 from common.modeling import load_model_spec, load_slice
 from common.settings import ClusterSpec
-from common.transport import pull, push
+from common.transport import pull
 from services.runtime import ServiceSockets, serve
 
 log = structlog.get_logger()
@@ -47,10 +48,10 @@ def run_ring_service(spec: ClusterSpec, name: str) -> None:
     inputs = [pull(ctx, me.endpoint(me.cmd_port))]
     if me.data_port:
         inputs.insert(0, pull(ctx, me.endpoint(me.data_port)))
-    routes = {"scheduler": push(ctx, spec.scheduler.endpoint(spec.scheduler.report_port))}
+    routes = {"scheduler": shaped_push(ctx, spec.scheduler.endpoint(spec.scheduler.report_port), f"{name}->scheduler")}
     successor = spec.successor(name)
     if successor is not None:
-        routes["next"] = push(ctx, successor.endpoint(successor.data_port))
+        routes["next"] = shaped_push(ctx, successor.endpoint(successor.data_port), f"{name}->{successor.name}")
     serve(core, ServiceSockets(inputs, routes), poll_interval_s=spec.timeouts.poll_interval_s,
           drop_request=drop, after_send=after)
 

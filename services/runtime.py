@@ -1,9 +1,11 @@
 """The I/O shell every ring service runs: poll with a timeout, decode, hand to the core, send.
 
 Cores are state machines (``handle(message) -> [(destination, message)]``); this loop owns the
-sockets and the logging. A malformed frame is logged and dropped. An order or protocol violation
-(lost, duplicated or reordered message) fails the request it concerns with a Fault to the
-scheduler and leaves the service ready for the next request: it never crashes the service.
+sockets and the logging. Every outbound route is a :class:`~common.link.ShapedSender`; a StartRequest
+sets the emulated link of every route for its request before the core sees it. A malformed frame is
+logged and dropped. An order or protocol violation (lost, duplicated or reordered message) fails the
+request it concerns with a Fault to the scheduler and leaves the service ready for the next request:
+it never crashes the service.
 """
 
 from __future__ import annotations
@@ -17,8 +19,19 @@ from typing import Protocol
 import structlog
 import zmq
 
-from common.protocol import EndRequest, Fault, Message, ProtocolError, Ready, Segment, Shutdown, StartRequest
-from common.transport import recv, send
+from common.link import LinkError, ShapedSender, close_all, configure_all
+from common.protocol import (
+    EndRequest,
+    Fault,
+    Message,
+    ProtocolError,
+    Ready,
+    Segment,
+    Shutdown,
+    StartRequest,
+    encode,
+)
+from common.transport import recv
 
 log = structlog.get_logger()
 
@@ -32,7 +45,10 @@ class Core(Protocol):
 @dataclass
 class ServiceSockets:
     inputs: list[zmq.Socket]  # PULL sockets: ring input and/or commands
-    routes: dict[str, zmq.Socket]  # destination name -> PUSH socket ("next", "scheduler")
+    routes: dict[str, ShapedSender]  # destination name ("next", "scheduler") -> shaped PUSH socket
+
+    def send(self, dest: str, msg: Message) -> None:
+        self.routes[dest].send(encode(msg))
 
 
 def serve(
@@ -43,9 +59,17 @@ def serve(
     drop_request: Callable[[], None],
     after_send: Callable[[], None] | None = None,
 ) -> None:
-    """Run until a Shutdown command arrives."""
+    """Run until a Shutdown command arrives; then deliver what is queued and close the routes."""
     structlog.contextvars.bind_contextvars(service=core.name)
-    send(sockets.routes["scheduler"], Ready(core.name, os.getpid()))
+    try:
+        _loop(core, sockets, poll_interval_s, drop_request, after_send)
+    finally:
+        close_all(sockets.routes.values())
+
+
+def _loop(core: Core, sockets: ServiceSockets, poll_interval_s: float, drop_request: Callable[[], None],
+          after_send: Callable[[], None] | None) -> None:
+    sockets.send("scheduler", Ready(core.name, os.getpid()))
     log.info("service_ready", pid=os.getpid())
     poller = zmq.Poller()
     for sock in sockets.inputs:
@@ -73,16 +97,25 @@ def serve(
 def _handle(core: Core, msg: Message, sockets: ServiceSockets, drop_request: Callable[[], None]) -> None:
     request_id = getattr(msg, "request_id", "")
     started = time.perf_counter()
+    if isinstance(msg, StartRequest):
+        try:
+            configure_all(sockets.routes.values(), msg.link_mbps, msg.link_latency_ms)
+        except LinkError as exc:  # the scheduler refuses these; a stray one fails its request, unshaped
+            configure_all(sockets.routes.values(), 0.0, 0.0)
+            sockets.send("scheduler", Fault(core.name, request_id, str(exc)))
     try:
         outs = core.handle(msg)
     except ProtocolError as exc:
         log.error("request_failed", request_id=request_id, kind=msg.KIND, error=str(exc))
         drop_request()
-        send(sockets.routes["scheduler"], Fault(core.name, request_id, str(exc)))
+        sockets.send("scheduler", Fault(core.name, request_id, str(exc)))
         return
     for dest, out in outs:
-        send(sockets.routes[dest], out)
-    if isinstance(msg, StartRequest | EndRequest):
+        sockets.send(dest, out)
+    if isinstance(msg, StartRequest):
+        log.info(msg.KIND, request_id=request_id, mode=msg.mode, link_mbps=msg.link_mbps,
+                 link_latency_ms=msg.link_latency_ms)
+    elif isinstance(msg, EndRequest):
         log.info(msg.KIND, request_id=request_id)
     else:
         log.debug(

@@ -11,13 +11,15 @@ import typer
 
 from common.protocol import DraftSettings
 from common.settings import ClusterSpec
-from services.cli import models
+from services.cli import bench, models, plan
 from services.client import ClusterUnavailable
 from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(models.app, name="models", help="Pull and list models in the local cache.")
+app.add_typer(bench.app, name="bench", help="Run decoding modes side by side on the running cluster.")
+app.add_typer(plan.app)
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 _DEFAULTS = DraftSettings()
@@ -35,6 +37,7 @@ def up(
     draft: Annotated[str, typer.Option(help="Draft model: catalog name, Hugging Face folder or .gguf file.")] = "",
     model: Annotated[str, typer.Option(help="A catalog pair (qwen-coder, smollm2) instead of --base/--draft.")] = "",
     stages: Annotated[str, typer.Option(help="Pipeline stages the base model is split into, or auto.")] = "2",
+    layers: Annotated[str, typer.Option(help="Explicit layer ranges per stage, e.g. 0-10,10-20,20-28.")] = "",
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: Annotated[int, typer.Option(help="Torch threads per service (0: torch default).")] = 0,
@@ -68,7 +71,9 @@ def up(
         _fail("give --model NAME, or both --base and --draft")
     stage_count = _stage_count(stages)
     from common.model_store import ModelStoreError, resolve
+    from common.modeling import load_model_spec
     from common.modeling.tokenizer import check_same_tokenizer
+    from common.partition import explicit_ranges
 
     try:
         base_dir, draft_dir = resolve(base), resolve(draft)
@@ -76,8 +81,10 @@ def up(
         settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth,
                                  expand_nodes=expand_nodes, expand_depth=expand_depth, segment_cap=segment_cap,
                                  expansion=expansion, expand_leaves=expand_leaves, pipedec_width=pipedec_width)
+        ranges = explicit_ranges(layers, load_model_spec(base_dir).num_layers) if layers else None
+        stage_count = len(ranges) if ranges else stage_count
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
-                          draft_settings=settings)
+                          draft_settings=settings, layer_ranges=ranges)
         typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with draft {draft_dir.name} ...")
         start(spec, run_dir, log_level=log_level)
     except (LaunchError, ModelStoreError, ValueError, OSError) as exc:
@@ -108,6 +115,7 @@ def generate(
     seed: Annotated[int, typer.Option()] = 0,
     raw: Annotated[bool, typer.Option("--raw", help="Tokenize the prompt as is (no chat template).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print text, token ids and stats as JSON.")] = False,
+    mode: Annotated[str, typer.Option(help="ar, chunk, pipedec or flowspec.")] = "flowspec",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
     run_dir: RunDir = DEFAULT_RUN_DIR,
 ) -> None:
@@ -116,7 +124,7 @@ def generate(
     try:
         with client_for(spec, timeout) as client:
             reply = client.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                    raw=raw)
+                                    raw=raw, mode=mode)
     except ClusterUnavailable as exc:
         _fail(str(exc))
     if not reply.ok:

@@ -1,4 +1,8 @@
-"""The scheduler service: client entry point (ROUTER) and owner of every request's decisions."""
+"""The scheduler service: client entry point (ROUTER) and owner of every request's decisions.
+
+Commands to each ring service go through a :class:`~common.link.ShapedSender`, set to a request's
+emulated link when its StartRequest is dispatched; replies to clients are never shaped.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 import structlog
 import zmq
 
+from common.link import LinkError, LinkSettings, close_all, shaped_push
 from common.modeling import load_model_spec
 from common.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 from common.protocol import (
@@ -16,13 +21,14 @@ from common.protocol import (
     Message,
     ProtocolError,
     Shutdown,
+    StartRequest,
     StatusReply,
     StatusRequest,
     decode,
     encode,
 )
 from common.settings import ClusterSpec
-from common.transport import pull, push, recv, send
+from common.transport import pull, recv
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
 
 log = structlog.get_logger()
@@ -48,7 +54,7 @@ def serve(spec: ClusterSpec) -> None:
     clients.setsockopt(zmq.LINGER, 0)
     clients.bind(me.endpoint(me.client_port))
     reports = pull(ctx, me.endpoint(me.report_port))
-    commands = {p.name: push(ctx, p.endpoint(p.cmd_port)) for p in spec.ring}
+    commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}") for p in spec.ring}
     poller = zmq.Poller()
     poller.register(clients, zmq.POLLIN)
     poller.register(reports, zmq.POLLIN)
@@ -63,7 +69,9 @@ def serve(spec: ClusterSpec) -> None:
                 if isinstance(msg, GenerateReply):
                     log.info("request_done", ok=msg.ok, error=msg.error or None, **_brief(msg.stats))
             else:
-                send(commands[dest], msg)
+                if isinstance(msg, StartRequest):
+                    commands[dest].configure(msg.link_mbps, msg.link_latency_ms)
+                commands[dest].send(encode(msg))
 
     while True:
         events = dict(poller.poll(int(spec.timeouts.poll_interval_s * 1000)))
@@ -89,12 +97,18 @@ def serve(spec: ClusterSpec) -> None:
                 ready = all(name in core.ready for name in expected)
                 dispatch([(client, StatusReply(ready=ready, services=dict(core.ready), busy=core.busy))])
             elif isinstance(request, GenerateRequest):
+                try:
+                    LinkSettings(request.link_mbps, request.link_latency_ms)
+                except LinkError as exc:
+                    dispatch([(client, GenerateReply(ok=False, error=str(exc)))])
+                    continue
                 if not core.busy:
                     job_started = time.perf_counter()
                 dispatch(core.submit(client, request))
             elif isinstance(request, Shutdown):
-                for sock in commands.values():
-                    send(sock, Shutdown(cmd_seq=-1))
+                for sender in commands.values():
+                    sender.send(encode(Shutdown(cmd_seq=-1)))
+                close_all(commands.values())
                 dispatch([(client, StatusReply(ready=False))])
                 log.info("service_shutdown")
                 return

@@ -47,7 +47,7 @@ def test_cli_up_generate_status_down(pair, tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWRING_HOME", str(tmp_path / "home"))
     run_dir = str(tmp_path / "run")
     runner = CliRunner()
-    result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--stages", "2",
+    result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--layers", "0-1,1-4",
                                  "--threads", "1", "--run-dir", run_dir])
     assert result.exit_code == 0, result.output
     assert "flowring is up" in result.output
@@ -60,6 +60,13 @@ def test_cli_up_generate_status_down(pair, tmp_path, monkeypatch):
         payload = json.loads(result.output)
         assert len(payload["token_ids"]) <= 12 and payload["token_ids"]
         assert {"steps", "rounds", "tokens_per_step", "wall_ms"} <= set(payload["stats"])
+        for mode in ("ar", "chunk"):
+            other = runner.invoke(app, ["generate", "hello ring", "--max-new-tokens", "12", "--json", "--raw",
+                                        "--mode", mode, "--run-dir", run_dir])
+            assert other.exit_code == 0, other.output
+            assert json.loads(other.output)["token_ids"] == payload["token_ids"]  # every mode is lossless
+        bad = runner.invoke(app, ["generate", "x", "--mode", "nonsense", "--run-dir", run_dir])
+        assert bad.exit_code == 1 and "mode" in bad.output
         again = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--run-dir", run_dir])
         assert again.exit_code == 1 and "already running" in again.output
     finally:
