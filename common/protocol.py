@@ -95,7 +95,8 @@ class DraftSettings:
     expand_depth: int = 4
     pipedec_width: int = 8  # nodes per tree level in pipedec mode
     expansion: str = "grow"  # flowspec: "grow" (best leaves, one draft forward) or "redraft" (from the root)
-    expand_leaves: int = 4  # "grow": leaves expanded per step
+    expand_leaves: int = 4  # "grow": leaves expanded per level
+    grow_levels: int = 1  # "grow": levels added per step, one draft forward each
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ def up(
     expansion: Annotated[str, typer.Option(help="flowspec expansion: grow (one draft forward) or redraft.")] = (
         _DEFAULTS.expansion
     ),
-    expand_leaves: Annotated[int, typer.Option(help="Leaves grown per step (grow).")] = _DEFAULTS.expand_leaves,
+    expand_leaves: Annotated[int, typer.Option(help="Leaves grown per level (grow).")] = _DEFAULTS.expand_leaves,
+    grow_levels: Annotated[int, typer.Option(help="Levels grown per step (grow).")] = _DEFAULTS.grow_levels,
     pipedec_width: Annotated[int, typer.Option(help="Nodes per level in pipedec mode.")] = _DEFAULTS.pipedec_width,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     log_level: Annotated[str, typer.Option(help="debug, info or warning.")] = "info",
@@ -80,7 +81,8 @@ def up(
         check_same_tokenizer(base_dir, draft_dir)
         settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth,
                                  expand_nodes=expand_nodes, expand_depth=expand_depth, segment_cap=segment_cap,
-                                 expansion=expansion, expand_leaves=expand_leaves, pipedec_width=pipedec_width)
+                                 expansion=expansion, expand_leaves=expand_leaves, pipedec_width=pipedec_width,
+                                 grow_levels=grow_levels)
         ranges = explicit_ranges(layers, load_model_spec(base_dir).num_layers) if layers else None
         stage_count = len(ranges) if ranges else stage_count
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,

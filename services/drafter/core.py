@@ -157,8 +157,12 @@ class DrafterCore:
                 return self._drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
             grow = min(req.idle_expands, MAX_GROWTH)
             req.idle_expands += 1
-            return self._drafter.grow_best(req.tree, settings.expand_leaves * (1 + grow),
-                                           settings.expand_nodes * (1 + grow), settings.top_k, pending)
+            tree = req.tree
+            for level in range(settings.grow_levels):
+                tree = self._drafter.grow_best(tree, settings.expand_leaves * (1 + grow),
+                                               settings.expand_nodes * (1 + grow), settings.top_k,
+                                               pending if level == 0 else ())
+            return tree
         self.prefill_draft_context()
         grow = min(req.idle_expands, MAX_GROWTH)
         req.idle_expands += 1

@@ -47,16 +47,18 @@ def test_self_draft_accepts_whole_paths(tmp_path):
     assert reply.stats["tokens_per_step"] > 1.5
 
 
-@pytest.mark.parametrize(("mode", "expansion"), [("ar", "grow"), ("chunk", "grow"), ("pipedec", "grow"),
-                                               ("flowspec", "grow"), ("flowspec", "redraft")])
-def test_every_mode_is_lossless(tmp_path, mode, expansion):
+@pytest.mark.parametrize(("mode", "expansion", "levels"), [
+    ("ar", "grow", 1), ("chunk", "grow", 1), ("pipedec", "grow", 1), ("flowspec", "grow", 1),
+    ("flowspec", "grow", 3), ("flowspec", "redraft", 1),
+])
+def test_every_mode_is_lossless(tmp_path, mode, expansion, levels):
     from dataclasses import replace
 
     from tests.support.tiny_models import make_perturbed_copy
 
     base, _ = make_tiny_pair(tmp_path, seed=8)
     near = make_perturbed_copy(base, tmp_path / "near", noise=0.05, seed=2)
-    settings = replace(SMALL_TREES, expansion=expansion)
+    settings = replace(SMALL_TREES, expansion=expansion, grow_levels=levels)
     ring = LocalRing(base, near, 2, settings=settings, interleave_seed=4)
     rounds = []
     for prompt in _prompts(4, 300, seed=9):
