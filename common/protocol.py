@@ -96,7 +96,7 @@ class DraftSettings:
     pipedec_width: int = 8  # nodes per tree level in pipedec mode
     expansion: str = "grow"  # flowspec: "grow" (best leaves, one draft forward) or "redraft" (from the root)
     expand_leaves: int = 4  # "grow": leaves expanded per level
-    grow_levels: int = 1  # "grow": levels added per step, one draft forward each
+    grow_levels: int = 3  # "grow": levels added per step, one draft forward each (best of 1-3 measured)
 
 
 @dataclass(frozen=True)
