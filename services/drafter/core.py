@@ -151,22 +151,20 @@ class DrafterCore:
     def _grow(self, req: _Request) -> DraftTree:
         """The running round's tree after one expansion (nodes appended at the end)."""
         settings = req.draft
-        if req.mode == "pipedec" or settings.expansion == "grow":
+        if req.mode == "pipedec":
             pending, req.pending = req.pending, []  # they ride in the growth's one draft forward
-            if req.mode == "pipedec":
-                return self._drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
-            grow = min(req.idle_expands, MAX_GROWTH)
-            req.idle_expands += 1
+            return self._drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
+        scale = 1 + min(req.idle_expands, MAX_GROWTH)  # idle expansions draft more to find new nodes
+        req.idle_expands += 1
+        if settings.expansion == "grow":
+            pending, req.pending = req.pending, []
             tree = req.tree
             for level in range(settings.grow_levels):
-                tree = self._drafter.grow_best(tree, settings.expand_leaves * (1 + grow),
-                                               settings.expand_nodes * (1 + grow), settings.top_k,
-                                               pending if level == 0 else ())
+                tree = self._drafter.grow_best(tree, settings.expand_leaves * scale, settings.expand_nodes * scale,
+                                               settings.top_k, pending if level == 0 else ())
             return tree
         self.prefill_draft_context()
-        grow = min(req.idle_expands, MAX_GROWTH)
-        req.idle_expands += 1
-        shape = TreeShape(settings.expand_nodes * (1 + grow), settings.expand_depth + grow, settings.top_k)
+        shape = TreeShape(settings.expand_nodes * scale, settings.expand_depth + scale - 1, settings.top_k)
         merged, _ = merge_trees(req.tree, self._drafter.draft(req.root, shape))
         return merged
 
