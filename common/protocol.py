@@ -115,6 +115,7 @@ class StartRequest:
     mode: str = "flowspec"
     link_mbps: float = 0.0  # emulated bandwidth of every hop for this request (0: unshaped)
     link_latency_ms: float = 0.0  # emulated one-way latency of every hop
+    trace: bool = False  # record this request's timeline (common.observability.trace)
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ class StageStats:
     busy_ms: float
     forwards: int
     rows: int
+    spans: tuple[int, ...] = ()  # flat (kind, start_us, dur_us) triples when the request was traced
 
 
 # ------------------------------------------------------------------------------------------ client API
@@ -244,6 +246,7 @@ class GenerateRequest:
     mode: str = "flowspec"
     link_mbps: float = 0.0
     link_latency_ms: float = 0.0
+    trace: bool = False  # return every service's timeline in the reply's stats
 
 
 @dataclass(frozen=True)

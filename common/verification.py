@@ -39,9 +39,13 @@ def _children(parents: Sequence[int]) -> dict[int, list[int]]:
 
 def accept_greedy(tokens: Sequence[int], parents: Sequence[int], logits: torch.Tensor) -> Acceptance:
     """``logits`` [rows, vocab]: the base model's next-token logits at every row."""
+    return accept_greedy_ids(tokens, parents, logits.argmax(dim=-1).tolist())
+
+
+def accept_greedy_ids(tokens: Sequence[int], parents: Sequence[int], best: Sequence[int]) -> Acceptance:
+    """``best`` [rows]: the base model's argmax next token at every row."""
     assert parents and parents[0] == -1, "row 0 must be the root"
     children = _children(parents)
-    best = logits.argmax(dim=-1).tolist()  # [rows]
     path = [0]
     while True:
         node = path[-1]

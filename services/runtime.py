@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
 import zmq
 
 from common.link import LinkError, ShapedSender, close_all, configure_all
+from common.observability import trace
 from common.protocol import (
     EndRequest,
     Fault,
@@ -28,6 +29,7 @@ from common.protocol import (
     Ready,
     Segment,
     Shutdown,
+    StageStats,
     StartRequest,
     encode,
 )
@@ -48,7 +50,10 @@ class ServiceSockets:
     routes: dict[str, ShapedSender]  # destination name ("next", "scheduler") -> shaped PUSH socket
 
     def send(self, dest: str, msg: Message) -> None:
-        self.routes[dest].send(encode(msg))
+        if isinstance(msg, StageStats):  # a traced request's timeline leaves with its stats
+            msg = replace(msg, spans=trace.finish(msg.request_id))
+        with trace.span("send"):
+            self.routes[dest].send(encode(msg))
 
 
 def serve(
@@ -81,6 +86,7 @@ def _loop(core: Core, sockets: ServiceSockets, poll_interval_s: float, drop_requ
         for sock in sockets.inputs:
             if sock not in events:
                 continue
+            received = trace.now_ns()
             try:
                 msg = recv(sock)
             except ProtocolError as exc:
@@ -89,9 +95,14 @@ def _loop(core: Core, sockets: ServiceSockets, poll_interval_s: float, drop_requ
             if isinstance(msg, Shutdown):
                 log.info("service_shutdown")
                 return
-            _handle(core, msg, sockets, drop_request)
-            if after_send is not None:
-                after_send()
+            request_id = getattr(msg, "request_id", "")
+            if isinstance(msg, StartRequest) and msg.trace:
+                trace.start(request_id)
+            trace.record("recv", request_id, received, trace.now_ns())
+            with trace.bound(request_id):
+                _handle(core, msg, sockets, drop_request)
+                if after_send is not None:
+                    after_send()
 
 
 def _handle(core: Core, msg: Message, sockets: ServiceSockets, drop_request: Callable[[], None]) -> None:
@@ -108,6 +119,7 @@ def _handle(core: Core, msg: Message, sockets: ServiceSockets, drop_request: Cal
     except ProtocolError as exc:
         log.error("request_failed", request_id=request_id, kind=msg.KIND, error=str(exc))
         drop_request()
+        trace.finish(request_id)
         sockets.send("scheduler", Fault(core.name, request_id, str(exc)))
         return
     for dest, out in outs:

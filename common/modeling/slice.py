@@ -78,7 +78,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(spec.num_heads * d, h, bias=spec.o_bias, dtype=dtype)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, attend: Tensor, cache: KVCache, layer: int
+        self, x: Tensor, cos: Tensor, sin: Tensor, attend: Tensor | None, cache: KVCache, layer: int
     ) -> Tensor:
         n = x.shape[0]
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim).transpose(0, 1)  # [Hq, L, D]
@@ -91,7 +91,7 @@ class Attention(nn.Module):
             q.unsqueeze(0),  # [1, Hq, L, D]
             keys.unsqueeze(0),  # [1, Hkv, T, D]
             values.unsqueeze(0),  # [1, Hkv, T, D]
-            attn_mask=attend,  # [L, T]
+            attn_mask=attend,  # [L, T] or None: every key
             enable_gqa=self.num_heads != self.num_kv_heads,
         )  # [1, Hq, L, D]
         return self.o_proj(out[0].transpose(0, 1).reshape(n, self.num_heads * self.head_dim))
@@ -122,7 +122,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(spec, dtype=dtype)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, attend: Tensor, cache: KVCache, layer: int
+        self, x: Tensor, cos: Tensor, sin: Tensor, attend: Tensor | None, cache: KVCache, layer: int
     ) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, attend, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -224,26 +224,30 @@ class ModelSlice(nn.Module):
         )
 
     @torch.no_grad()
-    def forward(self, inputs: Tensor, positions: Tensor, attend: Tensor, cache: KVCache) -> Tensor:
+    def forward(self, inputs: Tensor, positions: Tensor, attend: Tensor | None, cache: KVCache) -> Tensor:
         """Run ``L`` new rows through the slice's layers, appending their keys/values to ``cache``.
 
         ``inputs``: token ids ``[L]`` with the embedding, else hidden states ``[L, H]``;
         ``positions``: RoPE positions ``[L]``; ``attend``: bool ``[L, cache.length + L]``, True
-        where a row may attend to a key (cache rows first, then the new rows in order). Every
-        row must attend to at least one key. Returns hidden states ``[L, H]`` before the final norm.
+        where a row may attend to a key (cache rows first, then the new rows in order); every
+        row must attend to at least one key. ``None`` (one row only): the row sees every key.
+        Returns hidden states ``[L, H]`` before the final norm.
         """
         x = self._embed(inputs)  # [L, H]
         n = x.shape[0]
         if positions.shape != (n,):
             raise ValueError(f"positions must be [{n}], got {tuple(positions.shape)}")
         total = cache.length + n
-        if attend.shape != (n, total) or attend.dtype != torch.bool:
+        if attend is not None and (attend.shape != (n, total) or attend.dtype != torch.bool):
             raise ValueError(
                 f"attend must be a bool [{n}, {total}] mask, got {attend.dtype} {tuple(attend.shape)}"
             )
+        if attend is None and n != 1:
+            raise ValueError(f"attend may be omitted only for a single row, not {n}")
         if cache.num_layers != len(self.layers):
             raise ValueError(f"cache has {cache.num_layers} layers, slice has {len(self.layers)}")
-        attend = attend.to(self.device)
+        if attend is not None:
+            attend = attend.to(self.device)
         if self._inv_freq.device != self.device:
             self._inv_freq = self._inv_freq.to(self.device)
         freqs = positions.to(self.device, torch.float32)[:, None] * self._inv_freq[None, :]  # [L, D/2]
@@ -257,6 +261,16 @@ class ModelSlice(nn.Module):
             raise
         cache.advance(n)
         return x
+
+    @torch.no_grad()
+    def greedy_tokens(self, hidden: Tensor) -> Tensor:
+        """Argmax token ids ``[L]`` of the head, in the compute dtype: no float32 vocabulary rows.
+
+        Casting to float32 is exact, so this is the argmax of :meth:`logits`, ties included.
+        """
+        if self.lm_head is None or self.norm is None:
+            raise RuntimeError(f"slice {self._layer_range} was built without the head")
+        return self.lm_head(self.norm(hidden.to(self.device, self.dtype))).argmax(dim=-1)
 
     @torch.no_grad()
     def logits(self, hidden: Tensor) -> Tensor:

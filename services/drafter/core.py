@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from common.drafting import TreeDrafter, TreeShape
+from common.observability.trace import span
 from common.ordering import EarlyMessages, OrderError, PruneLog
 from common.protocol import (
     DraftReport,
@@ -20,6 +21,7 @@ from common.protocol import (
     Message,
     Prune,
     Segment,
+    StageStats,
     StartRequest,
 )
 from common.tree import DraftTree, merge_trees, prune_tree, segment_sizes, single_root
@@ -40,6 +42,9 @@ class _Request:
     log: PruneLog = field(default_factory=PruneLog)
     seq: int = 0
     idle_expands: int = 0  # Expands since the last prune: grow the draft to find new nodes
+    busy_s: float = 0.0  # drafting time: expansions and context passes
+    expansions: int = 0
+    nodes: int = 0  # tree nodes sent
 
 
 class DrafterCore:
@@ -66,7 +71,7 @@ class DrafterCore:
             return []
         if isinstance(msg, EndRequest):
             self._request = None
-            return []
+            return [("scheduler", StageStats(self.name, req.request_id, req.busy_s * 1e3, req.expansions, req.nodes))]
         if isinstance(msg, Prune):
             req.log.record(msg)
             if req.mode != "ar":  # ar never drafts, so the draft model needs no context
@@ -98,16 +103,39 @@ class DrafterCore:
         """Feed committed tokens to the draft model (called by the shell after sending, to overlap)."""
         req = self._request
         if req is not None and req.pending and req.mode != "ar":
+            started = time.perf_counter()
+            with span("draft"):
+                self._extend_context(req)
+            req.busy_s += time.perf_counter() - started
+
+    def _extend_context(self, req: _Request) -> None:
+        if req.pending and req.mode != "ar":
             self._drafter.extend_context(req.pending)
             req.pending = []
 
     def _expand(self, req: _Request) -> list[Outbound]:
         started = time.perf_counter()
+        with span("draft"):
+            out, first = self._draft_segments(req)
+        tree = req.tree
+        draft_s = time.perf_counter() - started
+        req.busy_s += draft_s
+        req.expansions += 1
+        req.nodes += len(tree) - first
+        report = DraftReport(
+            request_id=req.request_id, epoch=req.log.epoch, first=first,
+            tokens=tree.tokens[first:], parents=tree.parents[first:], segments_sent=len(out),
+            draft_ms=draft_s * 1e3,
+        )
+        return [*out, ("scheduler", report)]
+
+    def _draft_segments(self, req: _Request) -> tuple[list[Outbound], int]:
+        """Grow (or start) the tree and cut the new nodes into segments; returns them and the first new node."""
         if req.mode == "ar":
             req.tree, first, sizes = single_root(req.root), 0, [1]  # no speculation: the root alone
         else:
             if req.tree is None:
-                self.prefill_draft_context()
+                self._extend_context(req)
                 req.tree, sizes = self._fill(req)
                 first = 0
             else:
@@ -127,12 +155,7 @@ class DrafterCore:
             )
             out.append(("next", segment))
             start += size
-        report = DraftReport(
-            request_id=req.request_id, epoch=req.log.epoch, first=first,
-            tokens=tree.tokens[first:], parents=tree.parents[first:], segments_sent=len(out),
-            draft_ms=(time.perf_counter() - started) * 1e3,
-        )
-        return [*out, ("scheduler", report)]
+        return out, first
 
     def _fill(self, req: _Request) -> tuple[DraftTree, list[int]]:
         """A new round's tree and its segment sizes: one segment per pipeline hop."""
@@ -163,7 +186,7 @@ class DrafterCore:
                 tree = self._drafter.grow_best(tree, settings.expand_leaves * scale, settings.expand_nodes * scale,
                                                settings.top_k, pending if level == 0 else ())
             return tree
-        self.prefill_draft_context()
+        self._extend_context(req)
         shape = TreeShape(settings.expand_nodes * scale, settings.expand_depth + scale - 1, settings.top_k)
         merged, _ = merge_trees(req.tree, self._drafter.draft(req.root, shape))
         return merged

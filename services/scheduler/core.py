@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.observability import trace
 from common.ordering import OrderError
 from common.protocol import (
     MODES,
@@ -68,6 +69,7 @@ class _Job:
     finished_at: float = 0.0
     reply: GenerateReply | None = None  # set when finished; sent once every service reported stats
     service_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    spans: dict[str, tuple[int, ...]] = field(default_factory=dict)  # service -> timeline, when traced
 
 
 class SchedulerCore:
@@ -107,6 +109,8 @@ class SchedulerCore:
             return []
         if isinstance(msg, StageStats):
             job.service_stats[msg.service] = {"busy_ms": msg.busy_ms, "forwards": msg.forwards, "rows": msg.rows}
+            if job.request.trace:
+                job.spans[msg.service] = msg.spans
             return self._maybe_reply(job)
         if job.reply is not None:
             return []  # finishing: late verdicts and reports of the ended request
@@ -124,7 +128,8 @@ class SchedulerCore:
             raise OrderError(f"the scheduler does not handle {msg.KIND} messages")
         out: list[Outbound] = []
         while job.reply is None and job.verdicts and not job.awaiting_draft:
-            out.extend(self._decide(job, job.verdicts.popleft()))
+            with trace.span("schedule", job.request_id):
+                out.extend(self._decide(job, job.verdicts.popleft()))
         return out
 
     def fail_current(self, error: str) -> list[Outbound]:
@@ -149,11 +154,13 @@ class SchedulerCore:
             if request.mode not in MODES:
                 return [(client, GenerateReply(ok=False, error=f"mode {request.mode!r} is not one of {', '.join(MODES)}"))]
             job = self._job = _Job(client, request, f"r{next(self._ids)}", prompt, time.perf_counter())
+            if request.trace:
+                trace.start(job.request_id)
             start = {
                 "request_id": job.request_id, "prompt": prompt, "max_new_tokens": request.max_new_tokens,
                 "temperature": request.temperature, "seed": request.seed, "draft": self._draft,
                 "prefill_chunk": self._prefill_chunk, "mode": request.mode, "link_mbps": request.link_mbps,
-                "link_latency_ms": request.link_latency_ms,
+                "link_latency_ms": request.link_latency_ms, "trace": request.trace,
             }
             return [(name, StartRequest(cmd_seq=self._next_seq(name), **start)) for name in self._services]
         return []
@@ -226,7 +233,7 @@ class SchedulerCore:
         return out + self._maybe_reply(job)
 
     def _maybe_reply(self, job: _Job) -> list[Outbound]:
-        waiting_for = [s for s in self._services if s != "drafter" and s not in job.service_stats]
+        waiting_for = [s for s in self._services if s not in job.service_stats]
         if job.reply is None or waiting_for:
             return []
         return self._reply(job)
@@ -241,6 +248,7 @@ class SchedulerCore:
         return [(job.client, reply), *self._next_job()]
 
     def _stats(self, job: _Job) -> dict[str, Any]:
+        spans = trace.finish(job.request_id)
         prefilled = job.prefilled_at or job.finished_at
         decode_s = max(job.finished_at - prefilled, 1e-9)
         wall_s = job.finished_at - job.started
@@ -263,5 +271,6 @@ class SchedulerCore:
             "tokens_per_s": new / wall_s if wall_s > 0 else 0.0,
             "drafter_ms_per_step": job.draft_ms / max(job.steps + job.noops, 1),
             "drafter_busy_ms": job.draft_ms,
-            "services": dict(job.service_stats),
+            "services": {name: v for name, v in job.service_stats.items() if name != "drafter"},
+            **({"trace": {**job.spans, "scheduler": spans}} if job.request.trace else {}),
         }

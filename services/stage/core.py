@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from common.modeling import KVCache, ModelSlice, causal_attend
+from common.observability.trace import span
 from common.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
 from common.protocol import EndRequest, Message, Prune, Segment, StageStats, StartRequest
+from common.tree_mask import TreeMask
 
 Outbound = tuple[str, Message]  # (destination, message): "next" is the ring successor
 
@@ -28,7 +30,7 @@ class _Request:
     log: PruneLog = field(default_factory=PruneLog)
     segments: SequenceCheck = field(default_factory=lambda: SequenceCheck("segment"))
     committed: int = 0
-    ancestors: list[frozenset[int]] = field(default_factory=list)  # of cached tree nodes
+    mask: TreeMask = field(default_factory=TreeMask)  # tree attention of the cached tree nodes
     waiting: deque[Segment] = field(default_factory=deque)
     busy_s: float = 0.0
     forwards: int = 0
@@ -36,7 +38,7 @@ class _Request:
 
     @property
     def tree_rows(self) -> int:
-        return len(self.ancestors)
+        return self.mask.size
 
 
 class StageCore:
@@ -70,7 +72,8 @@ class StageCore:
             stats = StageStats(self.name, req.request_id, req.busy_s * 1e3, req.forwards, req.rows)
             return [("scheduler", stats)]
         if isinstance(msg, Prune):
-            self._apply_prune(req, msg)
+            with span("prune"):
+                self._apply_prune(req, msg)
         elif isinstance(msg, Segment):
             req.segments.check(msg.seq)
             req.waiting.append(msg)
@@ -89,8 +92,7 @@ class StageCore:
         g = req.committed
         rows = [g + a for a in event.accepted] + [g + k for k in in_cache]
         req.cache.keep(torch.tensor(rows, dtype=torch.long), start=g)  # the committed prefix stays put
-        mapping = {old: new for new, old in enumerate(in_cache)}
-        req.ancestors = [frozenset(mapping[j] for j in req.ancestors[k] if j in mapping) for k in in_cache]
+        req.mask.keep(in_cache)
         req.committed = g + len(event.accepted)
 
     def _process(self, req: _Request, seg: Segment) -> Segment:
@@ -104,7 +106,8 @@ class StageCore:
             raise OrderError(f"prefill rows at {seg.first} but the cache holds {req.cache.length}")
         inputs = self._inputs(seg, list(range(seg.rows)))
         positions = torch.tensor(seg.positions, dtype=torch.long)
-        hidden = self._model(inputs, positions, causal_attend(req.cache.length, seg.rows), req.cache)
+        with span("forward"):
+            hidden = self._model(inputs, positions, causal_attend(req.cache.length, seg.rows), req.cache)
         req.committed = req.cache.length
         req.forwards += 1
         req.rows += seg.rows
@@ -118,15 +121,12 @@ class StageCore:
             raise OrderError(f"segment starts at node {now.first}, this stage holds {req.tree_rows} tree nodes")
         rows = list(now.rows)
         n = len(rows)
-        g, t = req.committed, req.tree_rows
-        for r, parent in enumerate(now.parents):
-            req.ancestors.append((req.ancestors[parent] if parent >= 0 else frozenset()) | {t + r})
-        attend = torch.zeros(n, g + t + n, dtype=torch.bool)
-        attend[:, :g] = True
-        for r in range(n):
-            attend[r, [g + j for j in req.ancestors[t + r]]] = True
+        tree = req.mask.append(now.parents)  # [n, t + n]
+        # Rows that see every cached node need no mask at all (autoregressive steps, chains).
+        attend = None if bool(tree.all()) else torch.cat((torch.ones(n, req.committed, dtype=torch.bool), tree), 1)
         positions = torch.tensor([seg.positions[r] for r in rows], dtype=torch.long)
-        hidden = self._model(self._inputs(seg, rows), positions, attend, req.cache)
+        with span("forward"):
+            hidden = self._model(self._inputs(seg, rows), positions, attend, req.cache)
         req.forwards += 1
         req.rows += n
         return replace(

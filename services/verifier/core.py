@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from common.modeling import ModelSlice
+from common.observability.trace import span
 from common.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
 from common.protocol import EndRequest, Message, Prune, Segment, StageStats, StartRequest, Verdict
-from common.verification import accept_greedy, accept_sampling, sample_token
+from common.verification import accept_greedy_ids, accept_sampling, sample_token
 
 Outbound = tuple[str, Message]
 
@@ -71,13 +72,18 @@ class VerifierCore:
         return self._decide(req)
 
     def _logits(self, req: _Request, seg: Segment) -> torch.Tensor | None:
+        """The head's verdict input per row: argmax ids [rows] when greedy, else logits [rows, vocab]."""
         if seg.rows == 0 or (seg.phase == "prefill" and not seg.last_prefill):
             return None
         if seg.hidden is None:
             raise OrderError("the verifier received a segment without hidden states")
         started = time.perf_counter()
         hidden = seg.hidden[-1:] if seg.phase == "prefill" else seg.hidden
-        logits = self._head.logits(hidden).cpu()  # [rows, vocab]; acceptance and its RNG run on the CPU
+        with span("forward"):  # acceptance and its RNG run on the CPU: only what they need leaves the device
+            if req.temperature > 0:
+                logits = self._head.logits(hidden).cpu()  # [rows, vocab]
+            else:
+                logits = self._head.greedy_tokens(hidden).cpu()  # [rows]
         req.busy_s += time.perf_counter() - started
         req.forwards += 1
         req.rows += hidden.shape[0]
@@ -92,7 +98,8 @@ class VerifierCore:
             req.waiting.popleft()
             if seg.round < req.log.round:
                 continue  # in flight when its round ended: nobody waits for it
-            verdict = self._verdict(req, seg, logits)
+            with span("verify"):
+                verdict = self._verdict(req, seg, logits)
             if verdict is not None:
                 out.append(("scheduler", verdict))
         return out
@@ -103,7 +110,8 @@ class VerifierCore:
             if not seg.last_prefill:
                 return None
             req.awaiting_epoch = req.log.epoch + 1
-            token = sample_token(logits[-1], req.temperature, req.generator)
+            last = logits[-1]
+            token = sample_token(last, req.temperature, req.generator) if req.temperature > 0 else int(last)
             return Verdict(**base, kind="prefill", next_token=token, rows=seg.rows)
         now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
         if not now.rows:
@@ -126,7 +134,7 @@ class VerifierCore:
         if req.temperature > 0:
             decision = accept_sampling(tokens, now.parents, picked, req.temperature, req.generator)
         else:
-            decision = accept_greedy(tokens, now.parents, picked)
+            decision = accept_greedy_ids(tokens, now.parents, picked.tolist())
         req.awaiting_epoch = req.log.epoch + 1
         return Verdict(
             **base,
