@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-SPEEDUP_BASELINES = ("chunk", "ar")
+LOCAL = "local"
+"""The anchor mode: transformers' ``generate`` of the whole base model on one stage's cores."""
+SPEEDUP_BASELINES = ("chunk", "ar", LOCAL)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class RunRecord:
     stats: Mapping[str, Any] = field(default_factory=dict)
     error: str = ""
     category: str = ""
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,18 @@ def summarize(records: Iterable[RunRecord], baselines: Sequence[str] = SPEEDUP_B
         failures = sum(1 for r in records if r.mode == mode and not r.ok)
         speedup = {b: _speedup(ok[mode], ok.get(b, {})) for b in baselines}
         out.append(_summary(mode, runs, failures, speedup))
+    return out
+
+
+def agreement(records: Iterable[RunRecord], reference: str = LOCAL) -> dict[str, tuple[int, int]]:
+    """Per mode: (prompts whose output equals ``reference``'s, prompts both completed)."""
+    records = list(records)
+    ref = {r.prompt_id: r.token_ids for r in records if r.mode == reference and r.ok}
+    out: dict[str, tuple[int, int]] = {}
+    for r in records:
+        if r.ok and r.mode != reference and r.prompt_id in ref:
+            equal, total = out.get(r.mode, (0, 0))
+            out[r.mode] = (equal + (r.token_ids == ref[r.prompt_id]), total + 1)
     return out
 
 

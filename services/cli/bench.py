@@ -1,18 +1,24 @@
-"""``flowring bench``: every decoding mode on the running cluster, prompt by prompt, then one table.
+"""``flowring bench``: every decoding mode side by side, prompt by prompt, then one table.
 
 Modes run back to back on each prompt (interleaved, so drift hits all alike) after an uncounted
-warm-up. A failed generation is reported and left out of the summary; the command exits 1 when a
-mode failed on every prompt. Summary maths: :mod:`common.bench_report`.
+warm-up. ``local`` is the anchor: transformers' own ``generate`` of the whole base model in one
+process on one stage's cores. By default the modes run on the running cluster; ``--pin`` starts a
+cluster for the run with every service on cores of its own (a 16-core host emulating a LAN of
+boards) and stops it afterwards. ``--trace`` records every service's timeline. A failed generation
+is reported and left out of the summary; the command exits 1 when a mode failed on every prompt.
+Summary maths: :mod:`common.bench_report`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import shlex
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,14 +30,25 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.bench_report import SPEEDUP_BASELINES, ModeSummary, RunRecord, service_order, summarize
+from common.bench_report import (
+    LOCAL,
+    SPEEDUP_BASELINES,
+    ModeSummary,
+    RunRecord,
+    agreement,
+    service_order,
+    summarize,
+)
 from common.link import LinkError, LinkSettings
+from common.observability import trace
 from common.prompts import Prompt, PromptFileError, load_prompts
-from common.protocol import MODES, ProtocolError
+from common.protocol import MODES, DraftSettings, ProtocolError
 from common.settings import ClusterSpec
-from services.cli.bench_plot import PlotError, write_plot
+from services.bench.local_baseline import BaselineError, BaselineWorker
+from services.bench.pinning import PinError, pin_services, stage_cpus
+from services.cli.bench_plot import PlotError, write_plot, write_timeline
 from services.client import Client, ClusterUnavailable
-from services.launcher import client_for, default_run_dir
+from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
 
 WARMUP_MAX_NEW_TOKENS = 16
 DEFAULT_RUN_DIR = default_run_dir()
@@ -51,11 +68,25 @@ class BenchSettings:
     link_latency_ms: float
     warmup: int
     timeout_s: float
+    trace: bool = False
 
     def options(self, max_new_tokens: int | None = None) -> dict[str, Any]:
         """GenerateRequest fields shared by every run (the mode and prompt aside)."""
         return {"max_new_tokens": max_new_tokens or self.max_new_tokens, "temperature": self.temperature,
-                "seed": self.seed, "link_mbps": self.link_mbps, "link_latency_ms": self.link_latency_ms}
+                "seed": self.seed, "link_mbps": self.link_mbps, "link_latency_ms": self.link_latency_ms,
+                "trace": self.trace}
+
+
+@dataclasses.dataclass(frozen=True)
+class PinnedCluster:
+    """``--pin``: a cluster started for the run, every service on ``cores_per_service`` cores of its own."""
+
+    base: str
+    draft: str
+    stages: int
+    cores_per_service: int
+    dtype: str
+    draft_settings: DraftSettings
 
 
 def _fail(message: str) -> None:
@@ -63,11 +94,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+BENCH_MODES = (LOCAL, *MODES)
+
+
 @app.callback(invoke_without_command=True)
 def bench(
     prompts: Annotated[str, typer.Option(help="JSONL prompt file (MT-bench/Spec-Bench or HumanEval), or humaneval.")],
     json_out: Annotated[Path, typer.Option("--json", help="Where to write settings, per-run stats and summary.")],
-    modes: Annotated[str, typer.Option(help=f"Comma-separated modes among {', '.join(MODES)}.")] = ",".join(MODES),
+    modes: Annotated[str, typer.Option(help=f"Comma-separated modes among {', '.join(BENCH_MODES)}.")] = (
+        ",".join(BENCH_MODES)),
     num_prompts: Annotated[int, typer.Option(min=1, help="Prompts taken from the top of the file.")] = 10,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
@@ -75,43 +110,77 @@ def bench(
     link_mbps: Annotated[float, typer.Option(min=0.0, help="Emulated bandwidth of every hop (0: unlimited).")] = 0.0,
     link_latency_ms: Annotated[float, typer.Option(min=0.0, help="Emulated one-way latency of every hop.")] = 0.0,
     warmup: Annotated[int, typer.Option(min=0, help="Uncounted short generations per mode first.")] = 1,
-    plot: Annotated[Path | None, typer.Option(help="Also write a PNG of throughput and busy ratios.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG of throughput and busy ratios (and, with "
+                                                   "--trace, PLOT-timeline.png).")] = None,
+    trace_out: Annotated[Path | None, typer.Option("--trace", help="Write every service's timeline as "
+                                                   "Chrome/Perfetto trace-event JSON.")] = None,
+    pin: Annotated[bool, typer.Option(help="Start a cluster for the run, every service pinned to cores of its "
+                                           "own (taskset), instead of using the running one.")] = False,
+    model: Annotated[str, typer.Option(help="--pin: catalog pair, unless --base/--draft.")] = "qwen-coder",
+    base: Annotated[str, typer.Option(help="--pin: base model (catalog name, folder or .gguf).")] = "",
+    draft: Annotated[str, typer.Option(help="--pin: draft model (catalog name, folder or .gguf).")] = "",
+    stages: Annotated[int, typer.Option(min=1, help="--pin: pipeline stages (boards).")] = 2,
+    cores_per_service: Annotated[int, typer.Option(min=1, help="--pin: cores each service gets.")] = 2,
+    dtype: Annotated[str, typer.Option(help="--pin: float32 or bfloat16.")] = "bfloat16",
+    tree: Annotated[str, typer.Option(help="--pin: draft-tree settings as JSON, e.g. '{\"grow_levels\": 2}'.")] = "{}",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one generation.")] = 600.0,
     run_dir: Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR",
                                           help="Where the cluster keeps state.")] = DEFAULT_RUN_DIR,
 ) -> None:
-    """Run every mode on each prompt against the running cluster; print and save the comparison."""
+    """Run every mode on each prompt side by side; print and save the comparison."""
     mode_list = tuple(dict.fromkeys(m.strip() for m in modes.split(",") if m.strip()))
-    unknown = [m for m in mode_list if m not in MODES]
+    unknown = [m for m in mode_list if m not in BENCH_MODES]
     if not mode_list or unknown:
-        _fail(f"--modes must name some of {', '.join(MODES)}, not {modes!r}")
+        _fail(f"--modes must name some of {', '.join(BENCH_MODES)}, not {modes!r}")
     try:
         LinkSettings(link_mbps, link_latency_ms)
         prompt_list = load_prompts(prompts, num_prompts)
     except (LinkError, PromptFileError) as exc:
         _fail(str(exc))
-    cluster_file = run_dir / "cluster.json"
-    if not cluster_file.exists():
-        _fail(f"no cluster in {run_dir}: start one with `flowring up`")
-    spec = ClusterSpec.load(cluster_file)
     settings = BenchSettings(prompts, mode_list, len(prompt_list), max_new_tokens, temperature, seed, link_mbps,
-                             link_latency_ms, warmup, timeout)
-    console = Console(width=max(Console().width, 200))
+                             link_latency_ms, warmup, timeout, trace_out is not None)
+    if pin:
+        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree)
+        spec, own_run_dir = _start_pinned(pinned)
+    else:
+        cluster_file = run_dir / "cluster.json"
+        if not cluster_file.exists():
+            _fail(f"no cluster in {run_dir}: start one with `flowring up`, or pass --pin")
+        spec, own_run_dir = ClusterSpec.load(cluster_file), None
+    console = Console(width=max(Console().width, 280))
     started = datetime.now(UTC)
-    with client_for(spec, timeout) as client:
-        _warm_up(client, settings, prompt_list[0], console)
-        records = _run_all(client, settings, prompt_list, console)
+    try:
+        with client_for(spec, timeout) as client, _baseline(spec, mode_list) as local:
+            runner = _Runner(client, local, settings)
+            _warm_up(runner, settings, prompt_list[0], console)
+            records = _run_all(runner, settings, prompt_list, console)
+    except BaselineError as exc:
+        _fail(str(exc))
+    finally:
+        if own_run_dir is not None:
+            stop(own_run_dir)
     summaries = summarize(records, SPEEDUP_BASELINES)
     machine = machine_info()
     command = shlex.join(sys.argv)
     _write_json(json_out, settings, machine, started, command, spec, records, summaries)
     _print_report(console, settings, machine, started, command, records, summaries)
+    traced = _traced_requests(records) if trace_out is not None else []
+    if trace_out is not None:
+        try:
+            trace_out.write_text(json.dumps(trace.chrome_trace(traced)) + "\n")
+        except OSError as exc:
+            _fail(f"cannot write {trace_out}: {exc}")
+        typer.echo(f"trace: {trace_out} (open in ui.perfetto.dev or chrome://tracing)")
     if plot is not None:
         try:
             write_plot(summaries, plot, _title(settings, machine))
+            typer.echo(f"plot: {plot}")
+            if traced:
+                timeline = plot.with_name(f"{plot.stem}-timeline{plot.suffix or '.png'}")
+                write_timeline(_last_per_mode(traced), timeline, _title(settings, machine))
+                typer.echo(f"timeline: {timeline}")
         except PlotError as exc:
             _fail(str(exc))
-        typer.echo(f"plot: {plot}")
     typer.echo(f"json: {json_out}")
     dead = [s.mode for s in summaries if s.runs == 0]
     if dead:
@@ -132,17 +201,94 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "host": platform.node()}
 
 
-def _warm_up(client: Client, settings: BenchSettings, prompt: Prompt, console: Console) -> None:
-    options = settings.options(min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
+def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: str) -> PinnedCluster:
+    from common.catalog import default_pair
+    from common.model_store import ModelStoreError, resolve
+
+    if dtype not in ("float32", "bfloat16"):
+        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    try:
+        settings = DraftSettings(**json.loads(tree))
+        if not (base and draft):
+            base, draft = default_pair(model)
+        base_dir, draft_dir = resolve(base), resolve(draft)
+    except (KeyError, ValueError, TypeError, ModelStoreError) as exc:
+        _fail(str(exc))
+    return PinnedCluster(str(base_dir), str(draft_dir), stages, cores, dtype, settings)
+
+
+def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
+    """Start the run's own cluster in a temporary run folder; returns its spec and that folder."""
+    import tempfile
+
+    try:
+        spec = plan_local(Path(pinned.base), Path(pinned.draft), pinned.stages, dtype=pinned.dtype,
+                          threads=pinned.cores_per_service, draft_settings=pinned.draft_settings)
+        spec = pin_services(spec, pinned.cores_per_service, os.cpu_count() or 1)
+        run_dir = Path(tempfile.mkdtemp(prefix="flowring-bench-")) / "run"
+        typer.echo(f"starting {pinned.stages} stage(s), every service on {pinned.cores_per_service} core(s) of its "
+                   f"own: {', '.join(f'{p.name} {p.cpus}' for p in spec.ring)}")
+        start(spec, run_dir)
+    except (PinError, LaunchError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    return spec, run_dir
+
+
+@contextlib.contextmanager
+def _baseline(spec: ClusterSpec, modes: tuple[str, ...]) -> Iterator[BaselineWorker | None]:
+    """The ``local`` worker on stage 1's cores (pinned when the cluster is), if that mode runs."""
+    if LOCAL not in modes:
+        yield None
+        return
+    with BaselineWorker(Path(spec.base), spec.dtype, spec.threads, stage_cpus(spec), spec.device) as worker:
+        yield worker
+
+
+@dataclasses.dataclass
+class _Runner:
+    """One generation of one prompt in one mode: through the ring, or by the local baseline."""
+
+    client: Client
+    local: BaselineWorker | None
+    settings: BenchSettings
+
+    def run(self, prompt: Prompt, mode: str, options: dict[str, Any]) -> RunRecord:
+        if mode == LOCAL:
+            return self._local(prompt, options)
+        try:
+            reply = self.client.generate(prompt.text, raw=prompt.raw, mode=mode, **options)
+        except (ClusterUnavailable, ProtocolError) as exc:
+            return RunRecord(prompt.id, mode, False, error=str(exc), category=prompt.category)
+        if not reply.ok:
+            return RunRecord(prompt.id, mode, False, error=reply.error or "no error given", category=prompt.category)
+        return RunRecord(prompt.id, mode, True, dict(reply.stats), category=prompt.category,
+                         token_ids=tuple(reply.token_ids))
+
+    def _local(self, prompt: Prompt, options: dict[str, Any]) -> RunRecord:
+        assert self.local is not None
+        answer = self.local.generate({"prompt": prompt.text, "raw": prompt.raw, **{
+            k: options[k] for k in ("max_new_tokens", "temperature", "seed")}})
+        if "error" in answer:
+            return RunRecord(prompt.id, LOCAL, False, error=answer["error"], category=prompt.category)
+        new = len(answer["token_ids"])
+        stats = {"new_tokens": new, "steps": max(new - 1, 0), "noop_steps": 0, "rounds": 0, "tokens_per_step": 1.0,
+                 "accepted_per_step": 0.0, "prefill_ms": answer["prefill_ms"], "decode_ms": answer["decode_ms"],
+                 "wall_ms": answer["wall_ms"], "drafter_busy_ms": 0.0, "services": {},
+                 "prompt_tokens": answer["prompt_tokens"]}
+        return RunRecord(prompt.id, LOCAL, True, stats, category=prompt.category, token_ids=tuple(answer["token_ids"]))
+
+
+def _warm_up(runner: _Runner, settings: BenchSettings, prompt: Prompt, console: Console) -> None:
+    options = {**settings.options(min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS)), "trace": False}
     for mode in settings.modes:
         for _ in range(settings.warmup):
-            record = _generate(client, prompt, mode, options)
+            record = runner.run(prompt, mode, options)
             if not record.ok:
                 console.print(f"[yellow]warm-up failed[/]: mode {mode}, prompt {escape(prompt.id)}: "
                               f"{escape(record.error)}")
 
 
-def _run_all(client: Client, settings: BenchSettings, prompts: list[Prompt], console: Console) -> list[RunRecord]:
+def _run_all(runner: _Runner, settings: BenchSettings, prompts: list[Prompt], console: Console) -> list[RunRecord]:
     records: list[RunRecord] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
@@ -150,7 +296,7 @@ def _run_all(client: Client, settings: BenchSettings, prompts: list[Prompt], con
         for i, prompt in enumerate(prompts, start=1):
             for mode in settings.modes:
                 progress.update(task, description=f"prompt {i}/{len(prompts)} ({prompt.id}) {mode:<8}")
-                record = _generate(client, prompt, mode, settings.options())
+                record = runner.run(prompt, mode, settings.options())
                 if not record.ok:
                     progress.console.print(f"[red]failed[/]: mode {mode}, prompt {escape(prompt.id)}: "
                                            f"{escape(record.error)}")
@@ -159,14 +305,13 @@ def _run_all(client: Client, settings: BenchSettings, prompts: list[Prompt], con
     return records
 
 
-def _generate(client: Client, prompt: Prompt, mode: str, options: dict[str, Any]) -> RunRecord:
-    try:
-        reply = client.generate(prompt.text, raw=prompt.raw, mode=mode, **options)
-    except (ClusterUnavailable, ProtocolError) as exc:
-        return RunRecord(prompt.id, mode, False, error=str(exc), category=prompt.category)
-    if not reply.ok:
-        return RunRecord(prompt.id, mode, False, error=reply.error or "no error given", category=prompt.category)
-    return RunRecord(prompt.id, mode, True, dict(reply.stats), category=prompt.category)
+def _traced_requests(records: list[RunRecord]) -> list[dict[str, Any]]:
+    return [{"label": f"{r.mode} {r.prompt_id}", "mode": r.mode, "spans": r.stats["trace"]}
+            for r in records if r.ok and "trace" in r.stats]
+
+
+def _last_per_mode(traced: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list({t["mode"]: t for t in traced}.values())
 
 
 def _write_json(
@@ -182,6 +327,7 @@ def _write_json(
         "records": [dataclasses.asdict(r) for r in records],
         "failures": [{"mode": r.mode, "prompt_id": r.prompt_id, "error": r.error} for r in records if not r.ok],
         "summary": [dataclasses.asdict(s) for s in summaries],
+        "equal_to_local": {mode: {"equal": e, "compared": n} for mode, (e, n) in agreement(records).items()},
     }
     try:
         path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -207,10 +353,12 @@ def _print_report(
     table = Table(title=_title(settings, machine), box=box.SIMPLE_HEAD, caption=(
         "tok/s pooled: total tokens / total time. speedup vs chunk, vs ar: ratio of decode tokens/s, each "
         "total decode tokens / total decode time over the prompts both modes completed. busy: busy time / wall "
-        "time. acc: accepted draft tokens; step: one verification."))
+        "time. acc: accepted draft tokens; step: one verification. = local: prompts whose output equals the local "
+        "baseline's, of those both completed."))
     headers = ["mode", "ok/runs", "decode tok/s", "e2e tok/s", "acc/step", "tok/step", "tok/round", "rounds",
                *(f"busy {name}" for name in services), "busy drafter", "drafter ms/step",
-               *(f"speedup vs {b}" for b in SPEEDUP_BASELINES)]
+               *(f"speedup vs {b}" for b in SPEEDUP_BASELINES), "= local"]
+    same = agreement(records)
     for header in headers:
         table.add_column(header, justify="left" if header == "mode" else "right", no_wrap=header == "mode")
     for s in summaries:
@@ -220,6 +368,7 @@ def _print_report(
             f"{s.accepted_per_step:.2f}", f"{s.tokens_per_step:.2f}", f"{s.tokens_per_round:.2f}",
             f"{s.rounds_per_run:.1f}", *(f"{s.busy_ratio.get(name, 0.0):.2f}" for name in services),
             f"{s.drafter_busy_ratio:.2f}", f"{s.drafter_ms_per_step:.1f}", *speedups,
+            "{}/{}".format(*same[s.mode]) if s.mode in same else "-",
         )
     console.print(table)
     failures = [r for r in records if not r.ok]

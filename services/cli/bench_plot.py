@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from common.bench_report import ModeSummary, service_order
+from common.observability.trace import SPAN_KINDS
+
+SPAN_COLOURS = {"recv": "#9ecae1", "forward": "#3182bd", "prune": "#e6550d", "send": "#fdae6b", "draft": "#31a354",
+                "verify": "#756bb1", "schedule": "#636363"}
+TIMELINE_WINDOW_S = 3.0  # the first seconds of a request: enough to see the pipeline's steady state
 
 
 class PlotError(RuntimeError):
     """The plot could not be drawn (matplotlib missing) or written."""
 
 
-def write_plot(summaries: Sequence[ModeSummary], path: Path, title: str) -> None:
-    """Two panels: decode and end-to-end tokens/s per mode; busy ratio per service per mode."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -21,6 +26,53 @@ def write_plot(summaries: Sequence[ModeSummary], path: Path, title: str) -> None
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise PlotError("--plot needs matplotlib: pip install matplotlib") from exc
+    return plt
+
+
+def write_timeline(requests: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
+    """One panel per traced request: a lane per service, a bar per span, gaps are waiting (bubbles)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(requests), 1, figsize=(14, 1.0 + 0.45 * 7 * len(requests)), squeeze=False)
+    for ax, request in zip(axes[:, 0], requests, strict=True):
+        spans = request["spans"]
+        services = sorted(spans, key=_lane_order)
+        origin = min((flat[1] for flat in spans.values() if flat), default=0)
+        for lane, name in enumerate(services):
+            flat = spans[name]
+            bars: dict[str, list[tuple[float, float]]] = {}
+            for code, ts, dur in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
+                start = (ts - origin) / 1e6
+                if start <= TIMELINE_WINDOW_S:
+                    bars.setdefault(SPAN_KINDS[code], []).append((start, max(dur / 1e6, 1e-4)))
+            for kind, segments in bars.items():
+                ax.broken_barh(segments, (lane - 0.4, 0.8), facecolors=SPAN_COLOURS[kind], label=kind)
+        ax.set_yticks(range(len(services)), services)
+        ax.invert_yaxis()
+        ax.set_xlim(0, TIMELINE_WINDOW_S)
+        ax.set_xlabel("seconds since the request's first span")
+        ax.set_title(str(request["label"]), fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        ax.legend(unique.values(), unique.keys(), loc="upper right", fontsize=7, ncol=len(unique))
+    fig.suptitle(f"timeline (white: waiting); {title}", fontsize=10)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise PlotError(f"cannot write plot {path}: {exc}") from exc
+    finally:
+        plt.close(fig)
+
+
+def _lane_order(name: str) -> tuple[int, int, str]:
+    if name == "drafter":
+        return (-1, 0, name)
+    return service_order(name) if name != "scheduler" else (3, 0, name)
+
+
+def write_plot(summaries: Sequence[ModeSummary], path: Path, title: str) -> None:
+    """Two panels: decode and end-to-end tokens/s per mode; busy ratio per service per mode."""
+    plt = _pyplot()
     modes = [s.mode for s in summaries]
     services = sorted({name for s in summaries for name in s.busy_ratio}, key=service_order) + ["drafter"]
     fig, (rate_ax, busy_ax) = plt.subplots(1, 2, figsize=(13, 4.8))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.bench_report import RunRecord, decode_rate, service_order, summarize
+from common.bench_report import RunRecord, agreement, decode_rate, service_order, summarize
 
 
 def _stats(new, decode_ms, wall_ms, steps, accepted, per_step, rounds, noops, drafter_ms, busy):
@@ -80,7 +80,7 @@ def test_speedups_use_the_prompts_both_modes_completed():
 def test_missing_baseline_and_all_failed_mode():
     records = [*RECORDS[:1], RunRecord("p1", "pipedec", False, error="boom")]
     flow, pipedec = summarize(records)
-    assert flow.speedup == {"chunk": None, "ar": None}
+    assert flow.speedup == {"chunk": None, "ar": None, "local": None}
     assert (pipedec.runs, pipedec.failures, pipedec.decode_tokens_per_s, pipedec.busy_ratio) == (0, 1, 0.0, {})
     assert summarize(records, baselines=("pipedec",))[0].speedup == {"pipedec": None}
 
@@ -89,3 +89,12 @@ def test_decode_rate_edge_cases():
     assert decode_rate([]) == 0.0
     one_token = _stats(1, 0.0, 5.0, 0, 0.0, 0.0, 0, 0, 0.0, {})
     assert decode_rate([one_token]) == 0.0
+
+
+def test_agreement_counts_prompts_equal_to_the_local_baseline():
+    records = [
+        RunRecord("p1", "local", True, token_ids=(1, 2)), RunRecord("p2", "local", True, token_ids=(3,)),
+        RunRecord("p1", "ar", True, token_ids=(1, 2)), RunRecord("p2", "ar", True, token_ids=(3, 4)),
+        RunRecord("p1", "flowspec", False, error="boom"), RunRecord("p3", "chunk", True, token_ids=(9,)),
+    ]
+    assert agreement(records) == {"ar": (1, 2)}

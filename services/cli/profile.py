@@ -1,0 +1,68 @@
+"""``flowring profile``: what one forward costs, ours against transformers on the same cores."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Measure forward costs on this machine.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            _fail(f"--cpus must look like 0-3 or 0,2,4, not {text!r}")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+@app.command()
+def forward(
+    base: Annotated[str, typer.Option(help="Base model: catalog name, folder or .gguf.")] = "qwen-coder-1.5b",
+    layers: Annotated[str, typer.Option(help="Layer range of the stage, e.g. 0-14.")] = "0-14",
+    rows: Annotated[str, typer.Option(help="New rows per forward to time, comma-separated.")] = "1,16",
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "bfloat16",
+    threads: Annotated[int, typer.Option(min=0, help="Torch threads (0: one per pinned core).")] = 0,
+    cpus: Annotated[str, typer.Option(help="Pin this process to these cores, e.g. 0-1 (empty: no pinning).")] = "",
+    context: Annotated[int, typer.Option(min=1, help="Tokens already in the KV cache.")] = 256,
+    repeats: Annotated[int, typer.Option(min=3)] = 15,
+) -> None:
+    """A stage's forward vs transformers' same layers, per token and per segment, and weight GB/s."""
+    import torch
+
+    from common.model_store import ModelStoreError, resolve
+    from common.modeling import load_model_spec
+    from services.bench.forward import DTYPES, compare, memory_bandwidth_gb_per_s
+
+    if dtype not in DTYPES:
+        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if cpus:
+        os.sched_setaffinity(0, _cpu_list(cpus))
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    try:
+        base_dir = resolve(base)
+        first, _, last = layers.partition("-")
+        layer_range = (int(first), int(last))
+        if not 0 <= layer_range[0] < layer_range[1] <= load_model_spec(base_dir).num_layers:
+            raise ValueError(f"--layers {layers} is not a range of the model's layers")
+        row_counts = [int(r) for r in rows.split(",")]
+    except (ModelStoreError, ValueError) as exc:
+        _fail(str(exc))
+    bandwidth = memory_bandwidth_gb_per_s()
+    typer.echo(f"{base_dir.name} layers {layer_range[0]}-{layer_range[1]}, {dtype}, {torch.get_num_threads()} "
+               f"thread(s) on cores {sorted(os.sched_getaffinity(0))}, KV context {context}; "
+               f"memory read bandwidth {bandwidth:.1f} GB/s")
+    typer.echo("| rows | flowring ms | transformers ms | ratio | weight GB/s (flowring) | of bandwidth |")
+    typer.echo("|---|---|---|---|---|---|")
+    for t in compare(base_dir, layer_range, row_counts, dtype, context, repeats):
+        typer.echo(f"| {t.rows} | {t.ours_ms:.1f} | {t.transformers_ms:.1f} | {t.ratio:.2f}x | "
+                   f"{t.weight_gb_per_s:.1f} | {t.weight_gb_per_s / bandwidth:.0%} |")
