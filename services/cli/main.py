@@ -11,7 +11,7 @@ import typer
 
 from common.protocol import DraftSettings, GenerateReply
 from common.settings import ClusterSpec
-from services.cli import bench, models, plan
+from services.cli import bench, models, plan, serve
 from services.client import Client, ClusterUnavailable
 from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
 
@@ -20,6 +20,7 @@ app = typer.Typer(help="flowring: continuous pipelined speculative decoding over
 app.add_typer(models.app, name="models", help="Pull and list models in the local cache.")
 app.add_typer(bench.app, name="bench", help="Run decoding modes side by side on the running cluster.")
 app.add_typer(plan.app)
+app.add_typer(serve.app)
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 _DEFAULTS = DraftSettings()

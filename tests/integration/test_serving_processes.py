@@ -15,7 +15,7 @@ from common.protocol import DraftSettings, GenerateChunk, GenerateReply
 from common.settings import Admission
 from services.cli.main import app
 from services.launcher import client_for, plan_local, start, stop
-from tests.support.reference import greedy_reference
+from tests.support.reference import greedy_reference, long_running_prompt
 from tests.support.tiny_models import make_tiny_pair
 
 TREES = DraftSettings(top_k=3, fill_nodes=12, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
@@ -33,6 +33,12 @@ def cluster(tmp_path_factory):
         yield spec, base, root / "run"
     finally:
         stop(root / "run")
+
+
+def _cancelled(run_dir) -> int:
+    """Requests the scheduler has logged as ended by a cancel."""
+    lines = (run_dir / "logs" / "scheduler.log").read_text().splitlines()
+    return sum(1 for line in lines if '"request_done"' in line and '"cancelled"' in line)
 
 
 def _wait_idle(spec, seconds: float = 10.0) -> bool:
@@ -65,24 +71,28 @@ def test_concurrent_requests_each_equal_their_solo_run(cluster):
 
 
 def test_closing_a_stream_cancels_it_and_the_next_request_runs_at_once(cluster):
-    spec, base, _ = cluster
+    spec, base, run_dir = cluster
+    before = _cancelled(run_dir)
     with client_for(spec, 120) as client:
-        stream = client.stream("", prompt_ids=(5, 6, 7), max_new_tokens=400, mode="ar")
+        stream = client.stream("", prompt_ids=tuple(long_running_prompt(base)), max_new_tokens=400, mode="ar")
         first = next(stream)
         assert isinstance(first, GenerateChunk) and first.token_ids
         stream.close()  # the caller stops reading: the request is cancelled on every service
         assert _wait_idle(spec), "the cancelled request left the scheduler busy"
+        assert _cancelled(run_dir) == before + 1
         reply = client.generate("", prompt_ids=(9, 10), max_new_tokens=6)
     assert reply.ok and list(reply.token_ids) == greedy_reference(base, [9, 10], 6)
 
 
 def test_a_killed_client_is_noticed_and_its_request_cancelled(cluster):
-    spec, _, _ = cluster
+    spec, base, run_dir = cluster
+    before = _cancelled(run_dir)
     client = client_for(spec, 120)
-    stream = client.stream("", prompt_ids=(5, 6, 7), max_new_tokens=400, mode="ar")
+    stream = client.stream("", prompt_ids=tuple(long_running_prompt(base)), max_new_tokens=400, mode="ar")
     assert isinstance(next(stream), GenerateChunk)
     client._sock.close(0)  # what a killed process does: the connection drops without a CancelRequest
     assert _wait_idle(spec), "the scheduler did not notice the client was gone"
+    assert _cancelled(run_dir) == before + 1
 
 
 def test_stream_chunks_add_up_to_the_final_reply(cluster):
