@@ -27,13 +27,24 @@ class TreeShape:
 
 
 class TreeDrafter:
-    """A draft model with its context cache; ``draft`` never changes the committed context."""
+    """A draft model with one request's context cache; ``draft`` never changes the committed context.
 
-    def __init__(self, model: ModelSlice) -> None:
+    Several requests share the model, each through its own TreeDrafter over its own cache.
+    """
+
+    def __init__(self, model: ModelSlice, cache: KVCache | None = None) -> None:
         assert model.with_embedding and model.with_head, "the draft model must be whole"
         self._model = model
-        self._cache: KVCache = model.new_cache()
+        self._cache: KVCache = cache if cache is not None else model.new_cache()
         self._root_logits: torch.Tensor | None = None  # [vocab] at the last committed token
+
+    @property
+    def model(self) -> ModelSlice:
+        return self._model
+
+    @property
+    def cache(self) -> KVCache:
+        return self._cache
 
     @property
     def context_length(self) -> int:

@@ -71,19 +71,34 @@ class PruneLog:
 class EarlyMessages:
     """Messages that reached a service before the StartRequest of their request (links race).
 
-    They are held, in arrival order, and replayed when that request starts; holding is bounded, and
-    whatever belongs to another request (an ended one) is discarded at the next start.
+    They are held per request id, in arrival order, and replayed when that request starts. Holding
+    is bounded in total: past ``LIMIT`` the oldest held message (of any request) is dropped.
     """
 
     LIMIT = 1024
 
     def __init__(self) -> None:
-        self._held: deque[Message] = deque(maxlen=self.LIMIT)
+        self._held: dict[str, deque[Message]] = {}
+        self._arrivals: deque[str] = deque()  # request id of every held message, oldest first
 
     def hold(self, msg: Message) -> None:
-        self._held.append(msg)
+        request_id = getattr(msg, "request_id", "")
+        self._held.setdefault(request_id, deque()).append(msg)
+        self._arrivals.append(request_id)
+        while len(self._arrivals) > self.LIMIT:
+            oldest = self._arrivals.popleft()
+            queue = self._held.get(oldest)
+            if queue:
+                queue.popleft()
+                if not queue:
+                    del self._held[oldest]
 
     def release(self, request_id: str) -> list[Message]:
-        mine = [m for m in self._held if getattr(m, "request_id", None) == request_id]
-        self._held.clear()
+        """The messages held for ``request_id``, in arrival order; they are held no longer."""
+        mine = list(self._held.pop(request_id, ()))
+        if mine:
+            self._arrivals = deque(r for r in self._arrivals if r != request_id)
         return mine
+
+    def discard(self, request_id: str) -> None:
+        self.release(request_id)

@@ -247,6 +247,11 @@ class GenerateRequest:
     link_mbps: float = 0.0
     link_latency_ms: float = 0.0
     trace: bool = False  # return every service's timeline in the reply's stats
+    stream: bool = False  # send a GenerateChunk as tokens are committed, then the GenerateReply
+
+
+REPLY_CODES = ("", "invalid", "busy", "cancelled", "timeout", "failed")
+"""``GenerateReply.code``: "" on success; else why it failed (``busy``: retry after ``retry_after_s``)."""
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,25 @@ class GenerateReply:
     token_ids: tuple[int, ...] = ()
     stats: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    code: str = ""  # one of REPLY_CODES
+    retry_after_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerateChunk:
+    """Output committed since the last chunk of a streamed request; ``text`` never revises earlier text."""
+
+    KIND: ClassVar[str] = "generate_chunk"
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """The client gives up every request it has running or queued; their state is freed everywhere."""
+
+    KIND: ClassVar[str] = "cancel"
 
 
 @dataclass(frozen=True)
@@ -281,13 +305,13 @@ step-wise verification, pruning and re-drafted expansion (FlowSpec)."""
 
 Message = (
     Segment | StartRequest | Prune | Expand | EndRequest | Shutdown | Verdict | DraftReport | Ready | Fault
-    | StageStats | GenerateRequest | GenerateReply | StatusRequest | StatusReply
+    | StageStats | GenerateRequest | GenerateReply | GenerateChunk | CancelRequest | StatusRequest | StatusReply
 )
 _TYPES: dict[str, type] = {
     t.KIND: t
     for t in (
         Segment, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Fault,
-        StageStats, GenerateRequest, GenerateReply, StatusRequest, StatusReply,
+        StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest, StatusReply,
     )
 }
 _NESTED: dict[str, type] = {"draft": DraftSettings}

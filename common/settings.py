@@ -36,6 +36,16 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """How many requests the scheduler runs and queues, and the KV memory each service may spend."""
+
+    max_in_flight: int = 4  # requests in the ring at once
+    max_queued: int = 16  # requests waiting for a slot; past this a request is answered busy
+    kv_budget_mib: float = 0.0  # per service; 0: unchecked
+    retry_after_s: float = 2.0  # the wait a busy answer suggests
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     base: str  # resolved local Hugging Face folder
     draft: str
@@ -49,6 +59,7 @@ class ClusterSpec:
     draft_settings: DraftSettings = field(default_factory=DraftSettings)
     prefill_chunk: int = 64
     timeouts: Timeouts = field(default_factory=Timeouts)
+    admission: Admission = field(default_factory=Admission)
 
     @property
     def ring(self) -> list[Placement]:
@@ -79,13 +90,14 @@ class ClusterSpec:
 
         return cls(
             **{k: v for k, v in raw.items() if k not in ("drafter", "stages", "verifier", "scheduler",
-                                                         "draft_settings", "timeouts")},
+                                                         "draft_settings", "timeouts", "admission")},
             drafter=place(raw["drafter"]),
             stages=tuple(place(s) for s in raw["stages"]),
             verifier=place(raw["verifier"]),
             scheduler=place(raw["scheduler"]),
             draft_settings=DraftSettings(**raw["draft_settings"]),
             timeouts=Timeouts(**raw["timeouts"]),
+            admission=Admission(**raw.get("admission", {})),
         )
 
     @classmethod

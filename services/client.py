@@ -1,10 +1,14 @@
-"""Client of the scheduler's ROUTER socket: what the CLI, tests and benchmarks talk to."""
+"""Client of the scheduler's ROUTER socket: what the CLI, the HTTP API, tests and benchmarks talk to."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import zmq
 
 from common.protocol import (
+    CancelRequest,
+    GenerateChunk,
     GenerateReply,
     GenerateRequest,
     Message,
@@ -16,19 +20,21 @@ from common.protocol import (
     encode,
 )
 
+CANCEL_LINGER_MS = 1000  # how long a closing socket may still try to deliver a CancelRequest
+
 
 class ClusterUnavailable(RuntimeError):
     """The scheduler did not answer in time."""
 
 
 class Client:
+    """One DEALER connection; one question at a time. An abandoned generation is cancelled."""
+
     def __init__(self, endpoint: str, timeout_s: float = 600.0) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._ctx = zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
+        self._sock = self._connect()
 
     def close(self) -> None:
         self._sock.close(0)
@@ -40,10 +46,14 @@ class Client:
         self.close()
 
     def generate(self, prompt: str, **options) -> GenerateReply:
-        reply = self._ask(GenerateRequest(prompt=prompt, **options), self.timeout_s)
-        if not isinstance(reply, GenerateReply):
-            raise ProtocolError(f"expected a generate reply, got {reply.KIND}")
+        """The final reply; interrupted (Ctrl-C) or timed out, the request is cancelled on the cluster."""
+        *_, reply = self._exchange(GenerateRequest(prompt=prompt, stream=False, **options))
+        assert isinstance(reply, GenerateReply)
         return reply
+
+    def stream(self, prompt: str, **options) -> Iterator[GenerateChunk | GenerateReply]:
+        """Chunks as tokens are committed, then the final reply. Closing the iterator early cancels."""
+        yield from self._exchange(GenerateRequest(prompt=prompt, stream=True, **options))
 
     def status(self, timeout_s: float = 5.0) -> StatusReply:
         reply = self._ask(StatusRequest(), timeout_s)
@@ -54,13 +64,41 @@ class Client:
     def shutdown(self, timeout_s: float = 5.0) -> None:
         self._ask(Shutdown(cmd_seq=-1), timeout_s)
 
+    def _exchange(self, request: GenerateRequest) -> Iterator[GenerateChunk | GenerateReply]:
+        self._sock.send_multipart(encode(request), copy=False)
+        finished = False
+        try:
+            while not finished:
+                msg = self._receive(self.timeout_s)
+                if not isinstance(msg, GenerateChunk | GenerateReply):
+                    raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
+                finished = isinstance(msg, GenerateReply)
+                yield msg
+        finally:  # interrupted, timed out, or the caller stopped reading: free the ring
+            if not finished:
+                self._cancel()
+
     def _ask(self, msg: Message, timeout_s: float) -> Message:
         self._sock.send_multipart(encode(msg), copy=False)
+        return self._receive(timeout_s)
+
+    def _receive(self, timeout_s: float) -> Message:
         if not self._sock.poll(int(timeout_s * 1000)):
             # The DEALER would deliver a late answer to the next question: start over with a new socket.
             self._sock.close(0)
-            self._sock = self._ctx.socket(zmq.DEALER)
-            self._sock.setsockopt(zmq.LINGER, 0)
-            self._sock.connect(self.endpoint)
+            self._sock = self._connect()
             raise ClusterUnavailable(f"no answer from the scheduler at {self.endpoint} within {timeout_s:.0f} s")
         return decode(self._sock.recv_multipart(copy=False))
+
+    def _cancel(self) -> None:
+        """Cancel this connection's requests; a new socket keeps their late replies from the next question."""
+        if not self._sock.closed:  # a closed connection is noticed by the scheduler on its own
+            self._sock.send_multipart(encode(CancelRequest()), copy=False)
+            self._sock.close(linger=CANCEL_LINGER_MS)  # the disconnect alone would cancel too
+        self._sock = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock

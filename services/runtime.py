@@ -61,7 +61,7 @@ def serve(
     sockets: ServiceSockets,
     *,
     poll_interval_s: float,
-    drop_request: Callable[[], None],
+    drop_request: Callable[[str], None],
     after_send: Callable[[], None] | None = None,
 ) -> None:
     """Run until a Shutdown command arrives; then deliver what is queued and close the routes."""
@@ -72,7 +72,7 @@ def serve(
         close_all(sockets.routes.values())
 
 
-def _loop(core: Core, sockets: ServiceSockets, poll_interval_s: float, drop_request: Callable[[], None],
+def _loop(core: Core, sockets: ServiceSockets, poll_interval_s: float, drop_request: Callable[[str], None],
           after_send: Callable[[], None] | None) -> None:
     sockets.send("scheduler", Ready(core.name, os.getpid()))
     log.info("service_ready", pid=os.getpid())
@@ -105,7 +105,7 @@ def _loop(core: Core, sockets: ServiceSockets, poll_interval_s: float, drop_requ
                     after_send()
 
 
-def _handle(core: Core, msg: Message, sockets: ServiceSockets, drop_request: Callable[[], None]) -> None:
+def _handle(core: Core, msg: Message, sockets: ServiceSockets, drop_request: Callable[[str], None]) -> None:
     request_id = getattr(msg, "request_id", "")
     started = time.perf_counter()
     if isinstance(msg, StartRequest):
@@ -118,7 +118,7 @@ def _handle(core: Core, msg: Message, sockets: ServiceSockets, drop_request: Cal
         outs = core.handle(msg)
     except ProtocolError as exc:
         log.error("request_failed", request_id=request_id, kind=msg.KIND, error=str(exc))
-        drop_request()
+        drop_request(request_id)
         trace.finish(request_id)
         sockets.send("scheduler", Fault(core.name, request_id, str(exc)))
         return

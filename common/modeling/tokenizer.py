@@ -56,9 +56,12 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, *, raw: bool) -
     """
     if raw or not getattr(tokenizer, "chat_template", None):
         return _as_ids(tokenizer(text)["input_ids"])
-    encoded = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-    )
+    return encode_chat(tokenizer, [{"role": "user", "content": text}])
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation rendered by the chat template, awaiting the assistant's reply."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     # transformers 5 returns a BatchEncoding by default, older versions a list of ids.
     if isinstance(encoded, Mapping):
         encoded = encoded["input_ids"]

@@ -103,6 +103,20 @@ def busy_by_kind(flat: Sequence[int]) -> dict[str, float]:
     return out
 
 
+def per_forward(flat: Sequence[int]) -> tuple[float, float, int]:
+    """(model ms per forward, ms outside the model per forward, forwards) of one service's spans.
+
+    Outside the model: receiving, sending, pruning, verifying, drafting bookkeeping is not counted
+    (a drafter's ``draft`` spans are its model work).
+    """
+    busy = busy_by_kind(flat)
+    model_kinds = ("forward", "draft")
+    forwards = sum(1 for code in flat[0::3] if SPAN_KINDS[code] in model_kinds)
+    model_ms = sum(busy.get(k, 0.0) for k in model_kinds)
+    outside_ms = sum(v for k, v in busy.items() if k not in model_kinds)
+    return (model_ms / forwards, outside_ms / forwards, forwards) if forwards else (0.0, outside_ms, 0)
+
+
 def _service_rank(name: str) -> tuple[int, int, str]:
     """Ring order: drafter, stage-1..N, verifier, scheduler, then anything else by name."""
     if name.startswith("stage-") and name[6:].isdigit():

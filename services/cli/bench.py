@@ -165,6 +165,8 @@ def bench(
     _write_json(json_out, settings, machine, started, command, spec, records, summaries)
     _print_report(console, settings, machine, started, command, records, summaries)
     traced = _traced_requests(records) if trace_out is not None else []
+    if traced:
+        _print_overhead(console, traced)
     if trace_out is not None:
         try:
             trace_out.write_text(json.dumps(trace.chrome_trace(traced)) + "\n")
@@ -303,6 +305,25 @@ def _run_all(runner: _Runner, settings: BenchSettings, prompts: list[Prompt], co
                 records.append(record)
                 progress.advance(task)
     return records
+
+
+def _print_overhead(console: Console, traced: list[dict[str, Any]]) -> None:
+    """Per mode and service: model time per forward against the time spent outside the model."""
+    table = Table(title="time per forward, from the traces", box=box.SIMPLE_HEAD, caption=(
+        "model: forward (stages, verifier head) or draft spans; outside: receive, send, prune, verify, schedule."))
+    for header in ("mode", "service", "forwards", "model ms/fwd", "outside ms/fwd", "outside / model"):
+        table.add_column(header, justify="left" if header in ("mode", "service") else "right")
+    for mode in dict.fromkeys(t["mode"] for t in traced):
+        spans: dict[str, list[int]] = {}
+        for t in (t for t in traced if t["mode"] == mode):
+            for name, flat in t["spans"].items():
+                spans.setdefault(name, []).extend(flat)
+        for name in sorted(spans, key=service_order):
+            model_ms, outside_ms, forwards = trace.per_forward(spans[name])
+            if forwards:
+                table.add_row(mode, name, str(forwards), f"{model_ms:.2f}", f"{outside_ms:.2f}",
+                              f"{outside_ms / model_ms:.1%}" if model_ms else "-")
+    console.print(table)
 
 
 def _traced_requests(records: list[RunRecord]) -> list[dict[str, Any]]:

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from common.protocol import DraftSettings
+from common.protocol import DraftSettings, GenerateReply
 from common.settings import ClusterSpec
-from services.cli import bench, models, plan, profile
-from services.client import ClusterUnavailable
+from services.cli import bench, models, plan, profile, serve
+from services.client import Client, ClusterUnavailable
 from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
@@ -21,6 +21,7 @@ app.add_typer(models.app, name="models", help="Pull and list models in the local
 app.add_typer(bench.app, name="bench", help="Run decoding modes side by side on the running cluster.")
 app.add_typer(plan.app)
 app.add_typer(profile.app, name="profile", help="Measure forward costs on this machine.")
+app.add_typer(serve.app)
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 _DEFAULTS = DraftSettings()
@@ -118,24 +119,41 @@ def generate(
     seed: Annotated[int, typer.Option()] = 0,
     raw: Annotated[bool, typer.Option("--raw", help="Tokenize the prompt as is (no chat template).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print text, token ids and stats as JSON.")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Print text as tokens are accepted.")] = False,
     mode: Annotated[str, typer.Option(help="ar, chunk, pipedec or flowspec.")] = "flowspec",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
     run_dir: RunDir = DEFAULT_RUN_DIR,
 ) -> None:
-    """Generate a completion on the running cluster."""
+    """Generate a completion on the running cluster (Ctrl-C cancels it there too)."""
     spec = _cluster(run_dir)
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "raw": raw, "mode": mode}
     try:
         with client_for(spec, timeout) as client:
-            reply = client.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                    raw=raw, mode=mode)
+            reply = _stream(client, prompt, options) if stream else client.generate(prompt, **options)
     except ClusterUnavailable as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:  # the client has already cancelled the request on the cluster
+        typer.echo("\ncancelled", err=True)
+        raise typer.Exit(130) from None
     if not reply.ok:
         _fail(reply.error)
     if as_json:
         typer.echo(json.dumps({"text": reply.text, "token_ids": list(reply.token_ids), "stats": reply.stats}))
+    elif stream:
+        stats = reply.stats
+        typer.echo(f"\n[{stats.get('new_tokens', 0)} tokens, {stats.get('decode_tokens_per_s', 0.0):.1f} tokens/s "
+                   f"decoding, {stats.get('wall_ms', 0.0) / 1e3:.2f} s in all]", err=True)
     else:
         typer.echo(reply.text)
+
+
+def _stream(client: Client, prompt: str, options: dict) -> GenerateReply:
+    """Print each chunk's text as it arrives; return the final reply."""
+    for msg in client.stream(prompt, **options):
+        if isinstance(msg, GenerateReply):
+            return msg
+        typer.echo(msg.text, nl=False)
+    raise AssertionError("a stream always ends with a reply")
 
 
 @app.command()

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass, field
 
 from common.drafting import TreeDrafter, TreeShape
+from common.modeling.cache_pool import CachePool
 from common.observability.trace import span
-from common.ordering import EarlyMessages, OrderError, PruneLog
+from common.ordering import OrderError, PruneLog
 from common.protocol import (
     DraftReport,
     DraftSettings,
@@ -24,6 +25,7 @@ from common.protocol import (
     StageStats,
     StartRequest,
 )
+from common.request_table import RequestTable
 from common.tree import DraftTree, merge_trees, prune_tree, segment_sizes, single_root
 
 Outbound = tuple[str, Message]
@@ -34,6 +36,7 @@ MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find n
 class _Request:
     request_id: str
     draft: DraftSettings
+    drafter: TreeDrafter  # the shared draft model over this request's own context cache
     root: int = -1
     pending: list[int] = field(default_factory=list)  # committed tokens not yet in the draft cache
     tree: DraftTree | None = None  # None between rounds
@@ -50,27 +53,32 @@ class _Request:
 class DrafterCore:
     def __init__(self, name: str, drafter: TreeDrafter, hops: int) -> None:
         self.name = name
-        self._drafter = drafter
+        self._model = drafter.model  # shared by every request's TreeDrafter
+        self._caches = CachePool(self._model.new_cache)
+        self._caches.give(drafter.cache)
         self._hops = hops  # stages + verifier: segments a fill keeps in flight
-        self._request: _Request | None = None
-        self._early = EarlyMessages()
+        self._requests: RequestTable[_Request] = RequestTable()
 
-    def drop_request(self) -> None:
-        """Forget the current request after a fault; the next StartRequest begins afresh."""
-        self._request = None
+    @property
+    def requests(self) -> dict[str, _Request]:
+        """The requests this drafter holds state for, by id."""
+        return self._requests.active
+
+    def drop_request(self, request_id: str) -> None:
+        """Forget a request after a fault; its later messages are dropped."""
+        self._release(request_id)
 
     def handle(self, msg: Message) -> list[Outbound]:
         if isinstance(msg, StartRequest):
-            out = self._start(msg)
-            for early in self._early.release(msg.request_id):
-                out += self.handle(early)
+            out, early = self._start(msg)
+            for m in early:
+                out += self.handle(m)
             return out
-        req = self._request
-        if req is None or getattr(msg, "request_id", None) != req.request_id:
-            self._early.hold(msg)
+        req = self._requests.route(msg)
+        if req is None:
             return []
         if isinstance(msg, EndRequest):
-            self._request = None
+            self._release(req.request_id)
             return [("scheduler", StageStats(self.name, req.request_id, req.busy_s * 1e3, req.expansions, req.nodes))]
         if isinstance(msg, Prune):
             req.log.record(msg)
@@ -87,9 +95,15 @@ class DrafterCore:
             return self._expand(req)
         raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
 
-    def _start(self, msg: StartRequest) -> list[Outbound]:
-        req = self._request = _Request(msg.request_id, msg.draft, mode=msg.mode, context_length=len(msg.prompt))
-        self._drafter.reset()
+    def _release(self, request_id: str) -> None:
+        req = self._requests.end(request_id)
+        if req is not None:
+            self._caches.give(req.drafter.cache)
+
+    def _start(self, msg: StartRequest) -> tuple[list[Outbound], list[Message]]:
+        drafter = TreeDrafter(self._model, self._caches.take())
+        req = _Request(msg.request_id, msg.draft, drafter, mode=msg.mode, context_length=len(msg.prompt))
+        early = self._requests.start(msg.request_id, req)
         prompt = list(msg.prompt)
         out: list[Outbound] = []
         for start in range(0, len(prompt), msg.prefill_chunk):
@@ -97,20 +111,20 @@ class DrafterCore:
             last = start + msg.prefill_chunk >= len(prompt)
             out.append(("next", self._segment(req, "prefill", start, chunk, (), range(start, start + len(chunk)), last)))
         req.pending = prompt  # drafted into the cache while the base model prefills
-        return out
+        return out, early
 
     def prefill_draft_context(self) -> None:
         """Feed committed tokens to the draft model (called by the shell after sending, to overlap)."""
-        req = self._request
-        if req is not None and req.pending and req.mode != "ar":
-            started = time.perf_counter()
-            with span("draft"):
-                self._extend_context(req)
-            req.busy_s += time.perf_counter() - started
+        for req in self._requests.active.values():
+            if req.pending and req.mode != "ar":
+                started = time.perf_counter()
+                with span("draft", req.request_id):
+                    self._extend_context(req)
+                req.busy_s += time.perf_counter() - started
 
     def _extend_context(self, req: _Request) -> None:
         if req.pending and req.mode != "ar":
-            self._drafter.extend_context(req.pending)
+            req.drafter.extend_context(req.pending)
             req.pending = []
 
     def _expand(self, req: _Request) -> list[Outbound]:
@@ -165,10 +179,10 @@ class DrafterCore:
             tree, sizes = single_root(req.root), []
             for _ in range(count):
                 before = len(tree)
-                tree = self._drafter.grow_level(tree, settings.pipedec_width, settings.top_k)
+                tree = req.drafter.grow_level(tree, settings.pipedec_width, settings.top_k)
                 sizes.append(len(tree) - before + (1 if before == 1 else 0))
             return tree, sizes
-        tree = self._drafter.draft(req.root, TreeShape(settings.fill_nodes, settings.fill_depth, settings.top_k))
+        tree = req.drafter.draft(req.root, TreeShape(settings.fill_nodes, settings.fill_depth, settings.top_k))
         return tree, segment_sizes(len(tree), count, settings.segment_cap)
 
     def _grow(self, req: _Request) -> DraftTree:
@@ -176,19 +190,19 @@ class DrafterCore:
         settings = req.draft
         if req.mode == "pipedec":
             pending, req.pending = req.pending, []  # they ride in the growth's one draft forward
-            return self._drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
+            return req.drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
         scale = 1 + min(req.idle_expands, MAX_GROWTH)  # idle expansions draft more to find new nodes
         req.idle_expands += 1
         if settings.expansion == "grow":
             pending, req.pending = req.pending, []
             tree = req.tree
             for level in range(settings.grow_levels):
-                tree = self._drafter.grow_best(tree, settings.expand_leaves * scale, settings.expand_nodes * scale,
+                tree = req.drafter.grow_best(tree, settings.expand_leaves * scale, settings.expand_nodes * scale,
                                                settings.top_k, pending if level == 0 else ())
             return tree
         self._extend_context(req)
         shape = TreeShape(settings.expand_nodes * scale, settings.expand_depth + scale - 1, settings.top_k)
-        merged, _ = merge_trees(req.tree, self._drafter.draft(req.root, shape))
+        merged, _ = merge_trees(req.tree, req.drafter.draft(req.root, shape))
         return merged
 
     def _segment(self, req, phase, first, tokens, parents, positions, last=False, closes_tree=False) -> Segment:

@@ -1,5 +1,8 @@
 """The scheduler: each request's life, the canonical draft tree, and every prune/expand decision.
 
+Several requests run at once, each keyed by its request id; admission (validation, the in-flight,
+queue and KV-memory limits) decides which start, and a FIFO queue holds the rest.
+
 Per verification it extends the output, stops exactly at EOS or ``max_new_tokens``, decides which
 nodes survive (the next token's subtree) or that the round ends, and issues one Prune to every
 service and one Expand to the drafter. It decides on one verdict at a time, after the drafter has
@@ -12,18 +15,18 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.observability import trace
 from common.ordering import OrderError
 from common.protocol import (
-    MODES,
     DraftReport,
     DraftSettings,
     EndRequest,
     Expand,
     Fault,
+    GenerateChunk,
     GenerateReply,
     GenerateRequest,
     Message,
@@ -33,7 +36,10 @@ from common.protocol import (
     StartRequest,
     Verdict,
 )
+from common.settings import Admission
+from common.text_stream import TextStream
 from common.tree import DraftTree, plan_prune, prune_tree
+from services.scheduler.admission import MIB, Capacity, busy_reason, invalid_reason, kv_need_bytes
 
 Outbound = tuple[str, Message]
 CLIENT = "client:"  # destination prefix; the rest names the client connection
@@ -53,7 +59,8 @@ class _Job:
     request: GenerateRequest
     request_id: str
     prompt: tuple[int, ...]
-    started: float
+    kv_bytes: int  # admission's estimate of its KV need on the largest stage
+    started: float = 0.0  # when it entered the ring; its deadline counts from here
     tree: DraftTree = field(default_factory=lambda: DraftTree((), (), ()))
     epoch: int = 0
     round: int = 0
@@ -70,6 +77,8 @@ class _Job:
     reply: GenerateReply | None = None  # set when finished; sent once every service reported stats
     service_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     spans: dict[str, tuple[int, ...]] = field(default_factory=dict)  # service -> timeline, when traced
+    streamed: int = 0  # output tokens already sent in chunks
+    text: TextStream | None = None  # streamed requests with a tokenizer
 
 
 class SchedulerCore:
@@ -80,33 +89,65 @@ class SchedulerCore:
         eos_ids: Sequence[int],
         draft: DraftSettings,
         prefill_chunk: int = 64,
+        admission: Admission | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         self._services = list(services)  # every ring service; "drafter" among them
         self._codec = codec
         self._eos = frozenset(eos_ids)
         self._draft = draft
         self._prefill_chunk = prefill_chunk
+        self._admission = admission or Admission()
+        self._capacity = capacity or Capacity()
         self._cmd_seq = dict.fromkeys(self._services, 0)
         self._ids = itertools.count(1)
-        self._queue: deque[tuple[str, GenerateRequest]] = deque()
-        self._job: _Job | None = None
+        self._queue: deque[_Job] = deque()  # admitted and valid, waiting for a slot (FIFO)
+        self._jobs: dict[str, _Job] = {}  # in the ring, by request id
         self.ready: dict[str, int] = {}
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return bool(self._jobs)
+
+    @property
+    def jobs(self) -> dict[str, _Job]:
+        """Requests in the ring (until their reply is sent), by request id."""
+        return self._jobs
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
     def submit(self, client: str, request: GenerateRequest) -> list[Outbound]:
-        self._queue.append((client, request))
-        return self._next_job() if self._job is None else []
+        """Validate, then start, queue, or answer busy; an invalid request is answered at once."""
+        prompt = tuple(request.prompt_ids)
+        if not prompt and request.prompt:
+            if self._codec is None:
+                return [(client, GenerateReply(ok=False, error="no tokenizer: send prompt_ids", code="invalid"))]
+            prompt = tuple(self._codec.encode(request.prompt, request.raw))
+        error = invalid_reason(request, len(prompt), self._capacity)
+        kv_bytes = kv_need_bytes(len(prompt), request.max_new_tokens, self._draft, self._capacity)
+        budget = int(self._admission.kv_budget_mib * MIB)
+        if not error and budget and kv_bytes > budget:
+            error = (f"the request needs about {kv_bytes / MIB:.0f} MiB of KV cache per stage, more than the "
+                     f"budget of {self._admission.kv_budget_mib:g} MiB")
+        if error:
+            return [(client, GenerateReply(ok=False, error=error, code="invalid"))]
+        starts_now = not self._queue and self._fits(kv_bytes)
+        if not starts_now and len(self._queue) >= self._admission.max_queued:
+            retry = self._admission.retry_after_s
+            error = busy_reason(len(self._jobs), len(self._queue), retry)
+            return [(client, GenerateReply(ok=False, error=error, code="busy", retry_after_s=retry))]
+        self._queue.append(_Job(client, request, f"r{next(self._ids)}", prompt, kv_bytes))
+        return self._admit()
 
     def handle(self, msg: Message) -> list[Outbound]:
         if isinstance(msg, Ready):
             self.ready[msg.service] = msg.pid
             return []
-        job = self._job
-        if job is None or getattr(msg, "request_id", None) != job.request_id:
-            return []
+        job = self._jobs.get(getattr(msg, "request_id", ""))
+        if job is None:
+            return []  # a report of a cancelled or failed request still in flight
         if isinstance(msg, StageStats):
             job.service_stats[msg.service] = {"busy_ms": msg.busy_ms, "forwards": msg.forwards, "rows": msg.rows}
             if job.request.trace:
@@ -132,38 +173,64 @@ class SchedulerCore:
                 out.extend(self._decide(job, job.verdicts.popleft()))
         return out
 
-    def fail_current(self, error: str) -> list[Outbound]:
-        """End the running request with an error (the shell calls this on a deadline)."""
-        if self._job is None:
+    def fail(self, request_id: str, error: str, code: str = "failed") -> list[Outbound]:
+        """End one running request with an error (a protocol violation in one of its reports)."""
+        job = self._jobs.get(request_id)
+        if job is None:
             return []
-        if self._job.reply is not None:
-            return self._reply(self._job)
-        return self._finish(self._job, error=error)
+        if job.reply is not None:
+            return self._reply(job)
+        return self._finish(job, error=error, code=code)
+
+    def expire(self, now: float, timeout_s: float) -> list[Outbound]:
+        """Fail every request that has been in the ring longer than ``timeout_s`` (its own deadline)."""
+        late = [job.request_id for job in self._jobs.values() if now - job.started > timeout_s]
+        error = f"request timed out after {timeout_s:.0f} s"
+        return [out for request_id in late for out in self.fail(request_id, error, code="timeout")]
+
+    def cancel(self, client: str) -> list[Outbound]:
+        """Drop every request of ``client``, queued or running; running ones end on every service."""
+        out: list[Outbound] = []
+        for job in [j for j in self._queue if j.client == client]:
+            self._queue.remove(job)
+            out.append((client, GenerateReply(ok=False, error="cancelled", code="cancelled")))
+        for job in [j for j in self._jobs.values() if j.client == client]:
+            if job.reply is None:
+                out += self._end_everywhere(job, "cancelled")
+            trace.finish(job.request_id)
+            del self._jobs[job.request_id]
+            out.append((client, GenerateReply(ok=False, error="cancelled", code="cancelled")))
+        return out + self._admit()
 
     # ------------------------------------------------------------------------------------------------
-    def _next_job(self) -> list[Outbound]:
-        while self._queue:
-            client, request = self._queue.popleft()
-            prompt = tuple(request.prompt_ids)
-            if not prompt:
-                if self._codec is None:
-                    return [(client, GenerateReply(ok=False, error="no tokenizer: send prompt_ids"))]
-                prompt = tuple(self._codec.encode(request.prompt, request.raw))
-            if not prompt or request.max_new_tokens < 1:
-                return [(client, GenerateReply(ok=False, error="empty prompt or max_new_tokens < 1"))]
-            if request.mode not in MODES:
-                return [(client, GenerateReply(ok=False, error=f"mode {request.mode!r} is not one of {', '.join(MODES)}"))]
-            job = self._job = _Job(client, request, f"r{next(self._ids)}", prompt, time.perf_counter())
-            if request.trace:
-                trace.start(job.request_id)
-            start = {
-                "request_id": job.request_id, "prompt": prompt, "max_new_tokens": request.max_new_tokens,
-                "temperature": request.temperature, "seed": request.seed, "draft": self._draft,
-                "prefill_chunk": self._prefill_chunk, "mode": request.mode, "link_mbps": request.link_mbps,
-                "link_latency_ms": request.link_latency_ms, "trace": request.trace,
-            }
-            return [(name, StartRequest(cmd_seq=self._next_seq(name), **start)) for name in self._services]
-        return []
+    def _fits(self, kv_bytes: int) -> bool:
+        if len(self._jobs) >= self._admission.max_in_flight:
+            return False
+        budget = int(self._admission.kv_budget_mib * MIB)
+        return not budget or sum(j.kv_bytes for j in self._jobs.values()) + kv_bytes <= budget
+
+    def _admit(self) -> list[Outbound]:
+        """Start queued requests, oldest first, while they fit (a later one never overtakes)."""
+        out: list[Outbound] = []
+        while self._queue and self._fits(self._queue[0].kv_bytes):
+            out += self._start(self._queue.popleft())
+        return out
+
+    def _start(self, job: _Job) -> list[Outbound]:
+        request = job.request
+        job.started = time.perf_counter()
+        if request.stream and self._codec is not None:
+            job.text = TextStream(self._codec.decode)
+        self._jobs[job.request_id] = job
+        if request.trace:
+            trace.start(job.request_id)
+        start = {
+            "request_id": job.request_id, "prompt": job.prompt, "max_new_tokens": request.max_new_tokens,
+            "temperature": request.temperature, "seed": request.seed, "draft": self._draft,
+            "prefill_chunk": self._prefill_chunk, "mode": request.mode, "link_mbps": request.link_mbps,
+            "link_latency_ms": request.link_latency_ms, "trace": request.trace,
+        }
+        return [(name, StartRequest(cmd_seq=self._next_seq(name), **start)) for name in self._services]
 
     def _next_seq(self, name: str) -> int:
         seq = self._cmd_seq[name]
@@ -193,8 +260,10 @@ class SchedulerCore:
             continues = job.request.mode in ("flowspec", "pipedec")
             keep = plan_prune(job.tree, accepted, verdict.next_token) if continues else ()
         job.output.extend(new_tokens)
-        if self._stop(job):
-            return self._finish(job)
+        stop = self._stop(job)
+        streamed = self._stream(job, final=stop)
+        if stop:
+            return streamed + self._finish(job)
         job.epoch += 1
         job.round += 0 if keep else 1
         event = {
@@ -203,7 +272,7 @@ class SchedulerCore:
         }
         out: list[Outbound] = [(name, Prune(cmd_seq=self._next_seq(name), **event)) for name in self._services]
         job.tree = prune_tree(job.tree, keep) if keep else DraftTree((), (), ())
-        return out + self._expand(job)
+        return streamed + out + self._expand(job)
 
     def _expand(self, job: _Job) -> list[Outbound]:
         job.awaiting_draft = True
@@ -220,17 +289,32 @@ class SchedulerCore:
             return True
         return False
 
-    def _finish(self, job: _Job, error: str = "") -> list[Outbound]:
+    def _stream(self, job: _Job, final: bool) -> list[Outbound]:
+        """A chunk of the output committed since the last one (the last flushes held-back text)."""
+        if not job.request.stream:
+            return []
+        new = tuple(job.output[job.streamed :])
+        job.streamed = len(job.output)
+        text = job.text.push(job.output, final) if job.text is not None else ""
+        if not new and not text:
+            return []
+        return [(job.client, GenerateChunk(request_id=job.request_id, token_ids=new, text=text))]
+
+    def _finish(self, job: _Job, error: str = "", code: str = "failed") -> list[Outbound]:
         job.finished_at = time.perf_counter()
         text = self._codec.decode(job.output) if self._codec and not error else ""
-        job.reply = GenerateReply(ok=not error, text=text, token_ids=tuple(job.output), error=error)
-        out: list[Outbound] = [
-            (name, EndRequest(request_id=job.request_id, cmd_seq=self._next_seq(name), reason=error or "done"))
-            for name in self._services
-        ]
+        job.reply = GenerateReply(ok=not error, text=text, token_ids=tuple(job.output), error=error,
+                                  code=code if error else "")
+        out = self._end_everywhere(job, error or "done")
         if error:
             return out + self._reply(job)
         return out + self._maybe_reply(job)
+
+    def _end_everywhere(self, job: _Job, reason: str) -> list[Outbound]:
+        return [
+            (name, EndRequest(request_id=job.request_id, cmd_seq=self._next_seq(name), reason=reason))
+            for name in self._services
+        ]
 
     def _maybe_reply(self, job: _Job) -> list[Outbound]:
         waiting_for = [s for s in self._services if s not in job.service_stats]
@@ -240,12 +324,9 @@ class SchedulerCore:
 
     def _reply(self, job: _Job) -> list[Outbound]:
         assert job.reply is not None
-        reply = GenerateReply(
-            ok=job.reply.ok, text=job.reply.text, token_ids=job.reply.token_ids, stats=self._stats(job),
-            error=job.reply.error,
-        )
-        self._job = None
-        return [(job.client, reply), *self._next_job()]
+        reply = replace(job.reply, stats=self._stats(job))
+        del self._jobs[job.request_id]
+        return [(job.client, reply), *self._admit()]
 
     def _stats(self, job: _Job) -> dict[str, Any]:
         spans = trace.finish(job.request_id)

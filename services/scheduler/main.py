@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import structlog
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common.link import LinkError, LinkSettings, close_all, shaped_push
 from common.modeling import load_model_spec
 from common.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 from common.protocol import (
+    CancelRequest,
     GenerateReply,
     GenerateRequest,
     Message,
@@ -29,6 +32,8 @@ from common.protocol import (
 )
 from common.settings import ClusterSpec
 from common.transport import pull, recv
+from services.scheduler.admission import Capacity, kv_bytes_per_token
+from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
 
 log = structlog.get_logger()
@@ -41,8 +46,15 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
         encode=lambda text, raw: encode_prompt(tokenizer, text, raw=raw),
         decode=lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True),
     )
-    eos = load_model_spec(spec.base).eos_token_ids
-    return SchedulerCore([p.name for p in spec.ring], codec, eos, spec.draft_settings, spec.prefill_chunk)
+    model = load_model_spec(spec.base)
+    largest = max((end - start for start, end in (s.layers for s in spec.stages)), default=0)
+    dtype_bytes = 2 if spec.dtype == "bfloat16" else 4
+    capacity = Capacity(
+        context_tokens=model.max_position_embeddings,
+        kv_bytes_per_token=kv_bytes_per_token(largest, model.num_kv_heads, model.head_dim, dtype_bytes),
+    )
+    return SchedulerCore([p.name for p in spec.ring], codec, model.eos_token_ids, spec.draft_settings,
+                         spec.prefill_chunk, admission=spec.admission, capacity=capacity)
 
 
 def serve(spec: ClusterSpec) -> None:
@@ -53,13 +65,15 @@ def serve(spec: ClusterSpec) -> None:
     clients = ctx.socket(zmq.ROUTER)
     clients.setsockopt(zmq.LINGER, 0)
     clients.bind(me.endpoint(me.client_port))
+    monitor = clients.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+    connections = ClientConnections()  # a client gone (killed, closed) cancels its requests
     reports = pull(ctx, me.endpoint(me.report_port))
     commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}") for p in spec.ring}
     poller = zmq.Poller()
     poller.register(clients, zmq.POLLIN)
     poller.register(reports, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
     log.info("service_ready", pid=os.getpid(), client_endpoint=me.endpoint(me.client_port))
-    job_started = 0.0
 
     def dispatch(outs: list[tuple[str, Message]]) -> None:
         for dest, msg in outs:
@@ -75,35 +89,35 @@ def serve(spec: ClusterSpec) -> None:
 
     while True:
         events = dict(poller.poll(int(spec.timeouts.poll_interval_s * 1000)))
-        if core.busy and time.perf_counter() - job_started > spec.timeouts.request_timeout_s:
-            dispatch(core.fail_current(f"request timed out after {spec.timeouts.request_timeout_s:.0f} s"))
+        dispatch(core.expire(time.perf_counter(), spec.timeouts.request_timeout_s))
+        if monitor in events:  # before client messages, so a reused descriptor is seen as new
+            event = recv_monitor_message(monitor)
+            for client in connections.gone(event["value"]):
+                log.info("client_gone", client=client)
+                dispatch(core.cancel(client))
         if reports in events:
-            try:
-                msg = recv(reports)
-                dispatch(core.handle(msg))
-            except ProtocolError as exc:
-                log.error("request_failed", error=str(exc))
-                dispatch(core.fail_current(str(exc)))
+            _on_report(core, reports, dispatch)
         if clients in events:
             identity, *frames = clients.recv_multipart(copy=False)
             client = CLIENT + identity.bytes.hex()
+            connections.seen(client, identity.get(zmq.SRCFD))
             try:
                 request = decode(frames)
             except ProtocolError as exc:
-                dispatch([(client, GenerateReply(ok=False, error=f"bad request: {exc}"))])
+                dispatch([(client, GenerateReply(ok=False, error=f"bad request: {exc}", code="invalid"))])
                 continue
             if isinstance(request, StatusRequest):
                 expected = [p.name for p in spec.ring]
                 ready = all(name in core.ready for name in expected)
                 dispatch([(client, StatusReply(ready=ready, services=dict(core.ready), busy=core.busy))])
+            elif isinstance(request, CancelRequest):
+                dispatch(core.cancel(client))
             elif isinstance(request, GenerateRequest):
                 try:
                     LinkSettings(request.link_mbps, request.link_latency_ms)
                 except LinkError as exc:
-                    dispatch([(client, GenerateReply(ok=False, error=str(exc)))])
+                    dispatch([(client, GenerateReply(ok=False, error=str(exc), code="invalid"))])
                     continue
-                if not core.busy:
-                    job_started = time.perf_counter()
                 dispatch(core.submit(client, request))
             elif isinstance(request, Shutdown):
                 for sender in commands.values():
@@ -112,6 +126,20 @@ def serve(spec: ClusterSpec) -> None:
                 dispatch([(client, StatusReply(ready=False))])
                 log.info("service_shutdown")
                 return
+
+
+def _on_report(core: SchedulerCore, reports: zmq.Socket, dispatch: Callable[[list[tuple[str, Message]]], None]) -> None:
+    try:
+        msg = recv(reports)
+    except ProtocolError as exc:  # no request id to fail: its request meets its deadline instead
+        log.error("bad_report_dropped", error=str(exc))
+        return
+    try:
+        dispatch(core.handle(msg))
+    except ProtocolError as exc:  # an order violation in one request's reports fails that request only
+        request_id = getattr(msg, "request_id", "")
+        log.error("request_failed", request_id=request_id, error=str(exc))
+        dispatch(core.fail(request_id, str(exc)))
 
 
 def _brief(stats: dict) -> dict:

@@ -1,8 +1,10 @@
 """A pipeline stage: one slice of the base model's layers and its KV cache, as a state machine.
 
-KV layout per request: ``[committed context : committed][tree nodes 0 .. tree_rows-1]``. Segments
-arrive in tree-index order and prune events are applied in epoch order, so the tree region always
-holds nodes ``0 .. tree_rows-1`` of the current numbering. A segment waits only for the prune events
+Per-request state is found by request id, so segments of several requests interleave; each request
+has its own KV cache (from a small pool), laid out as
+``[committed context : committed][tree nodes 0 .. tree_rows-1]``. Segments arrive in tree-index
+order and prune events are applied in epoch order, so the tree region always holds nodes
+``0 .. tree_rows-1`` of the current numbering. A segment waits only for the prune events
 of its own epoch (the drafter had applied them before drafting it), never for a global step.
 """
 
@@ -15,9 +17,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from common.modeling import KVCache, ModelSlice, causal_attend
+from common.modeling.cache_pool import CachePool
 from common.observability.trace import span
-from common.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
+from common.ordering import OrderError, PruneLog, SequenceCheck
 from common.protocol import EndRequest, Message, Prune, Segment, StageStats, StartRequest
+from common.request_table import RequestTable
 from common.tree_mask import TreeMask
 
 Outbound = tuple[str, Message]  # (destination, message): "next" is the ring successor
@@ -45,30 +49,27 @@ class StageCore:
     def __init__(self, name: str, model: ModelSlice) -> None:
         self.name = name
         self._model = model
-        self._request: _Request | None = None
-        self._early = EarlyMessages()
-        self._cache: KVCache | None = None  # reused across requests: no reallocation per request
+        self._requests: RequestTable[_Request] = RequestTable()
+        self._caches = CachePool(model.new_cache)  # reused across requests: no reallocation per request
 
     @property
-    def request(self) -> _Request | None:
-        return self._request
+    def requests(self) -> dict[str, _Request]:
+        """The requests this stage holds state for, by id."""
+        return self._requests.active
 
-    def drop_request(self) -> None:
-        """Forget the current request after a fault; the next StartRequest begins afresh."""
-        self._request = None
+    def drop_request(self, request_id: str) -> None:
+        """Forget a request after a fault; its later messages are dropped."""
+        self._release(request_id)
 
     def handle(self, msg: Message) -> list[Outbound]:
         if isinstance(msg, StartRequest):
-            self._cache = self._cache or self._model.new_cache()
-            self._cache.reset()
-            self._request = _Request(msg.request_id, self._cache)
-            return [out for early in self._early.release(msg.request_id) for out in self.handle(early)]
-        req = self._request
-        if req is None or getattr(msg, "request_id", None) != req.request_id:
-            self._early.hold(msg)
-            return []  # a message of a finished request still in flight
+            early = self._requests.start(msg.request_id, _Request(msg.request_id, self._caches.take()))
+            return [out for m in early for out in self.handle(m)]
+        req = self._requests.route(msg)
+        if req is None:
+            return []  # held until its start, or a message of an ended request still in flight
         if isinstance(msg, EndRequest):
-            self._request = None
+            self._release(req.request_id)
             stats = StageStats(self.name, req.request_id, req.busy_s * 1e3, req.forwards, req.rows)
             return [("scheduler", stats)]
         if isinstance(msg, Prune):
@@ -83,6 +84,11 @@ class StageCore:
         while req.waiting and req.waiting[0].epoch <= req.log.epoch:
             out.append(("next", self._process(req, req.waiting.popleft())))
         return out
+
+    def _release(self, request_id: str) -> None:
+        req = self._requests.end(request_id)
+        if req is not None:
+            self._caches.give(req.cache)
 
     def _apply_prune(self, req: _Request, event: Prune) -> None:
         req.log.record(event)

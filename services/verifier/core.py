@@ -15,8 +15,9 @@ import torch
 
 from common.modeling import ModelSlice
 from common.observability.trace import span
-from common.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
+from common.ordering import OrderError, PruneLog, SequenceCheck
 from common.protocol import EndRequest, Message, Prune, Segment, StageStats, StartRequest, Verdict
+from common.request_table import RequestTable
 from common.verification import accept_greedy_ids, accept_sampling, sample_token
 
 Outbound = tuple[str, Message]
@@ -43,24 +44,27 @@ class VerifierCore:
         assert head.with_head
         self.name = name
         self._head = head
-        self._request: _Request | None = None
-        self._early = EarlyMessages()
+        self._requests: RequestTable[_Request] = RequestTable()
 
-    def drop_request(self) -> None:
-        """Forget the current request after a fault; the next StartRequest begins afresh."""
-        self._request = None
+    @property
+    def requests(self) -> dict[str, _Request]:
+        """The requests this verifier holds state for, by id."""
+        return self._requests.active
+
+    def drop_request(self, request_id: str) -> None:
+        """Forget a request after a fault; its later messages are dropped."""
+        self._requests.end(request_id)
 
     def handle(self, msg: Message) -> list[Outbound]:
         if isinstance(msg, StartRequest):
             generator = torch.Generator().manual_seed(msg.seed)
-            self._request = _Request(msg.request_id, msg.temperature, generator, mode=msg.mode)
-            return [out for early in self._early.release(msg.request_id) for out in self.handle(early)]
-        req = self._request
-        if req is None or getattr(msg, "request_id", None) != req.request_id:
-            self._early.hold(msg)
+            req = _Request(msg.request_id, msg.temperature, generator, mode=msg.mode)
+            return [out for early in self._requests.start(msg.request_id, req) for out in self.handle(early)]
+        req = self._requests.route(msg)
+        if req is None:
             return []
         if isinstance(msg, EndRequest):
-            self._request = None
+            self._requests.end(req.request_id)
             return [("scheduler", StageStats(self.name, req.request_id, req.busy_s * 1e3, req.forwards, req.rows))]
         if isinstance(msg, Prune):
             req.log.record(msg)

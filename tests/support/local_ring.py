@@ -7,8 +7,10 @@ reproducibly, with the very cores the real services run.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,7 +28,9 @@ from common.protocol import (
     decode,
     encode,
 )
+from common.settings import Admission
 from services.drafter.core import DrafterCore
+from services.scheduler.admission import Capacity
 from services.scheduler.core import CLIENT, SchedulerCore
 from services.stage.core import StageCore
 from services.verifier.core import VerifierCore
@@ -40,6 +44,8 @@ class LocalRing:
         stages: int,
         *,
         settings: DraftSettings | None = None,
+        admission: Admission | None = None,
+        capacity: Capacity | None = None,
         interleave_seed: int = 0,
         dtype: torch.dtype = torch.float32,
         wire: bool = True,
@@ -58,49 +64,78 @@ class LocalRing:
         drafter_model = load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype, device=device)
         self.drafter = DrafterCore("drafter", TreeDrafter(drafter_model), hops=stages + 1)
         names = ["drafter", *(s.name for s in self.stages), "verifier"]
-        self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings())
+        self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings(),
+                                       admission=admission, capacity=capacity)
         self._cores = {c.name: c for c in (self.drafter, *self.stages, self.verifier)}
         self._next = dict(zip(names[:-1], names[1:], strict=True))
         self._links: dict[tuple[str, str], deque[Message]] = {}
         self._random = random.Random(interleave_seed)
         self._wire = wire  # round-trip every message through the codec, as the sockets do
         self.delivered = 0
+        self.received: dict[str, list[Message]] = {}  # client -> chunks and replies, in order
+        self._clients = itertools.count()
 
     def generate(
         self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0, mode: str = "flowspec"
     ) -> GenerateReply:
         request = GenerateRequest(prompt="", prompt_ids=tuple(prompt), max_new_tokens=max_new_tokens,
                                   temperature=temperature, seed=seed, mode=mode)
-        replies: list[GenerateReply] = []
-        self._route("scheduler", self.scheduler.submit(CLIENT + "test", request), replies)
-        while not replies:
+        return self.generate_many([request])[0]
+
+    def generate_many(self, requests: list[GenerateRequest]) -> list[GenerateReply]:
+        """Submit every request at once and run the ring until each has its final reply."""
+        clients = [self.submit(request) for request in requests]
+        self.deliver(lambda: all(self.final(c) is not None for c in clients))
+        return [self.final(c) for c in clients]
+
+    def submit(self, request: GenerateRequest) -> str:
+        """Hand ``request`` to the scheduler from a new client; returns the client's name."""
+        client = f"{CLIENT}c{next(self._clients)}"
+        self.received[client] = []
+        self._route("scheduler", self.scheduler.submit(client, request))
+        return client
+
+    def cancel(self, client: str) -> None:
+        self._route("scheduler", self.scheduler.cancel(client))
+
+    def final(self, client: str) -> GenerateReply | None:
+        replies = [m for m in self.received[client] if isinstance(m, GenerateReply)]
+        return replies[0] if replies else None
+
+    def deliver(self, until: Callable[[], bool]) -> None:
+        """Deliver messages in a random FIFO-respecting interleaving until ``until()`` or the ring is quiet."""
+        while not until():
             busy = [link for link, queue in self._links.items() if queue]
             if not busy:  # what the scheduler's request deadline does in a real cluster
-                self._route("scheduler", self.scheduler.fail_current("timed out: the ring went quiet"), replies)
-                break
+                self._route("scheduler", self.scheduler.expire(float("inf"), 0.0))
+                return
             src, dst = self._random.choice(busy)
             msg = self._links[(src, dst)].popleft()
             self.delivered += 1
             if dst == "scheduler":
-                self._route(dst, self.scheduler.handle(msg), replies)
+                self._route(dst, self.scheduler.handle(msg))
                 continue
             core = self._cores[dst]
             try:
                 outs = core.handle(msg)
             except ProtocolError as exc:  # what services/runtime.py does: fail the request, stay up
-                core.drop_request()
+                core.drop_request(getattr(msg, "request_id", ""))
                 outs = [("scheduler", Fault(dst, getattr(msg, "request_id", ""), str(exc)))]
-            self._route(dst, outs, replies)
-        return replies[0]
+            self._route(dst, outs)
+
+    def held_requests(self) -> dict[str, set[str]]:
+        """Request ids each core holds state for (the scheduler's: in the ring)."""
+        held = {name: set(core.requests) for name, core in self._cores.items()}
+        return {**held, "scheduler": set(self.scheduler.jobs)}
 
     def inject(self, dst: str, msg: Message) -> None:
         """Queue a message for ``dst`` from outside the ring (a stray or forged packet)."""
         self._links.setdefault(("outside", dst), deque()).append(msg)
 
-    def _route(self, src: str, outs: list[tuple[str, Message]], replies: list[GenerateReply]) -> None:
+    def _route(self, src: str, outs: list[tuple[str, Message]]) -> None:
         for dest, msg in outs:
             if dest.startswith(CLIENT):
-                replies.append(msg)
+                self.received[dest].append(msg)
                 continue
             if self._wire:
                 msg = decode([bytes(f) for f in encode(msg)])

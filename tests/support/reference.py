@@ -23,3 +23,12 @@ def greedy_reference(base: Path, prompt: list[int], max_new_tokens: int) -> list
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=eos if isinstance(eos, int) else eos[0])
     return out[0, len(prompt):].tolist()
+
+
+def long_running_prompt(base: Path, min_new_tokens: int = 64) -> list[int]:
+    """A prompt whose greedy output runs at least ``min_new_tokens`` without EOS (for cancel tests)."""
+    for first in range(3, 300):
+        prompt = [first, first + 1, first + 2]
+        if len(greedy_reference(base, prompt, min_new_tokens)) == min_new_tokens:
+            return prompt
+    raise AssertionError("no prompt of this model runs that long without EOS")

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
-from common.protocol import Expand, ProtocolError, Prune, Shutdown
+from common.protocol import Expand, ProtocolError, Prune
 from common.tree import remap_rows
 
 
@@ -145,16 +145,24 @@ def test_bring_forward_too_old_even_for_an_empty_bubble() -> None:
 
 
 # -------------------------------------------------------------------------------------- EarlyMessages
-def test_early_messages_release_in_arrival_order_and_clear() -> None:
+def test_early_messages_release_per_request_in_arrival_order() -> None:
     early = EarlyMessages()
-    msgs = [Expand("a", 0, 0), Expand("b", 0, 0), event(1), Shutdown(0), Expand("a", 1, 1)]
+    msgs = [Expand("a", 0, 0), Expand("b", 0, 0), event(1), Expand("a", 1, 1)]
     for m in msgs:
         early.hold(m)
     assert early.release("r") == [msgs[2]]
-    assert early.release("a") == [], "release discards everything held"
-    for m in msgs:
-        early.hold(m)
-    assert early.release("a") == [msgs[0], msgs[4]]
+    assert early.release("a") == [msgs[0], msgs[3]]
+    assert early.release("a") == [], "released messages are held no longer"
+    assert early.release("b") == [msgs[1]], "another request's messages stay held"
+
+
+def test_early_messages_discard_forgets_one_request() -> None:
+    early = EarlyMessages()
+    early.hold(Expand("a", 0, 0))
+    early.hold(Expand("b", 0, 0))
+    early.discard("a")
+    assert early.release("a") == []
+    assert len(early.release("b")) == 1
 
 
 def test_early_messages_are_bounded() -> None:
@@ -164,3 +172,12 @@ def test_early_messages_are_bounded() -> None:
     released = early.release("a")
     assert len(released) == EarlyMessages.LIMIT
     assert released[0].cmd_seq == 5, "the oldest are dropped (silently)"
+
+
+def test_early_messages_bound_is_shared_by_all_requests() -> None:
+    early = EarlyMessages()
+    early.hold(Expand("old", 0, 0))
+    for i in range(EarlyMessages.LIMIT):
+        early.hold(Expand(f"r{i}", 0, 0))
+    assert early.release("old") == [], "the oldest message overall is dropped"
+    assert len(early.release("r0")) == 1

@@ -13,11 +13,14 @@ from hypothesis import strategies as st
 
 from common.protocol import (
     PROTOCOL_VERSION,
+    REPLY_CODES,
+    CancelRequest,
     DraftReport,
     DraftSettings,
     EndRequest,
     Expand,
     Fault,
+    GenerateChunk,
     GenerateReply,
     GenerateRequest,
     ProtocolError,
@@ -104,8 +107,11 @@ messages = st.one_of(
     st.builds(Fault, service=texts, request_id=texts, error=texts),
     st.builds(StageStats, service=texts, request_id=texts, busy_ms=floats, forwards=ints, rows=ints),
     st.builds(GenerateRequest, prompt=texts, max_new_tokens=ints, temperature=floats, seed=ints,
-              raw=st.booleans(), prompt_ids=int_tuples),
-    st.builds(GenerateReply, ok=st.booleans(), text=texts, token_ids=int_tuples, stats=json_dicts, error=texts),
+              raw=st.booleans(), prompt_ids=int_tuples, stream=st.booleans()),
+    st.builds(GenerateReply, ok=st.booleans(), text=texts, token_ids=int_tuples, stats=json_dicts, error=texts,
+              code=st.sampled_from(REPLY_CODES), retry_after_s=floats),
+    st.builds(GenerateChunk, request_id=texts, token_ids=int_tuples, text=texts),
+    st.just(CancelRequest()),
     st.just(StatusRequest()),
     st.builds(StatusReply, ready=st.booleans(), services=json_dicts, busy=st.booleans()),
 )
@@ -145,7 +151,7 @@ def test_every_message_type_is_covered() -> None:
 
     covered = {
         Segment, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Fault,
-        StageStats, GenerateRequest, GenerateReply, StatusRequest, StatusReply,
+        StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest, StatusReply,
     }
     assert set(_TYPES.values()) == covered
 

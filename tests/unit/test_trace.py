@@ -34,3 +34,11 @@ def test_chrome_trace_has_one_process_per_service_and_one_event_per_span():
         ("forward", 100, 50, names["stage-1"]), ("forward", 200, 50, names["stage-1"]), ("draft", 90, 5, names["drafter"])]
     assert any(e["ph"] == "i" and e["name"] == "flowspec p0" and e["ts"] == 90 for e in events)
     assert trace.busy_by_kind((forward, 100, 1500, forward, 200, 500)) == {"forward": 2.0}
+
+
+def test_per_forward_splits_model_time_from_bookkeeping():
+    code = trace.SPAN_KINDS.index
+    flat = (code("forward"), 0, 4000, code("recv"), 0, 200, code("forward"), 0, 6000, code("send"), 0, 300,
+            code("prune"), 0, 500)
+    assert trace.per_forward(flat) == (5.0, 0.5, 2)
+    assert trace.per_forward((code("schedule"), 0, 1000)) == (0.0, 1.0, 0)

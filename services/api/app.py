@@ -1,0 +1,170 @@
+"""OpenAI-compatible routes: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
+
+Every generation streams from the ring (so stop strings end it early and the ring request is
+cancelled); non-streamed answers are assembled here. Prompts are tokenized here (chat through the
+model's chat template) and sent as token ids, so usage counts are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sse_starlette.sse import EventSourceResponse
+
+from common.modeling import load_model_spec, load_tokenizer
+from common.modeling.tokenizer import encode_chat, encode_prompt
+from common.protocol import GenerateChunk, GenerateReply, GenerateRequest
+from services.api import schemas
+from services.api.ring import exchange
+from services.api.schemas import ApiError, ChatBody, CompletionBody
+from services.api.stops import StopMatcher
+from services.client import ClusterUnavailable
+
+_REPLY_ERRORS: dict[str, tuple[int, schemas.ErrorType]] = {
+    "invalid": (400, "invalid_request_error"),
+    "busy": (429, "rate_limit_error"),
+    "timeout": (504, "server_error"),
+}
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    scheduler_endpoint: str
+    model_dir: str  # the base model: tokenizer, chat template, EOS tokens
+    model_name: str  # the id /v1/models lists
+    mode: str = "flowspec"
+    default_max_tokens: int = 256  # chat requests that set no limit
+    timeout_s: float = 600.0
+
+
+@dataclass
+class _Generation:
+    prompt_ids: list[int]
+    body: CompletionBody | ChatBody
+    max_tokens: int
+    tokens: int = 0  # completion tokens received
+    finish: str | None = None
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    tokenizer = load_tokenizer(Path(settings.model_dir))
+    eos = frozenset(load_model_spec(Path(settings.model_dir)).eos_token_ids)
+    app = FastAPI(title="flowring", description="OpenAI-compatible API over a flowring cluster")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request body"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return JSONResponse(ApiError(400, f"{param or 'body'}: {first['msg']}", param=param).body(), status_code=400)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
+                                            "owned_by": "flowring"}]}
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionBody, request: Request) -> dict | EventSourceResponse:
+        body.refuse_unsupported()
+        if body.echo:
+            raise ApiError(400, "echo is not supported", param="echo")
+        prompt = body.prompt_text_or_ids()
+        ids = prompt if isinstance(prompt, list) else encode_prompt(tokenizer, prompt, raw=True)
+        gen = _Generation(ids, body, body.max_tokens or settings.default_max_tokens)
+        return await _answer(gen, request, "cmpl", schemas.completion, schemas.completion_chunk)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatBody, request: Request) -> dict | EventSourceResponse:
+        body.refuse_unsupported()
+        ids = encode_chat(tokenizer, body.conversation())
+        gen = _Generation(ids, body, body.max_completion_tokens or body.max_tokens or settings.default_max_tokens)
+        return await _answer(gen, request, "chatcmpl", schemas.chat, _chat_chunk)
+
+    async def _answer(gen: _Generation, request: Request, prefix: str, whole, chunk) -> dict | EventSourceResponse:
+        id_, created, model = f"{prefix}-{uuid.uuid4().hex}", int(time.time()), settings.model_name
+        deltas = _deltas(gen, request)
+        try:
+            first = await anext(deltas)  # errors before any output (invalid, busy) get their HTTP status
+        except StopAsyncIteration:
+            first = ""
+        if not gen.body.stream:
+            async with aclosing(deltas):
+                text = first + "".join([d async for d in deltas])
+            return whole(id_, created, model, text, gen.finish, schemas.usage(len(gen.prompt_ids), gen.tokens))
+
+        async def events() -> AsyncIterator[dict]:
+            async with aclosing(deltas):
+                yield {"data": _json(chunk(id_, created, model, first, None))}
+                try:
+                    async for delta in deltas:
+                        yield {"data": _json(chunk(id_, created, model, delta, None))}
+                except ApiError as exc:  # the ring failed after the stream began: say so in the stream
+                    yield {"data": _json(exc.body())}
+                    return
+            yield {"data": _json(chunk(id_, created, model, "", gen.finish))}
+            if gen.body.include_usage():
+                use = schemas.usage(len(gen.prompt_ids), gen.tokens)
+                yield {"data": _json(chunk(id_, created, model, "", None, use))}
+            yield {"data": "[DONE]"}
+
+        return EventSourceResponse(events(), ping=15)
+
+    async def _deltas(gen: _Generation, request: Request) -> AsyncIterator[str]:
+        """Text deltas of the ring's output, cut at a stop string; sets ``gen.finish`` and ``gen.tokens``."""
+        body = gen.body
+        ring_request = GenerateRequest(
+            prompt="", prompt_ids=tuple(gen.prompt_ids), max_new_tokens=gen.max_tokens,
+            temperature=body.temperature, seed=body.seed or 0, mode=settings.mode, stream=True,
+        )
+        stops = StopMatcher(body.stops())
+        messages = exchange(settings.scheduler_endpoint, ring_request, timeout_s=settings.timeout_s,
+                            client_gone=request.is_disconnected)
+        last = -1
+        async with aclosing(messages):
+            try:
+                async for msg in messages:
+                    if isinstance(msg, GenerateReply):
+                        _raise_for(msg)
+                        gen.finish = "length" if gen.tokens >= gen.max_tokens and last not in eos else "stop"
+                        yield stops.flush()
+                        return
+                    assert isinstance(msg, GenerateChunk)
+                    gen.tokens += len(msg.token_ids)
+                    last = msg.token_ids[-1] if msg.token_ids else last
+                    yield stops.feed(msg.text)
+                    if stops.stopped:  # leaving the loop closes the exchange: the ring request is cancelled
+                        gen.finish = "stop"
+                        return
+            except ClusterUnavailable as exc:
+                raise ApiError(503, str(exc), "service_unavailable") from exc
+
+    return app
+
+
+def _chat_chunk(id_: str, created: int, model: str, text: str, finish: str | None, use: dict | None = None) -> dict:
+    delta = {"role": "assistant", "content": text} if finish is None and use is None else {}
+    return schemas.chat_chunk(id_, created, model, delta, finish, use)
+
+
+def _raise_for(reply: GenerateReply) -> None:
+    if reply.ok:
+        return
+    status, type_ = _REPLY_ERRORS.get(reply.code, (500, "server_error"))
+    raise ApiError(status, reply.error, type_, code=reply.code or None, retry_after_s=reply.retry_after_s)
+
+
+def _json(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"))

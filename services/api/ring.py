@@ -1,0 +1,57 @@
+"""The HTTP API's way to the scheduler: one asyncio DEALER per HTTP request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import zmq
+import zmq.asyncio
+
+from common.protocol import (
+    CancelRequest,
+    GenerateChunk,
+    GenerateReply,
+    GenerateRequest,
+    ProtocolError,
+    decode,
+    encode,
+)
+from services.client import CANCEL_LINGER_MS, ClusterUnavailable
+
+POLL_INTERVAL_S = 0.25  # how often a waiting request checks that its HTTP client is still there
+
+
+async def exchange(
+    endpoint: str,
+    request: GenerateRequest,
+    *,
+    timeout_s: float,
+    client_gone: Callable[[], Awaitable[bool]],
+) -> AsyncIterator[GenerateChunk | GenerateReply]:
+    """Chunks, then the final reply. Closed early, or its HTTP client gone, the ring request is cancelled."""
+    sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    finished = False
+    try:
+        await sock.send_multipart(encode(request))
+        while not finished:
+            if await sock.poll(int(POLL_INTERVAL_S * 1000)):
+                msg = decode(await sock.recv_multipart())
+                if not isinstance(msg, GenerateChunk | GenerateReply):
+                    raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
+                finished = isinstance(msg, GenerateReply)
+                yield msg
+            elif await client_gone():
+                return
+            elif loop.time() > deadline:
+                raise ClusterUnavailable(f"no answer from the scheduler at {endpoint} within {timeout_s:.0f} s")
+    finally:
+        if finished:
+            sock.close(0)
+        else:  # the disconnect alone would cancel too; the explicit message is quicker
+            sock.send_multipart(encode(CancelRequest()))  # queued at once; closing lingers to deliver it
+            sock.close(linger=CANCEL_LINGER_MS)
