@@ -243,7 +243,7 @@ class GenerateRequest:
     seed: int = 0
     raw: bool = False
     prompt_ids: tuple[int, ...] = ()
-    mode: str = "flowspec"
+    mode: str = ""  # "": the cluster's default mode (chosen for the machine at `flowring up`)
     link_mbps: float = 0.0
     link_latency_ms: float = 0.0
     trace: bool = False  # return every service's timeline in the reply's stats

@@ -60,6 +60,7 @@ class ClusterSpec:
     prefill_chunk: int = 64
     timeouts: Timeouts = field(default_factory=Timeouts)
     admission: Admission = field(default_factory=Admission)
+    default_mode: str = "flowspec"  # for requests that name none (common.machine_defaults chooses it at `up`)
 
     @property
     def ring(self) -> list[Placement]:

@@ -41,7 +41,7 @@ class ApiSettings:
     scheduler_endpoint: str
     model_dir: str  # the base model: tokenizer, chat template, EOS tokens
     model_name: str  # the id /v1/models lists
-    mode: str = "flowspec"
+    mode: str = ""  # "": the cluster's default mode
     default_max_tokens: int = 256  # chat requests that set no limit
     timeout_s: float = 600.0
 

@@ -120,7 +120,7 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="Tokenize the prompt as is (no chat template).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print text, token ids and stats as JSON.")] = False,
     stream: Annotated[bool, typer.Option("--stream", help="Print text as tokens are accepted.")] = False,
-    mode: Annotated[str, typer.Option(help="ar, chunk, pipedec or flowspec.")] = "flowspec",
+    mode: Annotated[str, typer.Option(help="ar, chunk, pipedec or flowspec (default: the cluster's).")] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
     run_dir: RunDir = DEFAULT_RUN_DIR,
 ) -> None:

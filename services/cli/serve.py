@@ -20,7 +20,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the API to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     model_name: Annotated[str, typer.Option(help="The model id the API lists (default: the base model's folder).")] = "",
-    mode: Annotated[str, typer.Option(help="Decoding mode of every request.")] = "flowspec",
+    mode: Annotated[str, typer.Option(help="Decoding mode of every request (default: the cluster's).")] = "",
     default_max_tokens: Annotated[int, typer.Option(min=1, help="For chat requests that set no limit.")] = 256,
     run_dir: Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR")] = DEFAULT_RUN_DIR,
 ) -> None:
@@ -29,7 +29,7 @@ def serve(
     if not path.exists():
         typer.secho(f"error: no cluster in {run_dir}: start one with `flowring up`", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    if mode not in MODES:
+    if mode and mode not in MODES:
         typer.secho(f"error: mode {mode!r} is not one of {', '.join(MODES)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     import uvicorn

@@ -91,8 +91,10 @@ class SchedulerCore:
         prefill_chunk: int = 64,
         admission: Admission | None = None,
         capacity: Capacity | None = None,
+        default_mode: str = "flowspec",
     ) -> None:
         self._services = list(services)  # every ring service; "drafter" among them
+        self._default_mode = default_mode  # a request that names no mode gets the cluster's
         self._codec = codec
         self._eos = frozenset(eos_ids)
         self._draft = draft
@@ -120,6 +122,8 @@ class SchedulerCore:
 
     def submit(self, client: str, request: GenerateRequest) -> list[Outbound]:
         """Validate, then start, queue, or answer busy; an invalid request is answered at once."""
+        if not request.mode:
+            request = replace(request, mode=self._default_mode)
         prompt = tuple(request.prompt_ids)
         if not prompt and request.prompt:
             if self._codec is None:

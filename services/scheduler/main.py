@@ -54,7 +54,8 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
         kv_bytes_per_token=kv_bytes_per_token(largest, model.num_kv_heads, model.head_dim, dtype_bytes),
     )
     return SchedulerCore([p.name for p in spec.ring], codec, model.eos_token_ids, spec.draft_settings,
-                         spec.prefill_chunk, admission=spec.admission, capacity=capacity)
+                         spec.prefill_chunk, admission=spec.admission, capacity=capacity,
+                         default_mode=spec.default_mode)
 
 
 def serve(spec: ClusterSpec) -> None:

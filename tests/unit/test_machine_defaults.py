@@ -1,0 +1,16 @@
+"""The default decoding mode follows the machine: overlap needs cores of its own per ring service."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.machine_defaults import choose_mode
+
+
+@pytest.mark.parametrize(
+    "cores, stages, mode",
+    [(2, 1, "ar"), (4, 1, "ar"), (6, 1, "flowspec"), (8, 2, "flowspec"), (11, 4, "ar"), (12, 4, "flowspec")],
+)
+def test_mode_by_cores_per_ring_service(cores, stages, mode):
+    choice = choose_mode(cores, stages)
+    assert choice.mode == mode and str(cores) in choice.reason
