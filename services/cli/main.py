@@ -11,13 +11,14 @@ import typer
 
 from common.protocol import DraftSettings
 from common.settings import ClusterSpec
-from services.cli import bench, models, plan
+from services.cli import bench, heads, models, plan
 from services.client import ClusterUnavailable
 from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(models.app, name="models", help="Pull and list models in the local cache.")
+app.add_typer(heads.app, name="heads", help="Train draft heads and list the heads in the local cache.")
 app.add_typer(bench.app, name="bench", help="Run decoding modes side by side on the running cluster.")
 app.add_typer(plan.app)
 
