@@ -57,7 +57,7 @@ class TrainSettings:
     held_out: int = 64  # prompts answered first and never trained on
     max_new_tokens: int = 256
     generate_batch: int = 256
-    intermediate_size: int = 0  # 0: half the base's
+    intermediate_size: int = 0  # 0: a quarter of the base's (a bf16 head of the 1.5B base: ~39 MiB)
     draft_vocab: int = 32_768  # 0 or >= the base's vocabulary: the full vocabulary
     tokens_per_step: int = 8192
     learning_rate: float = 5e-4
@@ -67,6 +67,7 @@ class TrainSettings:
     eval_top_k: int = 4
     seed: int = 0
     resume: bool = False
+    stop_after_min: float | None = None  # pause (checkpointed) once this invocation has run this long
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _Progress:
     step: int = 0
     train_s: float = 0.0
     generation_s: float = 0.0
+    wall_s: float = 0.0  # every invocation's wall-clock time, up to the last checkpoint
     loss: float = 0.0  # moving average of the training loss
 
 
@@ -87,7 +89,7 @@ class TrainSummary:
     steps: int
     generation_s: float
     train_s: float
-    acceptance: Acceptance
+    acceptance: Acceptance | None  # None: paused by stop_after_min, resume to finish
 
 
 def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callable[..., object] | None = None) -> TrainSummary:
@@ -98,7 +100,9 @@ def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callabl
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     budget_s = settings.time_budget_min * 60
+    stop_at = None if settings.stop_after_min is None else started + settings.stop_after_min * 60
     progress = _read_progress(work)
+    prior_wall = progress.wall_s
     instructions = _prompts(settings, work, log)
     generation_left = max(budget_s * settings.generation_share - progress.generation_s, 0.0)
     gen_started = time.monotonic()
@@ -106,7 +110,7 @@ def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callabl
     shards = generate_shards(
         settings.base_dir, instructions, min(settings.held_out, len(instructions) // 2), work / "shards",
         GenerationSettings(settings.device, settings.generate_batch, settings.max_new_tokens, dtype),
-        deadline=gen_started + generation_left,
+        deadline=min(gen_started + generation_left, stop_at or math.inf),
         on_batch=lambda n: log(f"answered {n} prompts ({time.monotonic() - gen_started:.0f} s)"),
     )
     progress.generation_s += time.monotonic() - gen_started
@@ -120,12 +124,16 @@ def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callabl
     optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=settings.learning_rate,
                                   betas=(0.9, 0.95), weight_decay=0.0)
     _load_checkpoint(work, head, optimizer)
-    train_left = budget_s - (time.monotonic() - started) - progress.train_s - EVAL_SHARE * budget_s
-    train_s = progress.train_s + max(train_left, 0.0)  # this run's whole training time
-    _train(head, optimizer, train, settings, progress, train_s, work, bar)
+    train_left = budget_s * (1 - EVAL_SHARE) - prior_wall - (time.monotonic() - started)
+    train_s = progress.train_s + max(train_left, 0.0)  # the run's whole training time, all invocations
+    clock = _Clock(started, prior_wall, stop_at)
+    train_tokens = sum(s.tokens.numel() for s in train)
+    if not _train(head, optimizer, train, settings, progress, train_s, work, bar, clock):
+        log(f"paused after {progress.step} steps ({progress.train_s:.0f} s of training): run again with --resume")
+        return TrainSummary(settings.out_dir, len(train), train_tokens, progress.step, progress.generation_s,
+                            progress.train_s, None)
     head.eval()
     acceptance = estimate_acceptance(head, held or train[:8], settings.eval_depth, settings.eval_top_k)
-    train_tokens = sum(s.tokens.numel() for s in train)
     extra = {
         "training": {
             "samples": len(train), "held_apart": len(held), "tokens": train_tokens, "steps": progress.step,
@@ -161,7 +169,7 @@ def _head(settings: TrainSettings, train: Sequence[Sample], work: Path) -> Draft
     spec = load_model_spec(settings.base_dir)
     draft_ids = _draft_vocabulary(train, settings.draft_vocab, spec.vocab_size, work)
     head = new_head(
-        settings.base_dir, intermediate_size=settings.intermediate_size or spec.intermediate_size // 2,
+        settings.base_dir, intermediate_size=settings.intermediate_size or spec.intermediate_size // 4,
         draft_ids=draft_ids, dtype=torch.float32, device=settings.device, base_name=settings.base_name,
         seed=settings.seed,
     )
@@ -185,9 +193,23 @@ def _draft_vocabulary(train: Sequence[Sample], size: int, vocab: int, work: Path
     return draft_ids
 
 
+@dataclass(frozen=True)
+class _Clock:
+    started: float  # this invocation's start (time.monotonic)
+    prior_wall_s: float  # earlier invocations' wall-clock time
+    stop_at: float | None  # when this invocation pauses
+
+    def wall_s(self) -> float:
+        return self.prior_wall_s + time.monotonic() - self.started
+
+    def must_stop(self) -> bool:
+        return self.stop_at is not None and time.monotonic() >= self.stop_at
+
+
 def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sample], settings: TrainSettings,
-           progress: _Progress, train_s: float, work: Path, bar: Callable[..., object] | None) -> None:
-    """Steps until ``progress.train_s`` reaches ``train_s`` (one at least); checkpoints every few minutes and at the end."""
+           progress: _Progress, train_s: float, work: Path, bar: Callable[..., object] | None, clock: _Clock) -> bool:
+    """Steps until ``progress.train_s`` reaches ``train_s`` (one at least), or a pause; checkpoints every few
+    minutes and at the end. True when training is complete."""
     rms = torch.stack([s.features.float().pow(2).mean() for s in train[:256]]).mean().sqrt()
     row_of = _row_map(head)
     rng = random.Random(settings.seed + progress.step)
@@ -216,13 +238,16 @@ def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sa
                 meter.update(elapsed)
                 meter.set_postfix(loss=f"{progress.loss:.3f}", step=progress.step)
             if time.monotonic() - last_save >= settings.checkpoint_every_min * 60:
-                _save_checkpoint(work, head, optimizer, progress)
+                _save_checkpoint(work, head, optimizer, progress, clock)
                 last_save = time.monotonic()
-            if progress.train_s >= train_s:
+            if progress.train_s >= train_s or clock.must_stop():
                 break
+        if clock.must_stop():
+            break
     if meter is not None:
         meter.close()
-    _save_checkpoint(work, head, optimizer, progress)
+    _save_checkpoint(work, head, optimizer, progress, clock)
+    return progress.train_s >= train_s
 
 
 def _packs(train: Sequence[Sample], order: list[int], budget: int) -> list[list[Sample]]:
@@ -294,8 +319,10 @@ def _read_progress(work: Path) -> _Progress:
     return _Progress(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else _Progress()
 
 
-def _save_checkpoint(work: Path, head: DraftHead, optimizer: torch.optim.Optimizer, progress: _Progress) -> None:
+def _save_checkpoint(work: Path, head: DraftHead, optimizer: torch.optim.Optimizer, progress: _Progress,
+                     clock: _Clock) -> None:
     """Write tensors, then the progress record (the record names a complete checkpoint)."""
+    progress.wall_s = clock.wall_s()
     state = {"head": {k: v.detach().cpu() for k, v in head.trainable_state().items()}, "optimizer": optimizer.state_dict()}
     torch.save(state, work / "checkpoint.tmp")
     (work / "checkpoint.tmp").replace(work / "checkpoint.pt")

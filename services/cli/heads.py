@@ -31,13 +31,14 @@ def train(
     max_prompts: Annotated[int, typer.Option(help="Most prompts answered.")] = 20_000,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer generated.")] = 256,
     generate_batch: Annotated[int, typer.Option(help="Prompts answered per batch.")] = 256,
-    intermediate_size: Annotated[int, typer.Option(help="Head MLP width (0: half the base's).")] = 0,
+    intermediate_size: Annotated[int, typer.Option(help="Head MLP width (0: a quarter of the base's).")] = 0,
     draft_vocab: Annotated[int, typer.Option(help="Draft vocabulary: most frequent tokens (0: full).")] = 32_768,
     tokens_per_step: Annotated[int, typer.Option(help="Token rows per training step.")] = 8192,
     learning_rate: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-4,
     held_out: Annotated[int, typer.Option(help="Prompts held apart for the acceptance estimate.")] = 64,
     eval_depth: Annotated[int, typer.Option(help="Chain depth of the acceptance estimate.")] = 5,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    stop_after_min: Annotated[float | None, typer.Option(help="Pause, checkpointed, after this many minutes.")] = None,
     seed: int = 0,
 ) -> None:
     """Self-distil the base model's answers into a one-layer EAGLE-style head (resumable)."""
@@ -60,15 +61,19 @@ def train(
         max_prompts=max_prompts, held_out=held_out, max_new_tokens=max_new_tokens, generate_batch=generate_batch,
         intermediate_size=intermediate_size, draft_vocab=draft_vocab, tokens_per_step=tokens_per_step,
         learning_rate=learning_rate, eval_depth=eval_depth, seed=seed, resume=resume,
+        stop_after_min=stop_after_min,
     )
     try:
         summary = train_head(settings, lambda line: typer.echo(line, err=True), tqdm)
     except (TrainingError, BenchmarkLeakError, ModelingError, PromptFileError) as exc:
         _fail(str(exc))
-    a = summary.acceptance
-    typer.echo(f"head: {summary.head_dir}")
     typer.echo(f"data: {summary.samples} samples, {summary.train_tokens} tokens, generated in {summary.generation_s:.0f} s")
     typer.echo(f"training: {summary.steps} steps in {summary.train_s:.0f} s")
+    a = summary.acceptance
+    if a is None:
+        typer.echo(f"paused: continue with the same command and --resume (work in {summary.head_dir / 'work'})")
+        return
+    typer.echo(f"head: {summary.head_dir}")
     typer.echo(
         f"acceptance (held apart, greedy chain depth {a.depth}, {a.starts} starts): {a.mean_accepted:.2f} draft tokens "
         f"accepted, {a.tokens_per_round:.2f} tokens per round; top-1 {a.top1_agreement:.3f}, "
