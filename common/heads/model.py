@@ -143,6 +143,14 @@ def save_head(head: DraftHead, head_dir: Path, *, dtype: torch.dtype = torch.bfl
     (head_dir / CONFIG_FILE).write_text(head.config.to_json(extra), encoding="utf-8")
 
 
+def check_head(head_dir: Path, base_dir: Path) -> HeadConfig:
+    """The head's config; ``HeadMismatchError`` unless it was trained for the base in ``base_dir``."""
+    config = HeadConfig.read(head_dir)
+    embedding, _ = read_embedding_and_head(base_dir)
+    check_base(config.base, base_fingerprint(load_model_spec(base_dir), embedding), Path(head_dir), Path(base_dir))
+    return config
+
+
 def load_head(head_dir: Path, base_dir: Path, *, dtype: torch.dtype, device: str = "cpu") -> DraftHead:
     """The head in ``head_dir`` with the embedding and lm_head of ``base_dir`` (refused unless it matches)."""
     head_dir = Path(head_dir)

@@ -214,7 +214,7 @@ def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sa
     row_of = _row_map(head)
     rng = random.Random(settings.seed + progress.step)
     last_save = time.monotonic()
-    meter = bar(total=round(train_s), initial=round(progress.train_s), unit="s", desc="training") if bar else None
+    meter = bar(total=int(train_s), initial=int(progress.train_s), unit="s", desc="training") if bar else None
     first = True
     while first or progress.train_s < train_s:
         first = False
@@ -234,8 +234,8 @@ def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sa
             progress.loss = float(loss.detach()) if progress.step == 1 else 0.98 * progress.loss + 0.02 * float(loss.detach())
             elapsed = time.monotonic() - step_started
             progress.train_s += elapsed
-            if meter is not None:
-                meter.update(elapsed)
+            if meter is not None and int(progress.train_s) > meter.n:
+                meter.update(int(progress.train_s) - meter.n)  # whole seconds: a readable bar
                 meter.set_postfix(loss=f"{progress.loss:.3f}", step=progress.step)
             if time.monotonic() - last_save >= settings.checkpoint_every_min * 60:
                 _save_checkpoint(work, head, optimizer, progress, clock)

@@ -3,6 +3,8 @@
 It mirrors the scheduler's tree by applying the same prune events. On every Expand it drafts from
 the current root: a new round gets a fill tree cut into one segment per pipeline hop; a running round
 gets a fresh draft merged into the surviving tree, and only the nodes the tree lacked are sent.
+With a draft head the base's features of committed tokens arrive from the verifier (``Features``);
+an Expand that needs features not yet arrived waits for them.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import time
 from dataclasses import dataclass, field
 
 from common.drafting import TreeDrafter, TreeShape
+from common.heads.context import HeadContextDrafter
 from common.ordering import EarlyMessages, OrderError, PruneLog
 from common.protocol import (
     DraftReport,
     DraftSettings,
     EndRequest,
     Expand,
+    Features,
     Message,
     Prune,
     Segment,
@@ -40,10 +44,11 @@ class _Request:
     log: PruneLog = field(default_factory=PruneLog)
     seq: int = 0
     idle_expands: int = 0  # Expands since the last prune: grow the draft to find new nodes
+    expand_waiting: bool = False  # an Expand waits for the base features it needs (draft head)
 
 
 class DrafterCore:
-    def __init__(self, name: str, drafter: TreeDrafter, hops: int) -> None:
+    def __init__(self, name: str, drafter: TreeDrafter | HeadContextDrafter, hops: int) -> None:
         self.name = name
         self._drafter = drafter
         self._hops = hops  # stages + verifier: segments a fill keeps in flight
@@ -76,10 +81,16 @@ class DrafterCore:
             req.tree = None if msg.ends_round else prune_tree(req.tree, msg.keep)
             req.idle_expands = 0
             return []
+        if isinstance(msg, Features):
+            if not isinstance(self._drafter, HeadContextDrafter):
+                raise OrderError(f"{self.name} drafts with a model, not a head: it takes no features")
+            self._drafter.add_features(msg.position, msg.hidden)
+            return self._expand_if_ready(req) if req.expand_waiting else []
         if isinstance(msg, Expand):
             if msg.epoch != req.log.epoch:
                 raise OrderError(f"expand for epoch {msg.epoch} while at epoch {req.log.epoch}")
-            return self._expand(req)
+            req.expand_waiting = True
+            return self._expand_if_ready(req)
         raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
 
     def _start(self, msg: StartRequest) -> list[Outbound]:
@@ -100,6 +111,14 @@ class DrafterCore:
         if req is not None and req.pending and req.mode != "ar":
             self._drafter.extend_context(req.pending)
             req.pending = []
+
+    def _expand_if_ready(self, req: _Request) -> list[Outbound]:
+        """Expand now, unless a draft head still lacks the features of committed tokens."""
+        head = isinstance(self._drafter, HeadContextDrafter) and req.mode != "ar"
+        if head and not self._drafter.has_features(req.context_length):
+            return []
+        req.expand_waiting = False
+        return self._expand(req)
 
     def _expand(self, req: _Request) -> list[Outbound]:
         started = time.perf_counter()

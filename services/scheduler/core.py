@@ -106,7 +106,8 @@ class SchedulerCore:
         if job is None or getattr(msg, "request_id", None) != job.request_id:
             return []
         if isinstance(msg, StageStats):
-            job.service_stats[msg.service] = {"busy_ms": msg.busy_ms, "forwards": msg.forwards, "rows": msg.rows}
+            job.service_stats[msg.service] = {"busy_ms": msg.busy_ms, "forwards": msg.forwards, "rows": msg.rows,
+                                              "feature_bytes": msg.feature_bytes}
             return self._maybe_reply(job)
         if job.reply is not None:
             return []  # finishing: late verdicts and reports of the ended request
@@ -264,4 +265,6 @@ class SchedulerCore:
             "drafter_ms_per_step": job.draft_ms / max(job.steps + job.noops, 1),
             "drafter_busy_ms": job.draft_ms,
             "services": dict(job.service_stats),
+            # Base features sent to a draft head (0 without one), per verification step.
+            "feature_bytes_per_step": sum(s["feature_bytes"] for s in job.service_stats.values()) / max(job.steps, 1),
         }

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from common.drafting import TreeDrafter
+from common.heads import HeadTreeDrafter, load_head
+from common.heads.context import HeadContextDrafter
 from common.modeling import load_model_spec, load_slice
 from common.partition import even_split
 from common.protocol import (
@@ -36,7 +38,7 @@ class LocalRing:
     def __init__(
         self,
         base: Path,
-        draft: Path,
+        draft: Path | None,
         stages: int,
         *,
         settings: DraftSettings | None = None,
@@ -44,7 +46,9 @@ class LocalRing:
         dtype: torch.dtype = torch.float32,
         wire: bool = True,
         device: str = "cpu",
+        draft_head: Path | None = None,
     ) -> None:
+        """``draft_head``: draft with this head (fed by the verifier's features) instead of ``draft``."""
         spec = load_model_spec(base)
         ranges = even_split(spec.num_layers, stages)
         self.stages = [
@@ -54,9 +58,13 @@ class LocalRing:
         ]
         head = load_slice(base, (spec.num_layers, spec.num_layers), with_embedding=False, with_head=True, dtype=dtype,
                           device=device)
-        self.verifier = VerifierCore("verifier", head)
-        drafter_model = load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype, device=device)
-        self.drafter = DrafterCore("drafter", TreeDrafter(drafter_model), hops=stages + 1)
+        self.verifier = VerifierCore("verifier", head, features_to="drafter" if draft_head else None)
+        if draft_head is not None:
+            drafter = HeadContextDrafter(HeadTreeDrafter(load_head(draft_head, base, dtype=dtype, device=device)))
+        else:
+            drafter = TreeDrafter(load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype,
+                                             device=device))
+        self.drafter = DrafterCore("drafter", drafter, hops=stages + 1)
         names = ["drafter", *(s.name for s in self.stages), "verifier"]
         self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings())
         self._cores = {c.name: c for c in (self.drafter, *self.stages, self.verifier)}
