@@ -93,3 +93,46 @@ def test_context_in_chunks_equals_one_pass(head) -> None:
     assert a.tokens == b.tokens and a.scores == pytest.approx(b.scores, abs=1e-5)
     one.reset()
     assert one.context_length == 0
+
+
+def _session(head, monkeypatch, garbage_rows: int) -> list:
+    """Draft, commit part of a drafted path, grow the kept subtree, repeat: the trees produced."""
+    from common.heads import drafter as drafter_module
+
+    monkeypatch.setattr(drafter_module, "GARBAGE_ROWS", garbage_rows)
+    pairs = _pairs(12, seed=4)
+    drafter = _drafter(head, pairs)
+    root, trees = pairs.tokens[-1], []
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        tree = drafter.draft(root, TreeShape(nodes=12, depth=4, top_k=3))
+        trees.append(tree)
+        child = tree.parents.index(0)  # the best child of the root is accepted, then a next token
+        accepted = (tree.tokens[child], tree.tokens[tree.parents.index(child)] if child in tree.parents else 9)
+        drafter.extend_context(FeaturePairs(torch.randn(2, HIDDEN, generator=gen), accepted))
+        root = accepted[-1]
+        trees.append(drafter.grow_best(single_root(root), leaves=1, width=3, top_k=3))
+    return trees
+
+
+def test_compaction_renumbers_rows_without_changing_any_draft(head, monkeypatch) -> None:
+    compacted = _session(head, monkeypatch, garbage_rows=1)
+    kept = _session(head, monkeypatch, garbage_rows=10**6)
+    for a, b in zip(compacted, kept, strict=True):
+        assert a.tokens == b.tokens and a.parents == b.parents
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def test_rows_of_the_kept_subtree_are_reused(head) -> None:
+    pairs = _pairs(5, seed=5)
+    drafter = _drafter(head, pairs)
+    tree = drafter.draft(pairs.tokens[-1], TreeShape(nodes=10, depth=3, top_k=2))
+    child = tree.parents.index(0)
+    grandchildren = [i for i in range(len(tree)) if tree.parents[i] == child]
+    length = drafter._cache.length
+    drafter.extend_context(FeaturePairs(torch.randn(1, HIDDEN), (tree.tokens[child],)))
+    assert drafter._cache.length == length + 1  # one committed pair, no node row recomputed
+    kept = single_root(tree.tokens[child]).appended([tree.tokens[i] for i in grandchildren], [0, 0], [-1.0, -2.0])
+    grown = drafter.grow(kept, [1, 2], width=4, top_k=2)
+    assert drafter._cache.length == length + 1  # the kept nodes' features were cached
+    assert len(grown) == 7
