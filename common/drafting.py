@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from common.modeling import KVCache, ModelSlice, causal_attend
+from common.modeling.cache_pool import CachePool
 from common.tree import DraftTree
 
 
@@ -98,11 +99,11 @@ class TreeDrafter:
                 frontier = candidates[:k]
         finally:
             self._cache.truncate(committed)
-        return _select(pool_tokens, pool_parents, pool_scores, shape.nodes)
+        return select_tree(pool_tokens, pool_parents, pool_scores, shape.nodes)
 
     def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: Sequence[int] = ()) -> DraftTree:
         """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""
-        return self.grow(tree, _deepest(tree), width, top_k, pending)
+        return self.grow(tree, deepest_nodes(tree), width, top_k, pending)
 
     def grow_best(
         self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
@@ -112,7 +113,7 @@ class TreeDrafter:
         One draft forward per step instead of a re-draft of ``depth`` sequential forwards: what a
         draft model that is not a one-layer EAGLE head can afford on every pipeline step.
         """
-        return self.grow(tree, _best_leaves(tree, leaves), width, top_k, pending)
+        return self.grow(tree, best_leaves(tree, leaves), width, top_k, pending)
 
     @torch.no_grad()
     def grow(
@@ -208,7 +209,21 @@ class TreeDrafter:
         return torch.log_softmax(self._model.logits(hidden), dim=-1)
 
 
-def _select(tokens: list[int], parents: list[int], scores: list[float], nodes: int) -> DraftTree:
+class ModelDrafters:
+    """Per-request TreeDrafters over one shared draft model; their context caches are pooled."""
+
+    def __init__(self, model: ModelSlice) -> None:
+        self._model = model
+        self._caches = CachePool(model.new_cache)
+
+    def take(self) -> TreeDrafter:
+        return TreeDrafter(self._model, self._caches.take())
+
+    def give(self, drafter: TreeDrafter) -> None:
+        self._caches.give(drafter.cache)
+
+
+def select_tree(tokens: list[int], parents: list[int], scores: list[float], nodes: int) -> DraftTree:
     """The ``nodes`` best-scoring candidates whose ancestors are all selected, in score order."""
     order = sorted(range(1, len(tokens)), key=lambda i: (-scores[i], i))
     index = {0: 0}
@@ -225,13 +240,13 @@ def _select(tokens: list[int], parents: list[int], scores: list[float], nodes: i
     return DraftTree(tuple(out_tokens), tuple(out_parents), tuple(out_scores))
 
 
-def _deepest(tree: DraftTree) -> list[int]:
+def deepest_nodes(tree: DraftTree) -> list[int]:
     depths = tree.depths()
     deepest = max(depths)
     return [i for i, d in enumerate(depths) if d == deepest]
 
 
-def _best_leaves(tree: DraftTree, count: int) -> list[int]:
+def best_leaves(tree: DraftTree, count: int) -> list[int]:
     has_child = set(tree.parents)
     leaves = [i for i in range(len(tree)) if i not in has_child]
     return sorted(leaves, key=lambda i: (-tree.scores[i], i))[:count]

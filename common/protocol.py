@@ -81,6 +81,24 @@ class Segment:
         return len(self.tokens)
 
 
+@dataclass(frozen=True)
+class Features:
+    """Final-normed base hidden states of committed tokens, verifier -> drafter (for a draft head).
+
+    Rows are the tokens at context positions ``position .. position + n - 1``: every prompt chunk's
+    rows after prefill, and a verdict's accepted path (root first).
+    """
+
+    KIND: ClassVar[str] = "features"
+    request_id: str
+    position: int
+    hidden: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.hidden.dim() != 2:
+            raise ProtocolError(f"features must be [rows, hidden], got {tuple(self.hidden.shape)}")
+
+
 # ------------------------------------------------------------------------------------ scheduler commands
 @dataclass(frozen=True)
 class DraftSettings:
@@ -231,6 +249,7 @@ class StageStats:
     forwards: int
     rows: int
     spans: tuple[int, ...] = ()  # flat (kind, start_us, dur_us) triples when the request was traced
+    feature_bytes: int = 0  # Features sent to the drafter (verifier of a draft-head cluster)
 
 
 # ------------------------------------------------------------------------------------------ client API
@@ -304,14 +323,16 @@ step-wise verification, pruning and re-drafted expansion (FlowSpec)."""
 
 
 Message = (
-    Segment | StartRequest | Prune | Expand | EndRequest | Shutdown | Verdict | DraftReport | Ready | Fault
-    | StageStats | GenerateRequest | GenerateReply | GenerateChunk | CancelRequest | StatusRequest | StatusReply
+    Segment | Features | StartRequest | Prune | Expand | EndRequest | Shutdown | Verdict | DraftReport | Ready
+    | Fault | StageStats | GenerateRequest | GenerateReply | GenerateChunk | CancelRequest | StatusRequest
+    | StatusReply
 )
 _TYPES: dict[str, type] = {
     t.KIND: t
     for t in (
-        Segment, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Fault,
-        StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest, StatusReply,
+        Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready,
+        Fault, StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest,
+        StatusReply,
     )
 }
 _NESTED: dict[str, type] = {"draft": DraftSettings}

@@ -48,7 +48,8 @@ class Admission:
 @dataclass(frozen=True)
 class ClusterSpec:
     base: str  # resolved local Hugging Face folder
-    draft: str
+    draft: str  # "" when the drafter holds a head
+    draft_head: str = ""  # head folder (common.heads): the drafter drafts with it, fed by base features
     dtype: str = "float32"
     device: str = "cpu"
     threads: int = 0  # torch threads per service; 0 = torch's default

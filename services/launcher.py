@@ -47,7 +47,7 @@ def free_ports(host: str, count: int) -> list[int]:
 
 def plan_local(
     base: Path,
-    draft: Path,
+    draft: Path | None,
     stages: int,
     *,
     dtype: str = "float32",
@@ -57,6 +57,7 @@ def plan_local(
     draft_settings: DraftSettings | None = None,
     layer_ranges: list[tuple[int, int]] | None = None,
     timeouts: Timeouts | None = None,
+    draft_head: Path | None = None,
 ) -> ClusterSpec:
     """Every service on ``host`` with freshly chosen ports; layers split evenly unless given."""
     layers = load_model_spec(base).num_layers
@@ -67,7 +68,8 @@ def plan_local(
         raise LaunchError(f"layer ranges {ranges} do not cover the base model's {layers} layers in order")
     ports = iter(free_ports(host, 2 * stages + 5))
     return ClusterSpec(
-        base=str(base), draft=str(draft), dtype=dtype, device=device, threads=threads,
+        base=str(base), draft=str(draft or ""), draft_head=str(draft_head or ""), dtype=dtype, device=device,
+        threads=threads,
         drafter=Placement("drafter", host, cmd_port=next(ports)),
         stages=tuple(
             Placement(f"stage-{i + 1}", host, data_port=next(ports), cmd_port=next(ports), layers=r)

@@ -9,7 +9,7 @@ import structlog
 import torch
 import zmq
 
-from common.drafting import TreeDrafter
+from common.drafting import ModelDrafters
 from common.link import shaped_push
 from common.logs import configure
 from common.modeling import load_model_spec, load_slice
@@ -49,6 +49,8 @@ def run_ring_service(spec: ClusterSpec, name: str) -> None:
     if me.data_port:
         inputs.insert(0, pull(ctx, me.endpoint(me.data_port)))
     routes = {"scheduler": shaped_push(ctx, spec.scheduler.endpoint(spec.scheduler.report_port), f"{name}->scheduler")}
+    if name == "verifier" and spec.draft_head:  # base features for the drafter's head
+        routes["drafter"] = shaped_push(ctx, spec.drafter.endpoint(spec.drafter.cmd_port), f"{name}->drafter")
     successor = spec.successor(name)
     if successor is not None:
         routes["next"] = shaped_push(ctx, successor.endpoint(successor.data_port), f"{name}->{successor.name}")
@@ -61,8 +63,7 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
     if name == "drafter":
         from services.drafter.core import DrafterCore
 
-        model = load_slice(Path(spec.draft), None, with_embedding=True, with_head=True, dtype=dtype, device=device)
-        core = DrafterCore(name, TreeDrafter(model), hops=len(spec.stages) + 1)
+        core = DrafterCore(name, _drafter(spec, dtype), hops=len(spec.stages) + 1)
         return core, core.drop_request, core.prefill_draft_context
     if name == "verifier":
         from services.verifier.core import VerifierCore
@@ -70,7 +71,7 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
         layers = load_model_spec(Path(spec.base)).num_layers
         head = load_slice(Path(spec.base), (layers, layers), with_embedding=False, with_head=True, dtype=dtype,
                           device=device)
-        core = VerifierCore(name, head)
+        core = VerifierCore(name, head, features_to="drafter" if spec.draft_head else None)
         return core, core.drop_request, None
     from services.stage.core import StageCore
 
@@ -80,6 +81,19 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
     log.info("slice_loaded", layers=list(me.layers), parameters=model.num_parameters)
     core = StageCore(name, model)
     return core, core.drop_request, None
+
+
+def _drafter(spec: ClusterSpec, dtype: torch.dtype):
+    """Per-request drafters of a draft model, or of a draft head fed by the verifier's features."""
+    if spec.draft_head:
+        from common.heads import load_head
+        from common.heads.context import HeadDrafters
+
+        head = load_head(Path(spec.draft_head), Path(spec.base), dtype=dtype, device=spec.device)
+        log.info("head_loaded", head=spec.draft_head, draft_vocab=head.config.draft_vocab_size)
+        return HeadDrafters(head)
+    model = load_slice(Path(spec.draft), None, with_embedding=True, with_head=True, dtype=dtype, device=spec.device)
+    return ModelDrafters(model)
 
 
 if __name__ == "__main__":

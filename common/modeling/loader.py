@@ -24,6 +24,25 @@ def checkpoint_tensor_names(model_dir: Path) -> list[str]:
     return sorted(_checkpoint_files(Path(model_dir)))
 
 
+def read_embedding_and_head(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedding and lm_head matrices as stored (CPU, checkpoint dtype); one object when tied."""
+    model_dir = Path(model_dir)
+    spec = load_model_spec(model_dir)
+    files = _checkpoint_files(model_dir)
+    if EMBED_NAME not in files:
+        raise CheckpointError(f"checkpoint in {model_dir} lacks {EMBED_NAME}")
+    tied = spec.tie_word_embeddings or HEAD_NAME not in files
+    try:
+        with safe_open(str(files[EMBED_NAME]), framework="pt", device="cpu") as handle:
+            embedding = handle.get_tensor(EMBED_NAME)
+        if tied:
+            return embedding, embedding
+        with safe_open(str(files[HEAD_NAME]), framework="pt", device="cpu") as handle:
+            return embedding, handle.get_tensor(HEAD_NAME)
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read checkpoint in {model_dir}: {exc}") from exc
+
+
 def load_slice(
     model_dir: Path,
     layer_range: tuple[int, int] | None,

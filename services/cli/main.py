@@ -11,13 +11,14 @@ import typer
 
 from common.protocol import DraftSettings, GenerateReply
 from common.settings import ClusterSpec
-from services.cli import bench, models, plan, profile, serve
+from services.cli import bench, heads, models, plan, profile, serve
 from services.client import Client, ClusterUnavailable
 from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(models.app, name="models", help="Pull and list models in the local cache.")
+app.add_typer(heads.app, name="heads", help="Train draft heads and list the heads in the local cache.")
 app.add_typer(bench.app, name="bench", help="Run decoding modes side by side on the running cluster.")
 app.add_typer(plan.app)
 app.add_typer(profile.app, name="profile", help="Measure forward costs on this machine.")
@@ -37,6 +38,8 @@ def _fail(message: str) -> None:
 def up(
     base: Annotated[str, typer.Option(help="Base model: catalog name, Hugging Face folder or .gguf file.")] = "",
     draft: Annotated[str, typer.Option(help="Draft model: catalog name, Hugging Face folder or .gguf file.")] = "",
+    draft_head: Annotated[str, typer.Option(help="Draft with this head (folder, or name in the heads cache) "
+                                                 "instead of a draft model.")] = "",
     model: Annotated[str, typer.Option(help="A catalog pair (qwen-coder, smollm2) instead of --base/--draft.")] = "",
     stages: Annotated[str, typer.Option(help="Pipeline stages the base model is split into, or auto.")] = "2",
     layers: Annotated[str, typer.Option(help="Explicit layer ranges per stage, e.g. 0-10,10-20,20-28.")] = "",
@@ -70,8 +73,8 @@ def up(
             base, draft = default_pair(model)
         except (KeyError, ValueError) as exc:
             _fail(str(exc))
-    if not base or not draft:
-        _fail("give --model NAME, or both --base and --draft")
+    if not base or not (draft or draft_head):
+        _fail("give --model NAME, or --base with --draft or --draft-head")
     stage_count = _stage_count(stages)
     from common.model_store import ModelStoreError, resolve
     from common.modeling import load_model_spec
@@ -79,8 +82,11 @@ def up(
     from common.partition import explicit_ranges
 
     try:
-        base_dir, draft_dir = resolve(base), resolve(draft)
-        check_same_tokenizer(base_dir, draft_dir)
+        base_dir = resolve(base)
+        head_dir = _head_dir(draft_head, base_dir) if draft_head else None
+        draft_dir = None if head_dir else resolve(draft)
+        if draft_dir:
+            check_same_tokenizer(base_dir, draft_dir)
         settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth,
                                  expand_nodes=expand_nodes, expand_depth=expand_depth, segment_cap=segment_cap,
                                  expansion=expansion, expand_leaves=expand_leaves, pipedec_width=pipedec_width,
@@ -88,8 +94,9 @@ def up(
         ranges = explicit_ranges(layers, load_model_spec(base_dir).num_layers) if layers else None
         stage_count = len(ranges) if ranges else stage_count
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
-                          draft_settings=settings, layer_ranges=ranges)
-        typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with draft {draft_dir.name} ...")
+                          draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
+        drafting = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
+        typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting} ...")
         start(spec, run_dir, log_level=log_level)
     except (LaunchError, ModelStoreError, ValueError, OSError) as exc:
         _fail(str(exc))
@@ -99,6 +106,17 @@ def up(
     typer.echo("  status:    .venv/bin/flowring status")
     typer.echo(f"  logs:      tail -f {run_dir / 'logs'}/*.log")
     typer.echo("  stop:      .venv/bin/flowring down")
+
+
+def _head_dir(ref: str, base_dir: Path) -> Path:
+    """A head folder (a path, else a name in the heads cache), checked against the base."""
+    from common.heads.model import check_head
+    from common.heads.store import heads_dir
+
+    path = Path(ref).expanduser()
+    path = path if path.is_dir() else heads_dir() / ref
+    check_head(path, base_dir)  # HeadMismatchError (a ValueError) names the mismatch in one line
+    return path.resolve()
 
 
 @app.command()

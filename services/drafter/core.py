@@ -3,15 +3,18 @@
 It mirrors the scheduler's tree by applying the same prune events. On every Expand it drafts from
 the current root: a new round gets a fill tree cut into one segment per pipeline hop; a running round
 gets a fresh draft merged into the surviving tree, and only the nodes the tree lacked are sent.
+With a draft head the base's features of committed tokens arrive from the verifier (``Features``);
+an Expand that needs features not yet arrived waits for them.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from common.drafting import TreeDrafter, TreeShape
-from common.modeling.cache_pool import CachePool
+from common.heads.context import HeadContextDrafter
 from common.observability.trace import span
 from common.ordering import OrderError, PruneLog
 from common.protocol import (
@@ -19,6 +22,7 @@ from common.protocol import (
     DraftSettings,
     EndRequest,
     Expand,
+    Features,
     Message,
     Prune,
     Segment,
@@ -29,6 +33,7 @@ from common.request_table import RequestTable
 from common.tree import DraftTree, merge_trees, prune_tree, segment_sizes, single_root
 
 Outbound = tuple[str, Message]
+Drafter = TreeDrafter | HeadContextDrafter
 MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find nodes the tree lacks
 
 
@@ -36,7 +41,7 @@ MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find n
 class _Request:
     request_id: str
     draft: DraftSettings
-    drafter: TreeDrafter  # the shared draft model over this request's own context cache
+    drafter: Drafter  # the shared draft model (or head) over this request's own context cache
     root: int = -1
     pending: list[int] = field(default_factory=list)  # committed tokens not yet in the draft cache
     tree: DraftTree | None = None  # None between rounds
@@ -48,14 +53,21 @@ class _Request:
     busy_s: float = 0.0  # drafting time: expansions and context passes
     expansions: int = 0
     nodes: int = 0  # tree nodes sent
+    expand_waiting: bool = False  # an Expand waits for the base features it needs (draft head)
+
+
+class Drafters(Protocol):
+    """Where each request's drafter comes from: a draft model's or a draft head's, over a cache of its own."""
+
+    def take(self) -> Drafter: ...
+
+    def give(self, drafter: Drafter) -> None: ...
 
 
 class DrafterCore:
-    def __init__(self, name: str, drafter: TreeDrafter, hops: int) -> None:
+    def __init__(self, name: str, drafters: Drafters, hops: int) -> None:
         self.name = name
-        self._model = drafter.model  # shared by every request's TreeDrafter
-        self._caches = CachePool(self._model.new_cache)
-        self._caches.give(drafter.cache)
+        self._drafters = drafters
         self._hops = hops  # stages + verifier: segments a fill keeps in flight
         self._requests: RequestTable[_Request] = RequestTable()
 
@@ -89,20 +101,25 @@ class DrafterCore:
             req.tree = None if msg.ends_round else prune_tree(req.tree, msg.keep)
             req.idle_expands = 0
             return []
+        if isinstance(msg, Features):
+            if not isinstance(req.drafter, HeadContextDrafter):
+                raise OrderError(f"{self.name} drafts with a model, not a head: it takes no features")
+            req.drafter.add_features(msg.position, msg.hidden)
+            return self._expand_if_ready(req) if req.expand_waiting else []
         if isinstance(msg, Expand):
             if msg.epoch != req.log.epoch:
                 raise OrderError(f"expand for epoch {msg.epoch} while at epoch {req.log.epoch}")
-            return self._expand(req)
+            req.expand_waiting = True
+            return self._expand_if_ready(req)
         raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
 
     def _release(self, request_id: str) -> None:
         req = self._requests.end(request_id)
         if req is not None:
-            self._caches.give(req.drafter.cache)
+            self._drafters.give(req.drafter)
 
     def _start(self, msg: StartRequest) -> tuple[list[Outbound], list[Message]]:
-        drafter = TreeDrafter(self._model, self._caches.take())
-        req = _Request(msg.request_id, msg.draft, drafter, mode=msg.mode, context_length=len(msg.prompt))
+        req = _Request(msg.request_id, msg.draft, self._drafters.take(), mode=msg.mode, context_length=len(msg.prompt))
         early = self._requests.start(msg.request_id, req)
         prompt = list(msg.prompt)
         out: list[Outbound] = []
@@ -126,6 +143,14 @@ class DrafterCore:
         if req.pending and req.mode != "ar":
             req.drafter.extend_context(req.pending)
             req.pending = []
+
+    def _expand_if_ready(self, req: _Request) -> list[Outbound]:
+        """Expand now, unless a draft head still lacks the features of committed tokens."""
+        head = isinstance(req.drafter, HeadContextDrafter) and req.mode != "ar"
+        if head and not req.drafter.has_features(req.context_length):
+            return []
+        req.expand_waiting = False
+        return self._expand(req)
 
     def _expand(self, req: _Request) -> list[Outbound]:
         started = time.perf_counter()

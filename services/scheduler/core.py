@@ -153,7 +153,8 @@ class SchedulerCore:
         if job is None:
             return []  # a report of a cancelled or failed request still in flight
         if isinstance(msg, StageStats):
-            job.service_stats[msg.service] = {"busy_ms": msg.busy_ms, "forwards": msg.forwards, "rows": msg.rows}
+            job.service_stats[msg.service] = {"busy_ms": msg.busy_ms, "forwards": msg.forwards, "rows": msg.rows,
+                                              "feature_bytes": msg.feature_bytes}
             if job.request.trace:
                 job.spans[msg.service] = msg.spans
             return self._maybe_reply(job)
@@ -357,5 +358,7 @@ class SchedulerCore:
             "drafter_ms_per_step": job.draft_ms / max(job.steps + job.noops, 1),
             "drafter_busy_ms": job.draft_ms,
             "services": {name: v for name, v in job.service_stats.items() if name != "drafter"},
+            # Base features sent to a draft head (0 without one), per verification step.
+            "feature_bytes_per_step": sum(s["feature_bytes"] for s in job.service_stats.values()) / max(job.steps, 1),
             **({"trace": {**job.spans, "scheduler": spans}} if job.request.trace else {}),
         }

@@ -40,7 +40,8 @@ log = structlog.get_logger()
 
 
 def build_core(spec: ClusterSpec) -> SchedulerCore:
-    check_same_tokenizer(spec.base, spec.draft)
+    if spec.draft:  # a draft head shares the base's own embedding and lm_head: nothing to compare
+        check_same_tokenizer(spec.base, spec.draft)
     tokenizer = load_tokenizer(spec.base)
     codec = TextCodec(
         encode=lambda text, raw: encode_prompt(tokenizer, text, raw=raw),

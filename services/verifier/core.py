@@ -2,7 +2,8 @@
 
 Logits are computed as soon as a segment arrives (the costly part, overlapping the drafter's
 expansion); the decision waits only for the prune event that the previous verdict caused, so that
-the segment's nodes are numbered as the scheduler's tree is.
+the segment's nodes are numbered as the scheduler's tree is. For a draft head it also sends the
+drafter the final-normed hidden states of the prompt and of every accepted path (``Features``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from common.modeling import ModelSlice
 from common.observability.trace import span
 from common.ordering import OrderError, PruneLog, SequenceCheck
-from common.protocol import EndRequest, Message, Prune, Segment, StageStats, StartRequest, Verdict
+from common.protocol import EndRequest, Features, Message, Prune, Segment, StageStats, StartRequest, Verdict
 from common.request_table import RequestTable
 from common.verification import accept_greedy_ids, accept_sampling, sample_token
 
@@ -37,13 +38,16 @@ class _Request:
     busy_s: float = 0.0
     forwards: int = 0
     rows: int = 0
+    features: list[Outbound] = field(default_factory=list)  # Features to send with the next decisions
+    feature_bytes: int = 0
 
 
 class VerifierCore:
-    def __init__(self, name: str, head: ModelSlice) -> None:
+    def __init__(self, name: str, head: ModelSlice, features_to: str | None = None) -> None:
         assert head.with_head
         self.name = name
         self._head = head
+        self._features_to = features_to  # the drafter, when it drafts with a head over base features
         self._requests: RequestTable[_Request] = RequestTable()
 
     @property
@@ -65,12 +69,15 @@ class VerifierCore:
             return []
         if isinstance(msg, EndRequest):
             self._requests.end(req.request_id)
-            return [("scheduler", StageStats(self.name, req.request_id, req.busy_s * 1e3, req.forwards, req.rows))]
+            return [("scheduler", StageStats(self.name, req.request_id, req.busy_s * 1e3, req.forwards, req.rows,
+                                             feature_bytes=req.feature_bytes))]
         if isinstance(msg, Prune):
             req.log.record(msg)
         elif isinstance(msg, Segment):
             req.segments.check(msg.seq)
             req.waiting.append((msg, self._logits(req, msg)))
+            if msg.phase == "prefill" and msg.rows:
+                self._send_features(req, msg.positions[0], msg.hidden)
         else:
             raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
         return self._decide(req)
@@ -106,6 +113,7 @@ class VerifierCore:
                 verdict = self._verdict(req, seg, logits)
             if verdict is not None:
                 out.append(("scheduler", verdict))
+        out, req.features = [*req.features, *out], []
         return out
 
     def _verdict(self, req: _Request, seg: Segment, logits: torch.Tensor | None) -> Verdict | None:
@@ -126,7 +134,8 @@ class VerifierCore:
                 return None
             parts, req.gathered = req.gathered, []
             seg = replace(parts[0][0], tokens=sum((p.tokens for p, _ in parts), ()),
-                          parents=sum((p.parents for p, _ in parts), ()), hidden=None,
+                          parents=sum((p.parents for p, _ in parts), ()),
+                          hidden=None if parts[0][0].hidden is None else torch.cat([p.hidden for p, _ in parts]),
                           positions=sum((p.positions for p, _ in parts), ()))
             logits = torch.cat([lg for _, lg in parts])
             now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
@@ -140,6 +149,7 @@ class VerifierCore:
         else:
             decision = accept_greedy_ids(tokens, now.parents, picked.tolist())
         req.awaiting_epoch = req.log.epoch + 1
+        self._send_features(req, seg.positions[rows[0]], seg.hidden[[rows[i] for i in decision.path]])
         return Verdict(
             **base,
             kind="tree",
@@ -148,3 +158,16 @@ class VerifierCore:
             next_token=decision.next_token,
             rows=len(rows),
         )
+
+    def _send_features(self, req: _Request, position: int, hidden: torch.Tensor | None) -> None:
+        """Queue the final-normed ``hidden`` rows of committed tokens for the drafter's head."""
+        if self._features_to is None or req.mode == "ar":
+            return
+        if hidden is None:
+            raise OrderError("the verifier received a segment without hidden states")
+        started = time.perf_counter()
+        with torch.no_grad():
+            normed = self._head.norm(hidden.to(self._head.device, self._head.dtype)).cpu()  # [rows, H]
+        req.busy_s += time.perf_counter() - started
+        req.feature_bytes += normed.numel() * normed.element_size()
+        req.features.append((self._features_to, Features(req.request_id, position, normed)))

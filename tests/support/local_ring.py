@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from common.drafting import TreeDrafter
+from common.drafting import ModelDrafters
+from common.heads import load_head
+from common.heads.context import HeadDrafters
 from common.modeling import load_model_spec, load_slice
 from common.partition import even_split
 from common.protocol import (
@@ -40,7 +42,7 @@ class LocalRing:
     def __init__(
         self,
         base: Path,
-        draft: Path,
+        draft: Path | None,
         stages: int,
         *,
         settings: DraftSettings | None = None,
@@ -50,7 +52,9 @@ class LocalRing:
         dtype: torch.dtype = torch.float32,
         wire: bool = True,
         device: str = "cpu",
+        draft_head: Path | None = None,
     ) -> None:
+        """``draft_head``: draft with this head (fed by the verifier's features) instead of ``draft``."""
         spec = load_model_spec(base)
         ranges = even_split(spec.num_layers, stages)
         self.stages = [
@@ -60,9 +64,13 @@ class LocalRing:
         ]
         head = load_slice(base, (spec.num_layers, spec.num_layers), with_embedding=False, with_head=True, dtype=dtype,
                           device=device)
-        self.verifier = VerifierCore("verifier", head)
-        drafter_model = load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype, device=device)
-        self.drafter = DrafterCore("drafter", TreeDrafter(drafter_model), hops=stages + 1)
+        self.verifier = VerifierCore("verifier", head, features_to="drafter" if draft_head else None)
+        if draft_head is not None:
+            drafters = HeadDrafters(load_head(draft_head, base, dtype=dtype, device=device))
+        else:
+            drafters = ModelDrafters(load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype,
+                                                device=device))
+        self.drafter = DrafterCore("drafter", drafters, hops=stages + 1)
         names = ["drafter", *(s.name for s in self.stages), "verifier"]
         self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings(),
                                        admission=admission, capacity=capacity)

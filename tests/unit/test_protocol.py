@@ -20,6 +20,7 @@ from common.protocol import (
     EndRequest,
     Expand,
     Fault,
+    Features,
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
@@ -90,8 +91,14 @@ draft_settings = st.builds(
     DraftSettings, top_k=small, fill_nodes=small, fill_depth=small, fill_segments=small, segment_cap=small,
     expand_nodes=small, expand_depth=small,
 )
+@st.composite
+def features(draw: st.DrawFn) -> Features:
+    return Features(request_id=draw(texts), position=draw(small), hidden=draw(tensors(draw(st.integers(1, 6)))))
+
+
 messages = st.one_of(
     segments(),
+    features(),
     st.builds(StartRequest, request_id=texts, cmd_seq=ints, prompt=int_tuples, max_new_tokens=ints,
               temperature=floats, seed=ints, draft=draft_settings, prefill_chunk=ints),
     st.builds(Prune, request_id=texts, cmd_seq=ints, epoch=ints, round=ints, accepted=int_tuples,
@@ -105,7 +112,8 @@ messages = st.one_of(
               segments_sent=ints, draft_ms=floats),
     st.builds(Ready, service=texts, pid=ints),
     st.builds(Fault, service=texts, request_id=texts, error=texts),
-    st.builds(StageStats, service=texts, request_id=texts, busy_ms=floats, forwards=ints, rows=ints),
+    st.builds(StageStats, service=texts, request_id=texts, busy_ms=floats, forwards=ints, rows=ints,
+              feature_bytes=ints),
     st.builds(GenerateRequest, prompt=texts, max_new_tokens=ints, temperature=floats, seed=ints,
               raw=st.booleans(), prompt_ids=int_tuples, stream=st.booleans()),
     st.builds(GenerateReply, ok=st.booleans(), text=texts, token_ids=int_tuples, stats=json_dicts, error=texts,
@@ -150,7 +158,7 @@ def test_every_message_type_is_covered() -> None:
     from common.protocol import _TYPES
 
     covered = {
-        Segment, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Fault,
+        Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Fault,
         StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest, StatusReply,
     }
     assert set(_TYPES.values()) == covered

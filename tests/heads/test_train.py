@@ -1,0 +1,92 @@
+"""CPU smoke test of the whole training path on a tiny random base, then drafting with the head."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from common.drafting import TreeShape
+from common.heads import FeaturePairs, HeadTreeDrafter, load_head
+from common.heads import train as train_module
+from common.heads.distill import Sample
+from common.heads.model import new_head
+from common.heads.train import TrainingError, TrainSettings, train_head
+from services.cli.heads import app
+
+PROMPTS = [f"Write a Python function number {i} that adds {i} to its argument." for i in range(6)]
+
+
+@pytest.fixture
+def prompts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"question_id": i, "turns": [t]}) + "\n" for i, t in enumerate(PROMPTS)))
+    return path
+
+
+def _settings(base: Path, out: Path, prompts: Path, **kw) -> TrainSettings:
+    return TrainSettings(
+        base_dir=base, out_dir=out, device="cpu", prompts_file=prompts, time_budget_min=0.05, held_out=2,
+        max_new_tokens=10, generate_batch=2, intermediate_size=32, draft_vocab=100, tokens_per_step=64,
+        eval_depth=3, **kw,
+    )
+
+
+def test_a_head_trains_on_cpu_and_drafts(tiny_base: Path, prompts_file: Path, tmp_path: Path) -> None:
+    summary = train_head(_settings(tiny_base, tmp_path / "head", prompts_file), lambda _: None)
+    assert summary.steps >= 1 and summary.samples >= 2
+    assert 0 <= summary.acceptance.mean_accepted <= 3 and summary.acceptance.starts > 0
+    assert not (tmp_path / "head" / "work").exists()
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert config["draft_vocab_size"] == 100 and config["training"]["steps"] == summary.steps
+    head = load_head(tmp_path / "head", tiny_base, dtype=torch.float32)
+    drafter = HeadTreeDrafter(head)
+    drafter.extend_context(FeaturePairs(torch.randn(4, head.spec.hidden_size), (5, 6, 7, 8)))
+    tree = drafter.draft(8, TreeShape(nodes=6, depth=3, top_k=2))
+    assert len(tree) == 7 and set(tree.tokens[1:]) <= set(head.draft_ids.tolist())
+
+
+def test_a_paused_run_resumes_from_its_checkpoint(tiny_base: Path, prompts_file: Path, tmp_path: Path) -> None:
+    paused = train_head(_settings(tiny_base, tmp_path / "head", prompts_file, stop_after_min=0.0), lambda _: None)
+    assert paused.acceptance is None and paused.steps == 1
+    work = tmp_path / "head" / "work"
+    assert json.loads((work / "progress.json").read_text())["step"] == 1 and (work / "checkpoint.pt").is_file()
+    with pytest.raises(TrainingError, match="--resume"):
+        train_head(_settings(tiny_base, tmp_path / "head", prompts_file), lambda _: None)
+    summary = train_head(_settings(tiny_base, tmp_path / "head", prompts_file, resume=True), lambda _: None)
+    assert summary.steps > 1 and summary.acceptance is not None
+
+
+def test_cli_trains_then_lists_the_head(tiny_base: Path, prompts_file: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "heads" / "tiny"
+    result = runner.invoke(app, [
+        "train", "--base", str(tiny_base), "--out", str(out), "--device", "cpu", "--prompts", str(prompts_file),
+        "--time-budget-min", "0.05", "--held-out", "2", "--max-new-tokens", "8", "--generate-batch", "2",
+        "--intermediate-size", "32", "--draft-vocab", "0", "--tokens-per-step", "64", "--eval-depth", "2",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "tokens per round" in result.output
+    listed = runner.invoke(app, ["list", "--root", str(tmp_path / "heads")])
+    assert listed.exit_code == 0 and "tiny" in listed.output and "vocab 320" in listed.output
+    empty = runner.invoke(app, ["list", "--root", str(tmp_path / "none")])
+    assert "no heads" in empty.output
+
+
+def test_cli_refuses_an_unknown_base(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--base", str(tmp_path / "missing"), "--device", "cpu"])
+    assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_the_loss_trains_every_head_weight_and_no_frozen_one(tiny_base) -> None:
+    head = new_head(tiny_base, intermediate_size=48, draft_ids=torch.arange(50, 250), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    batch = [Sample(torch.randint(3, 259, (n,), generator=gen), torch.randn(n, head.spec.hidden_size, generator=gen), 3, False)
+             for n in (9, 6)]
+    loss = train_module._loss(head, batch, train_module._row_map(head), noise=0.01)
+    loss.backward()
+    for name, p in head.named_parameters():
+        if name.startswith(("fc.", "layer.")):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert head.embed_tokens.weight.grad is None and head.lm_head.weight.grad is None
