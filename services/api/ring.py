@@ -35,6 +35,7 @@ async def exchange(
     sock.connect(endpoint)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    next_check = loop.time() + POLL_INTERVAL_S
     finished = False
     try:
         await sock.send_multipart(encode(request))
@@ -45,10 +46,12 @@ async def exchange(
                     raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
                 finished = isinstance(msg, GenerateReply)
                 yield msg
-            elif await client_gone():
-                return
             elif loop.time() > deadline:
                 raise ClusterUnavailable(f"no answer from the scheduler at {endpoint} within {timeout_s:.0f} s")
+            if not finished and loop.time() >= next_check:  # also while chunks keep coming
+                next_check = loop.time() + POLL_INTERVAL_S
+                if await client_gone():
+                    return
     finally:
         if finished:
             sock.close(0)

@@ -37,6 +37,7 @@ from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
 
 log = structlog.get_logger()
+Dispatch = Callable[[list[tuple[str, Message]]], None]
 
 
 def build_core(spec: ClusterSpec) -> SchedulerCore:
@@ -99,38 +100,44 @@ def serve(spec: ClusterSpec) -> None:
                 dispatch(core.cancel(client))
         if reports in events:
             _on_report(core, reports, dispatch)
-        if clients in events:
-            identity, *frames = clients.recv_multipart(copy=False)
-            client = CLIENT + identity.bytes.hex()
-            connections.seen(client, identity.get(zmq.SRCFD))
-            try:
-                request = decode(frames)
-            except ProtocolError as exc:
-                dispatch([(client, GenerateReply(ok=False, error=f"bad request: {exc}", code="invalid"))])
-                continue
-            if isinstance(request, StatusRequest):
-                expected = [p.name for p in spec.ring]
-                ready = all(name in core.ready for name in expected)
-                dispatch([(client, StatusReply(ready=ready, services=dict(core.ready), busy=core.busy))])
-            elif isinstance(request, CancelRequest):
-                dispatch(core.cancel(client))
-            elif isinstance(request, GenerateRequest):
-                try:
-                    LinkSettings(request.link_mbps, request.link_latency_ms)
-                except LinkError as exc:
-                    dispatch([(client, GenerateReply(ok=False, error=str(exc), code="invalid"))])
-                    continue
-                dispatch(core.submit(client, request))
-            elif isinstance(request, Shutdown):
-                for sender in commands.values():
-                    sender.send(encode(Shutdown(cmd_seq=-1)))
-                close_all(commands.values())
-                dispatch([(client, StatusReply(ready=False))])
-                log.info("service_shutdown")
-                return
+        if clients in events and not _on_client(core, spec, clients, connections, dispatch):
+            for sender in commands.values():
+                sender.send(encode(Shutdown(cmd_seq=-1)))
+            close_all(commands.values())
+            log.info("service_shutdown")
+            return
 
 
-def _on_report(core: SchedulerCore, reports: zmq.Socket, dispatch: Callable[[list[tuple[str, Message]]], None]) -> None:
+def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, connections: ClientConnections,
+               dispatch: Dispatch) -> bool:
+    """Handle one client message; False when it asks the cluster to shut down."""
+    identity, *frames = clients.recv_multipart(copy=False)
+    client = CLIENT + identity.bytes.hex()
+    connections.seen(client, identity.get(zmq.SRCFD))
+    try:
+        request = decode(frames)
+    except ProtocolError as exc:
+        dispatch([(client, GenerateReply(ok=False, error=f"bad request: {exc}", code="invalid"))])
+        return True
+    if isinstance(request, StatusRequest):
+        ready = all(p.name in core.ready for p in spec.ring)
+        dispatch([(client, StatusReply(ready=ready, services=dict(core.ready), busy=core.busy))])
+    elif isinstance(request, CancelRequest):
+        dispatch(core.cancel(client))
+    elif isinstance(request, GenerateRequest):
+        try:
+            LinkSettings(request.link_mbps, request.link_latency_ms)
+        except LinkError as exc:
+            dispatch([(client, GenerateReply(ok=False, error=str(exc), code="invalid"))])
+            return True
+        dispatch(core.submit(client, request))
+    elif isinstance(request, Shutdown):
+        dispatch([(client, StatusReply(ready=False))])
+        return False
+    return True
+
+
+def _on_report(core: SchedulerCore, reports: zmq.Socket, dispatch: Dispatch) -> None:
     try:
         msg = recv(reports)
     except ProtocolError as exc:  # no request id to fail: its request meets its deadline instead

@@ -185,3 +185,18 @@ def test_an_http_disconnect_cancels_the_ring_request(served):
 def test_serve_refuses_without_a_cluster(tmp_path):
     result = CliRunner().invoke(app, ["serve", "--run-dir", str(tmp_path)])
     assert result.exit_code == 1 and "no cluster" in result.output
+
+
+def test_an_http_disconnect_cancels_a_request_that_is_not_streamed(served):
+    spec, base, url, run_dir = served
+    before = _cancelled(run_dir)
+    conn = _connect(url)
+    body = {"prompt": long_running_prompt(base), "max_tokens": 400, "temperature": 0}
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    with client_for(spec, 5) as client:
+        deadline = time.monotonic() + 10
+        while not client.status().busy and time.monotonic() < deadline:  # the ring has it
+            time.sleep(0.02)
+    conn.close()  # the HTTP client leaves before the answer
+    assert _idle(spec), "the ring went on decoding for a client that left"
+    assert _cancelled(run_dir) == before + 1
