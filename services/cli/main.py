@@ -22,6 +22,7 @@ app.add_typer(plan.app)
 app.command()(cluster.up)
 app.command()(cluster.down)
 
+REACH_TIMEOUT_S = 3.0  # a command that cannot reach the scheduler says so within this long
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 DEFAULT_RUN_DIR = default_run_dir()
 
@@ -38,10 +39,11 @@ def generate(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
     run_dir: RunDir = DEFAULT_RUN_DIR,
 ) -> None:
-    """Generate a completion on the running cluster."""
+    """Generate a completion on the running cluster; the speed follows the text on stderr."""
     spec = _cluster(run_dir)
     try:
         with client_for(spec, timeout) as client:
+            client.status(timeout_s=REACH_TIMEOUT_S)  # an unreachable cluster fails now, not after `timeout`
             reply = client.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                     raw=raw, mode=mode)
     except ClusterUnavailable as exc:
@@ -52,6 +54,9 @@ def generate(
         typer.echo(json.dumps({"text": reply.text, "token_ids": list(reply.token_ids), "stats": reply.stats}))
     else:
         typer.echo(reply.text)
+        stats = reply.stats
+        typer.echo(f"{stats['new_tokens']} tokens in {stats['wall_ms'] / 1e3:.2f} s: {stats['tokens_per_s']:.1f} "
+                   f"tokens/s ({stats['decode_tokens_per_s']:.1f} after the prompt)", err=True)
 
 
 @app.command()
