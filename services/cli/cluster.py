@@ -123,10 +123,11 @@ def _up_boards(cluster: Path, run_dir: Path, log_level: str) -> None:
         typer.echo(f"planning {len(inv.services())} services on {len(inv.boards)} board(s) from {cluster} ...")
         bringup = plan(inv, cache_root() / "slices")
         probes = preflight(bringup, ssh)
+        typer.echo("every board passed its checks (reachable, same flowring, torch, memory, ports free)")
         shipped = ship(bringup, ssh, probes, run_dir / "services")
         for board, size in shipped.items():
             typer.echo(f"  {board}: shipped {size} bytes of weights ({human_bytes(size)})")
-        typer.echo(f"every board passed its checks; starting {len(bringup.services)} services ...")
+        typer.echo(f"starting {len(bringup.services)} services ...")
         pids = start_boards(bringup, ssh, run_dir, log_level=log_level)
     except (InventoryError, PartitionError, LaunchError, ModelStoreError, ModelingError, OSError) as exc:
         fail(str(exc))
