@@ -127,8 +127,8 @@ def parse_inventory(data: Mapping[str, Any]) -> Inventory:
     fields: dict[str, Any] = {
         "base": _text(models, "models.base", problems),
         "draft": _text(models, "models.draft", problems),
-        "dtype": _choice(models, "dtype", DTYPES, problems),
-        "device": _choice(models, "device", DEVICES, problems),
+        "dtype": _choice(models, "dtype", DTYPES, "bfloat16", problems),
+        "device": _choice(models, "device", DEVICES, "cpu", problems),
         "threads": _integer(resources, "threads", 0, 0, 1024, problems, "resources"),
         "base_port": _integer(ports, "base", 7700, 1024, 65000, problems, "ports"),
         "overhead_mib": _number(resources, "overhead_mib", 300.0, problems, "resources"),
@@ -216,11 +216,12 @@ def _text(table: Mapping[str, Any], label: str, problems: list[str]) -> str:
     return value
 
 
-def _choice(table: Mapping[str, Any], key: str, choices: tuple[str, ...], problems: list[str]) -> str:
-    value = table.get(key, choices[-1] if key == "dtype" else choices[0])
+def _choice(table: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str,
+            problems: list[str]) -> str:
+    value = table.get(key, default)
     if value not in choices:
         problems.append(f"models.{key} must be one of {', '.join(choices)}, got {value!r}")
-        return choices[0]
+        return default
     return value
 
 

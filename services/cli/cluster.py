@@ -57,6 +57,27 @@ def up(
         fail(f"--dtype must be float32 or bfloat16, not {dtype}")
     if expansion not in ("grow", "redraft"):
         fail(f"--expansion must be grow or redraft, not {expansion}")
+    settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth, expand_nodes=expand_nodes,
+                             expand_depth=expand_depth, segment_cap=segment_cap, expansion=expansion,
+                             expand_leaves=expand_leaves, pipedec_width=pipedec_width, grow_levels=grow_levels)
+    _up_local(base, draft, model, _stage_count(stages), layers, settings, run_dir, log_level,
+              dtype=dtype, device=device, threads=threads)
+
+
+def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
+    """Stop the cluster, local or on every board; no process is left behind."""
+    from services.cluster.bringup import BOARDS_FILE
+    from services.cluster.bringup import down as down_boards
+
+    try:
+        stopped = down_boards(run_dir) if (run_dir / BOARDS_FILE).exists() else stop(run_dir)
+    except LaunchError as exc:
+        fail(str(exc))
+    typer.echo(f"stopped {len(stopped)} service(s)" if stopped else "no cluster running")
+
+
+def _up_local(base: str, draft: str, model: str, stage_count: int, layers: str, settings: DraftSettings,
+              run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int) -> None:
     if model:
         from common.catalog import default_pair
 
@@ -66,7 +87,6 @@ def up(
             fail(str(exc))
     if not base or not draft:
         fail("give --model NAME, or both --base and --draft (or --cluster FILE)")
-    stage_count = _stage_count(stages)
     from common.model_store import ModelStoreError, resolve
     from common.modeling import load_model_spec
     from common.modeling.tokenizer import check_same_tokenizer
@@ -75,10 +95,6 @@ def up(
     try:
         base_dir, draft_dir = resolve(base), resolve(draft)
         check_same_tokenizer(base_dir, draft_dir)
-        settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth,
-                                 expand_nodes=expand_nodes, expand_depth=expand_depth, segment_cap=segment_cap,
-                                 expansion=expansion, expand_leaves=expand_leaves, pipedec_width=pipedec_width,
-                                 grow_levels=grow_levels)
         ranges = explicit_ranges(layers, load_model_spec(base_dir).num_layers) if layers else None
         stage_count = len(ranges) if ranges else stage_count
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
@@ -93,18 +109,6 @@ def up(
     typer.echo("  status:    .venv/bin/flowring status")
     typer.echo(f"  logs:      tail -f {run_dir / 'logs'}/*.log")
     typer.echo("  stop:      .venv/bin/flowring down")
-
-
-def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
-    """Stop the cluster, local or on every board; no process is left behind."""
-    from services.cluster.bringup import BOARDS_FILE
-    from services.cluster.bringup import down as down_boards
-
-    try:
-        stopped = down_boards(run_dir) if (run_dir / BOARDS_FILE).exists() else stop(run_dir)
-    except LaunchError as exc:
-        fail(str(exc))
-    typer.echo(f"stopped {len(stopped)} service(s)" if stopped else "no cluster running")
 
 
 def _up_boards(cluster: Path, run_dir: Path, log_level: str) -> None:

@@ -34,7 +34,7 @@ from common.partition import MIB, human_bytes, layer_costs
 from common.settings import ClusterSpec
 from services.client import ClusterUnavailable
 from services.cluster.board_agent import flowring_version
-from services.cluster.ssh import Ssh, agent, detached
+from services.cluster.ssh import Result, Ssh, agent, detached
 from services.launcher import BOARDS_FILE, LaunchError, client_for
 
 CLUSTER_FILE = "cluster.json"
@@ -200,10 +200,10 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
                     service.name, "--log-level", log_level]
             result = _must(ssh.run(board, detached(board, service.log, argv), timeout_s=COMMAND_TIMEOUT_S), board,
                            f"starting {service.name}")
-            pids[service.name] = int(result.stdout.split()[-1])
+            pids[service.name] = _pid(result, board, service.name)
             _record(run_dir, bringup, pids)
         _wait_ready(bringup, ssh, pids)
-    except (LaunchError, ValueError, IndexError) as exc:
+    except LaunchError as exc:
         if pids:
             down(run_dir, ssh_for=lambda _: ssh)
         raise LaunchError(f"{exc} (every started service was stopped)") from exc
@@ -281,10 +281,18 @@ def _check_alive(bringup: Bringup, ssh: Ssh, pids: dict[str, int]) -> None:
                 raise LaunchError(f"{service.name} on board {board.name} exited while starting: {last[0][-300:]}")
 
 
-def _must(result, board: Board, doing: str):
+def _must(result: Result, board: Board, doing: str) -> Result:
     if result.returncode != 0:
         raise LaunchError(f"board {board.name}: {doing} failed: {result.reason}")
     return result
+
+
+def _pid(result: Result, board: Board, service: str) -> int:
+    """The pid the detached start printed last."""
+    words = result.stdout.split()
+    if not words or not words[-1].isdigit():
+        raise LaunchError(f"board {board.name}: starting {service} printed no pid: {result.stdout[-200:]!r}")
+    return int(words[-1])
 
 
 def _parallel(work: Callable[[Board], T], boards: Iterable[Board]) -> list[T]:
