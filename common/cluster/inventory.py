@@ -138,6 +138,10 @@ def parse_inventory(data: Mapping[str, Any]) -> Inventory:
     for role in ("scheduler", "drafter", "verifier"):
         fields[role] = _board_ref(placement.get(role), f"placement.{role}", names, problems)
     fields["stages"] = _stages(placement.get("stages"), names, problems)
+    measured = {b.name for b in boards if b.speed} & set(fields["stages"])
+    if measured and measured != set(fields["stages"]) - {""}:
+        problems.append("speed must be given on every stage board or on none (measured speeds and core counts "
+                        "do not compare)")
     fields["tree"] = _dataclass(DraftSettings, data, "tree", problems)
     fields["ssh"] = _dataclass(SshOptions, data, "ssh", problems)
     fields["timeouts"] = _dataclass(Timeouts, data, "timeouts", problems)

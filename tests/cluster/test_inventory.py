@@ -52,11 +52,19 @@ def _broken(edit) -> list[str]:
     (lambda d: d["tree"].update(top_k="four"), "tree.top_k must be a int"),
     (lambda d: d["tree"].update(depth=3), "[tree]: unknown field(s) depth"),
     (lambda d: d.update(extra={}), "unknown section [extra]"),
+    (lambda d: d["boards"][1].update(speed=40.0), "speed must be given on every stage board or on none"),
     (lambda d: d.pop("boards"), "no boards"),
 ])
 def test_each_problem_is_one_clear_line(edit, expected):
     lines = _broken(edit)
     assert any(line.startswith(expected) for line in lines), lines
+
+
+def test_measured_speeds_on_every_stage_board_are_accepted():
+    data = example()
+    for board in data["boards"][1:4]:
+        board["speed"] = 30.0
+    assert parse_inventory(data).board("board-3").relative_speed == 30.0
 
 
 def test_several_problems_are_reported_together():
