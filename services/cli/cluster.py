@@ -116,7 +116,7 @@ def _up_boards(cluster: Path, run_dir: Path, log_level: str) -> None:
     from common.model_store import ModelStoreError, cache_root
     from common.modeling import ModelingError
     from common.partition import PartitionError, human_bytes
-    from services.cluster.bringup import plan, preflight, ship
+    from services.cluster.bringup import build_slices, plan, preflight, ship
     from services.cluster.bringup import start as start_boards
     from services.cluster.ssh import Ssh
 
@@ -125,10 +125,11 @@ def _up_boards(cluster: Path, run_dir: Path, log_level: str) -> None:
         inv = load_inventory(cluster)
         ssh = Ssh(inv.ssh)
         typer.echo(f"planning {len(inv.services())} services on {len(inv.boards)} board(s) from {cluster} ...")
-        bringup = plan(inv, cache_root() / "slices")
-        probes = preflight(bringup, ssh)
+        bringup = plan(inv)
+        preflight(bringup, ssh)
         typer.echo("every board passed its checks (reachable, same flowring, torch, memory, ports free)")
-        shipped = ship(bringup, ssh, probes, run_dir / "services")
+        bringup = build_slices(bringup, cache_root() / "slices")
+        shipped = ship(bringup, ssh, run_dir / "services")
         for board, size in shipped.items():
             typer.echo(f"  {board}: shipped {size} bytes of weights ({human_bytes(size)})")
         typer.echo(f"starting {len(bringup.services)} services ...")

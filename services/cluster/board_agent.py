@@ -1,8 +1,8 @@
-"""What the head runs on a board over SSH: ``probe`` before starting, ``alive`` and ``stop`` after.
+"""What the head runs on a board over SSH: ``probe`` and ``have`` before starting, ``alive`` and ``stop`` after.
 
-Each subcommand prints one JSON object on stdout. ``python -m services.cluster.board_agent probe
---address A --ports P... --slices DIR --want HASH...`` reports the flowring version, Python and torch
-versions, available memory, which ports are taken on ``A`` and which slice hashes ``DIR`` holds.
+Each subcommand prints one JSON object on stdout. ``probe --address A --ports P...`` reports the
+flowring version, Python and torch versions, available memory and which ports are taken on ``A``;
+``have --slices DIR --want HASH...`` which slice hashes ``DIR`` holds.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def flowring_version() -> str:
     return tomllib.loads(PYPROJECT.read_text())["project"]["version"]
 
 
-def probe(address: str, ports: list[int], slices: Path, want: list[str]) -> dict:
+def probe(address: str, ports: list[int]) -> dict:
     try:
         import torch
 
@@ -40,8 +40,12 @@ def probe(address: str, ports: list[int], slices: Path, want: list[str]) -> dict
         "torch": torch_version,
         "mem_available_mib": _mem_available_mib(),
         "busy_ports": [p for p in ports if not _port_free(address, p)],
-        "have": [h for h in want if (slices / h).is_dir()],
     }
+
+
+def have(slices: Path, want: list[str]) -> list[str]:
+    """The wanted slice hashes the store folder ``slices`` holds."""
+    return [digest for digest in want if (slices / digest).is_dir()]
 
 
 def alive(pids: list[int]) -> list[int]:
@@ -96,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("probe")
     p.add_argument("--address", required=True)
     p.add_argument("--ports", type=int, nargs="*", default=[])
-    p.add_argument("--slices", type=Path, required=True)
-    p.add_argument("--want", nargs="*", default=[])
+    h = sub.add_parser("have")
+    h.add_argument("--slices", type=Path, required=True)
+    h.add_argument("--want", nargs="*", default=[])
     a = sub.add_parser("alive")
     a.add_argument("--pids", type=int, nargs="*", default=[])
     s = sub.add_parser("stop")
@@ -105,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--grace-s", type=float, default=10.0)
     args = parser.parse_args(argv)
     if args.command == "probe":
-        answer = probe(args.address, args.ports, args.slices, args.want)
+        answer = probe(args.address, args.ports)
+    elif args.command == "have":
+        answer = {"have": have(args.slices, args.want)}
     elif args.command == "alive":
         answer = {"alive": alive(args.pids)}
     else:

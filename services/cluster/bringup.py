@@ -1,7 +1,7 @@
 """Bringing a cluster of boards up from the head, and down again, over SSH.
 
-``up``: lay the cluster out from the inventory (layer split, memory per board), build each service's
-weight slice on the head, probe every board (nothing starts unless every board passes), ship the slices
+``up``: lay the cluster out from the inventory (layer split, memory per board), probe every board
+(nothing starts unless every board passes), build each service's weight slice on the head, ship the slices
 a board lacks and every service's cluster file, start each service detached, and wait until the
 scheduler reports every service ready. The head's run folder keeps ``cluster.json`` (every service's
 real address; the head's client reads it) and ``boards.json`` (boards, SSH options and pids: all that
@@ -34,7 +34,7 @@ from common.partition import MIB, human_bytes, layer_costs
 from common.settings import ClusterSpec
 from services.client import ClusterUnavailable
 from services.cluster.board_agent import flowring_version
-from services.cluster.ssh import Result, Ssh, agent, detached
+from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
 from services.launcher import BOARDS_FILE, LaunchError, client_for
 
 CLUSTER_FILE = "cluster.json"
@@ -78,11 +78,9 @@ class Bringup:
         return [s for s in self.services if s.board.name == board]
 
 
-def plan(inv: Inventory, store: Path) -> Bringup:
-    """Resolve the models on the head, split the layers, check memory and build every slice into ``store``."""
+def plan(inv: Inventory) -> Bringup:
+    """Resolve the models on the head, split the layers and check every board's memory budget."""
     from common.model_store import resolve
-    from common.modeling import load_model_spec
-    from common.modeling.loader import checkpoint_tensor_names
     from common.modeling.tokenizer import check_same_tokenizer
 
     base_dir, draft_dir = resolve(inv.base), resolve(inv.draft)
@@ -95,22 +93,29 @@ def plan(inv: Inventory, store: Path) -> Bringup:
     if problems:
         raise LaunchError("\n".join(problems))
     spec = cluster_spec(inv, str(base_dir), str(draft_dir), ranges)
+    services = tuple(ServicePlan(name, inv.board(board), ()) for name, board in inv.services())
+    return Bringup(inv, spec, services, needs)
+
+
+def build_slices(bringup: Bringup, store: Path) -> Bringup:
+    """Build (or find) every service's slice in the head's ``store``."""
+    from common.modeling import load_model_spec
+    from common.modeling.loader import checkpoint_tensor_names
+
+    spec, dtype = bringup.spec, bringup.inventory.dtype
+    base_dir, draft_dir = Path(spec.base), Path(spec.draft)
     base_names, draft_names = checkpoint_tensor_names(base_dir), checkpoint_tensor_names(draft_dir)
     tied = load_model_spec(base_dir).tie_word_embeddings
-
-    def build(model: Path, tensors: tuple[str, ...]) -> SliceFolder:
-        return build_slice(model, tensors, inv.dtype, store)
-
     parts: dict[str, tuple[SliceFolder, ...]] = {
-        "scheduler": (build(base_dir, ()), build(draft_dir, ())),
-        "drafter": (build(draft_dir, service_tensors("drafter", draft_names)),),
-        "verifier": (build(base_dir, service_tensors("verifier", base_names, tied=tied)),),
+        "scheduler": (build_slice(base_dir, (), dtype, store), build_slice(draft_dir, (), dtype, store)),
+        "drafter": (build_slice(draft_dir, service_tensors("drafter", draft_names), dtype, store),),
+        "verifier": (build_slice(base_dir, service_tensors("verifier", base_names, tied=tied), dtype, store),),
     }
     for i, place in enumerate(spec.stages):
         tensors = service_tensors(place.name, base_names, layers=place.layers, first_stage=i == 0)
-        parts[place.name] = (build(base_dir, tensors),)
-    services = tuple(ServicePlan(name, inv.board(board), parts[name]) for name, board in inv.services())
-    return Bringup(inv, spec, services, needs)
+        parts[place.name] = (build_slice(base_dir, tensors, dtype, store),)
+    services = tuple(dataclasses.replace(s, parts=parts[s.name]) for s in bringup.services)
+    return dataclasses.replace(bringup, services=services)
 
 
 def service_spec(bringup: Bringup, service: ServicePlan) -> ClusterSpec:
@@ -120,31 +125,25 @@ def service_spec(bringup: Bringup, service: ServicePlan) -> ClusterSpec:
     return dataclasses.replace(bringup.spec, base=folders[0], draft=folders[-1])
 
 
-def preflight(bringup: Bringup, ssh: Ssh) -> dict[str, dict[str, Any]]:
-    """Probe every board; raise with one line per failing board, or return each board's probe."""
+def preflight(bringup: Bringup, ssh: Ssh) -> None:
+    """Probe every board; raise with one line per failing board."""
     version = flowring_version()
     boards = {s.board.name: s.board for s in bringup.services}
 
-    def check(board: Board) -> tuple[dict[str, Any], str]:
-        services = bringup.on(board.name)
-        ports = [p for s in services for p in ports_of(bringup.spec, s.name)]
-        want = sorted({part.digest for s in services for part in s.parts})
-        result = ssh.run(board, agent(board, "probe", "--address", board.address, "--ports", *map(str, ports),
-                                      "--slices", posixpath.join(board.home, "slices"), "--want", *want),
+    def check(board: Board) -> str:
+        ports = [p for s in bringup.on(board.name) for p in ports_of(bringup.spec, s.name)]
+        result = ssh.run(board, agent(board, "probe", "--address", board.address, "--ports", *map(str, ports)),
                          timeout_s=PROBE_TIMEOUT_S)
         where = f"board {board.name} ({board.user}@{board.address}:{board.ssh_port})"
-        if result.returncode == 255:
-            return {}, f"{where}: unreachable: {result.reason}"
+        if result.returncode == SSH_FAILED:
+            return f"{where}: unreachable: {result.reason}"
         if result.returncode != 0:
-            return {}, f"{where}: cannot run flowring there ({board.python} in {board.workdir}): {result.reason}"
-        probe = json.loads(result.stdout)
-        return probe, _probe_problems(where, probe, version, bringup.board_need_bytes[board.name])
+            return f"{where}: cannot run flowring there ({board.python} in {board.workdir}): {result.reason}"
+        return _probe_problems(where, json.loads(result.stdout), version, bringup.board_need_bytes[board.name])
 
-    answers = dict(zip(boards, _parallel(check, boards.values()), strict=True))
-    problems = [line for _, line in answers.values() if line]
+    problems = [line for line in _parallel(check, boards.values()) if line]
     if problems:
         raise LaunchError("\n".join(problems) + "\nnothing was started")
-    return {name: probe for name, (probe, _) in answers.items()}
 
 
 def _probe_problems(where: str, probe: dict[str, Any], version: str, need_bytes: int) -> str:
@@ -160,7 +159,7 @@ def _probe_problems(where: str, probe: dict[str, Any], version: str, need_bytes:
     return f"{where}: {'; '.join(problems)}" if problems else ""
 
 
-def ship(bringup: Bringup, ssh: Ssh, probes: dict[str, dict[str, Any]], staging: Path) -> dict[str, int]:
+def ship(bringup: Bringup, ssh: Ssh, staging: Path) -> dict[str, int]:
     """Copy every slice a board lacks, then every service's cluster file; return weight bytes shipped per board."""
     staging.mkdir(parents=True, exist_ok=True)
     for service in bringup.services:
@@ -168,7 +167,12 @@ def ship(bringup: Bringup, ssh: Ssh, probes: dict[str, dict[str, Any]], staging:
 
     def send(board: Board) -> int:
         services = bringup.on(board.name)
-        missing = {p.digest: p for s in services for p in s.parts if p.digest not in probes[board.name]["have"]}
+        wanted = sorted({p.digest for s in services for p in s.parts})
+        result = _must(ssh.run(board, agent(board, "have", "--slices", posixpath.join(board.home, "slices"),
+                                            "--want", *wanted), timeout_s=COMMAND_TIMEOUT_S), board,
+                       "listing its slices")
+        have = set(json.loads(result.stdout)["have"])
+        missing = {p.digest: p for s in services for p in s.parts if p.digest not in have}
         for part in missing.values():
             final = posixpath.join(board.home, "slices", part.digest)
             partial = final + ".partial"

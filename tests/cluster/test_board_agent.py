@@ -12,8 +12,7 @@ from services.cluster.bringup import _probe_problems
 from tests.cluster.test_inventory import EXAMPLE
 
 
-def test_probe_reports_version_torch_memory_taken_ports_and_held_slices(tmp_path):
-    (tmp_path / "abc").mkdir()
+def test_probe_reports_version_torch_memory_and_taken_ports():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -21,10 +20,17 @@ def test_probe_reports_version_torch_memory_taken_ports_and_held_slices(tmp_path
         with socket.socket() as other:
             other.bind(("127.0.0.1", 0))
             free = other.getsockname()[1]
-        answer = board_agent.probe("127.0.0.1", [busy, free], tmp_path, ["abc", "def"])
+        answer = board_agent.probe("127.0.0.1", [busy, free])
     version = tomllib.loads((EXAMPLE.parents[1] / "pyproject.toml").read_text())["project"]["version"]
     assert answer["flowring"] == version and answer["torch"] and answer["mem_available_mib"] > 0
-    assert answer["busy_ports"] == [busy] and answer["have"] == ["abc"]
+    assert answer["busy_ports"] == [busy]
+
+
+def test_have_lists_the_held_slices_of_those_wanted(tmp_path, capsys):
+    (tmp_path / "abc").mkdir()
+    (tmp_path / "abc.partial").mkdir()
+    board_agent.main(["have", "--slices", str(tmp_path), "--want", "abc", "def"])
+    assert json.loads(capsys.readouterr().out) == {"have": ["abc"]}
 
 
 def test_stop_escalates_to_kill_and_leaves_nothing():
