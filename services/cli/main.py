@@ -1,4 +1,4 @@
-"""The ``flowring`` command: start and stop a local cluster, generate, inspect, manage models."""
+"""The ``flowring`` command: start and stop a cluster (local or on boards), generate, inspect, manage models."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import typer
 
 from common.settings import ClusterSpec
 from services.cli import bench, cluster, models, plan
+from services.cli.cluster import DEFAULT_RUN_DIR, RunDir
 from services.cli.errors import fail as _fail
 from services.client import ClusterUnavailable
-from services.launcher import client_for, default_run_dir
+from services.launcher import client_for
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
                   no_args_is_help=True, add_completion=False)
@@ -23,8 +24,6 @@ app.command()(cluster.up)
 app.command()(cluster.down)
 
 REACH_TIMEOUT_S = 3.0  # a command that cannot reach the scheduler says so within this long
-RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
-DEFAULT_RUN_DIR = default_run_dir()
 
 
 @app.command()
