@@ -1,4 +1,5 @@
-# flowring: `make up` starts a local cluster on the embedded default model, `make test` runs the tests.
+# flowring: `make up` starts a local cluster on the embedded default model (or, with CLUSTER=FILE, a ring of
+# boards over SSH), `make test` runs the tests.
 # Both create .venv in the repository root and install what is missing.
 
 PYTHON ?= python3
@@ -9,6 +10,7 @@ MODEL ?= qwen-coder
 STAGES ?= auto
 DTYPE ?= bfloat16
 PYTEST_ARGS ?=
+CLUSTER ?=
 
 .PHONY: up down test lint venv clean
 
@@ -22,9 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,gguf,humaneval]'
 	touch $(STAMP)
 
+# `make up CLUSTER=infra/lan.example.toml` starts the ring on the boards that file names, over SSH.
 up: venv
+ifeq ($(CLUSTER),)
 	$(BIN)/flowring models pull $(MODEL)
 	$(BIN)/flowring up --model $(MODEL) --stages $(STAGES) --dtype $(DTYPE)
+else
+	$(BIN)/flowring up --cluster $(CLUSTER)
+endif
 
 down: venv
 	$(BIN)/flowring down

@@ -1,7 +1,9 @@
 """Starting and stopping a local cluster: one background process per service, on loopback.
 
 The run folder holds ``cluster.json`` (every service's settings), ``pids.json`` and ``logs/NAME.log``
-(each service's JSON log lines).
+(each service's JSON log lines); a cluster of boards (services/cluster/) records ``boards.json`` instead
+of ``pids.json``. ``cluster.json`` exists exactly while a cluster is up, so commands never wait on a
+stopped one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from common.partition import even_split
 from common.protocol import DraftSettings
 from common.settings import ClusterSpec, Placement, Timeouts
 from services.client import Client, ClusterUnavailable
+
+BOARDS_FILE = "boards.json"  # written by a cluster of boards (services/cluster/bringup.py)
 
 
 class LaunchError(RuntimeError):
@@ -87,9 +91,14 @@ def client_for(spec: ClusterSpec, timeout_s: float | None = None) -> Client:
     return Client(s.endpoint(s.client_port), timeout_s or spec.timeouts.request_timeout_s)
 
 
+def running(run_dir: Path) -> bool:
+    """Whether ``run_dir`` records a cluster: live local services, or boards started and not yet stopped."""
+    return (run_dir / BOARDS_FILE).exists() or ((run_dir / "pids.json").exists() and _alive(_read_pids(run_dir)))
+
+
 def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
     """Spawn every service in the background and return once the scheduler reports all ready."""
-    if (run_dir / "pids.json").exists() and _alive(_read_pids(run_dir)):
+    if running(run_dir):
         raise LaunchError(f"a cluster is already running from {run_dir}: run `flowring down` first")
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -132,6 +141,7 @@ def stop(run_dir: Path, grace_s: float = 10.0) -> list[str]:
     """Ask the cluster to shut down, then terminate whatever is left. Returns the services stopped."""
     pids = _read_pids(run_dir)
     if not pids:
+        (run_dir / "cluster.json").unlink(missing_ok=True)  # left by an older version or a crash: stale
         return []
     cluster = run_dir / "cluster.json"
     if cluster.exists():
@@ -152,6 +162,7 @@ def stop(run_dir: Path, grace_s: float = 10.0) -> list[str]:
     if _alive(pids):
         raise LaunchError(f"processes {sorted(pids.values())} would not stop")
     (run_dir / "pids.json").unlink(missing_ok=True)
+    (run_dir / "cluster.json").unlink(missing_ok=True)
     return sorted(pids)
 
 

@@ -96,7 +96,8 @@ def test_the_process_ring_drafts_with_a_head(base_and_head, tmp_path) -> None:
 def test_up_refuses_a_head_of_another_base(base_and_head, tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from services.cli.main import _head_dir, app
+    from services.cli.cluster import _head_dir
+    from services.cli.main import app
 
     base, head = base_and_head
     assert _head_dir(str(head), base) == head.resolve()

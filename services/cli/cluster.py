@@ -1,0 +1,181 @@
+"""``flowring up`` and ``flowring down``: a local cluster on loopback, or a ring of boards from an inventory."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from common.protocol import MODES, DraftSettings
+from services.cli.errors import fail
+from services.launcher import LaunchError, default_run_dir, plan_local, running, start, stop
+
+RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
+CLUSTER_HELP = "TOML inventory of boards (see infra/lan.example.toml): start the ring on them over SSH."
+_DEFAULTS = DraftSettings()
+DEFAULT_RUN_DIR = default_run_dir()
+
+
+def up(
+    cluster: Annotated[Path | None, typer.Option("--cluster", help=CLUSTER_HELP)] = None,
+    base: Annotated[str, typer.Option(help="Base model: catalog name, Hugging Face folder or .gguf file.")] = "",
+    draft: Annotated[str, typer.Option(help="Draft model: catalog name, Hugging Face folder or .gguf file.")] = "",
+    draft_head: Annotated[str, typer.Option(help="Draft with this head (folder, or name in the heads cache) "
+                                                 "instead of a draft model.")] = "",
+    model: Annotated[str, typer.Option(help="A catalog pair (qwen-coder, smollm2) instead of --base/--draft.")] = "",
+    stages: Annotated[str, typer.Option(help="Pipeline stages the base model is split into, or auto.")] = "auto",
+    mode: Annotated[str, typer.Option(help="Default decoding mode of requests that name none: ar, chunk, "
+                                           "pipedec, flowspec, or auto (chosen from the machine's cores).")] = "auto",
+    layers: Annotated[str, typer.Option(help="Explicit layer ranges per stage, e.g. 0-10,10-20,20-28.")] = "",
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "bfloat16",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="Torch threads per service (0: torch default).")] = 0,
+    top_k: Annotated[int, typer.Option(help="Children per drafted node.")] = _DEFAULTS.top_k,
+    fill_nodes: Annotated[int, typer.Option(help="Draft nodes in a new round's tree.")] = _DEFAULTS.fill_nodes,
+    fill_depth: Annotated[int, typer.Option(help="Levels of a new round's tree.")] = _DEFAULTS.fill_depth,
+    expand_nodes: Annotated[int, typer.Option(help="Draft nodes per expansion.")] = _DEFAULTS.expand_nodes,
+    expand_depth: Annotated[int, typer.Option(help="Levels per expansion.")] = _DEFAULTS.expand_depth,
+    segment_cap: Annotated[int, typer.Option(help="Most nodes per segment.")] = _DEFAULTS.segment_cap,
+    expansion: Annotated[str, typer.Option(help="flowspec expansion: grow (one draft forward) or redraft.")] = (
+        _DEFAULTS.expansion
+    ),
+    expand_leaves: Annotated[int, typer.Option(help="Leaves grown per level (grow).")] = _DEFAULTS.expand_leaves,
+    grow_levels: Annotated[int, typer.Option(help="Levels grown per step (grow).")] = _DEFAULTS.grow_levels,
+    pipedec_width: Annotated[int, typer.Option(help="Nodes per level in pipedec mode.")] = _DEFAULTS.pipedec_width,
+    run_dir: RunDir = DEFAULT_RUN_DIR,
+    log_level: Annotated[str, typer.Option(help="debug, info or warning.")] = "info",
+) -> None:
+    """Start a cluster and return when every service is ready: local processes on loopback, or with
+    --cluster FILE every service on its board over SSH (models, split and settings from the file)."""
+    if running(run_dir):
+        fail(f"a cluster is already running from {run_dir}: run `flowring down` first")
+    if cluster is not None:
+        if base or draft or draft_head or model or layers:
+            fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head "
+                 "and --layers")
+        _up_boards(cluster, run_dir, log_level)
+        return
+    if dtype not in ("float32", "bfloat16"):
+        fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if expansion not in ("grow", "redraft"):
+        fail(f"--expansion must be grow or redraft, not {expansion}")
+    settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth, expand_nodes=expand_nodes,
+                             expand_depth=expand_depth, segment_cap=segment_cap, expansion=expansion,
+                             expand_leaves=expand_leaves, pipedec_width=pipedec_width, grow_levels=grow_levels)
+    if mode != "auto" and mode not in MODES:
+        fail(f"--mode must be auto or one of {', '.join(MODES)}, not {mode}")
+    _up_local(base, draft, draft_head, model, _stage_count(stages), layers, settings, run_dir, log_level,
+              dtype=dtype, device=device, threads=threads, mode=mode)
+
+
+def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
+    """Stop the cluster, local or on every board; no process is left behind."""
+    from services.cluster.bringup import BOARDS_FILE
+    from services.cluster.bringup import down as down_boards
+
+    try:
+        stopped = down_boards(run_dir) if (run_dir / BOARDS_FILE).exists() else stop(run_dir)
+    except LaunchError as exc:
+        fail(str(exc))
+    typer.echo(f"stopped {len(stopped)} service(s)" if stopped else "no cluster running")
+
+
+def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: int, layers: str,
+              settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
+              mode: str) -> None:
+    if model:
+        from common.catalog import default_pair
+
+        try:
+            base, draft = default_pair(model)
+        except (KeyError, ValueError) as exc:
+            fail(str(exc))
+    if not base or not (draft or draft_head):
+        fail("give --model NAME, or --base with --draft or --draft-head (or --cluster FILE)")
+    from common.machine_defaults import choose_mode
+    from common.model_store import ModelStoreError, resolve
+    from common.modeling import load_model_spec
+    from common.modeling.tokenizer import check_same_tokenizer
+    from common.partition import explicit_ranges
+
+    try:
+        base_dir = resolve(base)
+        head_dir = _head_dir(draft_head, base_dir) if draft_head else None
+        draft_dir = None if head_dir else resolve(draft)
+        if draft_dir:
+            check_same_tokenizer(base_dir, draft_dir)
+        ranges = explicit_ranges(layers, load_model_spec(base_dir).num_layers) if layers else None
+        stage_count = len(ranges) if ranges else stage_count
+        choice = choose_mode(os.cpu_count() or 1, stage_count)
+        default_mode = choice.mode if mode == "auto" else mode
+        spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
+                          draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
+        spec = replace(spec, default_mode=default_mode)
+        drafting = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
+        typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting} ...")
+        typer.echo(f"default mode: {default_mode} " + (f"({choice.reason})" if mode == "auto" else "(--mode)"))
+        start(spec, run_dir, log_level=log_level)
+    except (LaunchError, ModelStoreError, ValueError, OSError) as exc:
+        fail(str(exc))
+    s = spec.scheduler
+    typer.echo(f"flowring is up: scheduler at {s.endpoint(s.client_port)}, logs in {run_dir / 'logs'}")
+    typer.echo('  generate:  .venv/bin/flowring generate "Write a haiku about rings" --max-new-tokens 64')
+    typer.echo("  status:    .venv/bin/flowring status")
+    typer.echo(f"  logs:      tail -f {run_dir / 'logs'}/*.log")
+    typer.echo("  stop:      .venv/bin/flowring down")
+
+
+def _head_dir(ref: str, base_dir: Path) -> Path:
+    """A head folder (a path, else a name in the heads cache), checked against the base."""
+    from common.heads.model import check_head
+    from common.heads.store import heads_dir
+
+    path = Path(ref).expanduser()
+    path = path if path.is_dir() else heads_dir() / ref
+    check_head(path, base_dir)  # HeadMismatchError (a ValueError) names the mismatch in one line
+    return path.resolve()
+
+
+def _up_boards(cluster: Path, run_dir: Path, log_level: str) -> None:
+    from common.cluster.inventory import InventoryError, load_inventory
+    from common.model_store import ModelStoreError, cache_root
+    from common.modeling import ModelingError
+    from common.partition import PartitionError, human_bytes
+    from services.cluster.bringup import build_slices, plan, preflight, ship
+    from services.cluster.bringup import start as start_boards
+    from services.cluster.ssh import Ssh
+
+    began = time.monotonic()
+    try:
+        inv = load_inventory(cluster)
+        ssh = Ssh(inv.ssh)
+        typer.echo(f"planning {len(inv.services())} services on {len(inv.boards)} board(s) from {cluster} ...")
+        bringup = plan(inv)
+        preflight(bringup, ssh)
+        typer.echo("every board passed its checks (reachable, same flowring, torch, memory, ports free)")
+        bringup = build_slices(bringup, cache_root() / "slices")
+        shipped = ship(bringup, ssh, run_dir / "services")
+        for board, size in shipped.items():
+            typer.echo(f"  {board}: shipped {size} bytes of weights ({human_bytes(size)})")
+        typer.echo(f"starting {len(bringup.services)} services ...")
+        pids = start_boards(bringup, ssh, run_dir, log_level=log_level)
+    except (InventoryError, PartitionError, LaunchError, ModelStoreError, ModelingError, OSError) as exc:
+        fail(str(exc))
+    s = bringup.spec.scheduler
+    typer.echo(f"flowring is up in {time.monotonic() - began:.1f} s: scheduler at {s.endpoint(s.client_port)}, "
+               f"{sum(shipped.values())} bytes of weights shipped")
+    for service in bringup.services:
+        typer.echo(f"  {service.name:<10} {service.board.name:<12} pid {pids[service.name]:<8} log {service.log}")
+
+
+def _stage_count(stages: str) -> int:
+    """``auto``: a stage per three cores (drafter and verifier need theirs too), between 1 and 4."""
+    if stages == "auto":
+        return max(1, min(4, (os.cpu_count() or 1) // 3))
+    if not stages.isdigit() or int(stages) < 1:
+        fail(f"--stages must be a positive number or auto, not {stages}")
+    return int(stages)

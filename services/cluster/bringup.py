@@ -1,0 +1,305 @@
+"""Bringing a cluster of boards up from the head, and down again, over SSH.
+
+``up``: lay the cluster out from the inventory (layer split, memory per board), probe every board
+(nothing starts unless every board passes), build each service's weight slice on the head, ship the slices
+a board lacks and every service's cluster file, start each service detached, and wait until the
+scheduler reports every service ready. The head's run folder keeps ``cluster.json`` (every service's
+real address; the head's client reads it) and ``boards.json`` (boards, SSH options and pids: all that
+``down`` needs). On a board, under its ``home``: ``slices/<hash>/`` and ``run/logs/<service>.log``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common.cluster.inventory import Board, Inventory, SshOptions
+from common.cluster.layout import (
+    board_bytes,
+    cluster_spec,
+    layer_ranges,
+    memory_problems,
+    ports_of,
+    service_bytes,
+)
+from common.cluster.slices import SliceFolder, build_slice, service_tensors
+from common.partition import MIB, human_bytes, layer_costs
+from common.settings import ClusterSpec
+from services.client import ClusterUnavailable
+from services.cluster.board_agent import flowring_version
+from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
+from services.launcher import BOARDS_FILE, LaunchError, client_for
+
+CLUSTER_FILE = "cluster.json"
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+PROBE_TIMEOUT_S = 60.0  # the probe imports torch, slow on a small board
+COMMAND_TIMEOUT_S = 30.0
+COPY_TIMEOUT_S = 3600.0
+ALIVE_CHECK_INTERVAL_S = 5.0
+STOP_GRACE_S = 10.0
+LOG_TAIL_LINES = 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """One service: its board and the slices it loads (the scheduler: the two models' tokenizers)."""
+
+    name: str
+    board: Board
+    parts: tuple[SliceFolder, ...]
+
+    @property
+    def cluster_file(self) -> str:
+        return posixpath.join(self.board.home, "run", f"{self.name}.cluster.json")
+
+    @property
+    def log(self) -> str:
+        return posixpath.join(self.board.home, "run", "logs", f"{self.name}.log")
+
+
+@dataclass(frozen=True)
+class Bringup:
+    """Everything decided on the head before any board is touched."""
+
+    inventory: Inventory
+    spec: ClusterSpec  # model paths on the head
+    services: tuple[ServicePlan, ...]
+    board_need_bytes: dict[str, int]
+
+    def on(self, board: str) -> list[ServicePlan]:
+        return [s for s in self.services if s.board.name == board]
+
+
+def plan(inv: Inventory) -> Bringup:
+    """Resolve the models on the head, split the layers and check every board's memory budget."""
+    from common.model_store import resolve
+    from common.modeling.tokenizer import check_same_tokenizer
+
+    base_dir, draft_dir = resolve(inv.base), resolve(inv.draft)
+    check_same_tokenizer(base_dir, draft_dir)
+    base_costs = layer_costs(base_dir, DTYPE_BYTES[inv.dtype])
+    draft_costs = layer_costs(draft_dir, DTYPE_BYTES[inv.dtype])
+    ranges = layer_ranges(inv, base_costs, draft_costs)
+    needs = board_bytes(inv, service_bytes(inv, ranges, base_costs, draft_costs))
+    problems = memory_problems(inv, needs)
+    if problems:
+        raise LaunchError("\n".join(problems))
+    spec = cluster_spec(inv, str(base_dir), str(draft_dir), ranges)
+    services = tuple(ServicePlan(name, inv.board(board), ()) for name, board in inv.services())
+    return Bringup(inv, spec, services, needs)
+
+
+def build_slices(bringup: Bringup, store: Path) -> Bringup:
+    """Build (or find) every service's slice in the head's ``store``."""
+    from common.modeling import load_model_spec
+    from common.modeling.loader import checkpoint_tensor_names
+
+    spec, dtype = bringup.spec, bringup.inventory.dtype
+    base_dir, draft_dir = Path(spec.base), Path(spec.draft)
+    base_names, draft_names = checkpoint_tensor_names(base_dir), checkpoint_tensor_names(draft_dir)
+    tied = load_model_spec(base_dir).tie_word_embeddings
+    parts: dict[str, tuple[SliceFolder, ...]] = {
+        "scheduler": (build_slice(base_dir, (), dtype, store), build_slice(draft_dir, (), dtype, store)),
+        "drafter": (build_slice(draft_dir, service_tensors("drafter", draft_names), dtype, store),),
+        "verifier": (build_slice(base_dir, service_tensors("verifier", base_names, tied=tied), dtype, store),),
+    }
+    for i, place in enumerate(spec.stages):
+        tensors = service_tensors(place.name, base_names, layers=place.layers, first_stage=i == 0)
+        parts[place.name] = (build_slice(base_dir, tensors, dtype, store),)
+    services = tuple(dataclasses.replace(s, parts=parts[s.name]) for s in bringup.services)
+    return dataclasses.replace(bringup, services=services)
+
+
+def service_spec(bringup: Bringup, service: ServicePlan) -> ClusterSpec:
+    """The cluster file ``service`` reads on its board: every real address, model paths to its own slices."""
+    folders = [posixpath.join(service.board.home, "slices", part.digest) for part in service.parts]
+    # Only the scheduler reads both models (their tokenizers); every other service reads one folder.
+    return dataclasses.replace(bringup.spec, base=folders[0], draft=folders[-1])
+
+
+def preflight(bringup: Bringup, ssh: Ssh) -> None:
+    """Probe every board; raise with one line per failing board."""
+    version = flowring_version()
+    boards = {s.board.name: s.board for s in bringup.services}
+
+    def check(board: Board) -> str:
+        ports = [p for s in bringup.on(board.name) for p in ports_of(bringup.spec, s.name)]
+        result = ssh.run(board, agent(board, "probe", "--address", board.address, "--ports", *map(str, ports)),
+                         timeout_s=PROBE_TIMEOUT_S)
+        where = f"board {board.name} ({board.user}@{board.address}:{board.ssh_port})"
+        if result.returncode == SSH_FAILED:
+            return f"{where}: unreachable: {result.reason}"
+        if result.returncode != 0:
+            return f"{where}: cannot run flowring there ({board.python} in {board.workdir}): {result.reason}"
+        return _probe_problems(where, json.loads(result.stdout), version, bringup.board_need_bytes[board.name])
+
+    problems = [line for line in _parallel(check, boards.values()) if line]
+    if problems:
+        raise LaunchError("\n".join(problems) + "\nnothing was started")
+
+
+def _probe_problems(where: str, probe: dict[str, Any], version: str, need_bytes: int) -> str:
+    problems = []
+    if probe["flowring"] != version:
+        problems.append(f"flowring {probe['flowring']} there, {version} here")
+    if not probe["torch"]:
+        problems.append(f"torch is missing for Python {probe['python']}")
+    if probe["mem_available_mib"] * MIB < need_bytes:
+        problems.append(f"needs {human_bytes(need_bytes)} for its services, {probe['mem_available_mib']} MiB available")
+    if probe["busy_ports"]:
+        problems.append(f"port(s) {', '.join(map(str, probe['busy_ports']))} already in use")
+    return f"{where}: {'; '.join(problems)}" if problems else ""
+
+
+def ship(bringup: Bringup, ssh: Ssh, staging: Path) -> dict[str, int]:
+    """Copy every slice a board lacks, then every service's cluster file; return weight bytes shipped per board."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for service in bringup.services:
+        (staging / f"{service.name}.cluster.json").write_text(service_spec(bringup, service).to_json())
+
+    def send(board: Board) -> int:
+        services = bringup.on(board.name)
+        wanted = sorted({p.digest for s in services for p in s.parts})
+        result = _must(ssh.run(board, agent(board, "have", "--slices", posixpath.join(board.home, "slices"),
+                                            "--want", *wanted), timeout_s=COMMAND_TIMEOUT_S), board,
+                       "listing its slices")
+        have = set(json.loads(result.stdout)["have"])
+        missing = {p.digest: p for s in services for p in s.parts if p.digest not in have}
+        for part in missing.values():
+            final = posixpath.join(board.home, "slices", part.digest)
+            partial = final + ".partial"
+            _must(ssh.run(board, ["sh", "-c", 'rm -rf "$1" && mkdir -p "$1"', "flowring", partial],
+                          timeout_s=COMMAND_TIMEOUT_S), board, "preparing the slice folder")
+            _must(ssh.copy(board, sorted(part.path.iterdir()), partial, timeout_s=COPY_TIMEOUT_S), board,
+                  "copying a slice")
+            _must(ssh.run(board, ["mv", "-T", partial, final], timeout_s=COMMAND_TIMEOUT_S), board,
+                  "storing a slice")
+        run = posixpath.join(board.home, "run")
+        _must(ssh.run(board, ["mkdir", "-p", run], timeout_s=COMMAND_TIMEOUT_S), board, "creating the run folder")
+        _must(ssh.copy(board, [staging / f"{s.name}.cluster.json" for s in services], run,
+                       timeout_s=COMMAND_TIMEOUT_S), board, "copying the cluster files")
+        return sum(p.size_bytes for p in missing.values())
+
+    boards = {s.board.name: s.board for s in bringup.services}
+    return dict(zip(boards, _parallel(send, boards.values()), strict=True))
+
+
+def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info") -> dict[str, int]:
+    """Start every service detached on its board, record the pids, wait until all are ready."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CLUSTER_FILE).write_text(bringup.spec.to_json())
+    pids: dict[str, int] = {}
+    try:
+        for service in bringup.services:
+            board = service.board
+            argv = [board.python, "-m", "services.run", "--cluster", service.cluster_file, "--service",
+                    service.name, "--log-level", log_level]
+            result = _must(ssh.run(board, detached(board, service.log, argv), timeout_s=COMMAND_TIMEOUT_S), board,
+                           f"starting {service.name}")
+            pids[service.name] = _pid(result, board, service.name)
+            _record(run_dir, bringup, pids)
+        _wait_ready(bringup, ssh, pids)
+    except LaunchError as exc:
+        if pids:
+            down(run_dir, ssh_for=lambda _: ssh)
+        raise LaunchError(f"{exc} (every started service was stopped)") from exc
+    return pids
+
+
+def down(run_dir: Path, *, ssh_for: Callable[[SshOptions], Ssh] = Ssh) -> list[str]:
+    """Stop every service on every board recorded in ``run_dir``; check none is left. Returns those stopped."""
+    record_path = run_dir / BOARDS_FILE
+    record = json.loads(record_path.read_text())
+    ssh = ssh_for(SshOptions(**record["ssh"]))
+    boards = {b["name"]: Board(**b) for b in record["boards"]}
+    services = record["services"]
+    try:
+        with client_for(ClusterSpec.load(run_dir / CLUSTER_FILE), 2.0) as client:
+            client.shutdown(timeout_s=2.0)
+    except (ClusterUnavailable, OSError, ValueError):
+        pass  # scheduler already gone or never up: the board agents stop whatever is left
+
+    def stop_on(board: Board) -> str:
+        pids = [str(s["pid"]) for s in services if s["board"] == board.name]
+        result = ssh.run(board, agent(board, "stop", "--grace-s", str(STOP_GRACE_S), "--pids", *pids),
+                         timeout_s=STOP_GRACE_S + 30.0)
+        if result.returncode != 0:
+            return f"board {board.name}: cannot stop its services: {result.reason}"
+        left = json.loads(result.stdout)["left"]
+        return f"board {board.name}: processes {left} would not stop" if left else ""
+
+    used = {s["board"] for s in services}
+    problems = [line for line in _parallel(stop_on, [boards[n] for n in sorted(used)]) if line]
+    if problems:
+        raise LaunchError("\n".join(problems))
+    record_path.unlink()
+    (run_dir / CLUSTER_FILE).unlink(missing_ok=True)
+    return sorted(s["name"] for s in services)
+
+
+def _record(run_dir: Path, bringup: Bringup, pids: dict[str, int]) -> None:
+    services = [{"name": s.name, "board": s.board.name, "pid": pids[s.name], "log": s.log}
+                for s in bringup.services if s.name in pids]
+    boards = {s.board.name: dataclasses.asdict(s.board) for s in bringup.services}
+    record = {"ssh": dataclasses.asdict(bringup.inventory.ssh), "boards": list(boards.values()),
+              "services": services}
+    (run_dir / BOARDS_FILE).write_text(json.dumps(record, indent=2))
+
+
+def _wait_ready(bringup: Bringup, ssh: Ssh, pids: dict[str, int]) -> None:
+    timeout_s = bringup.spec.timeouts.ready_timeout_s
+    deadline = time.monotonic() + timeout_s
+    next_check = time.monotonic() + ALIVE_CHECK_INTERVAL_S
+    with client_for(bringup.spec) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.status(timeout_s=2.0).ready:
+                    return
+            except ClusterUnavailable:
+                pass  # the scheduler is still loading
+            if time.monotonic() >= next_check:
+                _check_alive(bringup, ssh, pids)
+                next_check = time.monotonic() + ALIVE_CHECK_INTERVAL_S
+            time.sleep(0.2)
+    raise LaunchError(f"services not ready after {timeout_s:.0f} s; see run/logs/ under each board's home")
+
+
+def _check_alive(bringup: Bringup, ssh: Ssh, pids: dict[str, int]) -> None:
+    for board in {s.board.name: s.board for s in bringup.services}.values():
+        mine = {s.name: pids[s.name] for s in bringup.on(board.name)}
+        result = _must(ssh.run(board, agent(board, "alive", "--pids", *map(str, mine.values())),
+                               timeout_s=COMMAND_TIMEOUT_S), board, "checking its services")
+        running = set(json.loads(result.stdout)["alive"])
+        for service in bringup.on(board.name):
+            if mine[service.name] not in running:
+                tail = ssh.run(board, ["tail", "-n", str(LOG_TAIL_LINES), service.log], timeout_s=COMMAND_TIMEOUT_S)
+                last = [ln for ln in tail.stdout.splitlines() if ln.strip()][-1:] or ["no output"]
+                raise LaunchError(f"{service.name} on board {board.name} exited while starting: {last[0][-300:]}")
+
+
+def _must(result: Result, board: Board, doing: str) -> Result:
+    if result.returncode != 0:
+        raise LaunchError(f"board {board.name}: {doing} failed: {result.reason}")
+    return result
+
+
+def _pid(result: Result, board: Board, service: str) -> int:
+    """The pid the detached start printed last."""
+    words = result.stdout.split()
+    if not words or not words[-1].isdigit():
+        raise LaunchError(f"board {board.name}: starting {service} printed no pid: {result.stdout[-200:]!r}")
+    return int(words[-1])
+
+
+def _parallel(work: Callable[[Board], T], boards: Iterable[Board]) -> list[T]:
+    boards = list(boards)
+    with ThreadPoolExecutor(max_workers=max(1, len(boards))) as pool:
+        return list(pool.map(work, boards))

@@ -1,0 +1,99 @@
+"""`flowring up` / `down` / `generate` as a new user meets them, without starting a cluster."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from common.protocol import GenerateReply, StatusReply
+from common.settings import ClusterSpec, Placement
+from services.cli import main
+from services.cli.main import app
+from services.launcher import free_ports
+
+runner = CliRunner()
+
+
+def test_up_help_shows_the_defaults_make_up_uses():
+    result = runner.invoke(app, ["up", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    stages = next(ln for ln in result.output.splitlines() if "--stages" in ln)
+    dtype = next(ln for ln in result.output.splitlines() if "--dtype" in ln)
+    assert "[default: auto]" in stages and "[default: bfloat16]" in dtype
+    assert "--cluster" in result.output
+
+
+def test_up_refuses_a_second_cluster_before_starting_anything(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "boards.json").write_text("{}")
+    result = runner.invoke(app, ["up", "--model", "smollm2", "--run-dir", str(run_dir)])
+    assert result.exit_code == 1
+    assert "already running" in result.output and "starting" not in result.output
+
+
+def test_up_cluster_takes_models_from_the_file(tmp_path):
+    result = runner.invoke(app, ["up", "--cluster", str(tmp_path / "c.toml"), "--model", "smollm2",
+                                 "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "--cluster takes the models" in result.output
+
+
+def test_up_cluster_reports_each_inventory_problem_on_its_own_line(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text('[models]\ndtype = "int4"\n')
+    result = runner.invoke(app, ["up", "--cluster", str(bad), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
+    assert len(errors) >= 3 and any("no boards" in ln for ln in errors) and any("int4" in ln for ln in errors)
+
+
+def test_down_without_a_cluster_removes_a_stale_cluster_file(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cluster.json").write_text("{}")
+    result = runner.invoke(app, ["down", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0 and "no cluster running" in result.output
+    assert not (run_dir / "cluster.json").exists()
+    assert runner.invoke(app, ["generate", "hi", "--run-dir", str(run_dir)]).exit_code == 1
+
+
+def _spec_file(tmp_path, port: int):
+    spec = ClusterSpec(base="b", draft="d", scheduler=Placement("scheduler", report_port=port, client_port=port))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cluster.json").write_text(spec.to_json())
+    return run_dir
+
+
+def test_generate_says_when_the_cluster_cannot_be_reached(tmp_path):
+    run_dir = _spec_file(tmp_path, free_ports("127.0.0.1", 1)[0])  # nothing listens there
+    result = runner.invoke(app, ["generate", "hi", "--timeout", "600", "--run-dir", str(run_dir)])
+    assert result.exit_code == 1
+    assert f"within {main.REACH_TIMEOUT_S:.0f} s" in result.output  # the short reach check, not --timeout
+
+
+class _FakeClient:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def status(self, timeout_s):
+        return StatusReply(ready=True)
+
+    def generate(self, prompt, **options):
+        stats = {"new_tokens": 8, "wall_ms": 2000.0, "tokens_per_s": 4.0, "decode_tokens_per_s": 5.0}
+        return GenerateReply(ok=True, text="a ring of text", token_ids=tuple(range(8)), stats=stats)
+
+
+def test_plain_generate_prints_the_speed_after_the_text_on_stderr(tmp_path, monkeypatch):
+    run_dir = _spec_file(tmp_path, 1)
+    monkeypatch.setattr(main, "client_for", lambda spec, timeout: _FakeClient())
+    result = runner.invoke(app, ["generate", "hi", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0
+    assert result.stdout == "a ring of text\n"
+    assert result.stderr == "8 tokens in 2.00 s: 4.0 tokens/s (5.0 after the prompt)\n"
+    as_json = runner.invoke(app, ["generate", "hi", "--json", "--run-dir", str(run_dir)])
+    assert json.loads(as_json.stdout)["text"] == "a ring of text" and as_json.stderr == ""
