@@ -87,3 +87,25 @@ class EarlyMessages:
         mine = [m for m in self._held if getattr(m, "request_id", None) == request_id]
         self._held.clear()
         return mine
+
+
+class CommandOrder:
+    """The ``cmd_seq`` of one service's command stream: each is one more than the last.
+
+    The first command a service sees sets the start (a service restarted mid-run joins the stream).
+    ``check`` returns "" when the command is the next one, else why not: ``lost`` (a gap: the start
+    moves past it, so only the lost commands' request fails) or ``repeated`` (a repeat or regression:
+    nothing changes).
+    """
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def check(self, seq: int) -> str:
+        if self.last is None or seq == self.last + 1:
+            self.last = seq
+            return ""
+        if seq > self.last + 1:
+            self.last = seq
+            return "lost"
+        return "repeated"

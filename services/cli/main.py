@@ -146,10 +146,9 @@ def status(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
             reply = client.status()
     except ClusterUnavailable as exc:
         _fail(str(exc))
-    typer.echo(f"cluster {'ready' if reply.ready else 'starting'}{', busy' if reply.busy else ''}")
-    for place in spec.ring:
-        pid = reply.services.get(place.name)
-        typer.echo(f"  {place.name:<10} {'ready, pid ' + str(pid) if pid else 'not ready'}")
+    typer.echo(f"cluster {'ready' if reply.ready else 'not ready'}{', busy' if reply.busy else ''}")
+    for service in reply.services:
+        typer.echo(f"  {service.name:<10} {'healthy' if service.healthy else 'unhealthy'}, pid {service.pid}")
 
 
 def _stage_count(stages: str) -> int:

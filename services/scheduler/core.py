@@ -94,6 +94,11 @@ class SchedulerCore:
     def busy(self) -> bool:
         return self._job is not None
 
+    @property
+    def running(self) -> tuple[str, ...]:
+        """Ids of the requests in progress."""
+        return (self._job.request_id,) if self._job is not None else ()
+
     def submit(self, client: str, request: GenerateRequest) -> list[Outbound]:
         self._queue.append((client, request))
         return self._next_job() if self._job is None else []

@@ -1,7 +1,9 @@
 """The scheduler service: client entry point (ROUTER) and owner of every request's decisions.
 
 Commands to each ring service go through a :class:`~common.link.ShapedSender`, set to a request's
-emulated link when its StartRequest is dispatched; replies to clients are never shaped.
+emulated link when its StartRequest is dispatched; replies to clients are never shaped. Ring services
+heartbeat to the report socket; a running request fails, naming the service, as soon as one of them
+has been silent for ``liveness_timeout_s``.
 """
 
 from __future__ import annotations
@@ -15,23 +17,35 @@ import zmq
 from common.link import LinkError, LinkSettings, close_all, shaped_push
 from common.modeling import load_model_spec
 from common.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
+from common.observability.metrics import SchedulerMetrics
 from common.protocol import (
+    DraftReport,
+    Expand,
+    Fault,
     GenerateReply,
     GenerateRequest,
+    Heartbeat,
     Message,
     ProtocolError,
+    Prune,
+    Ready,
+    ServiceHealth,
     Shutdown,
+    StageStats,
     StartRequest,
     StatusReply,
     StatusRequest,
+    Verdict,
     decode,
     encode,
 )
 from common.settings import ClusterSpec
 from common.transport import pull, recv
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
+from services.scheduler.liveness import Liveness, describe
 
 log = structlog.get_logger()
+REPORTS = (Verdict, DraftReport, Ready, Heartbeat, Fault, StageStats)  # what ring services send the scheduler
 
 
 def build_core(spec: ClusterSpec) -> SchedulerCore:
@@ -45,16 +59,20 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
     return SchedulerCore([p.name for p in spec.ring], codec, eos, spec.draft_settings, spec.prefill_chunk)
 
 
-def serve(spec: ClusterSpec) -> None:
-    structlog.contextvars.bind_contextvars(service="scheduler")
+def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
     core = build_core(spec)
+    metrics = metrics or SchedulerMetrics()
+    started = time.monotonic()
+    liveness = Liveness([p.name for p in spec.ring], spec.timeouts.liveness_timeout_s)
     ctx = zmq.Context.instance()
     me = spec.scheduler
     clients = ctx.socket(zmq.ROUTER)
     clients.setsockopt(zmq.LINGER, 0)
+    clients.setsockopt(zmq.MAXMSGSIZE, spec.max_message_bytes)
     clients.bind(me.endpoint(me.client_port))
-    reports = pull(ctx, me.endpoint(me.report_port))
-    commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}") for p in spec.ring}
+    reports = pull(ctx, me.endpoint(me.report_port), spec.max_message_bytes)
+    commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}", metrics.hop_observer(p.name))
+                for p in spec.ring}
     poller = zmq.Poller()
     poller.register(clients, zmq.POLLIN)
     poller.register(reports, zmq.POLLIN)
@@ -67,35 +85,61 @@ def serve(spec: ClusterSpec) -> None:
                 identity = bytes.fromhex(dest[len(CLIENT):])
                 clients.send_multipart([identity, *encode(msg)], copy=False)
                 if isinstance(msg, GenerateReply):
-                    log.info("request_done", ok=msg.ok, error=msg.error or None, **_brief(msg.stats))
+                    _request_done(msg, metrics)
             else:
                 if isinstance(msg, StartRequest):
                     commands[dest].configure(msg.link_mbps, msg.link_latency_ms)
+                _count_command(dest, msg, metrics)
                 commands[dest].send(encode(msg))
+
+    def status() -> StatusReply:
+        now = time.monotonic()
+        own = describe(spec, me)
+        row = ServiceHealth(role=own.role, name=own.name, host=own.host, pid=os.getpid(), endpoints=own.endpoints,
+                            healthy=True, last_seen_s=0.0, uptime_s=round(now - started, 3),
+                            in_flight=len(core.running), metrics=own.metrics)
+        return StatusReply(ready=liveness.all_healthy(now), services=(row, *liveness.health(spec, now)),
+                           busy=core.busy)
 
     while True:
         events = dict(poller.poll(int(spec.timeouts.poll_interval_s * 1000)))
-        if core.busy and time.perf_counter() - job_started > spec.timeouts.request_timeout_s:
+        now = time.monotonic()
+        if core.busy and now - job_started > spec.timeouts.request_timeout_s:
             dispatch(core.fail_current(f"request timed out after {spec.timeouts.request_timeout_s:.0f} s"))
+        silent = liveness.silent(job_started, now) if core.busy else []
+        if silent:
+            name, quiet_s = silent[0]
+            dispatch(core.fail_current(
+                f"request {', '.join(core.running)} failed: service {name} went silent (no heartbeat for "
+                f"{quiet_s:.1f} s, liveness timeout {liveness.timeout_s:g} s)"))
         if reports in events:
-            try:
-                msg = recv(reports)
-                dispatch(core.handle(msg))
-            except ProtocolError as exc:
-                log.error("request_failed", error=str(exc))
-                dispatch(core.fail_current(str(exc)))
+            msg = _receive_report(reports, spec.max_message_bytes, metrics)
+            if isinstance(msg, Ready | Heartbeat):
+                liveness.hear(msg, time.monotonic())
+                if isinstance(msg, Ready):
+                    dispatch(core.handle(msg))
+            elif msg is not None:
+                request_id = getattr(msg, "request_id", "")
+                with structlog.contextvars.bound_contextvars(request_id=request_id):
+                    if isinstance(msg, Verdict) and request_id in core.running:
+                        _count_verdict(msg, metrics)
+                    try:
+                        dispatch(core.handle(msg))
+                    except ProtocolError as exc:
+                        metrics.rejected.labels("order").inc()
+                        log.error("request_failed", error=str(exc))
+                        dispatch(core.fail_current(str(exc)))
         if clients in events:
             identity, *frames = clients.recv_multipart(copy=False)
             client = CLIENT + identity.bytes.hex()
             try:
-                request = decode(frames)
+                request = decode(frames, spec.max_message_bytes)
             except ProtocolError as exc:
+                metrics.rejected.labels(exc.reason).inc()
                 dispatch([(client, GenerateReply(ok=False, error=f"bad request: {exc}"))])
                 continue
             if isinstance(request, StatusRequest):
-                expected = [p.name for p in spec.ring]
-                ready = all(name in core.ready for name in expected)
-                dispatch([(client, StatusReply(ready=ready, services=dict(core.ready), busy=core.busy))])
+                dispatch([(client, status())])
             elif isinstance(request, GenerateRequest):
                 try:
                     LinkSettings(request.link_mbps, request.link_latency_ms)
@@ -103,7 +147,7 @@ def serve(spec: ClusterSpec) -> None:
                     dispatch([(client, GenerateReply(ok=False, error=str(exc)))])
                     continue
                 if not core.busy:
-                    job_started = time.perf_counter()
+                    job_started = time.monotonic()
                 dispatch(core.submit(client, request))
             elif isinstance(request, Shutdown):
                 for sender in commands.values():
@@ -112,8 +156,53 @@ def serve(spec: ClusterSpec) -> None:
                 dispatch([(client, StatusReply(ready=False))])
                 log.info("service_shutdown")
                 return
+            else:
+                metrics.rejected.labels("unknown_command").inc()
+                dispatch([(client, GenerateReply(ok=False, error=f"bad request: {request.KIND} is not a request"))])
 
 
-def _brief(stats: dict) -> dict:
-    keys = ("request_id", "new_tokens", "steps", "rounds", "tokens_per_step", "decode_tokens_per_s", "wall_ms")
-    return {k: stats[k] for k in keys if k in stats}
+def _receive_report(sock: zmq.Socket, max_bytes: int, metrics: SchedulerMetrics) -> Message | None:
+    """The next report, or None when it was rejected (logged and counted)."""
+    try:
+        msg = recv(sock, max_bytes)
+    except ProtocolError as exc:
+        metrics.rejected.labels(exc.reason).inc()
+        log.warning("message_rejected", reason=exc.reason, error=str(exc))
+        return None
+    if not isinstance(msg, REPORTS):
+        metrics.rejected.labels("unknown_command").inc()
+        log.warning("message_rejected", reason="unknown_command", kind=msg.KIND)
+        return None
+    metrics.handled.labels(msg.KIND).inc()
+    return msg
+
+
+def _count_verdict(verdict: Verdict, metrics: SchedulerMetrics) -> None:
+    """vLLM's spec-decode counters: one draft per verified tree; the root is context, not a draft token."""
+    if verdict.kind != "tree":
+        return
+    metrics.drafts.inc()
+    metrics.draft_tokens.inc(max(verdict.rows - 1, 0))
+    metrics.accepted_tokens.inc(max(len(verdict.accepted) - 1, 0))
+
+
+def _count_command(dest: str, msg: Message, metrics: SchedulerMetrics) -> None:
+    if isinstance(msg, Expand):
+        metrics.expands.inc()
+    elif isinstance(msg, Prune) and dest == "drafter":  # one event goes to every service: count it once
+        metrics.prunes.inc()
+        if msg.ends_round:
+            metrics.round_restarts.inc()
+
+
+def _request_done(reply: GenerateReply, metrics: SchedulerMetrics) -> None:
+    """The canonical line of a finished request, and its latency metrics."""
+    stats = reply.stats
+    metrics.requests.labels("ok" if reply.ok else "error").inc()
+    if "wall_ms" in stats:
+        metrics.request_seconds.observe(stats["wall_ms"] / 1e3)
+    if reply.ok and "prefill_ms" in stats:
+        metrics.ttft_seconds.observe(stats["prefill_ms"] / 1e3)
+    brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items() if k != "services"}
+    busy = {f"{name}_busy_ms": round(s.get("busy_ms", 0.0), 1) for name, s in stats.get("services", {}).items()}
+    log.info("request_done", ok=reply.ok, error=reply.error or None, **brief, **busy)

@@ -51,6 +51,11 @@ class StageCore:
     def request(self) -> _Request | None:
         return self._request
 
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes allocated by this stage's KV cache (0 before the first request)."""
+        return self._cache.nbytes if self._cache is not None else 0
+
     def drop_request(self) -> None:
         """Forget the current request after a fault; the next StartRequest begins afresh."""
         self._request = None

@@ -20,10 +20,12 @@ from common.protocol import (
     Fault,
     GenerateReply,
     GenerateRequest,
+    Heartbeat,
     ProtocolError,
     Prune,
     Ready,
     Segment,
+    ServiceHealth,
     Shutdown,
     StageStats,
     StartRequest,
@@ -87,6 +89,11 @@ draft_settings = st.builds(
     DraftSettings, top_k=small, fill_nodes=small, fill_depth=small, fill_segments=small, segment_cap=small,
     expand_nodes=small, expand_depth=small,
 )
+service_health = st.builds(
+    ServiceHealth, role=texts, name=texts, host=texts, pid=ints, endpoints=st.lists(texts, max_size=3).map(tuple),
+    layers=st.lists(small, max_size=2).map(tuple), healthy=st.booleans(), last_seen_s=floats, uptime_s=floats,
+    in_flight=ints, kv_cache_bytes=ints, last_step_ms=floats, metrics=texts,
+)
 messages = st.one_of(
     segments(),
     st.builds(StartRequest, request_id=texts, cmd_seq=ints, prompt=int_tuples, max_new_tokens=ints,
@@ -107,7 +114,10 @@ messages = st.one_of(
               raw=st.booleans(), prompt_ids=int_tuples),
     st.builds(GenerateReply, ok=st.booleans(), text=texts, token_ids=int_tuples, stats=json_dicts, error=texts),
     st.just(StatusRequest()),
-    st.builds(StatusReply, ready=st.booleans(), services=json_dicts, busy=st.booleans()),
+    st.builds(Heartbeat, service=texts, pid=ints, host=texts, uptime_s=floats, in_flight=ints, kv_cache_bytes=ints,
+              last_step_ms=floats, counters=st.dictionaries(texts, ints, max_size=4)),
+    st.builds(StatusReply, ready=st.booleans(), services=st.lists(service_health, max_size=3).map(tuple),
+              busy=st.booleans()),
 )
 
 
@@ -144,7 +154,7 @@ def test_every_message_type_is_covered() -> None:
     from common.protocol import _TYPES
 
     covered = {
-        Segment, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Fault,
+        Segment, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Heartbeat, Fault,
         StageStats, GenerateRequest, GenerateReply, StatusRequest, StatusReply,
     }
     assert set(_TYPES.values()) == covered
