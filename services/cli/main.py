@@ -11,15 +11,18 @@ import typer
 
 from common.protocol import DraftSettings
 from common.settings import ClusterSpec
-from services.cli import bench, models, plan
+from services.cli import bench, logs, models, plan, status, version
 from services.client import ClusterUnavailable
 from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=True)
 app.add_typer(models.app, name="models", help="Pull and list models in the local cache.")
 app.add_typer(bench.app, name="bench", help="Run decoding modes side by side on the running cluster.")
 app.add_typer(plan.app)
+app.add_typer(status.app)
+app.add_typer(logs.app)
+app.add_typer(version.app)
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 _DEFAULTS = DraftSettings()
@@ -135,20 +138,6 @@ def generate(
         typer.echo(json.dumps({"text": reply.text, "token_ids": list(reply.token_ids), "stats": reply.stats}))
     else:
         typer.echo(reply.text)
-
-
-@app.command()
-def status(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
-    """Say whether the cluster is up and which services reported ready."""
-    spec = _cluster(run_dir)
-    try:
-        with client_for(spec, 5.0) as client:
-            reply = client.status()
-    except ClusterUnavailable as exc:
-        _fail(str(exc))
-    typer.echo(f"cluster {'ready' if reply.ready else 'not ready'}{', busy' if reply.busy else ''}")
-    for service in reply.services:
-        typer.echo(f"  {service.name:<10} {'healthy' if service.healthy else 'unhealthy'}, pid {service.pid}")
 
 
 def _stage_count(stages: str) -> int:
