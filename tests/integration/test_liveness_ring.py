@@ -53,9 +53,9 @@ def test_silent_services_fail_the_request_by_name(pair, tmp_path):
             finally:
                 os.kill(pids["stage-2"], signal.SIGCONT)
             _wait_health(client, "stage-2", True)
-            reply = client.generate("", prompt_ids=prompt, max_new_tokens=8)
-            assert reply.ok, reply.error
-            assert list(reply.token_ids) == greedy_reference(base, list(prompt), 8)
+            good = client.generate("", prompt_ids=prompt, max_new_tokens=8)
+            assert good.ok, good.error
+            assert list(good.token_ids) == greedy_reference(base, list(prompt), 8)
 
             os.kill(pids["verifier"], signal.SIGKILL)
             reply = client.generate("", prompt_ids=prompt, max_new_tokens=8)
@@ -64,3 +64,12 @@ def test_silent_services_fail_the_request_by_name(pair, tmp_path):
     finally:
         stopped = stop(run)
     assert "verifier" in stopped
+    done = [e for e in _events(run / "logs" / "scheduler.log") if e["event"] == "request_done"]
+    assert [(e["request_id"], e["ok"]) for e in done] == [("r1", False), ("r2", True), ("r3", False)]
+    assert done[1]["new_tokens"] == len(good.token_ids) and done[1]["service"] == "scheduler" and done[1]["host"]
+    starts = [e for e in _events(run / "logs" / "stage-1.log") if e["event"] == "start"]
+    assert [e["request_id"] for e in starts] == ["r1", "r2", "r3"]  # bound by the loop, not passed by hand
+
+
+def _events(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
