@@ -71,6 +71,20 @@ class LinkSettings:
         return self.transmit_s(nbytes) * 1e3 + self.latency_ms
 
 
+@dataclass(frozen=True)
+class LinkState:
+    """What the emulated link has scheduled so far (``time.perf_counter()`` seconds)."""
+
+    free_at: float = 0.0  # when the link finishes its current transmission
+    last_delivery: float = 0.0  # FIFO: no message is delivered before the one sent ahead of it
+
+    def after(self, settings: LinkSettings, now: float, nbytes: int) -> LinkState:
+        """The state once ``nbytes`` are sent at ``now``; its ``last_delivery`` is that message's arrival."""
+        departure = max(now, self.free_at)
+        free_at = departure + settings.transmit_s(nbytes)
+        return LinkState(free_at, max(free_at + settings.latency_ms / 1e3, self.last_delivery))
+
+
 @dataclass(frozen=True, slots=True)
 class _Outgoing:
     deliver_at: float  # time.perf_counter() seconds
@@ -89,8 +103,7 @@ class ShapedSender:
         self._observer = observer
         self._settings = settings or LinkSettings()
         self._lock = threading.Lock()
-        self._free_at = 0.0  # when the emulated link finishes its current transmission
-        self._last_delivery = 0.0  # FIFO: no message is delivered before the one sent ahead of it
+        self._state = LinkState()
         self._queue: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
         self._abort = threading.Event()
         self._closed = False
@@ -114,11 +127,8 @@ class ShapedSender:
         with self._lock:
             if self._closed:
                 raise LinkClosedError(f"link {self.name or '?'} is closed")
-            departure = max(now, self._free_at)
-            self._free_at = departure + self._settings.transmit_s(nbytes)
-            deliver_at = max(self._free_at + self._settings.latency_ms / 1e3, self._last_delivery)
-            self._last_delivery = deliver_at
-            self._queue.put(_Outgoing(deliver_at, tuple(frames), now, nbytes))
+            self._state = self._state.after(self._settings, now, nbytes)
+            self._queue.put(_Outgoing(self._state.last_delivery, tuple(frames), now, nbytes))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued (waiting at most ``timeout_s``, then dropping the rest); close the socket."""

@@ -468,6 +468,8 @@ def _tensor_from_frame(frame: Any, dtype_name: str, shape: list[int]) -> torch.T
     dtype = _DTYPES.get(dtype_name)
     if dtype is None:
         raise ProtocolError(f"unknown tensor dtype {dtype_name!r}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+        raise ProtocolError(f"tensor shape {shape!r} is not a list of at most 8 sizes")
     buf = _as_bytes(frame)
     raw = np.frombuffer(buf, dtype=np.uint8)
     expected = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
