@@ -92,43 +92,15 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
                 _count_command(dest, msg, metrics)
                 commands[dest].send(encode(msg))
 
-    def status() -> StatusReply:
-        now = time.monotonic()
-        own = describe(spec, me)
-        row = ServiceHealth(role=own.role, name=own.name, host=own.host, pid=os.getpid(), endpoints=own.endpoints,
-                            healthy=True, last_seen_s=0.0, uptime_s=round(now - started, 3),
-                            in_flight=len(core.running), metrics=own.metrics)
-        return StatusReply(ready=liveness.all_healthy(now), services=(row, *liveness.health(spec, now)),
-                           busy=core.busy)
-
     while True:
         events = dict(poller.poll(int(spec.timeouts.poll_interval_s * 1000)))
-        now = time.monotonic()
-        if core.busy and now - job_started > spec.timeouts.request_timeout_s:
-            dispatch(core.fail_current(f"request timed out after {spec.timeouts.request_timeout_s:.0f} s"))
-        silent = liveness.silent(job_started, now) if core.busy else []
-        if silent:
-            name, quiet_s = silent[0]
-            dispatch(core.fail_current(
-                f"request {', '.join(core.running)} failed: service {name} went silent (no heartbeat for "
-                f"{quiet_s:.1f} s, liveness timeout {liveness.timeout_s:g} s)"))
+        error = _overdue(spec, core, liveness, job_started, time.monotonic()) if core.busy else ""
+        if error:
+            dispatch(core.fail_current(error))
         if reports in events:
             msg = _receive_report(reports, spec.max_message_bytes, metrics)
-            if isinstance(msg, Ready | Heartbeat):
-                liveness.hear(msg, time.monotonic())
-                if isinstance(msg, Ready):
-                    dispatch(core.handle(msg))
-            elif msg is not None:
-                request_id = getattr(msg, "request_id", "")
-                with structlog.contextvars.bound_contextvars(request_id=request_id):
-                    if isinstance(msg, Verdict) and request_id in core.running:
-                        _count_verdict(msg, metrics)
-                    try:
-                        dispatch(core.handle(msg))
-                    except ProtocolError as exc:
-                        metrics.rejected.labels("order").inc()
-                        log.error("request_failed", error=str(exc))
-                        dispatch(core.fail_current(str(exc)))
+            if msg is not None:
+                dispatch(_on_report(msg, core, liveness, metrics))
         if clients in events:
             identity, *frames = clients.recv_multipart(copy=False)
             client = CLIENT + identity.bytes.hex()
@@ -139,7 +111,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
                 dispatch([(client, GenerateReply(ok=False, error=f"bad request: {exc}"))])
                 continue
             if isinstance(request, StatusRequest):
-                dispatch([(client, status())])
+                dispatch([(client, _status(spec, core, liveness, started))])
             elif isinstance(request, GenerateRequest):
                 try:
                     LinkSettings(request.link_mbps, request.link_latency_ms)
@@ -159,6 +131,49 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
             else:
                 metrics.rejected.labels("unknown_command").inc()
                 dispatch([(client, GenerateReply(ok=False, error=f"bad request: {request.KIND} is not a request"))])
+
+
+def _overdue(spec: ClusterSpec, core: SchedulerCore, liveness: Liveness, job_started: float, now: float) -> str:
+    """Why the running request must fail now ("" when it may go on)."""
+    if now - job_started > spec.timeouts.request_timeout_s:
+        return f"request timed out after {spec.timeouts.request_timeout_s:.0f} s"
+    silent = liveness.silent(job_started, now)
+    if not silent:
+        return ""
+    name, quiet_s = silent[0]
+    return (f"request {', '.join(core.running)} failed: service {name} went silent (no heartbeat for "
+            f"{quiet_s:.1f} s, liveness timeout {liveness.timeout_s:g} s)")
+
+
+def _on_report(msg: Message, core: SchedulerCore, liveness: Liveness,
+               metrics: SchedulerMetrics) -> list[tuple[str, Message]]:
+    """Hand a report to the core (signs of life to the liveness book); a failure fails the request."""
+    if isinstance(msg, Ready | Heartbeat):
+        liveness.hear(msg, time.monotonic())
+        return core.handle(msg) if isinstance(msg, Ready) else []
+    request_id = getattr(msg, "request_id", "")
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        if isinstance(msg, Verdict) and request_id in core.running:
+            _count_verdict(msg, metrics)
+        try:
+            return core.handle(msg)
+        except ProtocolError as exc:  # a report out of order: the request cannot go on
+            metrics.rejected.labels("order").inc()
+            log.error("request_failed", error=str(exc))
+            return core.fail_current(str(exc))
+        except Exception as exc:  # a bug concerns this request only: fail it, keep serving
+            log.exception("request_failed", error=repr(exc))
+            return core.fail_current(f"scheduler: {type(exc).__name__}: {exc}")
+
+
+def _status(spec: ClusterSpec, core: SchedulerCore, liveness: Liveness, started: float) -> StatusReply:
+    """The scheduler's own row, then every ring service's as last heard."""
+    now = time.monotonic()
+    own = describe(spec, spec.scheduler)
+    row = ServiceHealth(role=own.role, name=own.name, host=own.host, pid=os.getpid(), endpoints=own.endpoints,
+                        healthy=True, last_seen_s=0.0, uptime_s=round(now - started, 3),
+                        in_flight=len(core.running), metrics=own.metrics)
+    return StatusReply(ready=liveness.all_healthy(now), services=(row, *liveness.health(spec, now)), busy=core.busy)
 
 
 def _receive_report(sock: zmq.Socket, max_bytes: int, metrics: SchedulerMetrics) -> Message | None:
