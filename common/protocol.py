@@ -24,7 +24,7 @@ import msgpack
 import numpy as np
 import torch
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Heartbeat; StatusReply carries ServiceHealth rows
 
 
 class ProtocolError(ValueError):

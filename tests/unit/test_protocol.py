@@ -225,7 +225,7 @@ def raises_protocol_error(frames: list) -> None:
         decode(frames)
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1", [1], -1])
+@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, None, "2", [2], -1])
 def test_wrong_version(version: Any) -> None:
     raises_protocol_error([_header("shutdown", {"cmd_seq": 0}, version=version)])
 
@@ -354,7 +354,7 @@ def test_unhashable_kind(kind: Any) -> None:
 
 @pytest.mark.parametrize("specs", [5, 1.5, True])
 def test_specs_not_a_list(specs: Any) -> None:
-    raises_protocol_error([msgpack.packb({"v": 1, "kind": "shutdown", "f": {"cmd_seq": 0}, "t": specs})])
+    raises_protocol_error([msgpack.packb({"v": PROTOCOL_VERSION, "kind": "shutdown", "f": {"cmd_seq": 0}, "t": specs})])
 
 
 @pytest.mark.parametrize("hidden", [[[1.0]], "x", 0.0, False, {"a": 1}, b"\0"])

@@ -16,6 +16,7 @@ import zmq
 from common.link import shaped_push
 from common.observability.metrics import ServiceMetrics
 from common.protocol import (
+    PROTOCOL_VERSION,
     EndRequest,
     Fault,
     Heartbeat,
@@ -165,7 +166,7 @@ def test_bad_frames_and_foreign_kinds_are_counted_and_survived(service):
     service.command(Verdict("a", 0, 0, 0, "tree"))  # a report is no command
     service.commands.send_multipart([msgpack.packb({"v": 99, "kind": "start", "f": {}, "t": []})])
     service.commands.send_multipart([b"\xc1 not msgpack"])
-    service.commands.send_multipart([msgpack.packb({"v": 1, "kind": "launch", "f": {}, "t": []})])
+    service.commands.send_multipart([msgpack.packb({"v": PROTOCOL_VERSION, "kind": "launch", "f": {}, "t": []})])
     service.data.send_multipart(encode(_start("x", 0)))  # a command on the data socket
     # two frames, each under the socket's per-frame limit, together over the message limit
     service.data.send_multipart(encode(Segment("a", 0, 0, 0, "tree", 0, (1,) * 600, (-1,) * 600, (0,) * 600,
