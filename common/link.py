@@ -22,7 +22,7 @@ import queue
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -35,6 +35,7 @@ from common.transport import push
 log = structlog.get_logger()
 
 Frame = bytes | memoryview | zmq.Frame
+SendObserver = Callable[[int, float], None]  # (bytes, seconds from send() until handed to the socket)
 
 
 class LinkError(ValueError):
@@ -70,22 +71,39 @@ class LinkSettings:
         return self.transmit_s(nbytes) * 1e3 + self.latency_ms
 
 
+@dataclass(frozen=True)
+class LinkState:
+    """What the emulated link has scheduled so far (``time.perf_counter()`` seconds)."""
+
+    free_at: float = 0.0  # when the link finishes its current transmission
+    last_delivery: float = 0.0  # FIFO: no message is delivered before the one sent ahead of it
+
+    def after(self, settings: LinkSettings, now: float, nbytes: int) -> LinkState:
+        """The state once ``nbytes`` are sent at ``now``; its ``last_delivery`` is that message's arrival."""
+        departure = max(now, self.free_at)
+        free_at = departure + settings.transmit_s(nbytes)
+        return LinkState(free_at, max(free_at + settings.latency_ms / 1e3, self.last_delivery))
+
+
 @dataclass(frozen=True, slots=True)
 class _Outgoing:
     deliver_at: float  # time.perf_counter() seconds
     frames: tuple[Frame, ...]
+    queued_at: float
+    nbytes: int
 
 
 class ShapedSender:
     """A PUSH socket behind an emulated serial link; ``send`` never blocks the caller."""
 
-    def __init__(self, sock: zmq.Socket, name: str = "", settings: LinkSettings | None = None) -> None:
+    def __init__(self, sock: zmq.Socket, name: str = "", settings: LinkSettings | None = None,
+                 observer: SendObserver | None = None) -> None:
         self.name = name
         self._sock = sock
+        self._observer = observer
         self._settings = settings or LinkSettings()
         self._lock = threading.Lock()
-        self._free_at = 0.0  # when the emulated link finishes its current transmission
-        self._last_delivery = 0.0  # FIFO: no message is delivered before the one sent ahead of it
+        self._state = LinkState()
         self._queue: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
         self._abort = threading.Event()
         self._closed = False
@@ -109,11 +127,8 @@ class ShapedSender:
         with self._lock:
             if self._closed:
                 raise LinkClosedError(f"link {self.name or '?'} is closed")
-            departure = max(now, self._free_at)
-            self._free_at = departure + self._settings.transmit_s(nbytes)
-            deliver_at = max(self._free_at + self._settings.latency_ms / 1e3, self._last_delivery)
-            self._last_delivery = deliver_at
-            self._queue.put(_Outgoing(deliver_at, tuple(frames)))
+            self._state = self._state.after(self._settings, now, nbytes)
+            self._queue.put(_Outgoing(self._state.last_delivery, tuple(frames), now, nbytes))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued (waiting at most ``timeout_s``, then dropping the rest); close the socket."""
@@ -140,12 +155,15 @@ class ShapedSender:
                 self._sock.send_multipart(item.frames, copy=False)
             except zmq.ZMQError as exc:
                 log.error("link_send_failed", link=self.name, error=str(exc))
+                continue
+            if self._observer is not None:
+                self._observer(item.nbytes, time.perf_counter() - item.queued_at)
         self._sock.close(0 if self._abort.is_set() else None)
 
 
-def shaped_push(ctx: zmq.Context, endpoint: str, name: str) -> ShapedSender:
+def shaped_push(ctx: zmq.Context, endpoint: str, name: str, observer: SendObserver | None = None) -> ShapedSender:
     """A PUSH socket connected to ``endpoint``, owned by a new (unshaped) ShapedSender."""
-    return ShapedSender(push(ctx, endpoint), name)
+    return ShapedSender(push(ctx, endpoint), name, observer=observer)
 
 
 def configure_all(senders: Iterable[ShapedSender], mbps: float, latency_ms: float) -> None:

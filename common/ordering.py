@@ -102,3 +102,24 @@ class EarlyMessages:
 
     def discard(self, request_id: str) -> None:
         self.release(request_id)
+
+class CommandOrder:
+    """The ``cmd_seq`` of one service's command stream: each is one more than the last.
+
+    The first command a service sees sets the start (a service restarted mid-run joins the stream).
+    ``check`` returns "" when the command is the next one, else why not: ``lost`` (a gap: the start
+    moves past it, so only the lost commands' request fails) or ``repeated`` (a repeat or regression:
+    nothing changes).
+    """
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def check(self, seq: int) -> str:
+        if self.last is None or seq == self.last + 1:
+            self.last = seq
+            return ""
+        if seq > self.last + 1:
+            self.last = seq
+            return "lost"
+        return "repeated"

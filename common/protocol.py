@@ -24,11 +24,18 @@ import msgpack
 import numpy as np
 import torch
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Heartbeat; StatusReply carries ServiceHealth rows
 
 
 class ProtocolError(ValueError):
-    """A frame that cannot be decoded into a known message of this protocol version."""
+    """A frame that cannot be decoded into a known message of this protocol version.
+
+    ``reason`` names the kind of rejection for metrics: malformed, version, unknown_kind, oversized.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -229,6 +236,21 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """A ring service is alive: sent every ``heartbeat_interval_s`` from its event loop."""
+
+    KIND: ClassVar[str] = "heartbeat"
+    service: str
+    pid: int
+    host: str  # the machine's host name
+    uptime_s: float
+    in_flight: int  # requests started here and not yet ended
+    kv_cache_bytes: int
+    last_step_ms: float  # how long the last segment took to handle
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Fault:
     """A service could not handle a message; the scheduler fails the request with this reason."""
 
@@ -308,10 +330,31 @@ class StatusRequest:
 
 
 @dataclass(frozen=True)
+class ServiceHealth:
+    """One service as the scheduler last heard it (a row of ``flowring status``)."""
+
+    role: str  # scheduler, drafter, stage or verifier
+    name: str
+    host: str
+    pid: int = 0  # 0: never heard from
+    endpoints: tuple[str, ...] = ()  # tcp://host:port it binds
+    layers: tuple[int, ...] = ()  # stages: [first, end) of its decoder layers
+    healthy: bool = False  # heard within the liveness timeout
+    last_seen_s: float = -1.0  # seconds since its last heartbeat; -1: never
+    uptime_s: float = 0.0
+    in_flight: int = 0
+    kv_cache_bytes: int = 0
+    last_step_ms: float = 0.0
+    metrics: str = ""  # its Prometheus endpoint, "" when off
+
+
+@dataclass(frozen=True)
 class StatusReply:
+    """``ready``: every ring service is healthy."""
+
     KIND: ClassVar[str] = "status_reply"
     ready: bool
-    services: dict[str, Any] = field(default_factory=dict)
+    services: tuple[ServiceHealth, ...] = ()
     busy: bool = False
 
 
@@ -324,18 +367,20 @@ step-wise verification, pruning and re-drafted expansion (FlowSpec)."""
 
 Message = (
     Segment | Features | StartRequest | Prune | Expand | EndRequest | Shutdown | Verdict | DraftReport | Ready
-    | Fault | StageStats | GenerateRequest | GenerateReply | GenerateChunk | CancelRequest | StatusRequest
-    | StatusReply
+    | Heartbeat | Fault | StageStats | GenerateRequest | GenerateReply | GenerateChunk | CancelRequest
+    | StatusRequest | StatusReply
 )
 _TYPES: dict[str, type] = {
     t.KIND: t
     for t in (
         Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready,
-        Fault, StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest,
+        Heartbeat, Fault, StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest,
         StatusReply,
     )
 }
-_NESTED: dict[str, type] = {"draft": DraftSettings}
+# Field annotation -> the dataclass its value (or each item of its tuple) is rebuilt as.
+_NESTED: dict[str, type] = {"DraftSettings": DraftSettings}
+_NESTED_TUPLES: dict[str, type] = {"tuple[ServiceHealth, ...]": ServiceHealth}
 
 
 def _tensor_frame(t: torch.Tensor) -> memoryview:
@@ -363,16 +408,25 @@ def encode(msg: Message) -> list[bytes | memoryview]:
             frames.append(_tensor_frame(value))
         elif dataclasses.is_dataclass(value):
             fields[f.name] = dataclasses.asdict(value)
+        elif str(f.type) in _NESTED_TUPLES:
+            fields[f.name] = [dataclasses.asdict(v) for v in value]
         else:
             fields[f.name] = value
     header = msgpack.packb({"v": PROTOCOL_VERSION, "kind": msg.KIND, "f": fields, "t": specs})
     return [header, *frames]
 
 
-def decode(frames: list[Any]) -> Message:
-    """Multipart frames -> message; any malformation is a ProtocolError, never another exception."""
+def decode(frames: list[Any], max_bytes: int = 0) -> Message:
+    """Multipart frames -> message; any malformation is a ProtocolError, never another exception.
+
+    ``max_bytes`` > 0 rejects a message whose frames add up to more (reason ``oversized``).
+    """
     if not frames:
         raise ProtocolError("empty message")
+    if max_bytes > 0:
+        size = sum(memoryview(_as_bytes(f)).nbytes for f in frames)
+        if size > max_bytes:
+            raise ProtocolError(f"message of {size} bytes exceeds the limit of {max_bytes}", reason="oversized")
     try:
         header = msgpack.unpackb(_as_bytes(frames[0]))
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -381,11 +435,12 @@ def decode(frames: list[Any]) -> Message:
         raise ProtocolError("message header is not a map")
     version = header.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r}, this service speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(f"protocol version {version!r}, this service speaks {PROTOCOL_VERSION}",
+                            reason="version")
     kind = header.get("kind")
     cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message kind {kind!r}")
+        raise ProtocolError(f"unknown message kind {kind!r}", reason="unknown_kind")
     fields, specs = header.get("f", {}), header.get("t", [])
     if not isinstance(fields, dict) or not isinstance(specs, list):
         raise ProtocolError(f"{cls.KIND}: malformed header")
@@ -396,18 +451,33 @@ def decode(frames: list[Any]) -> Message:
         for spec, frame in zip(specs, frames[1:], strict=True):
             name, dtype_name, shape = spec
             fields[name] = _tensor_from_frame(frame, dtype_name, shape)
-        for name, nested in _NESTED.items():
-            if isinstance(fields.get(name), dict):
-                fields[name] = nested(**fields[name])
-        for name, value in list(fields.items()):
-            if isinstance(value, list):
-                fields[name] = tuple(value)
-        _check_fields(cls, fields)
-        return cls(**fields)
+        return _build(cls, fields)
     except ProtocolError:
         raise
-    except (TypeError, ValueError, AttributeError, RuntimeError) as exc:
+    except (TypeError, ValueError, AttributeError, RuntimeError, OverflowError) as exc:
         raise ProtocolError(f"{cls.KIND}: malformed fields: {exc}") from exc
+
+
+def _build(cls: type, fields: dict[str, Any]) -> Any:
+    """Checked construction of ``cls`` from decoded fields (nested dataclasses rebuilt first)."""
+    declared = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for name, value in list(fields.items()):
+        annotation = declared.get(name, "")
+        if annotation in _NESTED and isinstance(value, dict):
+            fields[name] = _build(_NESTED[annotation], dict(value))
+        elif annotation in _NESTED_TUPLES and isinstance(value, list):
+            item = _NESTED_TUPLES[annotation]
+            if not all(isinstance(v, dict) for v in value):
+                raise ProtocolError(f"{_kind(cls)}: field {name!r} holds a non-map item")
+            fields[name] = tuple(_build(item, dict(v)) for v in value)
+        elif isinstance(value, list):
+            fields[name] = tuple(value)
+    _check_fields(cls, fields)
+    return cls(**fields)
+
+
+def _kind(cls: type) -> str:
+    return getattr(cls, "KIND", cls.__name__)
 
 
 # Field annotation (as written above) -> check of a decoded value.
@@ -417,9 +487,13 @@ _CHECKS: dict[str, Any] = {
     "float": lambda v: type(v) in (int, float),
     "bool": lambda v: type(v) is bool,
     "tuple[int, ...]": lambda v: isinstance(v, tuple) and all(type(x) is int for x in v),
+    "tuple[str, ...]": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
     "torch.Tensor | None": lambda v: v is None or isinstance(v, torch.Tensor),
     "dict[str, Any]": lambda v: isinstance(v, dict),
+    "dict[str, int]": lambda v: isinstance(v, dict) and all(isinstance(k, str) and type(x) is int
+                                                            for k, x in v.items()),
     "DraftSettings": lambda v: isinstance(v, DraftSettings),
+    "tuple[ServiceHealth, ...]": lambda v: isinstance(v, tuple) and all(isinstance(x, ServiceHealth) for x in v),
 }
 
 
@@ -428,10 +502,10 @@ def _check_fields(cls: type, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
         f = declared.get(name)
         if f is None:
-            raise ProtocolError(f"{cls.KIND}: unexpected field {name!r}")
+            raise ProtocolError(f"{_kind(cls)}: unexpected field {name!r}")
         check = _CHECKS.get(str(f.type))
         if check is not None and not check(value):
-            raise ProtocolError(f"{cls.KIND}: field {name!r} has the wrong type ({type(value).__name__})")
+            raise ProtocolError(f"{_kind(cls)}: field {name!r} has the wrong type ({type(value).__name__})")
 
 
 def _as_bytes(frame: Any) -> bytes | memoryview:
@@ -442,6 +516,8 @@ def _tensor_from_frame(frame: Any, dtype_name: str, shape: list[int]) -> torch.T
     dtype = _DTYPES.get(dtype_name)
     if dtype is None:
         raise ProtocolError(f"unknown tensor dtype {dtype_name!r}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+        raise ProtocolError(f"tensor shape {shape!r} is not a list of at most 8 sizes")
     buf = _as_bytes(frame)
     raw = np.frombuffer(buf, dtype=np.uint8)
     expected = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()

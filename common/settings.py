@@ -23,14 +23,27 @@ class Placement:
     client_port: int = 0  # scheduler only: client requests
     layers: tuple[int, int] = (0, 0)  # stages only
     cpus: str = ""  # optional taskset CPU list, e.g. "0-3"
+    metrics_port: int = 0  # Prometheus text endpoint over HTTP (0: off)
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.host}:{port}"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every ZeroMQ endpoint this service binds."""
+        ports = (self.data_port, self.cmd_port, self.report_port, self.client_port)
+        return tuple(self.endpoint(p) for p in ports if p)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics" if self.metrics_port else ""
 
 
 @dataclass(frozen=True)
 class Timeouts:
     poll_interval_s: float = 1.0  # every receive waits at most this long, then the loop checks in
+    heartbeat_interval_s: float = 0.5  # a ring service reports to the scheduler this often
+    liveness_timeout_s: float = 3.0  # a service not heard from for this long is unhealthy
     request_timeout_s: float = 600.0  # a request still running after this fails with a clear error
     ready_timeout_s: float = 600.0  # `flowring up` gives the services this long to load
 
@@ -59,6 +72,7 @@ class ClusterSpec:
     scheduler: Placement = field(default_factory=lambda: Placement("scheduler"))
     draft_settings: DraftSettings = field(default_factory=DraftSettings)
     prefill_chunk: int = 64
+    max_message_bytes: int = 64 * 2**20  # larger inbound messages are refused (ZeroMQ MAXMSGSIZE and decode)
     timeouts: Timeouts = field(default_factory=Timeouts)
     admission: Admission = field(default_factory=Admission)
     default_mode: str = "flowspec"  # for requests that name none (common.machine_defaults chooses it at `up`)

@@ -9,10 +9,13 @@ from common.protocol import Message, decode, encode
 LINGER_MS = 1000  # on close, give queued messages a second to leave, then drop them
 
 
-def pull(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """A PULL socket bound at ``endpoint`` (binds on every interface of the host for LAN use)."""
+def pull(ctx: zmq.Context, endpoint: str, max_message_bytes: int = 0) -> zmq.Socket:
+    """A PULL socket bound at ``endpoint``; a peer sending a frame over ``max_message_bytes`` (> 0) is
+    disconnected by ZeroMQ."""
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
+    if max_message_bytes > 0:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     sock.bind(endpoint)
     return sock
 
@@ -28,6 +31,6 @@ def send(sock: zmq.Socket, msg: Message) -> None:
     sock.send_multipart(encode(msg), copy=False)
 
 
-def recv(sock: zmq.Socket) -> Message:
-    """Decode the next message; raises ProtocolError for a malformed one."""
-    return decode(sock.recv_multipart(copy=False))
+def recv(sock: zmq.Socket, max_bytes: int = 0) -> Message:
+    """Decode the next message; raises ProtocolError for a malformed (or oversized) one."""
+    return decode(sock.recv_multipart(copy=False), max_bytes)

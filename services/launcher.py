@@ -70,17 +70,19 @@ def plan_local(
         a[1] != b[0] for a, b in zip(ranges, ranges[1:], strict=False)
     ):
         raise LaunchError(f"layer ranges {ranges} do not cover the base model's {layers} layers in order")
-    ports = iter(free_ports(host, 2 * stages + 5))
+    ports = iter(free_ports(host, 3 * stages + 8))  # data, command, client and report ports; one metrics port each
     return ClusterSpec(
         base=str(base), draft=str(draft or ""), draft_head=str(draft_head or ""), dtype=dtype, device=device,
         threads=threads,
-        drafter=Placement("drafter", host, cmd_port=next(ports)),
+        drafter=Placement("drafter", host, cmd_port=next(ports), metrics_port=next(ports)),
         stages=tuple(
-            Placement(f"stage-{i + 1}", host, data_port=next(ports), cmd_port=next(ports), layers=r)
+            Placement(f"stage-{i + 1}", host, data_port=next(ports), cmd_port=next(ports), layers=r,
+                      metrics_port=next(ports))
             for i, r in enumerate(ranges)
         ),
-        verifier=Placement("verifier", host, data_port=next(ports), cmd_port=next(ports)),
-        scheduler=Placement("scheduler", host, report_port=next(ports), client_port=next(ports)),
+        verifier=Placement("verifier", host, data_port=next(ports), cmd_port=next(ports), metrics_port=next(ports)),
+        scheduler=Placement("scheduler", host, report_port=next(ports), client_port=next(ports),
+                            metrics_port=next(ports)),
         draft_settings=draft_settings or DraftSettings(),
         timeouts=timeouts or Timeouts(),
     )
@@ -106,13 +108,10 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
     pids: dict[str, int] = {}
     for place in (spec.scheduler, *spec.ring):
         cmd = [sys.executable, "-m", "services.run", "--cluster", str(run_dir / "cluster.json"),
-               "--service", place.name, "--log-level", log_level]
+               "--service", place.name, "--log-level", log_level, "--log-file", str(logs / f"{place.name}.log")]
         if place.cpus:
             cmd = ["taskset", "-c", place.cpus, *cmd]
-        with open(logs / f"{place.name}.log", "ab") as log_file:
-            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=_project_root())
-        pids[place.name] = proc.pid
+        pids[place.name] = _spawn(cmd, logs / f"{place.name}.out")
     (run_dir / "pids.json").write_text(json.dumps(pids))
     try:
         wait_ready(spec, run_dir, pids)
@@ -121,13 +120,46 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
         raise
 
 
+def start_api(spec: ClusterSpec, run_dir: Path, port: int, timeout_s: float = 60.0) -> str:
+    """Start ``flowring serve`` on loopback beside the running cluster; returns its base URL once it answers."""
+    import urllib.error
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "services.cli.main", "serve", "--run-dir", str(run_dir), "--host", "127.0.0.1",
+           "--port", str(port)]
+    pids = _read_pids(run_dir)
+    pids["api"] = _spawn(cmd, run_dir / "logs" / "api.out")
+    (run_dir / "pids.json").write_text(json.dumps(pids))
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive({"api": pids["api"]}):
+            raise LaunchError(f"the OpenAI API exited while starting: {_last_error(run_dir / 'logs' / 'api.out')}")
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=2.0) as answer:
+                if answer.status == 200:
+                    return url
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise LaunchError(f"the OpenAI API did not answer at {url} within {timeout_s:.0f} s; see {run_dir / 'logs'}")
+
+
+def _spawn(cmd: list[str], output: Path) -> int:
+    """A detached process in its own session (so `stop` can signal its group); stdout and stderr to ``output``."""
+    with open(output, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=_project_root())
+    return proc.pid
+
+
 def wait_ready(spec: ClusterSpec, run_dir: Path, pids: dict[str, int]) -> None:
     deadline = time.monotonic() + spec.timeouts.ready_timeout_s
     with client_for(spec) as client:
         while time.monotonic() < deadline:
             dead = [name for name, pid in pids.items() if not _alive({name: pid})]
             if dead:
-                raise LaunchError(f"{dead[0]} exited while starting: {_last_error(run_dir / 'logs' / f'{dead[0]}.log')}")
+                raise LaunchError(f"{dead[0]} exited while starting: {_last_error(run_dir / 'logs' / f'{dead[0]}.out')}")
             try:
                 if client.status(timeout_s=2.0).ready:
                     return
@@ -143,6 +175,8 @@ def stop(run_dir: Path, grace_s: float = 10.0) -> list[str]:
     if not pids:
         (run_dir / "cluster.json").unlink(missing_ok=True)  # left by an older version or a crash: stale
         return []
+    if "api" in pids:  # the HTTP server does not take the scheduler's Shutdown: stop it first
+        _signal_group(pids["api"], signal.SIGTERM)
     cluster = run_dir / "cluster.json"
     if cluster.exists():
         try:
@@ -201,9 +235,13 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def _last_error(log: Path) -> str:
+def _last_error(output: Path) -> str:
+    """The last error a process reported: from its JSON log file (NAME.log), else its raw output (NAME.out)."""
+    log = output.with_suffix(".log")
     try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln for ln in output.read_text(errors="replace").splitlines() if ln.strip()]
+        if log.exists():
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] + lines
     except OSError:
         return "no log"
     for line in reversed(lines):

@@ -13,9 +13,10 @@ from common.drafting import ModelDrafters
 from common.link import shaped_push
 from common.logs import configure
 from common.modeling import load_model_spec, load_slice
+from common.observability.metrics import SchedulerMetrics, ServiceMetrics, serve_metrics
 from common.settings import ClusterSpec
 from common.transport import pull
-from services.runtime import ServiceSockets, serve
+from services.runtime import CoreHooks, ServiceSockets, serve
 
 log = structlog.get_logger()
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -26,36 +27,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cluster", type=Path, required=True)
     parser.add_argument("--service", required=True)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-file", type=Path, default=None,
+                        help="Write JSON log lines here, rotated (default: stderr).")
     args = parser.parse_args(argv)
-    configure(args.log_level)
+    configure(args.log_level, service=args.service, log_file=args.log_file)
     spec = ClusterSpec.load(args.cluster)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     if args.service == "scheduler":
         from services.scheduler.main import serve as serve_scheduler
 
-        serve_scheduler(spec)
+        metrics = SchedulerMetrics()
+        serve_metrics(metrics, spec.scheduler.host, spec.scheduler.metrics_port)
+        serve_scheduler(spec, metrics)
         return
     run_ring_service(spec, args.service)
 
 
 def run_ring_service(spec: ClusterSpec, name: str) -> None:
-    structlog.contextvars.bind_contextvars(service=name)
     me = spec.placement(name)
-    dtype = DTYPES[spec.dtype]
-    core, drop, after = _build(spec, name, dtype)
+    metrics = ServiceMetrics()
+    serve_metrics(metrics, me.host, me.metrics_port)
+    core, hooks = _build(spec, name, DTYPES[spec.dtype])
     ctx = zmq.Context.instance()
-    inputs = [pull(ctx, me.endpoint(me.cmd_port))]
-    if me.data_port:
-        inputs.insert(0, pull(ctx, me.endpoint(me.data_port)))
-    routes = {"scheduler": shaped_push(ctx, spec.scheduler.endpoint(spec.scheduler.report_port), f"{name}->scheduler")}
+    limit = spec.max_message_bytes
+    data = pull(ctx, me.endpoint(me.data_port), limit) if me.data_port else None
+    report = spec.scheduler.endpoint(spec.scheduler.report_port)
+    routes = {"scheduler": shaped_push(ctx, report, f"{name}->scheduler", metrics.hop_observer("scheduler"))}
     if name == "verifier" and spec.draft_head:  # base features for the drafter's head
-        routes["drafter"] = shaped_push(ctx, spec.drafter.endpoint(spec.drafter.cmd_port), f"{name}->drafter")
+        routes["drafter"] = shaped_push(ctx, spec.drafter.endpoint(spec.drafter.cmd_port), f"{name}->drafter",
+                                        metrics.hop_observer("drafter"))
     successor = spec.successor(name)
     if successor is not None:
-        routes["next"] = shaped_push(ctx, successor.endpoint(successor.data_port), f"{name}->{successor.name}")
-    serve(core, ServiceSockets(inputs, routes), poll_interval_s=spec.timeouts.poll_interval_s,
-          drop_request=drop, after_send=after)
+        routes["next"] = shaped_push(ctx, successor.endpoint(successor.data_port), f"{name}->{successor.name}",
+                                     metrics.hop_observer(successor.name))
+    sockets = ServiceSockets(pull(ctx, me.endpoint(me.cmd_port), limit), data, routes)
+    serve(core, sockets, hooks, timeouts=spec.timeouts, metrics=metrics, max_message_bytes=limit)
 
 
 def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
@@ -64,7 +71,7 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
         from services.drafter.core import DrafterCore
 
         core = DrafterCore(name, _drafter(spec, dtype), hops=len(spec.stages) + 1)
-        return core, core.drop_request, core.prefill_draft_context
+        return core, CoreHooks(core.drop_request, after_send=core.prefill_draft_context)
     if name == "verifier":
         from services.verifier.core import VerifierCore
 
@@ -72,7 +79,7 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
         head = load_slice(Path(spec.base), (layers, layers), with_embedding=False, with_head=True, dtype=dtype,
                           device=device)
         core = VerifierCore(name, head, features_to="drafter" if spec.draft_head else None)
-        return core, core.drop_request, None
+        return core, CoreHooks(core.drop_request)
     from services.stage.core import StageCore
 
     me = spec.placement(name)
@@ -80,7 +87,7 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
                        dtype=dtype, device=device)
     log.info("slice_loaded", layers=list(me.layers), parameters=model.num_parameters)
     core = StageCore(name, model)
-    return core, core.drop_request, None
+    return core, CoreHooks(core.drop_request, kv_cache_bytes=lambda: core.kv_cache_bytes)
 
 
 def _drafter(spec: ClusterSpec, dtype: torch.dtype):

@@ -1,19 +1,25 @@
-"""The I/O shell every ring service runs: poll with a timeout, decode, hand to the core, send.
+"""The I/O shell every ring service runs: poll with a timeout, decode, check, hand to the core, send.
 
 Cores are state machines (``handle(message) -> [(destination, message)]``); this loop owns the
-sockets and the logging. Every outbound route is a :class:`~common.link.ShapedSender`; a StartRequest
-sets the emulated link of every route for its request before the core sees it. A malformed frame is
-logged and dropped. An order or protocol violation (lost, duplicated or reordered message) fails the
-request it concerns with a Fault to the scheduler and leaves the service ready for the next request:
-it never crashes the service.
+sockets, the logging, the metrics and the heartbeat. Every outbound route is a
+:class:`~common.link.ShapedSender`; a StartRequest sets the emulated link of every route for its
+request before the core sees it.
+
+What the loop refuses, each logged once, counted by reason and never fatal: an undecodable, oversized
+or wrong-version frame; a message of a kind this socket does not take (``unknown_command``); a
+command whose ``cmd_seq`` is not the next one (``sequence``; a gap also fails the request it
+concerns). Any exception while a core handles a message fails that message's request with a Fault to
+the scheduler and leaves the service serving the next one. Every ``heartbeat_interval_s`` the loop
+sends a Heartbeat; no receive waits longer than that.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import structlog
@@ -21,11 +27,17 @@ import zmq
 
 from common.link import LinkError, ShapedSender, close_all, configure_all
 from common.observability import trace
+from common.observability.metrics import ServiceMetrics
+from common.ordering import CommandOrder, OrderError
 from common.protocol import (
     EndRequest,
+    Expand,
     Fault,
+    Features,
+    Heartbeat,
     Message,
     ProtocolError,
+    Prune,
     Ready,
     Segment,
     Shutdown,
@@ -33,9 +45,14 @@ from common.protocol import (
     StartRequest,
     encode,
 )
+from common.settings import Timeouts
 from common.transport import recv
 
 log = structlog.get_logger()
+
+COMMANDS = (StartRequest, Prune, Expand, EndRequest)  # what the scheduler sends a ring service, in cmd_seq order
+DATA = (Segment,)
+UNORDERED = (Features,)  # the verifier's base features for a draft head: on the command socket, no cmd_seq
 
 
 class Core(Protocol):
@@ -46,8 +63,9 @@ class Core(Protocol):
 
 @dataclass
 class ServiceSockets:
-    inputs: list[zmq.Socket]  # PULL sockets: ring input and/or commands
-    routes: dict[str, ShapedSender]  # destination name ("next", "scheduler") -> shaped PUSH socket
+    commands: zmq.Socket  # PULL: scheduler commands
+    data: zmq.Socket | None  # PULL: ring input (stages, verifier); the drafter has none
+    routes: dict[str, ShapedSender]  # destination name ("next", "scheduler", "drafter") -> shaped PUSH socket
 
     def send(self, dest: str, msg: Message) -> None:
         if isinstance(msg, StageStats):  # a traced request's timeline leaves with its stats
@@ -56,82 +74,170 @@ class ServiceSockets:
             self.routes[dest].send(encode(msg))
 
 
+@dataclass(frozen=True)
+class CoreHooks:
+    """What the loop may ask of a core besides ``handle``."""
+
+    drop_request: Callable[[str], None]  # forget a request after a fault
+    after_send: Callable[[], None] | None = None  # idle work once a message's output is sent
+    kv_cache_bytes: Callable[[], int] = lambda: 0
+
+
+@dataclass
+class _Vitals:
+    started: float = field(default_factory=time.monotonic)
+    in_flight: set[str] = field(default_factory=set)
+    last_step_ms: float = 0.0
+
+
 def serve(
     core: Core,
     sockets: ServiceSockets,
+    hooks: CoreHooks,
     *,
-    poll_interval_s: float,
-    drop_request: Callable[[str], None],
-    after_send: Callable[[], None] | None = None,
+    timeouts: Timeouts,
+    metrics: ServiceMetrics | None = None,
+    max_message_bytes: int = 0,
 ) -> None:
     """Run until a Shutdown command arrives; then deliver what is queued and close the routes."""
-    structlog.contextvars.bind_contextvars(service=core.name)
+    loop = _ServiceLoop(core, sockets, hooks, timeouts, metrics or ServiceMetrics(), max_message_bytes)
     try:
-        _loop(core, sockets, poll_interval_s, drop_request, after_send)
+        loop.run()
     finally:
         close_all(sockets.routes.values())
 
 
-def _loop(core: Core, sockets: ServiceSockets, poll_interval_s: float, drop_request: Callable[[str], None],
-          after_send: Callable[[], None] | None) -> None:
-    sockets.send("scheduler", Ready(core.name, os.getpid()))
-    log.info("service_ready", pid=os.getpid())
-    poller = zmq.Poller()
-    for sock in sockets.inputs:
-        poller.register(sock, zmq.POLLIN)
-    while True:
-        events = dict(poller.poll(int(poll_interval_s * 1000)))
-        if not events:
-            continue  # the timeout is the loop's chance to notice a Shutdown or a signal
-        for sock in sockets.inputs:
-            if sock not in events:
-                continue
-            received = trace.now_ns()
-            try:
-                msg = recv(sock)
-            except ProtocolError as exc:
-                log.warning("bad_message_dropped", error=str(exc))
-                continue
-            if isinstance(msg, Shutdown):
-                log.info("service_shutdown")
-                return
-            request_id = getattr(msg, "request_id", "")
-            if isinstance(msg, StartRequest) and msg.trace:
-                trace.start(request_id)
-            trace.record("recv", request_id, received, trace.now_ns())
-            with trace.bound(request_id):
-                _handle(core, msg, sockets, drop_request)
-                if after_send is not None:
-                    after_send()
+class _ServiceLoop:
+    def __init__(self, core: Core, sockets: ServiceSockets, hooks: CoreHooks, timeouts: Timeouts,
+                 metrics: ServiceMetrics, max_message_bytes: int) -> None:
+        self.core, self.sockets, self.hooks, self.metrics = core, sockets, hooks, metrics
+        self.heartbeat_s = timeouts.heartbeat_interval_s
+        self.poll_ms = int(min(timeouts.poll_interval_s, timeouts.heartbeat_interval_s) * 1000)
+        self.max_bytes = max_message_bytes
+        self.vitals = _Vitals()
+        self.order = CommandOrder()
+        self.host = socket.gethostname()
 
+    def run(self) -> None:
+        self.sockets.send("scheduler", Ready(self.core.name, os.getpid()))
+        log.info("service_ready", pid=os.getpid())
+        poller = zmq.Poller()
+        accepts: dict[zmq.Socket, tuple[type, ...]] = {self.sockets.commands: (*COMMANDS, Shutdown, *UNORDERED)}
+        if self.sockets.data is not None:
+            accepts[self.sockets.data] = DATA
+        for sock in accepts:
+            poller.register(sock, zmq.POLLIN)
+        next_beat = time.monotonic()
+        while True:
+            events = dict(poller.poll(self.poll_ms))
+            for sock, kinds in accepts.items():
+                if sock not in events:
+                    continue
+                msg = self._receive(sock, kinds)
+                if isinstance(msg, Shutdown):
+                    log.info("service_shutdown")
+                    return
+                if msg is not None:
+                    with trace.bound(getattr(msg, "request_id", "")):
+                        self._handle(msg)
+                        if self.hooks.after_send is not None:
+                            self.hooks.after_send()
+            if time.monotonic() >= next_beat:  # also after a long handle: the scheduler hears us asap
+                self._beat()
+                next_beat = time.monotonic() + self.heartbeat_s
 
-def _handle(core: Core, msg: Message, sockets: ServiceSockets, drop_request: Callable[[str], None]) -> None:
-    request_id = getattr(msg, "request_id", "")
-    started = time.perf_counter()
-    if isinstance(msg, StartRequest):
+    def _receive(self, sock: zmq.Socket, kinds: tuple[type, ...]) -> Message | None:
+        """The next message if it may be handled; None when it was rejected."""
+        received = trace.now_ns()
         try:
-            configure_all(sockets.routes.values(), msg.link_mbps, msg.link_latency_ms)
+            msg = recv(sock, self.max_bytes)
+        except ProtocolError as exc:
+            self._reject(exc.reason, str(exc))
+            return None
+        if isinstance(msg, StartRequest) and msg.trace:
+            trace.start(msg.request_id)
+        trace.record("recv", getattr(msg, "request_id", ""), received, trace.now_ns())
+        if not isinstance(msg, kinds):
+            self._reject("unknown_command", f"{msg.KIND} messages are not accepted here", kind=msg.KIND)
+            return None
+        if isinstance(msg, COMMANDS):
+            last = self.order.last
+            problem = self.order.check(msg.cmd_seq)
+            if problem:
+                error = f"command #{msg.cmd_seq} after #{last}: {problem} command"
+                self._reject("sequence", error, kind=msg.KIND, request_id=msg.request_id)
+                if problem == "lost":  # the request the lost commands concerned cannot go on
+                    self._fail(msg, OrderError(error), count=False)
+                return None
+        return msg
+
+    def _reject(self, reason: str, error: str, **context: object) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        log.warning("message_rejected", reason=reason, error=error, **context)
+
+    def _handle(self, msg: Message) -> None:
+        request_id = getattr(msg, "request_id", "")
+        context = {"request_id": request_id, "round": getattr(msg, "round", None), "step": getattr(msg, "epoch", None)}
+        with structlog.contextvars.bound_contextvars(**{k: v for k, v in context.items() if v not in (None, "")}):
+            started = time.perf_counter()
+            if isinstance(msg, StartRequest):
+                self.vitals.in_flight.add(request_id)
+                self._shape_links(msg)
+            try:
+                outs = self.core.handle(msg)
+                for dest, out in outs:
+                    self.sockets.send(dest, out)
+            except Exception as exc:  # whatever went wrong concerns this request only: fail it, keep serving
+                self._fail(msg, exc)
+                return
+            elapsed_s = time.perf_counter() - started
+            self.metrics.busy_seconds.inc(elapsed_s)
+            self.metrics.handled.labels(msg.KIND).inc()
+            if isinstance(msg, Segment):
+                self.vitals.last_step_ms = elapsed_s * 1e3
+            if isinstance(msg, EndRequest):
+                self.vitals.in_flight.discard(request_id)
+            _log_handled(msg, len(outs), elapsed_s)
+
+    def _shape_links(self, msg: StartRequest) -> None:
+        try:
+            configure_all(self.sockets.routes.values(), msg.link_mbps, msg.link_latency_ms)
         except LinkError as exc:  # the scheduler refuses these; a stray one fails its request, unshaped
-            configure_all(sockets.routes.values(), 0.0, 0.0)
-            sockets.send("scheduler", Fault(core.name, request_id, str(exc)))
-    try:
-        outs = core.handle(msg)
-    except ProtocolError as exc:
-        log.error("request_failed", request_id=request_id, kind=msg.KIND, error=str(exc))
-        drop_request(request_id)
+            configure_all(self.sockets.routes.values(), 0.0, 0.0)
+            self.sockets.send("scheduler", Fault(self.core.name, msg.request_id, str(exc)))
+
+    def _fail(self, msg: Message, exc: Exception, count: bool = True) -> None:
+        """Fail ``msg``'s request; ``count``: also count a protocol violation as a rejection."""
+        request_id = getattr(msg, "request_id", "")
+        if isinstance(exc, ProtocolError):  # an order or protocol violation: expected, no traceback
+            if count:
+                self.metrics.rejected.labels("order" if isinstance(exc, OrderError) else exc.reason).inc()
+            log.error("request_failed", request_id=request_id, kind=msg.KIND, error=str(exc))
+        else:
+            log.exception("request_failed", request_id=request_id, kind=msg.KIND, error=repr(exc))
+        self.metrics.faults.inc()
+        self.hooks.drop_request(request_id)
         trace.finish(request_id)
-        sockets.send("scheduler", Fault(core.name, request_id, str(exc)))
-        return
-    for dest, out in outs:
-        sockets.send(dest, out)
+        self.vitals.in_flight.discard(request_id)
+        self.sockets.send("scheduler", Fault(self.core.name, request_id, f"{type(exc).__name__}: {exc}"))
+
+    def _beat(self) -> None:
+        kv_bytes = self.hooks.kv_cache_bytes()
+        self.metrics.in_flight.set(len(self.vitals.in_flight))
+        self.metrics.kv_cache_bytes.set(kv_bytes)
+        self.sockets.send("scheduler", Heartbeat(
+            service=self.core.name, pid=os.getpid(), host=self.host,
+            uptime_s=round(time.monotonic() - self.vitals.started, 3), in_flight=len(self.vitals.in_flight),
+            kv_cache_bytes=kv_bytes, last_step_ms=round(self.vitals.last_step_ms, 3),
+            counters=self.metrics.totals(),
+        ))
+
+
+def _log_handled(msg: Message, sent: int, elapsed_s: float) -> None:
     if isinstance(msg, StartRequest):
-        log.info(msg.KIND, request_id=request_id, mode=msg.mode, link_mbps=msg.link_mbps,
-                 link_latency_ms=msg.link_latency_ms)
+        log.info(msg.KIND, mode=msg.mode, link_mbps=msg.link_mbps, link_latency_ms=msg.link_latency_ms)
     elif isinstance(msg, EndRequest):
-        log.info(msg.KIND, request_id=request_id)
+        log.info(msg.KIND, reason=msg.reason)
     else:
-        log.debug(
-            "handled", request_id=request_id, kind=msg.KIND, epoch=getattr(msg, "epoch", None),
-            seq=getattr(msg, "seq", None), rows=msg.rows if isinstance(msg, Segment) else None,
-            sent=len(outs), ms=round((time.perf_counter() - started) * 1e3, 2),
-        )
+        log.debug("handled", kind=msg.KIND, seq=getattr(msg, "seq", None),
+                  rows=msg.rows if isinstance(msg, Segment) else None, sent=sent, ms=round(elapsed_s * 1e3, 2))

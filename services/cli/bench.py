@@ -87,6 +87,7 @@ class PinnedCluster:
     cores_per_service: int
     dtype: str
     draft_settings: DraftSettings
+    draft_head: str = ""  # a head folder: draft with it instead of the draft model
 
 
 def _fail(message: str) -> None:
@@ -119,6 +120,7 @@ def bench(
     model: Annotated[str, typer.Option(help="--pin: catalog pair, unless --base/--draft.")] = "qwen-coder",
     base: Annotated[str, typer.Option(help="--pin: base model (catalog name, folder or .gguf).")] = "",
     draft: Annotated[str, typer.Option(help="--pin: draft model (catalog name, folder or .gguf).")] = "",
+    draft_head: Annotated[str, typer.Option(help="--pin: draft with this head folder instead of the draft model.")] = "",
     stages: Annotated[int, typer.Option(min=1, help="--pin: pipeline stages (boards).")] = 2,
     cores_per_service: Annotated[int, typer.Option(min=1, help="--pin: cores each service gets.")] = 2,
     dtype: Annotated[str, typer.Option(help="--pin: float32 or bfloat16.")] = "bfloat16",
@@ -140,7 +142,7 @@ def bench(
     settings = BenchSettings(prompts, mode_list, len(prompt_list), max_new_tokens, temperature, seed, link_mbps,
                              link_latency_ms, warmup, timeout, trace_out is not None)
     if pin:
-        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree)
+        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head)
         spec, own_run_dir = _start_pinned(pinned)
     else:
         cluster_file = run_dir / "cluster.json"
@@ -203,7 +205,8 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "host": platform.node()}
 
 
-def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: str) -> PinnedCluster:
+def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: str,
+                    draft_head: str) -> PinnedCluster:
     from common.catalog import default_pair
     from common.model_store import ModelStoreError, resolve
 
@@ -216,7 +219,8 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
         base_dir, draft_dir = resolve(base), resolve(draft)
     except (KeyError, ValueError, TypeError, ModelStoreError) as exc:
         _fail(str(exc))
-    return PinnedCluster(str(base_dir), str(draft_dir), stages, cores, dtype, settings)
+    head = str(Path(draft_head).resolve()) if draft_head else ""
+    return PinnedCluster(str(base_dir), str(draft_dir), stages, cores, dtype, settings, head)
 
 
 def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
@@ -225,7 +229,8 @@ def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
 
     try:
         spec = plan_local(Path(pinned.base), Path(pinned.draft), pinned.stages, dtype=pinned.dtype,
-                          threads=pinned.cores_per_service, draft_settings=pinned.draft_settings)
+                          threads=pinned.cores_per_service, draft_settings=pinned.draft_settings,
+                          draft_head=Path(pinned.draft_head) if pinned.draft_head else None)
         spec = pin_services(spec, pinned.cores_per_service, os.cpu_count() or 1)
         run_dir = Path(tempfile.mkdtemp(prefix="flowring-bench-")) / "run"
         typer.echo(f"starting {pinned.stages} stage(s), every service on {pinned.cores_per_service} core(s) of its "

@@ -12,7 +12,7 @@ import typer
 
 from common.protocol import MODES, DraftSettings
 from services.cli.errors import fail
-from services.launcher import LaunchError, default_run_dir, plan_local, running, start, stop
+from services.launcher import LaunchError, default_run_dir, plan_local, running, start, start_api, stop
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 CLUSTER_HELP = "TOML inventory of boards (see infra/lan.example.toml): start the ring on them over SSH."
@@ -46,6 +46,8 @@ def up(
     expand_leaves: Annotated[int, typer.Option(help="Leaves grown per level (grow).")] = _DEFAULTS.expand_leaves,
     grow_levels: Annotated[int, typer.Option(help="Levels grown per step (grow).")] = _DEFAULTS.grow_levels,
     pipedec_width: Annotated[int, typer.Option(help="Nodes per level in pipedec mode.")] = _DEFAULTS.pipedec_width,
+    api_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the OpenAI-compatible API on "
+                                          "127.0.0.1:PORT beside a local cluster (0: no API).")] = 8000,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     log_level: Annotated[str, typer.Option(help="debug, info or warning.")] = "info",
 ) -> None:
@@ -69,7 +71,7 @@ def up(
     if mode != "auto" and mode not in MODES:
         fail(f"--mode must be auto or one of {', '.join(MODES)}, not {mode}")
     _up_local(base, draft, draft_head, model, _stage_count(stages), layers, settings, run_dir, log_level,
-              dtype=dtype, device=device, threads=threads, mode=mode)
+              dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port)
 
 
 def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
@@ -86,7 +88,7 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
 
 def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
-              mode: str) -> None:
+              mode: str, api_port: int) -> None:
     if model:
         from common.catalog import default_pair
 
@@ -119,10 +121,15 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
         typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting} ...")
         typer.echo(f"default mode: {default_mode} " + (f"({choice.reason})" if mode == "auto" else "(--mode)"))
         start(spec, run_dir, log_level=log_level)
+        api = start_api(spec, run_dir, api_port) if api_port else ""
     except (LaunchError, ModelStoreError, ValueError, OSError) as exc:
+        if running(run_dir):
+            stop(run_dir)
         fail(str(exc))
     s = spec.scheduler
     typer.echo(f"flowring is up: scheduler at {s.endpoint(s.client_port)}, logs in {run_dir / 'logs'}")
+    if api:
+        typer.echo(f"  OpenAI API: {api}  (curl {api}/models)")
     typer.echo('  generate:  .venv/bin/flowring generate "Write a haiku about rings" --max-new-tokens 64')
     typer.echo("  status:    .venv/bin/flowring status")
     typer.echo(f"  logs:      tail -f {run_dir / 'logs'}/*.log")

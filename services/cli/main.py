@@ -10,14 +10,14 @@ import typer
 
 from common.protocol import GenerateReply
 from common.settings import ClusterSpec
-from services.cli import bench, cluster, heads, models, plan, profile, serve
+from services.cli import bench, cluster, heads, logs, models, plan, profile, serve, status, version
 from services.cli.cluster import DEFAULT_RUN_DIR, RunDir
 from services.cli.errors import fail as _fail
 from services.client import Client, ClusterUnavailable
 from services.launcher import client_for
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=True)
 app.add_typer(models.app, name="models", help="Pull and list models in the local cache.")
 app.add_typer(heads.app, name="heads", help="Train draft heads and list the heads in the local cache.")
 app.add_typer(bench.app, name="bench", help="Run decoding modes side by side on the running cluster.")
@@ -26,6 +26,9 @@ app.add_typer(profile.app, name="profile", help="Measure forward costs on this m
 app.add_typer(serve.app)
 app.command()(cluster.up)
 app.command()(cluster.down)
+app.add_typer(status.app)
+app.add_typer(logs.app)
+app.add_typer(version.app)
 
 REACH_TIMEOUT_S = 3.0  # a command that cannot reach the scheduler says so within this long
 
@@ -77,21 +80,6 @@ def _stream(client: Client, prompt: str, options: dict) -> GenerateReply:
             return msg
         typer.echo(msg.text, nl=False)
     raise AssertionError("a stream always ends with a reply")
-
-
-@app.command()
-def status(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
-    """Say whether the cluster is up and which services reported ready."""
-    spec = _cluster(run_dir)
-    try:
-        with client_for(spec, 5.0) as client:
-            reply = client.status()
-    except ClusterUnavailable as exc:
-        _fail(str(exc))
-    typer.echo(f"cluster {'ready' if reply.ready else 'starting'}{', busy' if reply.busy else ''}")
-    for place in spec.ring:
-        pid = reply.services.get(place.name)
-        typer.echo(f"  {place.name:<10} {'ready, pid ' + str(pid) if pid else 'not ready'}")
 
 
 def _cluster(run_dir: Path) -> ClusterSpec:

@@ -41,7 +41,7 @@ def invalid_reason(request: GenerateRequest, prompt_tokens: int, capacity: Capac
         return f"temperature must be a finite number >= 0, not {request.temperature}"
     if request.max_new_tokens < 1:
         return f"max_new_tokens must be at least 1, not {request.max_new_tokens}"
-    if request.mode not in MODES:
+    if request.mode and request.mode not in MODES:  # "": the cluster's default mode
         return f"mode {request.mode!r} is not one of {', '.join(MODES)}"
     context = capacity.context_tokens
     if context and prompt_tokens >= context:

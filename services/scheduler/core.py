@@ -120,6 +120,11 @@ class SchedulerCore:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def running(self) -> tuple[str, ...]:
+        """Ids of the requests in progress."""
+        return tuple(job.request_id for job in self._jobs.values() if job.reply is None)
+
     def submit(self, client: str, request: GenerateRequest) -> list[Outbound]:
         """Validate, then start, queue, or answer busy; an invalid request is answered at once."""
         if not request.mode:

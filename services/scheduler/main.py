@@ -1,7 +1,9 @@
 """The scheduler service: client entry point (ROUTER) and owner of every request's decisions.
 
 Commands to each ring service go through a :class:`~common.link.ShapedSender`, set to a request's
-emulated link when its StartRequest is dispatched; replies to clients are never shaped.
+emulated link when its StartRequest is dispatched; replies to clients are never shaped. Ring services
+heartbeat to the report socket; a running request fails, naming the service, as soon as one of them
+has been silent for ``liveness_timeout_s``.
 """
 
 from __future__ import annotations
@@ -17,16 +19,26 @@ from zmq.utils.monitor import recv_monitor_message
 from common.link import LinkError, LinkSettings, close_all, shaped_push
 from common.modeling import load_model_spec
 from common.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
+from common.observability.metrics import SchedulerMetrics
 from common.protocol import (
     CancelRequest,
+    DraftReport,
+    Expand,
+    Fault,
     GenerateReply,
     GenerateRequest,
+    Heartbeat,
     Message,
     ProtocolError,
+    Prune,
+    Ready,
+    ServiceHealth,
     Shutdown,
+    StageStats,
     StartRequest,
     StatusReply,
     StatusRequest,
+    Verdict,
     decode,
     encode,
 )
@@ -35,9 +47,11 @@ from common.transport import pull, recv
 from services.scheduler.admission import Capacity, kv_bytes_per_token
 from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
+from services.scheduler.liveness import Liveness, describe
 
 log = structlog.get_logger()
 Dispatch = Callable[[list[tuple[str, Message]]], None]
+REPORTS = (Verdict, DraftReport, Ready, Heartbeat, Fault, StageStats)  # what ring services send the scheduler
 
 
 def build_core(spec: ClusterSpec) -> SchedulerCore:
@@ -60,18 +74,22 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
                          default_mode=spec.default_mode)
 
 
-def serve(spec: ClusterSpec) -> None:
-    structlog.contextvars.bind_contextvars(service="scheduler")
+def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
     core = build_core(spec)
+    metrics = metrics or SchedulerMetrics()
+    started = time.perf_counter()
+    liveness = Liveness([p.name for p in spec.ring], spec.timeouts.liveness_timeout_s)
     ctx = zmq.Context.instance()
     me = spec.scheduler
     clients = ctx.socket(zmq.ROUTER)
     clients.setsockopt(zmq.LINGER, 0)
+    clients.setsockopt(zmq.MAXMSGSIZE, spec.max_message_bytes)
     clients.bind(me.endpoint(me.client_port))
     monitor = clients.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
     connections = ClientConnections()  # a client gone (killed, closed) cancels its requests
-    reports = pull(ctx, me.endpoint(me.report_port))
-    commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}") for p in spec.ring}
+    reports = pull(ctx, me.endpoint(me.report_port), spec.max_message_bytes)
+    commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}", metrics.hop_observer(p.name))
+                for p in spec.ring}
     poller = zmq.Poller()
     poller.register(clients, zmq.POLLIN)
     poller.register(reports, zmq.POLLIN)
@@ -84,23 +102,32 @@ def serve(spec: ClusterSpec) -> None:
                 identity = bytes.fromhex(dest[len(CLIENT):])
                 clients.send_multipart([identity, *encode(msg)], copy=False)
                 if isinstance(msg, GenerateReply):
-                    log.info("request_done", ok=msg.ok, error=msg.error or None, **_brief(msg.stats))
+                    _request_done(msg, metrics)
             else:
                 if isinstance(msg, StartRequest):
                     commands[dest].configure(msg.link_mbps, msg.link_latency_ms)
+                _count_command(dest, msg, metrics)
                 commands[dest].send(encode(msg))
 
+    # One poll interval at most between checks, and never longer than the liveness timeout allows.
+    poll_ms = int(min(spec.timeouts.poll_interval_s, spec.timeouts.liveness_timeout_s / 3) * 1000)
     while True:
-        events = dict(poller.poll(int(spec.timeouts.poll_interval_s * 1000)))
-        dispatch(core.expire(time.perf_counter(), spec.timeouts.request_timeout_s))
+        events = dict(poller.poll(poll_ms))
+        now = time.perf_counter()
+        dispatch(core.expire(now, spec.timeouts.request_timeout_s))
+        for request_id, error in _silenced(core, liveness, now):
+            dispatch(core.fail(request_id, error))
         if monitor in events:  # before client messages, so a reused descriptor is seen as new
             event = recv_monitor_message(monitor)
             for client in connections.gone(event["value"]):
                 log.info("client_gone", client=client)
                 dispatch(core.cancel(client))
         if reports in events:
-            _on_report(core, reports, dispatch)
-        if clients in events and not _on_client(core, spec, clients, connections, dispatch):
+            msg = _receive_report(reports, spec.max_message_bytes, metrics)
+            if msg is not None:
+                dispatch(_on_report(msg, core, liveness, metrics))
+        if clients in events and not _on_client(core, spec, clients, connections, liveness, started, metrics,
+                                                dispatch):
             for sender in commands.values():
                 sender.send(encode(Shutdown(cmd_seq=-1)))
             close_all(commands.values())
@@ -108,20 +135,32 @@ def serve(spec: ClusterSpec) -> None:
             return
 
 
+def _silenced(core: SchedulerCore, liveness: Liveness, now: float) -> list[tuple[str, str]]:
+    """Running requests that must fail because a ring service went silent while they ran."""
+    out = []
+    for request_id in core.running:
+        silent = liveness.silent(core.jobs[request_id].started, now)
+        if silent:
+            name, quiet_s = silent[0]
+            out.append((request_id, f"request {request_id} failed: service {name} went silent (no heartbeat for "
+                                    f"{quiet_s:.1f} s, liveness timeout {liveness.timeout_s:g} s)"))
+    return out
+
+
 def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, connections: ClientConnections,
-               dispatch: Dispatch) -> bool:
+               liveness: Liveness, started: float, metrics: SchedulerMetrics, dispatch: Dispatch) -> bool:
     """Handle one client message; False when it asks the cluster to shut down."""
     identity, *frames = clients.recv_multipart(copy=False)
     client = CLIENT + identity.bytes.hex()
     connections.seen(client, identity.get(zmq.SRCFD))
     try:
-        request = decode(frames)
+        request = decode(frames, spec.max_message_bytes)
     except ProtocolError as exc:
+        metrics.rejected.labels(exc.reason).inc()
         dispatch([(client, GenerateReply(ok=False, error=f"bad request: {exc}", code="invalid"))])
         return True
     if isinstance(request, StatusRequest):
-        ready = all(p.name in core.ready for p in spec.ring)
-        dispatch([(client, StatusReply(ready=ready, services=dict(core.ready), busy=core.busy))])
+        dispatch([(client, _status(spec, core, liveness, started))])
     elif isinstance(request, CancelRequest):
         dispatch(core.cancel(client))
     elif isinstance(request, GenerateRequest):
@@ -134,23 +173,86 @@ def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, conn
     elif isinstance(request, Shutdown):
         dispatch([(client, StatusReply(ready=False))])
         return False
+    else:
+        metrics.rejected.labels("unknown_command").inc()
+        dispatch([(client, GenerateReply(ok=False, error=f"bad request: {request.KIND} is not a request",
+                                         code="invalid"))])
     return True
 
 
-def _on_report(core: SchedulerCore, reports: zmq.Socket, dispatch: Dispatch) -> None:
+def _on_report(msg: Message, core: SchedulerCore, liveness: Liveness,
+               metrics: SchedulerMetrics) -> list[tuple[str, Message]]:
+    """Hand a report to the core (signs of life to the liveness book); a failure fails its request only."""
+    if isinstance(msg, Ready | Heartbeat):
+        liveness.hear(msg, time.perf_counter())
+        return core.handle(msg) if isinstance(msg, Ready) else []
+    request_id = getattr(msg, "request_id", "")
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        if isinstance(msg, Verdict) and request_id in core.running:
+            _count_verdict(msg, metrics)
+        try:
+            return core.handle(msg)
+        except ProtocolError as exc:  # an order violation in one request's reports fails that request only
+            metrics.rejected.labels("order").inc()
+            log.error("request_failed", error=str(exc))
+            return core.fail(request_id, str(exc))
+        except Exception as exc:  # a bug concerns this request only: fail it, keep serving
+            log.exception("request_failed", error=repr(exc))
+            return core.fail(request_id, f"scheduler: {type(exc).__name__}: {exc}")
+
+
+def _status(spec: ClusterSpec, core: SchedulerCore, liveness: Liveness, started: float) -> StatusReply:
+    """The scheduler's own row, then every ring service's as last heard."""
+    now = time.perf_counter()
+    own = describe(spec, spec.scheduler)
+    row = ServiceHealth(role=own.role, name=own.name, host=own.host, pid=os.getpid(), endpoints=own.endpoints,
+                        healthy=True, last_seen_s=0.0, uptime_s=round(now - started, 3),
+                        in_flight=len(core.running), metrics=own.metrics)
+    return StatusReply(ready=liveness.all_healthy(now), services=(row, *liveness.health(spec, now)), busy=core.busy)
+
+
+def _receive_report(sock: zmq.Socket, max_bytes: int, metrics: SchedulerMetrics) -> Message | None:
+    """The next report, or None when it was rejected (logged and counted)."""
     try:
-        msg = recv(reports)
-    except ProtocolError as exc:  # no request id to fail: its request meets its deadline instead
-        log.error("bad_report_dropped", error=str(exc))
+        msg = recv(sock, max_bytes)
+    except ProtocolError as exc:
+        metrics.rejected.labels(exc.reason).inc()
+        log.warning("message_rejected", reason=exc.reason, error=str(exc))
+        return None
+    if not isinstance(msg, REPORTS):
+        metrics.rejected.labels("unknown_command").inc()
+        log.warning("message_rejected", reason="unknown_command", kind=msg.KIND)
+        return None
+    metrics.handled.labels(msg.KIND).inc()
+    return msg
+
+
+def _count_verdict(verdict: Verdict, metrics: SchedulerMetrics) -> None:
+    """vLLM's spec-decode counters: one draft per verified tree; the root is context, not a draft token."""
+    if verdict.kind != "tree":
         return
-    try:
-        dispatch(core.handle(msg))
-    except ProtocolError as exc:  # an order violation in one request's reports fails that request only
-        request_id = getattr(msg, "request_id", "")
-        log.error("request_failed", request_id=request_id, error=str(exc))
-        dispatch(core.fail(request_id, str(exc)))
+    metrics.drafts.inc()
+    metrics.draft_tokens.inc(max(verdict.rows - 1, 0))
+    metrics.accepted_tokens.inc(max(len(verdict.accepted) - 1, 0))
 
 
-def _brief(stats: dict) -> dict:
-    keys = ("request_id", "new_tokens", "steps", "rounds", "tokens_per_step", "decode_tokens_per_s", "wall_ms")
-    return {k: stats[k] for k in keys if k in stats}
+def _count_command(dest: str, msg: Message, metrics: SchedulerMetrics) -> None:
+    if isinstance(msg, Expand):
+        metrics.expands.inc()
+    elif isinstance(msg, Prune) and dest == "drafter":  # one event goes to every service: count it once
+        metrics.prunes.inc()
+        if msg.ends_round:
+            metrics.round_restarts.inc()
+
+
+def _request_done(reply: GenerateReply, metrics: SchedulerMetrics) -> None:
+    """The canonical line of a finished request, and its latency metrics."""
+    stats = reply.stats
+    metrics.requests.labels("ok" if reply.ok else "error").inc()
+    if "wall_ms" in stats:
+        metrics.request_seconds.observe(stats["wall_ms"] / 1e3)
+    if reply.ok and "prefill_ms" in stats:
+        metrics.ttft_seconds.observe(stats["prefill_ms"] / 1e3)
+    brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items() if k != "services"}
+    busy = {f"{name}_busy_ms": round(s.get("busy_ms", 0.0), 1) for name, s in stats.get("services", {}).items()}
+    log.info("request_done", ok=reply.ok, error=reply.error or None, **brief, **busy)

@@ -57,6 +57,11 @@ class StageCore:
         """The requests this stage holds state for, by id."""
         return self._requests.active
 
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes allocated by the KV caches of the requests this stage holds."""
+        return sum(req.cache.nbytes for req in self._requests.active.values())
+
     def drop_request(self, request_id: str) -> None:
         """Forget a request after a fault; its later messages are dropped."""
         self._release(request_id)

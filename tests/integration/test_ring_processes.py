@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import urllib.request
 
 import pytest
 from typer.testing import CliRunner
 
 from common.protocol import DraftSettings
 from services.cli.main import app
-from services.launcher import client_for, plan_local, start, stop
+from services.launcher import client_for, free_ports, plan_local, start, stop
 from tests.support.reference import greedy_reference
 from tests.support.tiny_models import make_tiny_pair
 
@@ -47,11 +48,14 @@ def test_cli_up_generate_status_down(pair, tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWRING_HOME", str(tmp_path / "home"))
     run_dir = str(tmp_path / "run")
     runner = CliRunner()
+    api_port = free_ports("127.0.0.1", 1)[0]
     result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--layers", "0-1,1-4",
-                                 "--threads", "1", "--run-dir", run_dir])
+                                 "--threads", "1", "--api-port", str(api_port), "--run-dir", run_dir])
     assert result.exit_code == 0, result.output
-    assert "flowring is up" in result.output
+    assert "flowring is up" in result.output and f"OpenAI API: http://127.0.0.1:{api_port}/v1" in result.output
     try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/v1/models", timeout=10) as answer:
+            assert json.loads(answer.read())["data"][0]["id"] == base.name
         result = runner.invoke(app, ["status", "--run-dir", run_dir])
         assert result.exit_code == 0 and "cluster ready" in result.output
         result = runner.invoke(app, ["generate", "hello ring", "--max-new-tokens", "12", "--json", "--raw",
@@ -71,7 +75,7 @@ def test_cli_up_generate_status_down(pair, tmp_path, monkeypatch):
         assert again.exit_code == 1 and "already running" in again.output
     finally:
         result = runner.invoke(app, ["down", "--run-dir", run_dir])
-    assert result.exit_code == 0 and "stopped 5 service(s)" in result.output
+    assert result.exit_code == 0 and "stopped 6 service(s)" in result.output  # five services and the API
     result = runner.invoke(app, ["status", "--run-dir", run_dir])
     assert result.exit_code == 1
 

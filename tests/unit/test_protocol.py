@@ -24,10 +24,12 @@ from common.protocol import (
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
+    Heartbeat,
     ProtocolError,
     Prune,
     Ready,
     Segment,
+    ServiceHealth,
     Shutdown,
     StageStats,
     StartRequest,
@@ -96,6 +98,11 @@ def features(draw: st.DrawFn) -> Features:
     return Features(request_id=draw(texts), position=draw(small), hidden=draw(tensors(draw(st.integers(1, 6)))))
 
 
+service_health = st.builds(
+    ServiceHealth, role=texts, name=texts, host=texts, pid=ints, endpoints=st.lists(texts, max_size=3).map(tuple),
+    layers=st.lists(small, max_size=2).map(tuple), healthy=st.booleans(), last_seen_s=floats, uptime_s=floats,
+    in_flight=ints, kv_cache_bytes=ints, last_step_ms=floats, metrics=texts,
+)
 messages = st.one_of(
     segments(),
     features(),
@@ -121,7 +128,10 @@ messages = st.one_of(
     st.builds(GenerateChunk, request_id=texts, token_ids=int_tuples, text=texts),
     st.just(CancelRequest()),
     st.just(StatusRequest()),
-    st.builds(StatusReply, ready=st.booleans(), services=json_dicts, busy=st.booleans()),
+    st.builds(Heartbeat, service=texts, pid=ints, host=texts, uptime_s=floats, in_flight=ints, kv_cache_bytes=ints,
+              last_step_ms=floats, counters=st.dictionaries(texts, ints, max_size=4)),
+    st.builds(StatusReply, ready=st.booleans(), services=st.lists(service_health, max_size=3).map(tuple),
+              busy=st.booleans()),
 )
 
 
@@ -158,8 +168,8 @@ def test_every_message_type_is_covered() -> None:
     from common.protocol import _TYPES
 
     covered = {
-        Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Fault,
-        StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest, StatusReply,
+        Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Heartbeat,
+        Fault, StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest, StatusReply,
     }
     assert set(_TYPES.values()) == covered
 
@@ -229,7 +239,7 @@ def raises_protocol_error(frames: list) -> None:
         decode(frames)
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1", [1], -1])
+@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, None, "2", [2], -1])
 def test_wrong_version(version: Any) -> None:
     raises_protocol_error([_header("shutdown", {"cmd_seq": 0}, version=version)])
 
@@ -358,7 +368,7 @@ def test_unhashable_kind(kind: Any) -> None:
 
 @pytest.mark.parametrize("specs", [5, 1.5, True])
 def test_specs_not_a_list(specs: Any) -> None:
-    raises_protocol_error([msgpack.packb({"v": 1, "kind": "shutdown", "f": {"cmd_seq": 0}, "t": specs})])
+    raises_protocol_error([msgpack.packb({"v": PROTOCOL_VERSION, "kind": "shutdown", "f": {"cmd_seq": 0}, "t": specs})])
 
 
 @pytest.mark.parametrize("hidden", [[[1.0]], "x", 0.0, False, {"a": 1}, b"\0"])

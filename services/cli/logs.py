@@ -1,0 +1,53 @@
+"""``flowring logs``: every service's log lines merged by time; readable on a terminal, JSON when piped."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from common.observability.logview import LEVELS, Follower, LogFilter, LogLine, merged, render
+from services.launcher import default_run_dir
+
+app = typer.Typer(add_completion=False)
+DEFAULT_RUN_DIR = default_run_dir()
+RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
+FOLLOW_POLL_S = 0.5
+
+
+@app.command()
+def logs(
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines until Ctrl-C.")] = False,
+    service: Annotated[str, typer.Option(help="Only this service (e.g. stage-1).")] = "",
+    request: Annotated[str, typer.Option(help="Only lines of this request id.")] = "",
+    level: Annotated[str, typer.Option(help=f"Only this level and above: {', '.join(LEVELS)}.")] = "",
+    pretty: Annotated[bool, typer.Option("--pretty", help="Readable lines even when piped.")] = False,
+    run_dir: RunDir = DEFAULT_RUN_DIR,
+) -> None:
+    """Print the merged logs of every service (run_dir/logs/*.log)."""
+    if level and level not in LEVELS:
+        typer.secho(f"error: --level must be one of {', '.join(LEVELS)}, not {level}", err=True)
+        raise typer.Exit(1)
+    log_dir = run_dir / "logs"
+    if not log_dir.is_dir():
+        typer.secho(f"no logs: {log_dir} does not exist (start a cluster with `flowring up`)", err=True)
+        raise typer.Exit(1)
+    keep = LogFilter(service, request, level)
+    readable = pretty or sys.stdout.isatty()
+    follower = Follower(log_dir) if follow else None  # starts at today's ends, so nothing is printed twice
+    _print((line for line in merged(log_dir) if keep(line)), readable)
+    while follower is not None:
+        try:
+            time.sleep(FOLLOW_POLL_S)
+        except KeyboardInterrupt:
+            return
+        _print((line for line in follower.poll() if keep(line)), readable)
+
+
+def _print(lines: Iterable[LogLine], readable: bool) -> None:
+    for line in lines:
+        typer.echo(render(line) if readable else line.raw)

@@ -1,0 +1,191 @@
+"""The service loop over real sockets: faults stay in their request, bad input is refused and counted,
+heartbeats flow."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import msgpack
+import pytest
+import structlog
+import torch
+import zmq
+
+from common.link import shaped_push
+from common.observability.metrics import ServiceMetrics
+from common.protocol import (
+    PROTOCOL_VERSION,
+    EndRequest,
+    Fault,
+    Heartbeat,
+    Message,
+    Ready,
+    Segment,
+    Shutdown,
+    StageStats,
+    StartRequest,
+    Verdict,
+    decode,
+    encode,
+)
+from common.settings import Timeouts
+from services.runtime import CoreHooks, ServiceSockets, serve
+
+TIMEOUTS = Timeouts(poll_interval_s=0.05, heartbeat_interval_s=0.05)
+LIMIT = 4096  # max_message_bytes of the service under test
+
+
+@dataclass
+class FlakyCore:
+    """Raises on the request named "boom"; otherwise reports StageStats at EndRequest."""
+
+    name: str = "stage-1"
+    dropped: list[str] = field(default_factory=list)
+    segments: int = 0
+
+    def handle(self, msg: Message) -> list[tuple[str, Message]]:
+        if getattr(msg, "request_id", "") == "boom":
+            raise RuntimeError("kaboom")
+        if isinstance(msg, Segment):
+            self.segments += 1
+        if isinstance(msg, EndRequest):
+            return [("scheduler", StageStats(self.name, msg.request_id, 0.0, 0, 0))]
+        return []
+
+
+@dataclass
+class Harness:
+    core: FlakyCore
+    metrics: ServiceMetrics
+    commands: zmq.Socket  # PUSH to the service's command socket
+    data: zmq.Socket  # PUSH to its data socket
+    scheduler: zmq.Socket  # PULL: what the service reports
+
+    def command(self, msg: Message) -> None:
+        self.commands.send_multipart(encode(msg))
+
+    def report(self, kind: type, timeout_s: float = 10.0) -> Message:
+        """The next report of ``kind`` (others, heartbeats included, are skipped)."""
+        while self.scheduler.poll(int(timeout_s * 1000)):
+            msg = decode(self.scheduler.recv_multipart())
+            if isinstance(msg, kind):
+                return msg
+        raise AssertionError(f"no {kind.__name__} arrived")
+
+    def rejected(self, reason: str) -> float:
+        return self.metrics.registry.get_sample_value("flowring_messages_rejected_total", {"reason": reason}) or 0.0
+
+
+def _bound_pull(ctx: zmq.Context) -> tuple[zmq.Socket, str]:
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, LIMIT)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    return sock, f"tcp://127.0.0.1:{port}"
+
+
+def _push(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
+@pytest.fixture
+def service() -> Iterator[Harness]:
+    ctx = zmq.Context.instance()
+    scheduler = ctx.socket(zmq.PULL)
+    scheduler.setsockopt(zmq.LINGER, 0)
+    port = scheduler.bind_to_random_port("tcp://127.0.0.1")
+    cmd_sock, cmd_endpoint = _bound_pull(ctx)
+    data_sock, data_endpoint = _bound_pull(ctx)
+    core, metrics = FlakyCore(), ServiceMetrics()
+    routes = {"scheduler": shaped_push(ctx, f"tcp://127.0.0.1:{port}", "test->scheduler")}
+    hooks = CoreHooks(drop_request=lambda request_id: core.dropped.append(request_id))
+    thread = threading.Thread(target=serve, args=(core, ServiceSockets(cmd_sock, data_sock, routes), hooks),
+                              kwargs={"timeouts": TIMEOUTS, "metrics": metrics, "max_message_bytes": LIMIT})
+    thread.start()
+    harness = Harness(core, metrics, _push(ctx, cmd_endpoint), _push(ctx, data_endpoint), scheduler)
+    try:
+        assert harness.report(Ready).service == "stage-1"
+        yield harness
+    finally:
+        harness.command(Shutdown(cmd_seq=-1))
+        thread.join(10)
+        for sock in (harness.commands, harness.data, scheduler, cmd_sock, data_sock):
+            sock.close(0)
+    assert not thread.is_alive(), "the service did not stop on Shutdown"
+
+
+def _start(request_id: str, cmd_seq: int) -> StartRequest:
+    return StartRequest(request_id=request_id, cmd_seq=cmd_seq, prompt=(1, 2), max_new_tokens=4)
+
+
+def test_an_exception_fails_its_request_once_and_the_service_serves_the_next(service):
+    with structlog.testing.capture_logs() as logs:
+        service.command(_start("boom", 0))
+        fault = service.report(Fault)
+        service.command(_start("fine", 1))
+        service.command(EndRequest("fine", 2, "done"))
+        stats = service.report(StageStats)
+    assert (fault.service, fault.request_id) == ("stage-1", "boom")
+    assert "RuntimeError: kaboom" in fault.error
+    assert stats.request_id == "fine"
+    assert service.core.dropped == ["boom"]
+    failures = [e for e in logs if e["event"] == "request_failed"]
+    assert len(failures) == 1 and failures[0]["exc_info"] is True and failures[0]["request_id"] == "boom"
+
+
+def test_heartbeats_carry_vitals_and_counters(service):
+    service.command(_start("a", 0))
+    service.report(Heartbeat)  # may predate the start
+    beat = service.report(Heartbeat)
+    assert beat.service == "stage-1" and beat.pid > 0 and beat.in_flight == 1 and beat.uptime_s > 0
+    assert beat.counters["messages_handled"] >= 1
+    service.command(EndRequest("a", 1, "done"))
+    service.report(StageStats)
+    service.report(Heartbeat)
+    assert service.report(Heartbeat).in_flight == 0
+
+
+def test_command_sequence_gaps_and_repeats_are_rejected(service):
+    service.command(_start("a", 0))
+    service.command(_start("a", 0))  # repeated: dropped, nothing else happens
+    service.command(EndRequest("a", 5, "done"))  # commands 1..4 lost: the request fails
+    fault = service.report(Fault)
+    assert fault.request_id == "a" and "lost" in fault.error
+    service.command(_start("b", 6))  # the stream resumes after the gap
+    service.command(EndRequest("b", 7, "done"))
+    assert service.report(StageStats).request_id == "b"
+    assert service.rejected("sequence") == 2
+
+
+def test_bad_frames_and_foreign_kinds_are_counted_and_survived(service):
+    service.command(Verdict("a", 0, 0, 0, "tree"))  # a report is no command
+    service.commands.send_multipart([msgpack.packb({"v": 99, "kind": "start", "f": {}, "t": []})])
+    service.commands.send_multipart([b"\xc1 not msgpack"])
+    service.commands.send_multipart([msgpack.packb({"v": PROTOCOL_VERSION, "kind": "launch", "f": {}, "t": []})])
+    service.data.send_multipart(encode(_start("x", 0)))  # a command on the data socket
+    # two frames, each under the socket's per-frame limit, together over the message limit
+    service.data.send_multipart(encode(Segment("a", 0, 0, 0, "tree", 0, (1,) * 600, (-1,) * 600, (0,) * 600,
+                                               hidden=torch.zeros(600, 1))))
+    service.command(_start("c", 0))
+    service.command(EndRequest("c", 1, "done"))
+    assert service.report(StageStats).request_id == "c"
+    assert service.rejected("unknown_command") == 2
+    assert service.rejected("version") == 1
+    assert service.rejected("malformed") == 1
+    assert service.rejected("unknown_kind") == 1
+    assert service.rejected("oversized") == 1
+    assert service.core.segments == 0
+
+
+def test_a_frame_over_maxmsgsize_never_reaches_the_service(service):
+    service.data.send_multipart(encode(Segment("a", 0, 0, 0, "tree", 0, (1,) * 2, (-1,) * 2, (0,) * 2,
+                                               hidden=torch.zeros(2, LIMIT))))
+    service.command(_start("d", 0))
+    service.command(EndRequest("d", 1, "done"))
+    assert service.report(StageStats).request_id == "d"
+    assert service.core.segments == 0
