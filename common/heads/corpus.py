@@ -56,6 +56,9 @@ def code_instructions(limit: int, *, seed: int = 0, roots: Iterable[Path] | None
 
 def prompts_from_file(path: Path) -> list[str]:
     """Instructions from an MT-bench / Spec-Bench style JSONL file (first turns); HumanEval files refused."""
+    name = Path(path).name.lower().replace("-", "_")
+    if any(bench in name for bench in BENCHMARK_DIRS):
+        raise BenchmarkLeakError(f"{path} looks like a benchmark prompt set: never train on a benchmark")
     prompts = load_prompts(path)
     if any(p.category == HUMANEVAL for p in prompts):
         raise BenchmarkLeakError(f"{path} holds HumanEval problems: never train on a benchmark")

@@ -54,16 +54,10 @@ def generate_shards(
 
     shard_dir.mkdir(parents=True, exist_ok=True)
     done = len(list(shard_dir.glob(SHARD_GLOB)))
-    batches = [range(s, min(s + settings.batch_size, len(instructions))) for s in range(0, len(instructions), settings.batch_size)]
-    # Held-apart prompts form whole batches of their own, first; one training batch always follows.
-    must = 1
-    if held_out:
-        head_batches = [range(s, min(s + settings.batch_size, held_out)) for s in range(0, held_out, settings.batch_size)]
-        rest = range(held_out, len(instructions))
-        batches = head_batches + [rest[i : i + settings.batch_size] for i in range(0, len(rest), settings.batch_size)]
-        must = len(head_batches) + 1
-    if done >= len(batches):
-        return done
+    batches = _batches(len(instructions), held_out, settings.batch_size)
+    must = sum(1 for b in batches if b.start < held_out) + 1  # the held-apart batches and one to train on
+    if done >= len(batches) or (done >= must and time.monotonic() >= deadline):
+        return done  # nothing left, or no time left: the model is not even loaded
     tokenizer = load_tokenizer(base_dir)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=settings.dtype, local_files_only=True)
     model = model.to(settings.device).eval()
@@ -75,10 +69,18 @@ def generate_shards(
         rows = batches[index]
         prompts = [encode_prompt(tokenizer, instructions[i], raw=False) for i in rows]
         samples = _answer(model, prompts, settings, eos, pad, [i < held_out for i in rows])
-        torch.save([vars(s) for s in samples], shard_dir / f"shard-{index:05d}.pt")
+        partial = shard_dir / f"shard-{index:05d}.partial"
+        torch.save([vars(s) for s in samples], partial)
+        partial.replace(shard_dir / f"shard-{index:05d}.pt")  # a killed run never leaves half a shard
         on_batch(len(rows))
         done = index + 1
     return done
+
+
+def _batches(count: int, held_out: int, size: int) -> list[range]:
+    """Prompt index ranges: the held-apart prompts first, in batches of their own, then the rest."""
+    spans = ((0, held_out), (held_out, count))
+    return [range(s, min(s + size, end)) for start, end in spans for s in range(start, end, size)]
 
 
 def load_shards(shard_dir: Path, device: str) -> list[Sample]:

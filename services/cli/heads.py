@@ -6,6 +6,7 @@ transformers (``python -m services.cli.heads train ...``).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -64,7 +65,8 @@ def train(
         stop_after_min=stop_after_min,
     )
     try:
-        summary = train_head(settings, lambda line: typer.echo(line, err=True), tqdm)
+        # A redraw every few seconds: logs of a non-interactive run stay short.
+        summary = train_head(settings, lambda line: typer.echo(line, err=True), partial(tqdm, mininterval=5.0))
     except (TrainingError, BenchmarkLeakError, ModelingError, PromptFileError) as exc:
         _fail(str(exc))
     typer.echo(f"data: {summary.samples} samples, {summary.train_tokens} tokens, generated in {summary.generation_s:.0f} s")

@@ -149,7 +149,7 @@ class VerifierCore:
         else:
             decision = accept_greedy_ids(tokens, now.parents, picked.tolist())
         req.awaiting_epoch = req.log.epoch + 1
-        self._send_features(req, seg.positions[rows[0]], seg.hidden[[rows[i] for i in decision.path]])
+        self._send_features(req, seg.positions[rows[0]], seg.hidden, [rows[i] for i in decision.path])
         return Verdict(
             **base,
             kind="tree",
@@ -159,12 +159,14 @@ class VerifierCore:
             rows=len(rows),
         )
 
-    def _send_features(self, req: _Request, position: int, hidden: torch.Tensor | None) -> None:
-        """Queue the final-normed ``hidden`` rows of committed tokens for the drafter's head."""
+    def _send_features(self, req: _Request, position: int, hidden: torch.Tensor | None,
+                       rows: list[int] | None = None) -> None:
+        """Queue the final-normed ``hidden`` rows (all, or ``rows``) of committed tokens for the drafter's head."""
         if self._features_to is None or req.mode == "ar":
             return
         if hidden is None:
             raise OrderError("the verifier received a segment without hidden states")
+        hidden = hidden if rows is None else hidden[rows]
         started = time.perf_counter()
         with torch.no_grad():
             normed = self._head.norm(hidden.to(self._head.device, self._head.dtype)).cpu()  # [rows, H]

@@ -65,6 +65,17 @@ def test_every_mode_with_a_head_is_lossless(base_and_head, mode, expansion) -> N
     assert (reply.stats["feature_bytes_per_step"] == 0) == (mode == "ar")
 
 
+def test_a_reduced_draft_vocabulary_keeps_the_output_exact(base_and_head, tmp_path) -> None:
+    base, _ = base_and_head
+    ids = torch.arange(3, 300, 3)  # most of the base's tokens are never proposed
+    save_head(new_head(base, intermediate_size=32, draft_ids=ids, dtype=torch.float32, seed=4), tmp_path / "h")
+    ring = LocalRing(base, None, 2, settings=TREES, interleave_seed=7, draft_head=tmp_path / "h")
+    for prompt in _prompts(4, seed=21):
+        reply = ring.generate(prompt, max_new_tokens=16)
+        assert reply.ok, reply.error
+        assert list(reply.token_ids) == greedy_reference(base, prompt, 16)
+
+
 def test_sampling_with_a_head_follows_the_base_distribution(base_and_head) -> None:
     base, head = base_and_head
     prompt, temperature, runs = [5, 9, 14, 3], 0.25, 1500

@@ -90,3 +90,37 @@ def test_the_loss_trains_every_head_weight_and_no_frozen_one(tiny_base) -> None:
         if name.startswith(("fc.", "layer.")):
             assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert head.embed_tokens.weight.grad is None and head.lm_head.weight.grad is None
+
+
+def test_a_head_that_memorised_its_data_is_accepted_in_the_ring(tmp_path: Path) -> None:
+    """Training's pairing of features and tokens is the ring's: a memorised continuation is drafted whole."""
+    import time
+
+    from common.heads import save_head
+    from common.heads.distill import GenerationSettings, generate_shards, load_shards
+    from common.heads.evaluate import estimate_acceptance
+    from common.protocol import DraftSettings
+    from tests.support.local_ring import LocalRing
+    from tests.support.tiny_models import make_tiny_model
+
+    base = make_tiny_model(tmp_path / "base", family="qwen2", num_layers=2, hidden=64, seed=3)
+    generate_shards(base, PROMPTS[:4], 0, tmp_path / "shards", GenerationSettings("cpu", 4, 24, torch.float32),
+                    deadline=time.monotonic() + 3600)
+    samples = load_shards(tmp_path / "shards", "cpu")
+    head = train_module._head(TrainSettings(base_dir=base, out_dir=tmp_path, device="cpu", draft_vocab=0,
+                                            intermediate_size=128), samples, tmp_path)
+    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(150):
+        loss = train_module._loss(head, samples, None, noise=0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert estimate_acceptance(head.eval(), samples, depth=4, top_k=2).top1_agreement > 0.9
+    save_head(head, tmp_path / "head", dtype=torch.float32)
+    trees = DraftSettings(top_k=2, fill_nodes=8, fill_depth=5, segment_cap=4, expand_nodes=4, expand_depth=3)
+    ring = LocalRing(base, None, 2, settings=trees, draft_head=tmp_path / "head")
+    for sample in samples:
+        prompt, answer = sample.tokens[: sample.prompt_length].tolist(), sample.tokens[sample.prompt_length :]
+        reply = ring.generate(prompt, max_new_tokens=len(answer), mode="chunk")
+        assert list(reply.token_ids) == answer.tolist()
+        assert reply.stats["tokens_per_step"] > 3  # an untrained head accepts about nothing
