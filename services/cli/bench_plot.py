@@ -54,14 +54,7 @@ def write_timeline(requests: Sequence[Mapping[str, Any]], path: Path, title: str
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=True))
         ax.legend(unique.values(), unique.keys(), loc="upper right", fontsize=7, ncol=len(unique))
-    fig.suptitle(f"timeline (white: waiting); {title}", fontsize=10)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise PlotError(f"cannot write plot {path}: {exc}") from exc
-    finally:
-        plt.close(fig)
+    _save(plt, fig, f"timeline (white: waiting); {title}", path)
 
 
 def _lane_order(name: str) -> tuple[int, int, str]:
@@ -93,6 +86,10 @@ def write_plot(summaries: Sequence[ModeSummary], path: Path, title: str) -> None
     busy_ax.set_ylim(0, 1.05)
     busy_ax.set_title("busy ratio per service")
     busy_ax.legend()
+    _save(plt, fig, title, path)
+
+
+def _save(plt: Any, fig: Any, title: str, path: Path) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     try:

@@ -15,11 +15,14 @@ from hypothesis import strategies as st
 
 from common.protocol import (
     _TYPES,
+    CancelRequest,
     DraftReport,
     DraftSettings,
     EndRequest,
     Expand,
     Fault,
+    Features,
+    GenerateChunk,
     GenerateReply,
     GenerateRequest,
     Heartbeat,
@@ -64,6 +67,9 @@ CORPUS: dict[str, list[Message]] = {
     "generate": [GenerateRequest("hi", 8, 0.5, 1, True, (1, 2), "ar", 0.0, 0.0)],
     "generate_reply": [GenerateReply(True, "text", (1, 2), {"steps": 3, "services": {"s": {"busy_ms": 1.0}}}, "")],
     "status": [StatusRequest()],
+    "features": [Features("r1", 5, torch.randn(2, 4)), Features("r2", 0, torch.ones(1, 3, dtype=torch.bfloat16))],
+    "generate_chunk": [GenerateChunk("r1", (5, 6), "ab")],
+    "cancel": [CancelRequest()],
     "status_reply": [StatusReply(True, (ServiceHealth("stage", "stage-1", "h", 1, ("tcp://h:1",), (0, 4), True),),
                                  True)],
 }
