@@ -26,11 +26,15 @@ The projection, for N stages (layers split as :func:`common.partition.even_split
 - ``ar``: a step is one trip round the ring (``N + 3`` hops) with one row per forward.
 - ``chunk``: a round drafts its tree, then its nodes cross the stages and the verifier as ``N + 1``
   segments in a pipeline (a flow shop), then the verdict returns (2 hops).
-- ``flowspec``: a round first fills the pipeline (its ``fill_nodes + 1`` nodes in ``N + 1`` segments
-  through the flow shop); each step then lasts the longest of the draft (the scheduler waits for its
-  report), the busiest station's work per step and one segment's trip over ``N + 1`` in flight, plus a
-  per-step gap: the rest of the measured step time, fitted per request at the run's own N and kept.
-- ``local`` (one process, no ring) is not projected: it stays as measured.
+- ``flowspec``: the longer of two bounds, plus a per-step gap (the rest of the measured step time,
+  fitted per request at the run's own N and kept). The busiest service's work: the drafter's, or a
+  stage's measured forwards and rows per step at the same relative position in the ring (a round's
+  fill being one segment per hop, each extra stage adds one forward a round), or the verifier's. The
+  critical path: each round's first verdict waits for a fill segment's trip round the ring, then each
+  step for the draft (the scheduler waits for the drafter's report) or a trip over the N + 1 segments
+  in flight.
+- ``local`` (one process, no ring) is not projected here; ``flowring project`` shows it as measured,
+  times ``speed``.
 """
 
 from __future__ import annotations
@@ -312,24 +316,39 @@ def _source_stage(fit: RunFit, stage: int, stages: int) -> int:
     return round(stage * (fit.stages - 1) / (stages - 1))
 
 
-def _flowspec_step_ms(fit: RunFit, r: Request, boards: Boards) -> float:
-    """A steady step: the longest of the draft, the busiest station's work, one segment's trip over N+1."""
-    loads, trip = [], 2 * boards.hop_ms(fit.hop_ms)
+def _flowspec_busiest_ms(fit: RunFit, r: Request, boards: Boards) -> float:
+    """The busiest service's work over the request: the drafter, a stage or the verifier.
+
+    A round's fill is cut into one segment per hop, so each extra stage adds one forward a round.
+    """
+    extra_fill = r.rounds / r.steps * (boards.stages - fit.stages)
+    loads = [r.drafter_ms_per_step / boards.speed]
+    for i, layers in enumerate(_stage_layers(fit, boards)):
+        src = _source_stage(fit, i, boards.stages)
+        forwards = max(r.stage_forwards[src] + extra_fill, 0.0)
+        loads.append(_station_ms(fit, boards, layers, forwards, r.stage_rows[src], i > 0))
+    loads.append(_station_ms(fit, boards, None, r.verifier_forwards, r.verifier_rows))
+    return r.steps * max(loads)
+
+
+def _flowspec_latency_ms(fit: RunFit, r: Request, boards: Boards) -> float:
+    """The critical path: each round's first verdict waits for a fill segment's trip round the ring; each
+    step then for the draft (the scheduler waits for its report) or one segment's trip over N+1 in flight."""
+    trip = 2 * boards.hop_ms(fit.hop_ms)
     for i, layers in enumerate(_stage_layers(fit, boards)):
         src = _source_stage(fit, i, boards.stages)
         forwards, rows = r.stage_forwards[src], r.stage_rows[src]
-        loads.append(_station_ms(fit, boards, layers, forwards, rows, i > 0))
         trip += _station_ms(fit, boards, layers, 1, rows / forwards, i > 0) if forwards else 0.0
-    loads.append(_station_ms(fit, boards, None, r.verifier_forwards, r.verifier_rows))
     if r.verifier_forwards:
         trip += _station_ms(fit, boards, None, 1, r.verifier_rows / r.verifier_forwards)
-    return max(r.drafter_ms_per_step / boards.speed, *loads, trip / (boards.stages + 1))
+    first = segment_sizes(fit.fill_nodes, boards.stages + 1, fit.segment_cap)[:1]
+    refill = _pipeline_ms(fit, boards, first) + _verdict_ms(fit, boards)
+    return r.rounds * refill + r.steps * max(r.drafter_ms_per_step / boards.speed, trip / (boards.stages + 1))
 
 
 def _flowspec_ms(fit: RunFit, r: Request, boards: Boards, gap_ms: float) -> float:
-    first = segment_sizes(fit.fill_nodes, boards.stages + 1, fit.segment_cap)[:1]
-    refill = _pipeline_ms(fit, boards, first) + _verdict_ms(fit, boards)  # a round's first verdict waits this
-    return r.rounds * refill + r.steps * (_flowspec_step_ms(fit, r, boards) + gap_ms / boards.speed)
+    bound = max(_flowspec_busiest_ms(fit, r, boards), _flowspec_latency_ms(fit, r, boards))
+    return bound + r.steps * gap_ms / boards.speed
 
 
 def request_ms(fit: RunFit, index: int, boards: Boards) -> float:

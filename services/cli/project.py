@@ -67,8 +67,8 @@ def _measured_by_stages(paths: list[Path], run: Mapping[str, Any]) -> dict[int, 
     return out
 
 
-def _table(rows: list[tuple[str, int, float, float | None]], title: str) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD)
+def _table(rows: list[tuple[str, int, float, float | None]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
     for name in ("mode", "stages", "predicted tok/s", "measured tok/s", "error"):
         table.add_column(name, justify="left" if name == "mode" else "right")
     for mode, stages, predicted, measured in rows:
@@ -103,7 +103,10 @@ def project_command(
         if LOCAL in fit.measured:  # one board, no ring: the measured figure at the boards' speed
             rows.append((LOCAL, n, fit.measured[LOCAL] * speed, actual.get(n, {}).get(LOCAL)))
         rows.extend((mode, n, rate, actual.get(n, {}).get(mode)) for mode, rate in rates.items())
-    title = (f"from {source.name} ({fit.stages} stages): boards at speed {speed:g}, link {link_mbps:g} Mbps "
-             f"{link_latency_ms:g} ms; hop {fit.hop_ms:.2f} ms, layer {fit.stage_layer.per_forward_ms:.2f} ms "
-             f"+ {fit.stage_layer.per_row_ms:.3f} ms/row")
-    Console(width=160).print(_table(rows, title))
+    console = Console(width=160)
+    console.print(f"from {source.name} ({fit.stages} stages): boards at speed {speed:g}, link {link_mbps:g} Mbps "
+                  f"{link_latency_ms:g} ms", highlight=False)
+    console.print(f"fitted: a layer {fit.stage_layer.per_forward_ms:.2f} ms a forward + {fit.stage_layer.per_row_ms:.3f}"
+                  f" ms a row; the head {fit.head.per_forward_ms:.1f} ms + {fit.head.per_row_ms:.2f} ms a row; "
+                  f"a hop {fit.hop_ms:.2f} ms", highlight=False)
+    console.print(_table(rows))

@@ -89,6 +89,16 @@ def test_deeper_pipelines_keep_ar_compute_and_add_hops() -> None:
     assert eight < two
 
 
+def test_a_drafter_bound_flowspec_run_keeps_its_rate_at_any_depth_but_for_the_refills() -> None:
+    run = make_run()
+    flowspec = next(r for r in run["records"] if r["mode"] == "flowspec")["stats"]
+    flowspec.update(drafter_ms_per_step=1000.0, decode_ms=8 * 1100.0)  # the drafter dwarfs every stage
+    fit = fit_run(run)
+    rates = [project(fit, Boards(n))["flowspec"] for n in (1, 2, 4)]
+    assert rates[1] == pytest.approx(16 / 8.8)
+    assert rates == pytest.approx([16 / 8.8] * 3, rel=0.01)  # 2 rounds' refills differ, in 8.8 s
+
+
 @pytest.mark.parametrize("boards", [
     lambda: Boards(0), lambda: Boards(2, speed=0.0), lambda: Boards(2, link=LinkSettings(10.0, 0.0)),
 ])
