@@ -39,6 +39,7 @@ The projection, for N stages (layers split as :func:`common.partition.even_split
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -248,7 +249,22 @@ def fit_run(run: Mapping[str, Any]) -> RunFit:
     own = Boards(len(names))
     gaps = {i: (r.decode_ms - _flowspec_ms(fit, r, own, 0.0)) / r.steps
             for i, r in enumerate(requests) if r.mode == "flowspec"}
-    return RunFit(**{**fit.__dict__, "gap_ms": gaps})
+    return dataclasses.replace(fit, gap_ms=gaps)
+
+
+def with_acceptance(costs: RunFit, behaviour: RunFit) -> RunFit:
+    """``costs``' fitted costs with ``behaviour``'s requests (steps, rounds, draft ms and work per step).
+
+    To see how much of an error is the acceptance's and the drafting's change with N rather than the cost
+    model's: ``behaviour`` is a run at the target N (its draft times as measured there). The flowspec gap
+    is ``costs``' mean per step.
+    """
+    if costs.layers != behaviour.layers:
+        raise ProjectionError(f"the runs' models differ: {costs.layers} and {behaviour.layers} layers")
+    gaps = list(costs.gap_ms.values())
+    gap = sum(gaps) / len(gaps) if gaps else 0.0
+    return dataclasses.replace(behaviour, stage_layer=costs.stage_layer, head=costs.head, hop_ms=costs.hop_ms,
+                               gap_ms=dict.fromkeys(behaviour.gap_ms, gap), measured=costs.measured)
 
 
 # --------------------------------------------------------------------------------------------- the model

@@ -25,6 +25,7 @@ from common.projection import (
     measured_rates,
     project,
     relative_error,
+    with_acceptance,
 )
 from services.cli.errors import fail
 
@@ -87,26 +88,36 @@ def project_command(
     link_latency_ms: Annotated[float, typer.Option(min=0.0, help="One-way latency per hop, ms.")] = 0.0,
     hidden_size: Annotated[int, typer.Option(min=0, help="Base hidden size (default: the run's base config).")] = 0,
     measured: Annotated[list[Path] | None, typer.Option(help="Other runs to compare with, at their own N.")] = None,
+    acceptance_from: Annotated[Path | None, typer.Option(
+        help="Take steps, rounds, draft time and work per step from this run (e.g. one at the target N).")] = None,
 ) -> None:
     """Print predicted decode tokens/s per mode for each stage count, beside the measured figure where there is one."""
     run = _load(source)
     try:
         link = LinkSettings(link_mbps, link_latency_ms)
         fit = fit_run(run)
+        if acceptance_from is not None:
+            fit = with_acceptance(fit, fit_run(_load(acceptance_from)))
         hidden = _hidden_size(run, hidden_size, link)
         predictions = {n: project(fit, Boards(n, speed, link, hidden)) for n in _stage_counts(stages)}
     except (ProjectionError, LinkError, KeyError) as exc:
-        fail(f"cannot project {source}: {exc!r}" if isinstance(exc, KeyError) else str(exc))
-    actual = _measured_by_stages(measured or [], run)
-    rows = []
-    for n, rates in predictions.items():
-        if LOCAL in fit.measured:  # one board, no ring: the measured figure at the boards' speed
-            rows.append((LOCAL, n, fit.measured[LOCAL] * speed, actual.get(n, {}).get(LOCAL)))
-        rows.extend((mode, n, rate, actual.get(n, {}).get(mode)) for mode, rate in rates.items())
+        fail(f"cannot project {source}: missing {exc}" if isinstance(exc, KeyError) else str(exc))
     console = Console(width=160)
-    console.print(f"from {source.name} ({fit.stages} stages): boards at speed {speed:g}, link {link_mbps:g} Mbps "
-                  f"{link_latency_ms:g} ms", highlight=False)
+    shaped = f"boards at speed {speed:g}, link {link_mbps:g} Mbps {link_latency_ms:g} ms"
+    also = f"; acceptance from {acceptance_from.name}" if acceptance_from else ""
+    console.print(f"from {source.name} ({len(run['cluster']['stages'])} stages): {shaped}{also}", highlight=False)
     console.print(f"fitted: a layer {fit.stage_layer.per_forward_ms:.2f} ms a forward + {fit.stage_layer.per_row_ms:.3f}"
                   f" ms a row; the head {fit.head.per_forward_ms:.1f} ms + {fit.head.per_row_ms:.2f} ms a row; "
                   f"a hop {fit.hop_ms:.2f} ms", highlight=False)
-    console.print(_table(rows))
+    console.print(_table(_rows(predictions, fit.measured, _measured_by_stages(measured or [], run), speed)))
+
+
+def _rows(predictions: Mapping[int, Mapping[str, float]], own: Mapping[str, float],
+          actual: Mapping[int, Mapping[str, float]], speed: float) -> list[tuple[str, int, float, float | None]]:
+    """(mode, stages, predicted, measured or None); local is the run's own figure at the boards' speed."""
+    rows = []
+    for n, rates in predictions.items():
+        if LOCAL in own:  # one board, no ring
+            rows.append((LOCAL, n, own[LOCAL] * speed, actual.get(n, {}).get(LOCAL)))
+        rows.extend((mode, n, rate, actual.get(n, {}).get(mode)) for mode, rate in rates.items())
+    return rows

@@ -73,3 +73,15 @@ def test_errors_are_one_line(tmp_path) -> None:
         assert result.exit_code == 1
         assert message in result.output
     assert "cannot read the run" in invoke("--from", str(tmp_path / "missing.json")).output
+
+
+def test_acceptance_from_another_run_replaces_the_requests(tmp_path) -> None:
+    source = write_run(tmp_path, "n2.json", make_run())
+    slower = make_run(ar_step_ms=200.0)
+    for record in slower["records"]:
+        if record["mode"] == "ar":
+            record["stats"]["steps"] *= 2  # twice the steps for the same tokens: half the rate
+    result = invoke("--from", source, "--stages", "2", "--acceptance-from", write_run(tmp_path, "other.json", slower))
+    assert result.exit_code == 0, result.output
+    assert "acceptance from other.json" in result.output
+    assert rows(result.output)[("ar", "2")][0] == "5.00"  # 40 steps at the source's 100 ms

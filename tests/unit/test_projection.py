@@ -17,6 +17,7 @@ from common.projection import (
     flow_shop_ms,
     project,
     relative_error,
+    with_acceptance,
 )
 from tests.support.bench_runs import HEAD, LAYER, make_run
 
@@ -132,3 +133,18 @@ def test_draft_time_counts_the_draft_spans_after_the_prefill() -> None:
 def test_relative_error() -> None:
     assert relative_error(11.5, 10.0) == pytest.approx(0.15)
     assert math.isnan(relative_error(1.0, 0.0))
+
+
+def test_with_acceptance_keeps_the_costs_and_takes_the_requests() -> None:
+    costs, behaviour = fit_run(make_run()), fit_run(make_run(ar_step_ms=300.0))
+    mixed = with_acceptance(costs, behaviour)
+    assert (mixed.hop_ms, mixed.stage_layer) == (costs.hop_ms, costs.stage_layer)
+    assert mixed.requests == behaviour.requests
+    assert project(mixed, Boards(2))["ar"] == pytest.approx(project(costs, Boards(2))["ar"])  # same ar steps
+
+
+def test_with_acceptance_needs_the_same_model() -> None:
+    other = make_run()
+    other["cluster"]["stages"][1]["layers"] = [4, 10]
+    with pytest.raises(ProjectionError, match="models differ"):
+        with_acceptance(fit_run(make_run()), fit_run(other))
