@@ -1,7 +1,9 @@
 """``flowring project``: predict decode tokens/s per mode on N boards from one measured ``bench --json`` run.
 
 The model and its assumptions: :mod:`common.projection`. ``--measured`` adds other runs (of other N,
-same prompts and settings) so that each prediction stands beside the figure measured at that N.
+same prompts and settings) so that each prediction stands beside the figure measured at that N; only
+when the boards are the run's own (speed 1, the run's link). ``local``'s error is then the two runs'
+difference in the same measurement: a floor for every other error.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ def _hidden_size(run: Mapping[str, Any], given: int, link: LinkSettings) -> int:
         fail(f"a link bandwidth needs the model's hidden size: pass --hidden-size ({config}: {exc})")
 
 
+def _run_link(run: Mapping[str, Any]) -> LinkSettings:
+    settings = run.get("settings", {})
+    return LinkSettings(float(settings.get("link_mbps", 0.0)), float(settings.get("link_latency_ms", 0.0)))
+
+
 def _measured_by_stages(paths: list[Path], run: Mapping[str, Any]) -> dict[int, dict[str, float]]:
     """Decode tokens/s per mode of each run (the source run's included), by its stage count."""
     out = {}
@@ -74,7 +81,7 @@ def _table(rows: list[tuple[str, int, float, float | None]]) -> Table:
         table.add_column(name, justify="left" if name == "mode" else "right")
     for mode, stages, predicted, measured in rows:
         shown = "-" if measured is None else f"{measured:.2f}"
-        error = "-" if measured is None or mode == LOCAL else f"{relative_error(predicted, measured):+.1%}"
+        error = "-" if measured is None else f"{relative_error(predicted, measured):+.1%}"
         table.add_row(mode, str(stages), f"{predicted:.2f}", shown, error)
     return table
 
@@ -109,7 +116,9 @@ def project_command(
     console.print(f"fitted: a layer {fit.stage_layer.per_forward_ms:.2f} ms a forward + {fit.stage_layer.per_row_ms:.3f}"
                   f" ms a row; the head {fit.head.per_forward_ms:.1f} ms + {fit.head.per_row_ms:.2f} ms a row; "
                   f"a hop {fit.hop_ms:.2f} ms", highlight=False)
-    console.print(_table(_rows(predictions, fit.measured, _measured_by_stages(measured or [], run), speed)))
+    same_boards = speed == 1.0 and link == _run_link(run)  # else no measurement is of these boards
+    actual = _measured_by_stages(measured or [], run) if same_boards else {}
+    console.print(_table(_rows(predictions, fit.measured, actual, speed)))
 
 
 def _rows(predictions: Mapping[int, Mapping[str, float]], own: Mapping[str, float],
