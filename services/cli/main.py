@@ -10,7 +10,7 @@ import typer
 
 from common.protocol import GenerateReply
 from common.settings import ClusterSpec
-from services.cli import bench, cluster, heads, logs, models, plan, profile, serve, status, version
+from services.cli import bench, cluster, heads, logs, models, plan, profile, project, serve, status, version
 from services.cli.cluster import DEFAULT_RUN_DIR, RunDir
 from services.cli.errors import fail as _fail
 from services.client import Client, ClusterUnavailable
@@ -22,6 +22,7 @@ app.add_typer(models.app, name="models", help="Pull and list models in the local
 app.add_typer(heads.app, name="heads", help="Train draft heads and list the heads in the local cache.")
 app.add_typer(bench.app, name="bench", help="Run decoding modes side by side on the running cluster.")
 app.add_typer(plan.app)
+app.add_typer(project.app)
 app.add_typer(profile.app, name="profile", help="Measure forward costs on this machine.")
 app.add_typer(serve.app)
 app.command()(cluster.up)
