@@ -9,14 +9,16 @@ What the loop refuses, each logged once, counted by reason and never fatal: an u
 or wrong-version frame; a message of a kind this socket does not take (``unknown_command``); a
 command whose ``cmd_seq`` is not the next one (``sequence``; a gap also fails the request it
 concerns). Any exception while a core handles a message fails that message's request with a Fault to
-the scheduler and leaves the service serving the next one. Every ``heartbeat_interval_s`` the loop
-sends a Heartbeat; no receive waits longer than that.
+the scheduler and leaves the service serving the next one. Every ``heartbeat_interval_s`` a thread
+beside the loop sends a Heartbeat, so a service busy in a long forward is still heard and only a dead or
+stopped process goes silent; no receive waits longer than that interval.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -127,7 +129,26 @@ class _ServiceLoop:
             accepts[self.sockets.data] = DATA
         for sock in accepts:
             poller.register(sock, zmq.POLLIN)
-        next_beat = time.monotonic()
+        beating = threading.Event()
+        heart = threading.Thread(target=self._heartbeats, args=(beating,), name="heartbeat", daemon=True)
+        heart.start()
+        try:
+            self._serve(poller, accepts)
+        finally:
+            beating.set()
+            heart.join(self.heartbeat_s + 1.0)
+
+    def _heartbeats(self, stop: threading.Event) -> None:
+        """Beat from a thread of its own, so a service busy in a long forward is still heard (a stopped or
+        dead process is not); torch releases the GIL while it computes."""
+        while not stop.is_set():
+            try:
+                self._beat()
+            except Exception as exc:  # a beat that failed must not end the beating: the next one may go through
+                log.warning("heartbeat_failed", error=repr(exc))
+            stop.wait(self.heartbeat_s)
+
+    def _serve(self, poller: zmq.Poller, accepts: dict[zmq.Socket, tuple[type, ...]]) -> None:
         while True:
             events = dict(poller.poll(self.poll_ms))
             for sock, kinds in accepts.items():
@@ -142,9 +163,6 @@ class _ServiceLoop:
                         self._handle(msg)
                         if self.hooks.after_send is not None:
                             self.hooks.after_send()
-            if time.monotonic() >= next_beat:  # also after a long handle: the scheduler hears us asap
-                self._beat()
-                next_beat = time.monotonic() + self.heartbeat_s
 
     def _receive(self, sock: zmq.Socket, kinds: tuple[type, ...]) -> Message | None:
         """The next message if it may be handled; None when it was rejected."""

@@ -60,7 +60,7 @@ class StageCore:
     @property
     def kv_cache_bytes(self) -> int:
         """Bytes allocated by the KV caches of the requests this stage holds."""
-        return sum(req.cache.nbytes for req in self._requests.active.values())
+        return sum(req.cache.nbytes for req in list(self._requests.active.values()))  # read from the heartbeat thread
 
     def drop_request(self, request_id: str) -> None:
         """Forget a request after a fault; its later messages are dropped."""

@@ -4,6 +4,7 @@ heartbeats flow."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -48,6 +49,8 @@ class FlakyCore:
     def handle(self, msg: Message) -> list[tuple[str, Message]]:
         if getattr(msg, "request_id", "") == "boom":
             raise RuntimeError("kaboom")
+        if getattr(msg, "request_id", "") == "slow":
+            time.sleep(0.6)  # a long forward: twelve heartbeat intervals
         if isinstance(msg, Segment):
             self.segments += 1
         if isinstance(msg, EndRequest):
@@ -189,3 +192,15 @@ def test_a_frame_over_maxmsgsize_never_reaches_the_service(service):
     service.command(EndRequest("d", 1, "done"))
     assert service.report(StageStats).request_id == "d"
     assert service.core.segments == 0
+
+
+def test_a_service_busy_in_a_long_handle_keeps_beating(service):
+    while service.scheduler.poll(0):  # drop what came before
+        service.scheduler.recv_multipart()
+    service.command(_start("slow", 0))
+    started = time.monotonic()
+    beats = 0
+    while time.monotonic() - started < 0.5:
+        if service.scheduler.poll(50) and isinstance(decode(service.scheduler.recv_multipart()), Heartbeat):
+            beats += 1
+    assert beats >= 3  # the handle blocks the loop for 0.6 s; the heartbeat thread does not wait for it
