@@ -46,11 +46,10 @@ class LogFilter:
         return not self.level or (line.level in LEVELS and LEVELS.index(line.level) >= LEVELS.index(self.level))
 
 
-def parse(lines: Iterable[str], service: str) -> Iterator[LogLine]:
-    """One service's lines in file order."""
-    last_ts = ""
+def parse(lines: Iterable[str], service: str, last_ts: str = "") -> Iterator[LogLine]:
+    """One service's lines in file order; ``last_ts``: the time of the line before these (when following)."""
     for text in lines:
-        text = text.rstrip("\n")
+        text = text.rstrip("\r\n")
         if not text.strip():
             continue
         try:
@@ -75,7 +74,11 @@ def service_files(log_dir: Path) -> dict[str, list[Path]]:
 
 def merged(log_dir: Path) -> Iterator[LogLine]:
     """Every service's lines, merged by timestamp (each file is already in time order)."""
-    streams = [_read(paths, service) for service, paths in service_files(log_dir).items()]
+    return merge(_read(paths, service) for service, paths in service_files(log_dir).items())
+
+
+def merge(streams: Iterable[Iterable[LogLine]]) -> Iterator[LogLine]:
+    """Streams each in time order (one per service), merged into one in time order."""
     return heapq.merge(*streams, key=lambda line: line.ts)
 
 
