@@ -114,6 +114,34 @@ class Follower:
         return sorted(out, key=lambda line: line.ts)
 
 
+class Reorder:
+    """Lines from live streams put back in time order: each line is held ``hold_s`` after it arrives, so a
+    line that travelled slower (from another board, over another connection) is still printed before it."""
+
+    def __init__(self, hold_s: float) -> None:
+        self._hold_s = hold_s
+        self._held: list[tuple[float, LogLine]] = []  # (arrival time, line) in arrival order
+
+    def add(self, lines: Iterable[LogLine], now: float) -> None:
+        self._held.extend((now, line) for line in lines)
+
+    def release(self, now: float) -> list[LogLine]:
+        """The lines held long enough, with every held line not later than they, in time order."""
+        due = [line.ts for arrived, line in self._held if arrived <= now - self._hold_s]
+        if not due:
+            return []
+        cutoff = max(due)
+        out = sorted((line for _, line in self._held if line.ts <= cutoff), key=lambda line: line.ts)
+        self._held = [(arrived, line) for arrived, line in self._held if line.ts > cutoff]
+        return out
+
+    def flush(self) -> list[LogLine]:
+        """Every held line, in time order."""
+        out = sorted((line for _, line in self._held), key=lambda line: line.ts)
+        self._held = []
+        return out
+
+
 def _read(paths: list[Path], service: str) -> Iterator[LogLine]:
     for path in paths:
         with path.open(encoding="utf-8", errors="replace") as f:

@@ -14,13 +14,14 @@ from typing import Annotated
 
 import typer
 
-from common.observability.logview import LEVELS, Follower, LogFilter, LogLine, merged, render
+from common.observability.logview import LEVELS, Follower, LogFilter, LogLine, Reorder, merged, render
 from services.launcher import BOARDS_FILE, default_run_dir
 
 app = typer.Typer(add_completion=False)
 DEFAULT_RUN_DIR = default_run_dir()
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 FOLLOW_POLL_S = 0.5
+FOLLOW_HOLD_S = 1.0  # lines from boards wait this long for slower ones to be printed in time order
 
 
 @app.command()
@@ -72,15 +73,19 @@ def _board_logs(run_dir: Path, keep: LogFilter, readable: bool, follow: bool) ->
         if problems:
             raise typer.Exit(1)
         return
+    reorder = Reorder(FOLLOW_HOLD_S)
     with remote_logs.Tails(ssh, [copy for copy in copies if not copy.problem]) as tails:
         try:
             while tails.following:
                 lines, ended = tails.poll(FOLLOW_POLL_S)
                 for problem in ended:
                     typer.secho(f"error: {problem}", err=True)
-                _print((line for line in lines if keep(line)), readable)
+                reorder.add((line for line in lines if keep(line)), time.monotonic())
+                _print(reorder.release(time.monotonic()), readable)
         except KeyboardInterrupt:  # the user's way to stop following; leaving the block ends every tail
+            _print(reorder.flush(), readable)
             return
+    _print(reorder.flush(), readable)
     raise typer.Exit(1)  # every tail ended: the boards can no longer be followed
 
 

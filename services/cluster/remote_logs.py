@@ -3,7 +3,7 @@
 ``boards.json`` (written by ``up --cluster``) names each service's board and log file. :func:`fetch`
 copies every file's complete lines (one ``cat`` per file, in parallel); :class:`Tails` follows them
 (one ``ssh ... tail -F`` per file, starting after the lines already fetched, so nothing is printed
-twice or lost) and hands over the lines as they arrive. Parsing and merging are logview's.
+twice or lost) and hands over the lines as they arrive. Parsing, merging and reordering are logview's.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class Tails:
         return self._open
 
     def poll(self, wait_s: float) -> tuple[list[LogLine], list[str]]:
-        """Lines arrived within ``wait_s`` (in time order), and one problem line per tail that ended."""
+        """Lines arrived within ``wait_s`` (each log's in its order), and one problem line per tail that ended."""
         arrived: dict[str, list[str]] = {}
         problems: list[str] = []
         with contextlib.suppress(queue.Empty):  # nothing arrived in time: an empty batch
@@ -126,7 +126,7 @@ class Tails:
             if batch:
                 self._last_ts[service] = batch[-1].ts
             lines.extend(batch)
-        return sorted(lines, key=lambda line: line.ts), problems
+        return lines, problems
 
     def close(self) -> None:
         """End every tail: closing its stdin stops the remote ``tail``; the ssh is killed if it lingers."""

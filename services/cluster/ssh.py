@@ -82,9 +82,11 @@ class Ssh:
         return Result(done.returncode, done.stdout, done.stderr)
 
     def open(self, board: Board, argv: Sequence[str]) -> subprocess.Popen[str]:
-        """Start ``argv`` on ``board`` and return at once; stdin, stdout and stderr are pipes."""
+        """Start ``argv`` on ``board`` and return at once; stdin, stdout and stderr are pipes. In its own
+        session, so a terminal's Ctrl-C reaches only the caller, which ends it by closing its stdin."""
         return subprocess.Popen(self.command(board, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+                                stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                                start_new_session=True)
 
     def copy(self, board: Board, files: Sequence[Path], folder: str, *, timeout_s: float) -> Result:
         """Copy local ``files`` into the existing ``folder`` on ``board``."""

@@ -162,19 +162,24 @@ def test_cli_follow_prints_new_lines_from_the_boards_and_stops_on_ctrl_c(run_dir
     stage_log = recorded_logs(run_dir)[1][1].path
     poll = Tails.poll
     printed: list[str] = []
+    written: list[bool] = []
+    deadline = time.monotonic() + 20
 
     def poll_then_interrupt(self: Tails, wait_s: float):
-        if not printed:
+        if any("late_event" in raw for raw in printed) or time.monotonic() > deadline:
+            raise KeyboardInterrupt  # as Ctrl-C would, with the late line still held for reordering
+        if not written:
+            written.append(True)
             with open(stage_log, "a") as f:
                 f.write(_line("04.000", "stage-1", "partial")[-20:] + _line("06.000", "stage-1", "late_event"))
         lines, ended = poll(self, 1.0)
         printed.extend(line.raw for line in lines)
-        if any("late_event" in raw for raw in printed):
-            raise KeyboardInterrupt
         return lines, ended
 
     monkeypatch.setattr(remote_logs.Tails, "poll", poll_then_interrupt)
     result = runner.invoke(app, ["logs", "-f", "--run-dir", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.splitlines()[-1])["event"] == "request_done"  # the fetched lines, merged
-    assert any("late_event" in raw for raw in printed) and _tails_running(stage_log) == []
+    events = [json.loads(ln)["event"] if ln.startswith("{") else ln for ln in result.output.splitlines()]
+    assert events == ["service_ready", "segment", "Traceback (most recent call last):", "request_done", "partial",
+                      "late_event"], result.output
+    assert _tails_running(stage_log) == []
