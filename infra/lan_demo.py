@@ -130,7 +130,8 @@ def demo(lan: NetnsLan, work: Path) -> list[str]:
     cluster = work / "lan.toml"
     cluster.write_text(inventory(lan, MODEL))
     session = Session(work / "head", work / "run")
-    report = [f"boards: {', '.join(f'{b.name}={b.address} (netns {b.netns}, sshd)' for b in lan.boards)}; "
+    report = [f"made by: python infra/lan_demo.py at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+              f"boards: {', '.join(f'{b.name}={b.address} (netns {b.netns}, sshd)' for b in lan.boards)}; "
               f"head {lan.head_address}; model {MODEL.name} float32; {os.cpu_count()} cores", ""]
     first_out, first_s = session.run("up", "--cluster", str(cluster))
     session.run("status")
