@@ -90,10 +90,14 @@ class Tails:
         self._last_ts = {copy.log.service: _last_ts(copy) for copy in copies}
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._open = len(copies)  # tails whose end poll has not reported yet
-        for copy in copies:
-            proc = ssh.open(copy.log.board, follow(copy.log.path, copy.line_count + 1))
-            self._procs[copy.log.service] = proc
-            threading.Thread(target=self._pump, args=(copy.log, proc), daemon=True).start()
+        try:
+            for copy in copies:
+                proc = ssh.open(copy.log.board, follow(copy.log.path, copy.line_count + 1))
+                self._procs[copy.log.service] = proc
+                threading.Thread(target=self._pump, args=(copy.log, proc), daemon=True).start()
+        except BaseException:  # Ctrl-C or no ssh while starting: end the tails already started
+            self.close()
+            raise
 
     def __enter__(self) -> Tails:
         return self
