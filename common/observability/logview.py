@@ -46,11 +46,10 @@ class LogFilter:
         return not self.level or (line.level in LEVELS and LEVELS.index(line.level) >= LEVELS.index(self.level))
 
 
-def parse(lines: Iterable[str], service: str) -> Iterator[LogLine]:
-    """One service's lines in file order."""
-    last_ts = ""
+def parse(lines: Iterable[str], service: str, last_ts: str = "") -> Iterator[LogLine]:
+    """One service's lines in file order; ``last_ts``: the time of the line before these (when following)."""
     for text in lines:
-        text = text.rstrip("\n")
+        text = text.rstrip("\r\n")
         if not text.strip():
             continue
         try:
@@ -75,7 +74,11 @@ def service_files(log_dir: Path) -> dict[str, list[Path]]:
 
 def merged(log_dir: Path) -> Iterator[LogLine]:
     """Every service's lines, merged by timestamp (each file is already in time order)."""
-    streams = [_read(paths, service) for service, paths in service_files(log_dir).items()]
+    return merge(_read(paths, service) for service, paths in service_files(log_dir).items())
+
+
+def merge(streams: Iterable[Iterable[LogLine]]) -> Iterator[LogLine]:
+    """Streams each in time order (one per service), merged into one in time order."""
     return heapq.merge(*streams, key=lambda line: line.ts)
 
 
@@ -109,6 +112,34 @@ class Follower:
             self._offsets[path] = offset + len(complete)
             out.extend(parse(complete.decode("utf-8", errors="replace").splitlines(), path.stem))
         return sorted(out, key=lambda line: line.ts)
+
+
+class Reorder:
+    """Lines from live streams put back in time order: each line is held ``hold_s`` after it arrives, so a
+    line that travelled slower (from another board, over another connection) is still printed before it."""
+
+    def __init__(self, hold_s: float) -> None:
+        self._hold_s = hold_s
+        self._held: list[tuple[float, LogLine]] = []  # (arrival time, line) in arrival order
+
+    def add(self, lines: Iterable[LogLine], now: float) -> None:
+        self._held.extend((now, line) for line in lines)
+
+    def release(self, now: float) -> list[LogLine]:
+        """The lines held long enough, with every held line not later than they, in time order."""
+        due = [line.ts for arrived, line in self._held if arrived <= now - self._hold_s]
+        if not due:
+            return []
+        cutoff = max(due)
+        out = sorted((line for _, line in self._held if line.ts <= cutoff), key=lambda line: line.ts)
+        self._held = [(arrived, line) for arrived, line in self._held if line.ts > cutoff]
+        return out
+
+    def flush(self) -> list[LogLine]:
+        """Every held line, in time order."""
+        out = sorted((line for _, line in self._held), key=lambda line: line.ts)
+        self._held = []
+        return out
 
 
 def _read(paths: list[Path], service: str) -> Iterator[LogLine]:

@@ -27,6 +27,9 @@ IN_FOLDER = 'cd "$1" || exit 97; shift; exec "$@"'
 # Starts "$@" in the folder $2 in its own session, detached, output to the log file $1; prints its pid.
 DETACHED = ('log=$1; cd "$2" || exit 97; shift 2; mkdir -p "$(dirname "$log")" || exit 98; '
             'setsid nohup "$@" >"$log" 2>&1 </dev/null & echo $!')
+# Prints the file $1 from line $2 on and follows it (across truncation) until this command's stdin closes:
+# sshd sends no signal when the client goes, so the end of stdin is what stops the remote tail.
+FOLLOW = 'tail -n "+$2" -F -- "$1" 2>/dev/null & t=$!; cat >/dev/null; kill "$t"'
 
 
 class RemoteError(RuntimeError):
@@ -78,6 +81,13 @@ class Ssh:
             return Result(SSH_FAILED, "", f"no answer within {timeout_s:.0f} s")
         return Result(done.returncode, done.stdout, done.stderr)
 
+    def open(self, board: Board, argv: Sequence[str]) -> subprocess.Popen[str]:
+        """Start ``argv`` on ``board`` and return at once; stdin, stdout and stderr are pipes. In its own
+        session, so a terminal's Ctrl-C reaches only the caller, which ends it by closing its stdin."""
+        return subprocess.Popen(self.command(board, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                                start_new_session=True)
+
     def copy(self, board: Board, files: Sequence[Path], folder: str, *, timeout_s: float) -> Result:
         """Copy local ``files`` into the existing ``folder`` on ``board``."""
         argv = [self.scp, *self.common_options(), "-q", "-P", str(board.ssh_port),
@@ -98,6 +108,11 @@ def in_checkout(board: Board, argv: Sequence[str]) -> list[str]:
 def detached(board: Board, log: str, argv: Sequence[str]) -> list[str]:
     """``argv`` started detached in the board's checkout, output to ``log``; the command prints its pid."""
     return ["sh", "-c", DETACHED, "flowring", log, board.workdir, *_env(board), *argv]
+
+
+def follow(path: str, first_line: int) -> list[str]:
+    """``tail -F`` of ``path`` from line ``first_line`` (1: the whole file) until the command's stdin closes."""
+    return ["sh", "-c", FOLLOW, "flowring", path, str(first_line)]
 
 
 def agent(board: Board, *args: str) -> list[str]:

@@ -122,6 +122,8 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
 
         status = runner.invoke(app, ["status", "--run-dir", str(run_dir)])
         assert status.exit_code == 0 and "cluster ready" in status.output, status.output
+        _status_names_every_board(runner, run_dir, lan, record)
+        _logs_of_one_request_come_from_every_board(runner, run_dir, reply.stats["request_id"], record)
         for service in record["services"]:
             assert Path(service["log"]).stat().st_size > 0, service  # each board logs in its own home
         _only_own_slices(lan)
@@ -138,6 +140,30 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
         if (run_dir / "boards.json").exists():
             runner.invoke(app, ["down", "--run-dir", str(run_dir)])
     assert not any(map(_running, pids))
+
+
+def _status_names_every_board(runner: CliRunner, run_dir: Path, lan: NetnsLan, record: dict) -> None:
+    """`status --json`: every service healthy, reached at its own board's address."""
+    result = runner.invoke(app, ["status", "--json", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)["services"]}
+    addresses = {b.name: b.address for b in lan.boards}
+    assert set(rows) == {s["name"] for s in record["services"]}
+    for service in record["services"]:
+        row = rows[service["name"]]
+        assert row["healthy"] and row["endpoints"], row
+        assert all(e.startswith(f"tcp://{addresses[service['board']]}:") for e in row["endpoints"]), row
+
+
+def _logs_of_one_request_come_from_every_board(runner: CliRunner, run_dir: Path, request_id: str,
+                                               record: dict) -> None:
+    """`logs --request ID` reads each board's log over SSH: every service logged the request."""
+    result = runner.invoke(app, ["logs", "--request", request_id, "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(ln) for ln in result.output.splitlines()]
+    assert lines and all(line["request_id"] == request_id for line in lines)
+    assert {line["service"] for line in lines} == {s["name"] for s in record["services"]}
+    assert [line["ts"] for line in lines] == sorted(line["ts"] for line in lines)
 
 
 def _only_own_slices(lan: NetnsLan) -> None:

@@ -7,8 +7,6 @@ import shlex
 import subprocess
 import time
 
-import pytest
-
 from common.cluster.inventory import Board, SshOptions
 from services.cluster import board_agent
 from services.cluster.ssh import SSH_FAILED, Ssh, detached, in_checkout
@@ -66,15 +64,6 @@ def test_detached_service_outlives_its_shell_logs_to_its_file_and_stops(tmp_path
     finally:
         left = board_agent.stop([pid], grace_s=0.1)
     assert left == [] and board_agent.alive([pid]) == []
-
-
-@pytest.fixture
-def fake_ssh(tmp_path):
-    """An `ssh` that runs the remote command here, as sshd would."""
-    script = tmp_path / "fake-ssh"
-    script.write_text('#!/bin/sh\nfor last; do :; done\nexec sh -c "$last"\n')
-    script.chmod(0o755)
-    return str(script)
 
 
 def test_run_returns_status_output_and_the_reason_line(tmp_path, fake_ssh):
