@@ -1,7 +1,8 @@
 """From a validated inventory to a cluster layout: layer ranges, memory per board, ports, the ClusterSpec.
 
 Pure: model sizes come in as :class:`~common.partition.LayerCosts` (read from safetensors headers by
-the caller). Each board's services take consecutive ports from the inventory's ``base_port``.
+the caller). Each board's services take consecutive ports from the inventory's ``base_port`` (their
+ring ports, then a Prometheus metrics port each).
 """
 
 from __future__ import annotations
@@ -85,14 +86,15 @@ def cluster_spec(inv: Inventory, base_dir: str, draft_dir: str, ranges: list[tup
         return inv.board(board).address
 
     scheduler = Placement("scheduler", address(inv.scheduler), report_port=take(inv.scheduler),
-                          client_port=take(inv.scheduler))
-    drafter = Placement("drafter", address(inv.drafter), cmd_port=take(inv.drafter))
+                          client_port=take(inv.scheduler), metrics_port=take(inv.scheduler))
+    drafter = Placement("drafter", address(inv.drafter), cmd_port=take(inv.drafter), metrics_port=take(inv.drafter))
     stages = tuple(
-        Placement(f"stage-{i + 1}", address(board), data_port=take(board), cmd_port=take(board), layers=r)
+        Placement(f"stage-{i + 1}", address(board), data_port=take(board), cmd_port=take(board), layers=r,
+                  metrics_port=take(board))
         for i, (board, r) in enumerate(zip(inv.stages, ranges, strict=True))
     )
     verifier = Placement("verifier", address(inv.verifier), data_port=take(inv.verifier),
-                         cmd_port=take(inv.verifier))
+                         cmd_port=take(inv.verifier), metrics_port=take(inv.verifier))
     return ClusterSpec(base=base_dir, draft=draft_dir, dtype=inv.dtype, device=inv.device, threads=inv.threads,
                        drafter=drafter, stages=stages, verifier=verifier, scheduler=scheduler,
                        draft_settings=inv.tree, timeouts=inv.timeouts)
@@ -101,7 +103,8 @@ def cluster_spec(inv: Inventory, base_dir: str, draft_dir: str, ranges: list[tup
 def ports_of(spec: ClusterSpec, name: str) -> list[int]:
     """The ports service ``name`` binds."""
     place = spec.placement(name)
-    return [p for p in (place.data_port, place.cmd_port, place.report_port, place.client_port) if p]
+    ports = (place.data_port, place.cmd_port, place.report_port, place.client_port, place.metrics_port)
+    return [p for p in ports if p]
 
 
 def _fixed_service_bytes(inv: Inventory, base: LayerCosts, draft: LayerCosts) -> dict[str, int]:

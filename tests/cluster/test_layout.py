@@ -77,7 +77,8 @@ def test_spec_places_every_service_at_its_board_with_distinct_ports():
     assert spec.scheduler.host == spec.drafter.host == "10.0.0.11"
     assert [s.host for s in spec.stages] == ["10.0.0.12", "10.0.0.13", "10.0.0.14"]
     assert spec.verifier.host == "10.0.0.15" and spec.dtype == "bfloat16"
-    assert ports_of(spec, "scheduler") == [7700, 7701] and ports_of(spec, "drafter") == [7702]
+    assert ports_of(spec, "scheduler") == [7700, 7701, 7702] and ports_of(spec, "drafter") == [7703, 7704]
+    assert spec.verifier.metrics_url == "http://10.0.0.15:7702/metrics"
     assert [s.layers for s in spec.stages] == [(0, 4), (4, 8), (8, 12)]
     with pytest.raises(InventoryError):
         cluster_spec(inv, "/m/base", "/m/draft", [(0, 12)])
