@@ -4,7 +4,7 @@ Speculation pays when the services it keeps busy have cores of their own: the dr
 the stages verify. When services share too few cores, every draft forward is taken from the verifying
 stages' time. Measured on a 2-core machine (2026-12-01, the default one-stage Qwen2.5-Coder cluster,
 `infra/results/2026-12-01-2core-default.json`): ar 5.6 decode tokens/s (5.5 end to end), chunk 6.4
-(4.4 end to end), flowspec 1.6; ar is never the slower end to end, so it is the default there. A user
+(4.4 end to end), flowspec 1.6: ar was the fastest end to end, so it is the default there. A user
 can always name a mode per request.
 """
 
