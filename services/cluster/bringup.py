@@ -5,7 +5,8 @@
 a board lacks and every service's cluster file, start each service detached, and wait until the
 scheduler reports every service ready. The head's run folder keeps ``cluster.json`` (every service's
 real address; the head's client reads it) and ``boards.json`` (boards, SSH options and pids: all that
-``down`` needs). On a board, under its ``home``: ``slices/<hash>/`` and ``run/logs/<service>.log``.
+``down`` needs). On a board, under its ``home``: ``slices/<hash>/``, ``run/logs/<service>.log`` (its JSON
+log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash).
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class ServicePlan:
     @property
     def log(self) -> str:
         return posixpath.join(self.board.home, "run", "logs", f"{self.name}.log")
+
+    @property
+    def output(self) -> str:
+        return posixpath.join(self.board.home, "run", "logs", f"{self.name}.out")
 
 
 @dataclass(frozen=True)
@@ -201,8 +206,8 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
         for service in bringup.services:
             board = service.board
             argv = [board.python, "-m", "services.run", "--cluster", service.cluster_file, "--service",
-                    service.name, "--log-level", log_level]
-            result = _must(ssh.run(board, detached(board, service.log, argv), timeout_s=COMMAND_TIMEOUT_S), board,
+                    service.name, "--log-level", log_level, "--log-file", service.log]
+            result = _must(ssh.run(board, detached(board, service.output, argv), timeout_s=COMMAND_TIMEOUT_S), board,
                            f"starting {service.name}")
             pids[service.name] = _pid(result, board, service.name)
             _record(run_dir, bringup, pids)
@@ -280,8 +285,11 @@ def _check_alive(bringup: Bringup, ssh: Ssh, pids: dict[str, int]) -> None:
         running = set(json.loads(result.stdout)["alive"])
         for service in bringup.on(board.name):
             if mine[service.name] not in running:
-                tail = ssh.run(board, ["tail", "-n", str(LOG_TAIL_LINES), service.log], timeout_s=COMMAND_TIMEOUT_S)
-                last = [ln for ln in tail.stdout.splitlines() if ln.strip()][-1:] or ["no output"]
+                last: list[str] = []
+                for path in (service.output, service.log):  # a crash prints to .out; an error it logged is in .log
+                    tail = ssh.run(board, ["tail", "-n", str(LOG_TAIL_LINES), path], timeout_s=COMMAND_TIMEOUT_S)
+                    last = last or [ln for ln in tail.stdout.splitlines() if ln.strip()][-1:]
+                last = last or ["no output"]
                 raise LaunchError(f"{service.name} on board {board.name} exited while starting: {last[0][-300:]}")
 
 
