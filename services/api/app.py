@@ -7,6 +7,7 @@ model's chat template) and sent as token ids, so usage counts are exact.
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import uuid
@@ -44,6 +45,7 @@ class ApiSettings:
     mode: str = ""  # "": the cluster's default mode
     default_max_tokens: int = 256  # chat requests that set no limit
     timeout_s: float = 600.0
+    api_key: str = ""  # when set, every request must carry "Authorization: Bearer <api_key>"
 
 
 @dataclass
@@ -59,6 +61,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
     tokenizer = load_tokenizer(Path(settings.model_dir))
     eos = frozenset(load_model_spec(Path(settings.model_dir)).eos_token_ids)
     app = FastAPI(title="flowring", description="OpenAI-compatible API over a flowring cluster")
+
+    @app.middleware("http")
+    async def authorize(request: Request, call_next):
+        if settings.api_key and not authorized(request.headers.get("authorization", ""), settings.api_key):
+            error = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                             code="invalid_api_key")
+            return JSONResponse(error.body(), status_code=401)
+        return await call_next(request)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -152,6 +162,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 raise ApiError(503, str(exc), "service_unavailable") from exc
 
     return app
+
+
+def authorized(header: str, api_key: str) -> bool:
+    """Whether an ``Authorization`` header carries ``api_key`` as a bearer token (compared in constant time)."""
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
 def _chat_chunk(id_: str, created: int, model: str, text: str, finish: str | None, use: dict | None = None) -> dict:

@@ -13,6 +13,7 @@ from services.launcher import default_run_dir
 
 app = typer.Typer()
 DEFAULT_RUN_DIR = default_run_dir()
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # addresses that need no API key: nothing beyond this machine
 
 
 @app.command()
@@ -22,9 +23,15 @@ def serve(
     model_name: Annotated[str, typer.Option(help="The model id the API lists (default: the base model's folder).")] = "",
     mode: Annotated[str, typer.Option(help="Decoding mode of every request (default: the cluster's).")] = "",
     default_max_tokens: Annotated[int, typer.Option(min=1, help="For chat requests that set no limit.")] = 256,
+    api_key: Annotated[str, typer.Option(envvar="FLOWRING_API_KEY", show_default=False,
+                                         help="Require 'Authorization: Bearer KEY' (needed beyond loopback).")] = "",
     run_dir: Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR")] = DEFAULT_RUN_DIR,
 ) -> None:
     """Serve /v1/models, /v1/completions and /v1/chat/completions (streamed or not) until Ctrl-C."""
+    if not api_key and host not in LOOPBACK:
+        typer.secho(f"error: --host {host} exposes the API beyond this machine: give --api-key (or set "
+                    "FLOWRING_API_KEY)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     path = run_dir / "cluster.json"
     if not path.exists():
         typer.secho(f"error: no cluster in {run_dir}: start one with `flowring up`", fg=typer.colors.RED, err=True)
@@ -40,7 +47,8 @@ def serve(
     settings = ApiSettings(
         scheduler_endpoint=spec.scheduler.endpoint(spec.scheduler.client_port), model_dir=spec.base,
         model_name=model_name or Path(spec.base).name, mode=mode, default_max_tokens=default_max_tokens,
-        timeout_s=spec.timeouts.request_timeout_s,
+        timeout_s=spec.timeouts.request_timeout_s, api_key=api_key,
     )
-    typer.echo(f"OpenAI-compatible API at http://{host}:{port}/v1 (model {settings.model_name})")
+    typer.echo(f"OpenAI-compatible API at http://{host}:{port}/v1 (model {settings.model_name}"
+               f"{', API key required' if api_key else ''})")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

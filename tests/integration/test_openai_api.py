@@ -200,3 +200,40 @@ def test_an_http_disconnect_cancels_a_request_that_is_not_streamed(served):
     conn.close()  # the HTTP client leaves before the answer
     assert _idle(spec), "the ring went on decoding for a client that left"
     assert _cancelled(run_dir) == before + 1
+
+
+def test_an_api_key_is_required_beyond_loopback_and_checked(served, tmp_path):
+    spec, _base, _url, run_dir = served
+    refused = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--run-dir", str(run_dir)],
+                                 env={"FLOWRING_API_KEY": ""})
+    assert refused.exit_code == 1 and "give --api-key" in refused.output
+    (port,) = free_ports("127.0.0.1", 1)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "FLOWRING_API_KEY": "s3cret"}
+    server = subprocess.Popen([sys.executable, "-m", "services.cli.main", "serve", "--port", str(port),
+                               "--model-name", "tiny", "--run-dir", str(run_dir)], env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # up once it answers, even if only to refuse
+            try:
+                conn = _connect(url)
+                conn.request("GET", "/v1/models")
+                status = conn.getresponse().status
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        models = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0).models.list()
+        assert [m.id for m in models.data] == ["tiny"]
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_authorization_header_check():
+    from services.api.app import authorized
+
+    assert authorized("Bearer k1", "k1") and authorized("bearer  k1", "k1")
+    assert not authorized("Bearer k2", "k1") and not authorized("k1", "k1") and not authorized("", "k1")
