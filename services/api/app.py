@@ -16,7 +16,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
@@ -60,15 +60,14 @@ class _Generation:
 def create_app(settings: ApiSettings) -> FastAPI:
     tokenizer = load_tokenizer(Path(settings.model_dir))
     eos = frozenset(load_model_spec(Path(settings.model_dir)).eos_token_ids)
-    app = FastAPI(title="flowring", description="OpenAI-compatible API over a flowring cluster")
 
-    @app.middleware("http")
-    async def authorize(request: Request, call_next):
+    def require_key(request: Request) -> None:
+        """A route dependency, not a middleware: a middleware would hide an HTTP client's disconnect."""
         if settings.api_key and not authorized(request.headers.get("authorization", ""), settings.api_key):
-            error = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                             code="invalid_api_key")
-            return JSONResponse(error.body(), status_code=401)
-        return await call_next(request)
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    app = FastAPI(title="flowring", description="OpenAI-compatible API over a flowring cluster",
+                  dependencies=[Depends(require_key)])
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
