@@ -117,11 +117,10 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
         dispatch(core.expire(now, spec.timeouts.request_timeout_s))
         for request_id, error in _silenced(core, liveness, now):
             dispatch(core.fail(request_id, error))
-        if monitor in events:  # before client messages, so a reused descriptor is seen as new
-            event = recv_monitor_message(monitor)
-            for client in connections.gone(event["value"]):
-                log.info("client_gone", client=client)
-                dispatch(core.cancel(client))
+        if monitor in events or clients in events:
+            # Every connection event so far, before any client message: the monitor queues an accept before
+            # the first message on that connection, so a reused descriptor is always seen as new in time.
+            _connection_events(monitor, connections, core, dispatch)
         if reports in events:
             msg = _receive_report(reports, spec.max_message_bytes, metrics)
             if msg is not None:
@@ -133,6 +132,16 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
             close_all(commands.values())
             log.info("service_shutdown")
             return
+
+
+def _connection_events(monitor: zmq.Socket, connections: ClientConnections, core: SchedulerCore,
+                       dispatch: Dispatch) -> None:
+    """Drain the ROUTER's monitor; cancel the requests of every client whose connection is gone."""
+    while monitor.poll(0):
+        event = recv_monitor_message(monitor)
+        for client in connections.gone(event["value"]):
+            log.info("client_gone", client=client)
+            dispatch(core.cancel(client))
 
 
 def _silenced(core: SchedulerCore, liveness: Liveness, now: float) -> list[tuple[str, str]]:
