@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from common.heads import save_head
 from common.heads.model import new_head
 from common.protocol import DraftSettings
 from services.launcher import client_for, plan_local, start, stop
-from tests.integration.test_ring_behaviour import _exact_triples
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference
+from tests.support.sampling import assert_sampling_follows_base
 from tests.support.tiny_models import make_tiny_model
 
 TREES = DraftSettings(top_k=3, fill_nodes=10, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
@@ -78,15 +76,8 @@ def test_a_reduced_draft_vocabulary_keeps_the_output_exact(base_and_head, tmp_pa
 
 def test_sampling_with_a_head_follows_the_base_distribution(base_and_head) -> None:
     base, head = base_and_head
-    prompt, temperature, runs = [5, 9, 14, 3], 0.25, 1500
-    exact = _exact_triples(base, prompt, temperature)
     ring = LocalRing(base, None, 2, settings=TREES, interleave_seed=3, wire=False, draft_head=head)
-    seen = Counter(tuple(ring.generate(prompt, 3, temperature=temperature, seed=s).token_ids) for s in range(runs))
-    bins = [t for t, p in sorted(exact.items(), key=lambda kv: -kv[1]) if p * runs >= 8]
-    assert len(bins) >= 6, "the test needs several well-populated bins to have power"
-    observed = [seen[t] for t in bins] + [runs - sum(seen[t] for t in bins)]
-    expected = [exact[t] * runs for t in bins] + [runs * (1 - sum(exact[t] for t in bins))]
-    assert chisquare(observed, expected).pvalue > 1e-3
+    assert_sampling_follows_base(ring, base)
 
 
 def test_the_process_ring_drafts_with_a_head(base_and_head, tmp_path) -> None:

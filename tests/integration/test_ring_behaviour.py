@@ -4,17 +4,14 @@ partial acceptance stays lossless, and lost/duplicated/reordered messages are ca
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import replace
 
 import pytest
-import torch
-from scipy.stats import chisquare
-from transformers import AutoModelForCausalLM
 
 from common.protocol import DraftSettings, Prune, Segment
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference
+from tests.support.sampling import assert_sampling_follows_base
 from tests.support.tiny_models import make_perturbed_copy, make_tiny_pair
 
 TREES = DraftSettings(top_k=3, fill_nodes=10, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
@@ -47,37 +44,10 @@ def test_partially_agreeing_draft_is_lossless_under_any_interleaving(models, exp
     assert rounds < 0.7 * steps
 
 
-def _exact_triples(base, prompt: list[int], temperature: float, top: int = 8) -> dict[tuple[int, ...], float]:
-    """Probabilities of the likeliest 3-token continuations under the base model alone."""
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-
-    def probs(ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.softmax(model(torch.tensor([ids])).logits[0, -1].double() / temperature, -1)
-
-    out: dict[tuple[int, ...], float] = {}
-    p1 = probs(prompt)
-    for t1 in p1.topk(top).indices.tolist():
-        p2 = probs([*prompt, t1])
-        for t2 in p2.topk(top).indices.tolist():
-            p3 = probs([*prompt, t1, t2])
-            for t3 in p3.topk(top).indices.tolist():
-                out[(t1, t2, t3)] = float(p1[t1] * p2[t2] * p3[t3])
-    return out
-
-
 def test_sampling_follows_the_base_distribution(models):
     """Chi-square of the first three sampled tokens against the base model's exact probabilities."""
     base, near = models
-    prompt, temperature, runs = [5, 9, 14, 3], 0.25, 1500
-    exact = _exact_triples(base, prompt, temperature)
-    ring = LocalRing(base, near, 2, settings=TREES, interleave_seed=3, wire=False)
-    seen = Counter(tuple(ring.generate(prompt, 3, temperature=temperature, seed=s).token_ids) for s in range(runs))
-    bins = [t for t, p in sorted(exact.items(), key=lambda kv: -kv[1]) if p * runs >= 8]
-    assert len(bins) >= 6, "the test needs several well-populated bins to have power"
-    observed = [seen[t] for t in bins] + [runs - sum(seen[t] for t in bins)]
-    expected = [exact[t] * runs for t in bins] + [runs * (1 - sum(exact[t] for t in bins))]
-    assert chisquare(observed, expected).pvalue > 1e-3
+    assert_sampling_follows_base(LocalRing(base, near, 2, settings=TREES, interleave_seed=3, wire=False), base)
 
 
 def test_fixed_seed_reproduces_a_sampled_run(models):
