@@ -10,3 +10,4 @@ python3 -m services.cli.main bench --pin --base /root/models/qwen-coder-1.5b --d
   --max-new-tokens 48 --temperature 0 --json "$OUT/$name.json" --trace "$OUT/$name-trace.json" \
   --plot "$OUT/$name.png" "$@" 2>&1 | grep -v -E 'Loading weights|UNEXPECTED|^Key |^---|LOAD REPORT|can be ignored' \
   | tee "$OUT/$name.txt"
+gzip -f "$OUT/$name-trace.json"
