@@ -8,6 +8,7 @@ against their solo runs, per-request latency so a starved request shows). ``--tt
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,15 +56,13 @@ class ServingReport:
 def measure(spec: ClusterSpec, run_dir: Path, settings: ServingSettings, prompts: Sequence[Prompt],
             console: Console) -> ServingReport:
     """Every mode in turn: warm-up, then the concurrency run, then the time-to-first-token run."""
-    def connect():
-        return client_for(spec, settings.timeout_s)
-
+    connect = functools.partial(client_for, spec, settings.timeout_s)
     ids = _prompt_ids(spec, prompts) if settings.ttft_repeats else []
     together: list[ConcurrencyResult] = []
     firsts: list[TtftResult] = []
     for mode in settings.modes:
         options = {**settings.options, "mode": mode}
-        _warm_up(connect, prompts[0], {**options, "max_new_tokens": WARMUP_MAX_NEW_TOKENS}, settings.warmup)
+        _warm_up(connect, prompts[0], {**options, "max_new_tokens": WARMUP_MAX_NEW_TOKENS}, settings.warmup, console)
         if settings.concurrency:
             console.print(f"mode {mode}: {len(prompts)} prompts solo, then {settings.concurrency} in flight")
             together.append(concurrency.measure(connect, prompts, options, settings.concurrency))
@@ -83,10 +82,13 @@ def _prompt_ids(spec: ClusterSpec, prompts: Sequence[Prompt]) -> list[list[int]]
     return [encode_prompt(tokenizer, p.text, raw=p.raw) for p in prompts]
 
 
-def _warm_up(connect: concurrency.Connect, prompt: Prompt, options: dict[str, Any], count: int) -> None:
+def _warm_up(connect: concurrency.Connect, prompt: Prompt, options: dict[str, Any], count: int,
+             console: Console) -> None:
     with connect() as client:
         for _ in range(count):
-            concurrency.timed_generation(client, prompt, options)
+            run = concurrency.timed_generation(client, prompt, options)
+            if not run.ok:
+                console.print(f"[yellow]warm-up failed[/]: mode {options['mode']}: {escape(run.error)}")
 
 
 def print_report(console: Console, spec: ClusterSpec, settings: ServingSettings, report: ServingReport) -> None:
