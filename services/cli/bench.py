@@ -6,7 +6,9 @@ process on one stage's cores. By default the modes run on the running cluster; `
 cluster for the run with every service on cores of its own (a 16-core host emulating a LAN of
 boards) and stops it afterwards. ``--trace`` records every service's timeline. A failed generation
 is reported and left out of the summary; the command exits 1 when a mode failed on every prompt.
-Summary maths: :mod:`common.bench_report`.
+Summary maths: :mod:`common.bench_report`. ``--concurrency K`` and ``--ttft`` measure serving
+instead (:mod:`services.cli.bench_serving`): K requests in flight against one at a time, and time
+to first token through the OpenAI API against the ring's own.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from common.protocol import MODES, DraftSettings, ProtocolError
 from common.settings import ClusterSpec
 from services.bench.local_baseline import BaselineError, BaselineWorker
 from services.bench.pinning import PinError, pin_services, stage_cpus
+from services.bench.ttft import TtftError
+from services.cli import bench_serving
 from services.cli.bench_plot import PlotError, write_plot, write_timeline
 from services.client import Client, ClusterUnavailable
 from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
@@ -102,8 +106,8 @@ BENCH_MODES = (LOCAL, *MODES)
 def bench(
     prompts: Annotated[str, typer.Option(help="JSONL prompt file (MT-bench/Spec-Bench or HumanEval), or humaneval.")],
     json_out: Annotated[Path, typer.Option("--json", help="Where to write settings, per-run stats and summary.")],
-    modes: Annotated[str, typer.Option(help=f"Comma-separated modes among {', '.join(BENCH_MODES)}.")] = (
-        ",".join(BENCH_MODES)),
+    modes: Annotated[str, typer.Option(help=f"Comma-separated modes among {', '.join(BENCH_MODES)} (default: all; "
+                                            "with --concurrency or --ttft, the cluster's default mode).")] = "",
     num_prompts: Annotated[int, typer.Option(min=1, help="Prompts taken from the top of the file.")] = 10,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
@@ -125,15 +129,27 @@ def bench(
     cores_per_service: Annotated[int, typer.Option(min=1, help="--pin: cores each service gets.")] = 2,
     dtype: Annotated[str, typer.Option(help="--pin: float32 or bfloat16.")] = "bfloat16",
     tree: Annotated[str, typer.Option(help="--pin: draft-tree settings as JSON, e.g. '{\"grow_levels\": 2}'.")] = "{}",
+    concurrency: Annotated[int, typer.Option(min=0, help="Instead of comparing modes: run the prompts one at a "
+                                                          "time, then with this many in flight at once.")] = 0,
+    ttft: Annotated[bool, typer.Option("--ttft", help="Instead of comparing modes: time to first streamed token "
+                                                      "through the OpenAI API (started for the run) vs the ring's "
+                                                      "own.")] = False,
+    repeats: Annotated[int, typer.Option(min=1, help="--ttft: rounds over the prompts.")] = 5,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one generation.")] = 600.0,
     run_dir: Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR",
                                           help="Where the cluster keeps state.")] = DEFAULT_RUN_DIR,
 ) -> None:
     """Run every mode on each prompt side by side; print and save the comparison."""
+    serving = bool(concurrency or ttft)
     mode_list = tuple(dict.fromkeys(m.strip() for m in modes.split(",") if m.strip()))
     unknown = [m for m in mode_list if m not in BENCH_MODES]
-    if not mode_list or unknown:
+    if (modes and not mode_list) or unknown:
         _fail(f"--modes must name some of {', '.join(BENCH_MODES)}, not {modes!r}")
+    if serving and (plot or trace_out):
+        _fail("--plot and --trace go with the mode comparison, not with --concurrency or --ttft")
+    if serving and LOCAL in mode_list:
+        _fail(f"--concurrency and --ttft measure the ring: --modes cannot include {LOCAL}")
+    mode_list = mode_list or (() if serving else BENCH_MODES)
     try:
         LinkSettings(link_mbps, link_latency_ms)
         prompt_list = load_prompts(prompts, num_prompts)
@@ -151,6 +167,11 @@ def bench(
         spec, own_run_dir = ClusterSpec.load(cluster_file), None
     console = Console(width=max(Console().width, 280))
     started = datetime.now(UTC)
+    if serving:
+        plan = bench_serving.ServingSettings(mode_list or (spec.default_mode,), concurrency, repeats if ttft else 0,
+                                             settings.options(), warmup, timeout)
+        _serve_bench(spec, own_run_dir or run_dir, plan, prompt_list, console, json_out, started, own_run_dir)
+        return
     try:
         with client_for(spec, timeout) as client, _baseline(spec, mode_list) as local:
             runner = _Runner(client, local, settings)
@@ -189,6 +210,27 @@ def bench(
     dead = [s.mode for s in summaries if s.runs == 0]
     if dead:
         _fail(f"mode(s) {', '.join(dead)} failed on every prompt")
+
+
+def _serve_bench(spec: ClusterSpec, cluster_dir: Path, plan: bench_serving.ServingSettings, prompts: list[Prompt],
+                 console: Console, json_out: Path, started: datetime, own_run_dir: Path | None) -> None:
+    """``--concurrency`` / ``--ttft``: measure, print, save; exit 1 on a failure or a greedy output unequal to solo."""
+    try:
+        report = bench_serving.measure(spec, cluster_dir, plan, prompts, console)
+    except TtftError as exc:
+        _fail(str(exc))
+    finally:
+        if own_run_dir is not None:
+            stop(own_run_dir)
+    machine, command = machine_info(), shlex.join(sys.argv)
+    payload = {"settings": dataclasses.asdict(plan), "num_prompts": len(prompts), "prompts": [p.id for p in prompts],
+               **_header(machine, started, command, spec), **report.to_json()}
+    _save(json_out, payload)
+    _print_header(console, machine, started, command)
+    bench_serving.print_report(console, spec, plan, report)
+    typer.echo(f"json: {json_out}")
+    if report.failed(greedy=plan.options["temperature"] == 0):
+        _fail("a request failed, or a concurrent output differs from its solo run (see above)")
 
 
 def machine_info() -> dict[str, Any]:
@@ -346,15 +388,21 @@ def _write_json(
 ) -> None:
     payload = {
         "settings": dataclasses.asdict(settings),
-        "machine": machine,
-        "date": started.isoformat(timespec="seconds"),
-        "command": command,
-        "cluster": json.loads(spec.to_json()),
+        **_header(machine, started, command, spec),
         "records": [dataclasses.asdict(r) for r in records],
         "failures": [{"mode": r.mode, "prompt_id": r.prompt_id, "error": r.error} for r in records if not r.ok],
         "summary": [dataclasses.asdict(s) for s in summaries],
         "equal_to_local": {mode: {"equal": e, "compared": n} for mode, (e, n) in agreement(records).items()},
     }
+    _save(path, payload)
+
+
+def _header(machine: dict[str, Any], started: datetime, command: str, spec: ClusterSpec) -> dict[str, Any]:
+    return {"machine": machine, "date": started.isoformat(timespec="seconds"), "command": command,
+            "cluster": json.loads(spec.to_json())}
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
     try:
         path.write_text(json.dumps(payload, indent=2) + "\n")
     except OSError as exc:
@@ -372,9 +420,7 @@ def _print_report(
     console: Console, settings: BenchSettings, machine: dict[str, Any], started: datetime, command: str,
     records: list[RunRecord], summaries: list[ModeSummary],
 ) -> None:
-    console.print(f"machine: {machine['platform']}; {machine['cpu']}; {machine['cores']} cores")
-    console.print(f"date:    {started.isoformat(timespec='seconds')}")
-    console.print(f"command: {command}", soft_wrap=True, markup=False)
+    _print_header(console, machine, started, command)
     services = sorted({name for s in summaries for name in s.busy_ratio}, key=service_order)
     table = Table(title=_title(settings, machine), box=box.SIMPLE_HEAD, caption=(
         "tok/s pooled: total tokens / total time. speedup vs chunk, vs ar: ratio of decode tokens/s, each "
@@ -400,3 +446,9 @@ def _print_report(
     failures = [r for r in records if not r.ok]
     for r in failures:
         console.print(f"[red]failed[/]: mode {r.mode}, prompt {escape(r.prompt_id)}: {escape(r.error)}")
+
+
+def _print_header(console: Console, machine: dict[str, Any], started: datetime, command: str) -> None:
+    console.print(f"machine: {machine['platform']}; {machine['cpu']}; {machine['cores']} cores")
+    console.print(f"date:    {started.isoformat(timespec='seconds')}")
+    console.print(f"command: {command}", soft_wrap=True, markup=False)
