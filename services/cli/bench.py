@@ -92,6 +92,7 @@ class PinnedCluster:
     dtype: str
     draft_settings: DraftSettings
     draft_head: str = ""  # a head folder: draft with it instead of the draft model
+    layer_ranges: tuple[tuple[int, int], ...] = ()  # explicit [start, end) per stage; even split if empty
 
 
 def _fail(message: str) -> None:
@@ -126,6 +127,8 @@ def bench(
     draft: Annotated[str, typer.Option(help="--pin: draft model (catalog name, folder or .gguf).")] = "",
     draft_head: Annotated[str, typer.Option(help="--pin: draft with this head folder instead of the draft model.")] = "",
     stages: Annotated[int, typer.Option(min=1, help="--pin: pipeline stages (boards).")] = 2,
+    layers: Annotated[str, typer.Option(help="--pin: explicit layer ranges per stage instead of an even split, "
+                                             "e.g. 0-5,5-11,11-18,18-28 (sets the stage count).")] = "",
     cores_per_service: Annotated[int, typer.Option(min=1, help="--pin: cores each service gets.")] = 2,
     dtype: Annotated[str, typer.Option(help="--pin: float32 or bfloat16.")] = "bfloat16",
     tree: Annotated[str, typer.Option(help="--pin: draft-tree settings as JSON, e.g. '{\"grow_levels\": 2}'.")] = "{}",
@@ -158,7 +161,7 @@ def bench(
     settings = BenchSettings(prompts, mode_list, len(prompt_list), max_new_tokens, temperature, seed, link_mbps,
                              link_latency_ms, warmup, timeout, trace_out is not None)
     if pin:
-        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head)
+        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head, layers)
         spec, own_run_dir = _start_pinned(pinned)
     else:
         cluster_file = run_dir / "cluster.json"
@@ -248,9 +251,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: str,
-                    draft_head: str) -> PinnedCluster:
+                    draft_head: str, layers: str = "") -> PinnedCluster:
     from common.catalog import default_pair
     from common.model_store import ModelStoreError, resolve
+    from common.modeling import load_model_spec
+    from common.partition import explicit_ranges
 
     if dtype not in ("float32", "bfloat16"):
         _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
@@ -259,10 +264,11 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
         if not (base and draft):
             base, draft = default_pair(model)
         base_dir, draft_dir = resolve(base), resolve(draft)
+        ranges = tuple(explicit_ranges(layers, load_model_spec(base_dir).num_layers)) if layers else ()
     except (KeyError, ValueError, TypeError, ModelStoreError) as exc:
         _fail(str(exc))
     head = str(Path(draft_head).resolve()) if draft_head else ""
-    return PinnedCluster(str(base_dir), str(draft_dir), stages, cores, dtype, settings, head)
+    return PinnedCluster(str(base_dir), str(draft_dir), len(ranges) or stages, cores, dtype, settings, head, ranges)
 
 
 def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
@@ -272,7 +278,8 @@ def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
     try:
         spec = plan_local(Path(pinned.base), Path(pinned.draft), pinned.stages, dtype=pinned.dtype,
                           threads=pinned.cores_per_service, draft_settings=pinned.draft_settings,
-                          draft_head=Path(pinned.draft_head) if pinned.draft_head else None)
+                          draft_head=Path(pinned.draft_head) if pinned.draft_head else None,
+                          layer_ranges=list(pinned.layer_ranges) or None)
         spec = pin_services(spec, pinned.cores_per_service, os.cpu_count() or 1)
         run_dir = Path(tempfile.mkdtemp(prefix="flowring-bench-")) / "run"
         typer.echo(f"starting {pinned.stages} stage(s), every service on {pinned.cores_per_service} core(s) of its "

@@ -77,10 +77,11 @@ def test_ttft_on_a_cluster_started_for_the_run(models, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "pin_services", lambda spec, cores, host_cores: spec)
     out = tmp_path / "t.json"
     result = _bench(prompts, out, "--ttft", "--repeats", "2", "--pin", "--base", str(base), "--draft", str(draft),
-                    "--stages", "2", "--cores-per-service", "1", "--dtype", "float32")
+                    "--layers", "0-1,1-4", "--cores-per-service", "1", "--dtype", "float32")
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["concurrency"] == [] and report["cluster"]["default_mode"] == "flowspec"
+    assert [tuple(s["layers"]) for s in report["cluster"]["stages"]] == [(0, 1), (1, 4)]
     (ttft,) = report["ttft"]
     assert ttft["mode"] == "flowspec" and ttft["repeats"] == 2 and ttft["failures"] == []
     assert len(ttft["ring_ms"]) == len(ttft["http_ms"]) == 2 * len(PROMPTS)
@@ -107,3 +108,10 @@ def test_bad_serving_arguments_fail_with_one_line(tmp_path, monkeypatch, args, m
     result = CliRunner().invoke(bench.app, ["--prompts", "p.jsonl", "--json", "out.json", "--run-dir", str(run_dir),
                                             *args])
     assert result.exit_code != 0 and message in result.output
+
+
+def test_pinned_layer_ranges_must_cover_the_model(models, tmp_path):
+    base, draft, prompts = models
+    result = _bench(prompts, tmp_path / "x.json", "--pin", "--base", str(base), "--draft", str(draft),
+                    "--layers", "0-1,2-4")
+    assert result.exit_code == 1 and "ranges must be contiguous" in result.output
