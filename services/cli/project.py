@@ -27,7 +27,7 @@ from common.projection_modes import project
 from services.cli.errors import fail
 
 app = typer.Typer(add_completion=False, help="Predict decode tokens/s on N boards from a measured bench run.")
-SAME_RUN_KEYS = ("base", "draft", "draft_head", "dtype")  # cluster settings two runs must share to be compared
+SAME_RUN_KEYS = ("base", "draft", "draft_head", "dtype", "draft_settings")  # cluster settings two runs must share to be compared
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -97,12 +97,12 @@ def _table(rows: list[tuple[str, int, float, float | None]]) -> Table:
 
 def _describe(fit: RunFit) -> str:
     hops = fit.costs.hops
-    per_mode = "; ".join(f"{mode}: a layer {c.layer.per_forward_ms:.2f} ms + {c.layer.per_row_ms:.3f} ms a row, "
-                         f"the head {c.head.per_forward_ms:.1f} ms + {c.head.per_row_ms:.2f} ms a row"
-                         for mode, c in fit.costs.forwards.items())
-    return (f"measured: {per_mode}\n  hops: forward {hops.forward_ms:.2f} ms, drafter->stage 1 "
-            f"{hops.segment_ms:.2f} ms, verifier->decision {hops.verdict_ms:.2f} ms, decision->drafter "
-            f"{hops.expand_ms:.2f} ms")
+    lines = [f"  {mode}: a stage layer {c.layer.per_forward_ms:.2f} ms a forward + {c.layer.per_row_ms:.3f} ms a row; "
+             f"the verifier {c.head.per_forward_ms:.1f} ms + {c.head.per_row_ms:.2f} ms a row"
+             for mode, c in fit.costs.forwards.items()]
+    lines.append(f"  hops: forward -> next forward {hops.forward_ms:.2f} ms, draft -> stage 1 {hops.segment_ms:.2f} ms, "
+                 f"verifier -> decision {hops.verdict_ms:.2f} ms, decision -> draft {hops.expand_ms:.2f} ms")
+    return "\n".join(["measured costs:", *lines])
 
 
 @app.command("project")
@@ -190,4 +190,26 @@ def _validate(paths: list[Path]) -> None:
                 table.add_row(f"{src.name} (N={source.stages})", f"{dst.name} (N={target.stages})", mode,
                               f"{predicted[mode]:.2f}", f"{actual:.2f}", _error(predicted[mode], actual),
                               f"{replayed[mode]:.2f}", _error(replayed[mode], actual))
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    console.print("What the projection holds at the source run's values, as each run measured it (means per request):")
+    console.print(_behaviour_table(fits))
+
+
+def _behaviour_table(fits: Mapping[Path, RunFit]) -> Table:
+    """Per run and mode: verdicts (steps + noops), rounds, tokens per step, the drafter's ms per Expand."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("run", "mode", "steps", "noops", "rounds", "decode tokens/step", "draft ms/Expand"):
+        table.add_column(name, justify="left" if name in ("run", "mode") else "right")
+    for path, fit in fits.items():
+        for mode in PROJECTED_MODES:
+            reqs = [r for r in fit.requests if r.mode == mode]
+            if not reqs:
+                continue
+            n = len(reqs)
+            expands = sum(len(r.expansions) for r in reqs)
+            table.add_row(f"{path.name} (N={fit.stages})", mode, f"{sum(r.steps for r in reqs) / n:.1f}",
+                          f"{sum(r.noops for r in reqs) / n:.1f}", f"{sum(r.rounds for r in reqs) / n:.1f}",
+                          f"{sum(r.new_tokens - 1 for r in reqs) / sum(r.steps for r in reqs):.2f}",
+                          f"{sum(r.draft_ms for r in reqs) / max(expands, 1):.0f}")
+    return table

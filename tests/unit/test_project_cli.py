@@ -65,12 +65,14 @@ def test_validate_predicts_every_comparable_run_from_every_other(tmp_path) -> No
     other_model["cluster"]["base"] = "another-base"
     result = invoke("--validate", n2, n4, write_run(tmp_path, "other.json", other_model))
     assert result.exit_code == 0, result.output
-    pairs = [line.split()[:5] for line in result.output.splitlines() if " ar " in line]
+    pairs = [cells for cells in (line.split() for line in result.output.splitlines()) if cells[4:5] == ["ar"]]
     assert [(p[0], p[2]) for p in pairs] == [("n2.json", "n2.json"), ("n2.json", "n4.json"), ("n4.json", "n2.json"),
                                              ("n4.json", "n4.json"), ("other.json", "other.json")]
     ar_to_n4 = next(cells for cells in (line.split() for line in result.output.splitlines())
                     if cells[:5] == ["n2.json", "(N=2)", "n4.json", "(N=4)", "ar"])
     assert ar_to_n4[-4:] == [f"{1e3 / ar_step_ms(4):.2f}", "+0.0%", f"{1e3 / ar_step_ms(4):.2f}", "+0.0%"]
+    held = [cells for cells in (line.split() for line in result.output.splitlines()) if cells[2:3] == ["flowspec"]]
+    assert [cells[3:6] for cells in held] == [["6.0", "0.0", "2.0"]] * 3  # steps, noops, rounds of each run
 
 
 def test_errors_are_one_line(tmp_path) -> None:
