@@ -94,6 +94,13 @@ class Round:
         if not self.fill or (self.grow_ms and self.grow is None):
             raise ProjectionError("a round needs fill segments, and a grown segment when it grows")
 
+    @property
+    def grown(self) -> Job:
+        """The segment an Expand sends (a round that grows has one: checked when it is made)."""
+        if self.grow is None:
+            raise ProjectionError("this round grows no segments")
+        return self.grow
+
 
 @dataclass(frozen=True)
 class Messages:
@@ -147,7 +154,7 @@ def _round_ms(ring: _Ring, r: Round, begin: float, msg: Messages) -> float:
         if k < len(r.grow_ms):  # the last decision ends the round (or the request)
             grown = ring.draft(decision + msg.expand_ms, r.grow_ms[k])
             report = grown + msg.expand_ms
-            queue.append((r.grow, grown))  # type: ignore[arg-type]  # not None: checked by Round
+            queue.append((r.grown, grown))
     for job, at in queue[verdicts:]:  # in flight when the round ended
         ring.run(job, at, until=decision)
     return decision

@@ -84,14 +84,11 @@ class Behaviour:
 
     mode: str
     new_tokens: int
-    decode_ms: float
     steps: int
     noops: int
     rounds: int
     expansions: tuple[Expansion, ...]  # the drafter's answers to the decode Expands, in order
-    stage_forwards: tuple[int, ...]  # per stage in ring order
-    stage_rows: tuple[int, ...]
-    verifier_forwards: int
+    stage_rows: tuple[int, ...]  # per stage in ring order
     verifier_rows: int
 
     @property
@@ -253,12 +250,14 @@ def behaviour(run: Mapping[str, Any], record: Mapping[str, Any]) -> Behaviour:
     prompt = int(stats["prompt_tokens"])
     stages = [_forward_sample(stats, name, prompt) for name, _ in _stage_names(run)]
     verifier = _forward_sample(stats, VERIFIER, 1)
+    answers = expansions(stats, begin)
+    if not answers:
+        raise ProjectionError(f"request {stats.get('request_id', '?')}: the drafter's trace answers no Expand")
     return Behaviour(
-        mode=record["mode"], new_tokens=int(stats["new_tokens"]), decode_ms=float(stats["decode_ms"]),
+        mode=record["mode"], new_tokens=int(stats["new_tokens"]),
         steps=int(stats["steps"]), noops=int(stats.get("noop_steps", 0)), rounds=max(int(stats["rounds"]), 1),
-        expansions=expansions(stats, begin),
-        stage_forwards=tuple(int(f) for f, _, _ in stages), stage_rows=tuple(int(r) for _, r, _ in stages),
-        verifier_forwards=int(verifier[0]), verifier_rows=int(verifier[1]),
+        expansions=answers,
+        stage_rows=tuple(int(r) for _, r, _ in stages), verifier_rows=int(verifier[1]),
     )
 
 
