@@ -110,10 +110,15 @@ def _flowspec(ring: _Ring, r: Behaviour) -> list[Round]:
 _MODES = {"ar": _ar, "chunk": _chunk, "flowspec": _flowspec}
 
 
+def request_rounds(costs: Costs, r: Behaviour, boards: Boards) -> tuple[list[Round], Messages]:
+    """One measured request as the rounds the ring would do on ``boards``, and its control hops."""
+    ring = _Ring(costs, boards, r.mode)
+    return _MODES[r.mode](ring, r), ring.messages
+
+
 def request_ms(costs: Costs, r: Behaviour, boards: Boards) -> float:
     """Predicted decode milliseconds of one measured request on ``boards``."""
-    ring = _Ring(costs, boards, r.mode)
-    return ring_ms(_MODES[r.mode](ring, r), ring.messages)
+    return ring_ms(*request_rounds(costs, r, boards))
 
 
 def project(fit: RunFit, boards: Boards, behaviour_from: RunFit | None = None) -> dict[str, float]:

@@ -9,7 +9,7 @@ import pytest
 from common.link import LinkSettings
 from common.projection import Boards, Job, Messages, ProjectionError, Round, relative_error, ring_ms
 from common.projection_fit import fit_run
-from common.projection_modes import project, request_ms
+from common.projection_modes import project, request_ms, request_rounds
 from tests.support.bench_runs import HEAD, HOPS, LAYER, LAYERS, ar_step_ms, make_run
 
 QUIET = Messages(verdict_ms=0.0, expand_ms=0.0)
@@ -66,6 +66,18 @@ def test_rounds_need_fill_segments_and_a_grown_segment_to_grow() -> None:
 def test_the_run_own_ar_is_given_back_exactly() -> None:
     fit = fit_run(make_run())
     assert project(fit, Boards(2))["ar"] == pytest.approx(1e3 / ar_step_ms(2))  # one token a step
+
+
+def test_flowspec_rounds_follow_the_drafter_answers_and_keep_the_rows_sent() -> None:
+    fit = fit_run(make_run())
+    flowspec = next(r for r in fit.requests if r.mode == "flowspec")  # answers: fill, 3 growths, fill, 1 growth
+    rounds, _ = request_rounds(fit.costs, flowspec, Boards(4))
+    assert [len(r.fill) for r in rounds] == [5, 5]  # a fill is one segment per hop of the target ring
+    assert [len(r.grow_ms) for r in rounds] == [3, 1]
+    # every segment's rows at stage 1: two fills of 11 and four growths of 8, as measured
+    stage1 = LAYERS // 4 * LAYER.per_row_ms
+    rows = sum(j.hold_ms[0] - LAYERS // 4 * LAYER.per_forward_ms for r in rounds for j in r.fill) / stage1
+    assert rows + 4 * (rounds[0].grown.hold_ms[0] - LAYERS // 4 * LAYER.per_forward_ms) / stage1 == pytest.approx(54)
 
 
 def test_deeper_pipelines_keep_ar_compute_and_add_one_hop_a_stage() -> None:
