@@ -79,3 +79,16 @@ def test_a_run_without_ar_has_no_hops_to_measure() -> None:
     run["records"] = [r for r in run["records"] if r["mode"] != "ar"]
     with pytest.raises(ProjectionError, match="ar steps"):
         fit_run(run)
+
+
+def test_flowspec_whose_scheduler_decided_while_the_drafter_drafted_is_left_out() -> None:
+    run = make_run()
+    flowspec = next(r for r in run["records"] if r["mode"] == "flowspec")["stats"]["trace"]
+    draft = SPAN_KINDS.index("draft")
+    start, dur = next((a, d) for c, a, d in zip(flowspec["drafter"][0::3], flowspec["drafter"][1::3],
+                                                 flowspec["drafter"][2::3], strict=True) if c == draft)
+    flowspec["scheduler"] += [SPAN_KINDS.index("schedule"), start + dur // 2, 0]  # a decision mid-draft
+    fit = fit_run(run)
+    assert "flowspec" in fit.skipped and "1 of its decisions" in fit.skipped["flowspec"]
+    assert {r.mode for r in fit.requests} == {"ar", "chunk"}
+    assert fit_run(make_run()).skipped == {}
