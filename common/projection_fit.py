@@ -31,6 +31,7 @@ from typing import Any
 
 from common.observability.trace import SPAN_KINDS
 from common.projection import PROJECTED_MODES, ForwardCost, ProjectionError
+from common.tree import segment_sizes
 
 VERIFIER = "verifier"
 DRAFTER = "drafter"
@@ -67,6 +68,11 @@ class Costs:
     hops: Hops
     fill_nodes: int  # a round's tree, root included
     segment_cap: int
+    fill_segments: int  # a fill's segments; 0: one per hop of the ring
+
+    def fill_sizes(self, nodes: int, stages: int) -> list[int]:
+        """A tree of ``nodes`` cut as the drafter cuts a fill on ``stages`` stages (plus the verifier's hop)."""
+        return segment_sizes(nodes, self.fill_segments or stages + 1, self.segment_cap)
 
 
 @dataclass(frozen=True)
@@ -294,5 +300,6 @@ def fit_run(run: Mapping[str, Any]) -> RunFit:
     costs = Costs(
         layers=sum(n for _, n in names), forwards=fit_forwards(run), hops=fit_hops(run),
         fill_nodes=int(draft["fill_nodes"]) + 1, segment_cap=int(draft["segment_cap"]),
+        fill_segments=int(draft.get("fill_segments", 0)),
     )
     return RunFit(stages=len(names), costs=costs, requests=requests, measured=measured_rates(run), skipped=skipped)

@@ -8,11 +8,11 @@ in truth: the main error of a cross projection): steps, noop verdicts and rounds
 each Expand, and the rows a flowspec request sends in all.
 
 - ``ar``: one round per step, a one-row segment.
-- ``chunk``: per round the tree (the verifier's decode rows / rounds) cut into N + 1 segments, after
-  the drafter's measured ms for that round.
+- ``chunk``: per round the tree (the verifier's decode rows / rounds) cut into N + 1 segments (the
+  run's ``fill_segments`` if set), after the drafter's measured ms for that round.
 - ``flowspec``: the rounds as the drafter's answers measured them (a fill starts one, each growth adds
-  a verdict), each with its measured draft ms. A fill is the fill tree cut into N + 1 segments; a
-  growth is one segment of the request's other stage-1 rows shared evenly. Pruning thins segments on
+  a verdict), each with its measured draft ms. A fill is the fill tree cut the same way; a growth is
+  one segment of the request's other stage-1 rows shared evenly. Pruning thins segments on
   their way: at each point of the ring (interpolated by relative position between the measured
   stages) a segment keeps the measured share of the rows sent (rows there / stage-1 rows). Every
   segment is forwarded at every station: those that give a step are, and a segment pruned to nothing
@@ -35,7 +35,6 @@ from common.projection import (
     ring_ms,
 )
 from common.projection_fit import Behaviour, Costs, RunFit
-from common.tree import segment_sizes
 
 
 class _Ring:
@@ -70,7 +69,7 @@ def _ar(ring: _Ring, r: Behaviour) -> list[Round]:
 
 def _chunk(ring: _Ring, r: Behaviour) -> list[Round]:
     nodes = round(r.verifier_rows / r.rounds)
-    fill = tuple(ring.job(size) for size in segment_sizes(nodes, ring.boards.stages + 1, ring.costs.segment_cap))
+    fill = tuple(ring.job(size) for size in ring.costs.fill_sizes(nodes, ring.boards.stages))
     return [Round(ring.draft_ms(e.draft_ms), fill) for e in r.expansions]
 
 
@@ -93,7 +92,7 @@ def _flowspec(ring: _Ring, r: Behaviour) -> list[Round]:
     if not sent_rows:
         raise ProjectionError("a flowspec request without stage-1 rows cannot be projected")
     kept = [*_interpolate([rows / sent_rows for rows in r.stage_rows], n), r.verifier_rows / sent_rows]
-    fill = tuple(ring.job(size, kept) for size in segment_sizes(costs.fill_nodes, n + 1, costs.segment_cap))
+    fill = tuple(ring.job(size, kept) for size in costs.fill_sizes(costs.fill_nodes, n))
     fills = sum(1 for e in r.expansions if e.segments > 1)
     grows = max(len(r.expansions) - fills, 1)
     grow = ring.job(max(sent_rows - fills * costs.fill_nodes, 0) / grows, kept)

@@ -80,6 +80,14 @@ def test_flowspec_rounds_follow_the_drafter_answers_and_keep_the_rows_sent() -> 
     assert rows + 4 * (rounds[0].grown.hold_ms[0] - LAYERS // 4 * LAYER.per_forward_ms) / stage1 == pytest.approx(54)
 
 
+def test_a_fill_is_cut_into_one_segment_per_hop_unless_the_run_set_a_count() -> None:
+    fit = fit_run(make_run())
+    chunk = next(r for r in fit.requests if r.mode == "chunk")
+    assert len(request_rounds(fit.costs, chunk, Boards(4))[0][0].fill) == 5
+    two = dataclasses.replace(fit.costs, fill_segments=2)
+    assert [len(j.hold_ms) for j in request_rounds(two, chunk, Boards(4))[0][0].fill] == [5, 5]  # 2 segments
+
+
 def test_deeper_pipelines_keep_ar_compute_and_add_one_hop_a_stage() -> None:
     fit = fit_run(make_run())
     assert project(fit, Boards(4))["ar"] == pytest.approx(1e3 / ar_step_ms(4))
