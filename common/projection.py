@@ -6,8 +6,8 @@ to the scheduler, which decides one verdict at a time and only once the drafter 
 expansion; each decision sends an Expand to the drafter. Per mode:
 
 - ``ar``: a round is one step: a one-row segment round the ring.
-- ``chunk``: a round drafts a tree (the drafter's ``fill_ms``), cuts it into one segment per hop (N + 1,
-  :func:`common.tree.segment_sizes`), and the verdict comes once the verifier has the last segment.
+- ``chunk``: a round drafts a tree (the drafter's ``fill_ms``), cuts it into segments (one per hop by
+  default, :func:`common.tree.segment_sizes`), and the verdict comes once the verifier has the last.
 - ``flowspec``: a round drafts the same fill; every segment reaching the verifier gives a verdict (a
   step, or a ``noop`` when pruning emptied it); every decision but the round's last sends an Expand and
   the drafter grows one more segment (``grow_ms``). The round's last decision ends it: segments still
