@@ -1,4 +1,4 @@
-"""``flowring project``: the table of predictions beside measured figures, and errors as one red line."""
+"""``flowring project``: the table of predictions beside measured figures, the validation, one-line errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 
 from typer.testing import CliRunner
 
+from common.observability.trace import SPAN_KINDS
 from services.cli import project
-from tests.support.bench_runs import make_run
+from tests.support.bench_runs import ar_step_ms, make_run
 
 WIDE = {"COLUMNS": "200"}
 
@@ -38,50 +39,74 @@ def test_predicts_each_mode_and_sets_the_measured_figure_beside_it(tmp_path) -> 
     assert result.exit_code == 0, result.output
     table = rows(result.output)
     assert set(table) == {(m, n) for m in ("local", "ar", "chunk", "flowspec") for n in ("2", "4")}
-    assert table[("ar", "2")] == ["10.00", "10.00", "+0.0%"]  # the run's own N: measured beside it
+    ar = f"{1e3 / ar_step_ms(2):.2f}"
+    assert table[("ar", "2")] == [ar, ar, "+0.0%"]  # the run's own N, by hand: measured beside it
     assert table[("ar", "4")][1:] == ["-", "-"]  # nothing measured at 4
     assert table[("local", "4")][0] == "4.00"  # local stays as measured
 
 
 def test_measured_runs_of_other_n_are_compared(tmp_path) -> None:
-    other = make_run()
-    other["cluster"]["stages"] = [{"name": f"stage-{i}", "layers": [2 * i - 2, 2 * i]} for i in range(1, 5)]
-    other["summary"] = [{"mode": "ar", "decode_tokens_per_s": 5.0}]
     result = invoke("--from", write_run(tmp_path, "n2.json", make_run()), "--stages", "4",
-                    "--measured", write_run(tmp_path, "n4.json", other))
+                    "--measured", write_run(tmp_path, "n4.json", make_run(stages=4)))
     assert result.exit_code == 0, result.output
     predicted, measured, error = rows(result.output)[("ar", "4")]
-    assert measured == "5.00"
-    assert error == f"{(float(predicted) - 5.0) / 5.0:+.1%}"
+    assert predicted == measured == f"{1e3 / ar_step_ms(4):.2f}"
+    assert error == "+0.0%"
 
 
 def test_speed_scales_the_predictions(tmp_path) -> None:
-    source = write_run(tmp_path, "n2.json", make_run())
-    result = invoke("--from", source, "--stages", "2", "--speed", "2")
+    result = invoke("--from", write_run(tmp_path, "n2.json", make_run()), "--stages", "2", "--speed", "2")
     assert result.exit_code == 0, result.output
-    assert rows(result.output)[("ar", "2")] == ["20.00", "-", "-"]  # other boards: nothing measured on them
+    assert rows(result.output)[("ar", "2")] == [f"{2e3 / ar_step_ms(2):.2f}", "-", "-"]  # other boards
+
+
+def test_validate_predicts_every_comparable_run_from_every_other(tmp_path) -> None:
+    n2, n4 = write_run(tmp_path, "n2.json", make_run()), write_run(tmp_path, "n4.json", make_run(stages=4))
+    other_model = make_run()
+    other_model["cluster"]["base"] = "another-base"
+    result = invoke("--validate", n2, n4, write_run(tmp_path, "other.json", other_model))
+    assert result.exit_code == 0, result.output
+    pairs = [cells for cells in (line.split() for line in result.output.splitlines()) if cells[4:5] == ["ar"]]
+    assert [(p[0], p[2]) for p in pairs] == [("n2.json", "n2.json"), ("n2.json", "n4.json"), ("n4.json", "n2.json"),
+                                             ("n4.json", "n4.json"), ("other.json", "other.json")]
+    ar_to_n4 = next(cells for cells in (line.split() for line in result.output.splitlines())
+                    if cells[:5] == ["n2.json", "(N=2)", "n4.json", "(N=4)", "ar"])
+    assert ar_to_n4[-4:] == [f"{1e3 / ar_step_ms(4):.2f}", "+0.0%", f"{1e3 / ar_step_ms(4):.2f}", "+0.0%"]
+    held = [cells for cells in (line.split() for line in result.output.splitlines()) if cells[2:3] == ["flowspec"]]
+    assert [cells[3:6] for cells in held] == [["6.0", "0.0", "2.0"]] * 3  # steps, noops, rounds of each run
 
 
 def test_errors_are_one_line(tmp_path) -> None:
     source = write_run(tmp_path, "n2.json", make_run())
     for args, message in (
-        (("--stages", "2,x"), "--stages takes stage counts"),
-        (("--stages", "9"), "cannot split 8 layers"),
-        (("--link-mbps", "100"), "--hidden-size"),
+        (("--from", source, "--stages", "2,x"), "--stages takes stage counts"),
+        (("--from", source, "--stages", "9"), "cannot split 8 layers"),
+        (("--from", source, "--link-mbps", "100"), "--hidden-size"),
+        (("--from", str(tmp_path / "missing.json")), "cannot read the run"),
+        ((), "give --from"),
+        (("--validate",), "--validate needs the runs"),
     ):
-        result = invoke("--from", source, *args)
+        result = invoke(*args)
         assert result.exit_code == 1
         assert message in result.output
-    assert "cannot read the run" in invoke("--from", str(tmp_path / "missing.json")).output
 
 
 def test_acceptance_from_another_run_replaces_the_requests(tmp_path) -> None:
     source = write_run(tmp_path, "n2.json", make_run())
-    slower = make_run(ar_step_ms=200.0)
-    for record in slower["records"]:
-        if record["mode"] == "ar":
-            record["stats"]["steps"] *= 2  # twice the steps for the same tokens: half the rate
-    result = invoke("--from", source, "--stages", "2", "--acceptance-from", write_run(tmp_path, "other.json", slower))
+    longer = make_run()
+    longer["records"][1]["stats"]["new_tokens"] = 11  # the ar request: half the tokens in the same steps
+    result = invoke("--from", source, "--stages", "2", "--acceptance-from", write_run(tmp_path, "other.json", longer))
     assert result.exit_code == 0, result.output
     assert "acceptance from other.json" in result.output
-    assert rows(result.output)[("ar", "2")][0] == "5.00"  # 40 steps at the source's 100 ms
+    assert rows(result.output)[("ar", "2")][0] == f"{0.5e3 / ar_step_ms(2):.2f}"
+
+
+def test_a_mode_the_model_does_not_describe_is_named_not_projected(tmp_path) -> None:
+    run = make_run()
+    trace = next(r for r in run["records"] if r["mode"] == "flowspec")["stats"]["trace"]
+    start = trace["drafter"][1]  # the first drafter span is a draft: a decision in its middle
+    trace["scheduler"] += [SPAN_KINDS.index("schedule"), start + 1, 0]
+    result = invoke("--from", write_run(tmp_path, "ahead.json", run), "--stages", "2")
+    assert result.exit_code == 0, result.output
+    assert "ahead.json: flowspec not projected: 1 of its decisions came while the drafter drafted" in result.output
+    assert ("flowspec", "2") not in rows(result.output)

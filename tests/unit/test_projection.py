@@ -1,150 +1,161 @@
-"""The projection of a bench run onto N boards: the fits, the flow shop, and what each knob changes."""
+"""The ring model on inputs whose answer is known by hand, and what each knob of the boards changes."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import pytest
 
 from common.link import LinkSettings
-from common.observability.trace import SPAN_KINDS
-from common.projection import (
-    Boards,
-    ProjectionError,
-    draft_ms_per_step,
-    fit_linear,
-    fit_run,
-    flow_shop_ms,
-    project,
-    relative_error,
-    with_acceptance,
-)
-from tests.support.bench_runs import HEAD, LAYER, make_run
+from common.projection import Boards, Job, Messages, ProjectionError, Round, relative_error, ring_ms
+from common.projection_fit import fit_run
+from common.projection_modes import project, request_ms, request_rounds
+from tests.support.bench_runs import HEAD, HOPS, LAYER, LAYERS, ar_step_ms, make_run
+
+QUIET = Messages(verdict_ms=0.0, expand_ms=0.0)
 
 
-@pytest.mark.parametrize(("a", "b"), [(2.0, 0.1), (0.0, 0.3), (4.0, 0.0)])
-def test_fit_linear_recovers_exact_costs(a: float, b: float) -> None:
-    samples = [(f, r, a * f + b * r) for f, r in ((1, 1), (3, 40), (10, 90), (5, 5))]
-    fitted = fit_linear(samples)
-    assert fitted.per_forward_ms == pytest.approx(a, abs=1e-9)
-    assert fitted.per_row_ms == pytest.approx(b, abs=1e-9)
+def job(*holds: float, hop: float = 0.0) -> Job:
+    return Job(tuple(hop for _ in holds), holds)
 
 
-def test_fit_linear_never_returns_a_negative_cost() -> None:
-    fitted = fit_linear([(1, 10, 1.0), (1, 100, 20.0), (2, 10, 0.5)])
-    assert fitted.per_forward_ms >= 0 and fitted.per_row_ms >= 0
+def test_one_segment_round_the_ring_pays_every_hop_and_hold() -> None:
+    one = Round(fill_ms=3.0, fill=(job(10.0, 10.0, 5.0, hop=1.0),))
+    # expand 0.5, draft 3, three hops of 1 with 25 of holds, verdict 2: 33.5 a round, one after another
+    assert ring_ms([one] * 3, Messages(verdict_ms=2.0, expand_ms=0.5)) == pytest.approx(3 * 33.5)
 
 
-@pytest.mark.parametrize(("times", "makespan"), [
-    ([[1, 2, 3]], 6),  # one station: the jobs one after the other
-    ([[1], [2], [3]], 6),  # one job: the stations one after the other
-    ([[1, 1, 1], [1, 1, 1]], 4),  # a pipeline: fill, then one job a unit
-    ([[1, 1], [5, 5]], 11),  # the slow second station sets the pace
-])
-def test_flow_shop_makespan(times, makespan) -> None:
-    assert flow_shop_ms(times) == makespan
+def test_chunk_segments_flow_through_the_stations_as_a_pipeline() -> None:
+    gathered = Round(fill_ms=0.0, fill=(job(10.0, 10.0, 1.0),) * 3)
+    assert ring_ms([gathered], QUIET) == pytest.approx(3 * 10 + 10 + 1)  # fill the pipeline, then a job per 10
 
 
-def test_fit_recovers_the_run_costs_and_a_hop() -> None:
+def test_a_bottleneck_stage_sets_flowspec_pace() -> None:
+    grows = 30
+    slow = Round(fill_ms=0.0, fill=(job(1.0, 100.0, 1.0),) * 3, gather=False, grow_ms=(0.0,) * grows,
+                 grow=job(1.0, 100.0, 1.0))
+    # 31 verdicts; once the pipeline is full, the 100 ms stage releases one segment per 100 ms
+    assert ring_ms([slow], QUIET) == pytest.approx(1 + 100 * (grows + 1) + 1)
+
+
+def test_a_slow_drafter_sets_flowspec_pace_and_the_scheduler_waits_for_its_report() -> None:
+    grows = 20
+    drafter_bound = Round(fill_ms=0.0, fill=(job(1.0, 1.0, 1.0),) * 3, gather=False, grow_ms=(50.0,) * grows,
+                          grow=job(1.0, 1.0, 1.0))
+    msg = Messages(verdict_ms=0.0, expand_ms=2.0)
+    # each decision waits for the last report: expand out (2), draft (50), report back (2)
+    assert ring_ms([drafter_bound], msg) == pytest.approx(2 + 3 + grows * 54)
+
+
+def test_a_round_end_drops_the_segments_still_queued() -> None:
+    short = Round(fill_ms=0.0, fill=(job(10.0, 10.0),) * 3, gather=False)
+    after = Round(fill_ms=0.0, fill=(job(10.0, 10.0),))
+    # round 1 ends at 20 (its first verdict); stage 1 is busy with the second fill segment until 20 and
+    # the third never starts, stage 2 drops the second: round 2's segment starts at 20 and ends at 40
+    assert ring_ms([short, after], QUIET) == pytest.approx(40.0)
+
+
+def test_rounds_need_fill_segments_and_a_grown_segment_to_grow() -> None:
+    with pytest.raises(ProjectionError):
+        Round(fill_ms=0.0, fill=())
+    with pytest.raises(ProjectionError):
+        Round(fill_ms=0.0, fill=(job(1.0),), gather=False, grow_ms=(1.0,))
+
+
+# ------------------------------------------------------------------------------------ measured requests
+def test_the_run_own_ar_is_given_back_exactly() -> None:
     fit = fit_run(make_run())
-    assert fit.stage_layer.per_forward_ms == pytest.approx(LAYER.per_forward_ms)
-    assert fit.head.per_row_ms == pytest.approx(HEAD.per_row_ms)
-    compute = 8 * LAYER.ms(1, 1) + HEAD.ms(1, 1)
-    assert fit.hop_ms == pytest.approx((100.0 - compute) / 5)  # 2 stages: 5 hops round the ring
+    assert project(fit, Boards(2))["ar"] == pytest.approx(1e3 / ar_step_ms(2))  # one token a step
 
 
-def test_projection_at_the_run_own_n_gives_back_ar_and_flowspec() -> None:
+def test_flowspec_rounds_follow_the_drafter_answers_and_keep_the_rows_sent() -> None:
     fit = fit_run(make_run())
-    rates = project(fit, Boards(2))
-    assert rates["ar"] == pytest.approx(20 / 2.0)  # 20 decode tokens in 2000 ms
-    assert rates["flowspec"] == pytest.approx(16 / 1.5)  # the gap is fitted at the run's N
+    flowspec = next(r for r in fit.requests if r.mode == "flowspec")  # answers: fill, 3 growths, fill, 1 growth
+    rounds, _ = request_rounds(fit.costs, flowspec, Boards(4))
+    assert [len(r.fill) for r in rounds] == [5, 5]  # a fill is one segment per hop of the target ring
+    assert [len(r.grow_ms) for r in rounds] == [3, 1]
+    # every segment's rows at stage 1: two fills of 11 and four growths of 8, as measured
+    stage1 = LAYERS // 4 * LAYER.per_row_ms
+    rows = sum(j.hold_ms[0] - LAYERS // 4 * LAYER.per_forward_ms for r in rounds for j in r.fill) / stage1
+    assert rows + 4 * (rounds[0].grown.hold_ms[0] - LAYERS // 4 * LAYER.per_forward_ms) / stage1 == pytest.approx(54)
+
+
+def test_a_fill_is_cut_into_one_segment_per_hop_unless_the_run_set_a_count() -> None:
+    fit = fit_run(make_run())
+    chunk = next(r for r in fit.requests if r.mode == "chunk")
+    assert len(request_rounds(fit.costs, chunk, Boards(4))[0][0].fill) == 5
+    two = dataclasses.replace(fit.costs, fill_segments=2)
+    assert [len(j.hold_ms) for j in request_rounds(two, chunk, Boards(4))[0][0].fill] == [5, 5]  # 2 segments
+
+
+def test_deeper_pipelines_keep_ar_compute_and_add_one_hop_a_stage() -> None:
+    fit = fit_run(make_run())
+    assert project(fit, Boards(4))["ar"] == pytest.approx(1e3 / ar_step_ms(4))
+    assert ar_step_ms(4) - ar_step_ms(2) == pytest.approx(2 * HOPS.forward_ms)
 
 
 def test_faster_boards_double_every_rate() -> None:
     fit = fit_run(make_run())
-    slow, fast = project(fit, Boards(4)), project(fit, Boards(4, speed=2.0))
-    for mode, rate in slow.items():
+    base, fast = project(fit, Boards(4)), project(fit, Boards(4, speed=2.0))
+    for mode, rate in base.items():
         assert fast[mode] == pytest.approx(2 * rate)
 
 
 def test_link_latency_adds_one_latency_per_hop_to_an_ar_step() -> None:
     fit = fit_run(make_run())
-    plain = project(fit, Boards(4))["ar"]
-    slow = project(fit, Boards(4, link=LinkSettings(0.0, 3.0)))["ar"]
-    step_ms = 1e3 / plain
-    assert 1e3 / slow == pytest.approx(step_ms + (4 + 3) * 3.0)
+    ar = next(r for r in fit.requests if r.mode == "ar")
+    plain = request_ms(fit.costs, ar, Boards(2))
+    slow = request_ms(fit.costs, ar, Boards(2, link=LinkSettings(0.0, 3.0)))
+    assert slow - plain == pytest.approx(ar.steps * 5 * 3.0)  # drafter, 2 stages, verifier, scheduler: 5 hops
 
 
-def test_bandwidth_charges_hidden_state_bytes_on_the_stage_hops() -> None:
+def test_bandwidth_charges_hidden_states_on_the_stage_hops_only() -> None:
     fit = fit_run(make_run())
-    plain = project(fit, Boards(2))["ar"]
-    narrow = project(fit, Boards(2, link=LinkSettings(8.0, 0.0), hidden_size=1000))["ar"]
-    # 2 hidden-state hops of 1 row x 1000 x 2 bytes at 8 Mbps: 2 ms each
-    assert 1e3 / narrow == pytest.approx(1e3 / plain + 2 * 2.0)
+    ar = next(r for r in fit.requests if r.mode == "ar")
+    plain = request_ms(fit.costs, ar, Boards(2))
+    link = LinkSettings(8.0, 0.0)  # 1 byte a microsecond
+    narrow = request_ms(fit.costs, ar, Boards(2, link=link, hidden_size=500))
+    assert narrow - plain == pytest.approx(ar.steps * 2 * 1.0)  # two hops of 1000 bytes (one row, bf16)
 
 
-def test_deeper_pipelines_keep_ar_compute_and_add_hops() -> None:
+def test_a_link_bound_chunk_round_pays_the_bytes_of_its_segments() -> None:
     fit = fit_run(make_run())
-    two, eight = project(fit, Boards(2))["ar"], project(fit, Boards(8))["ar"]
-    assert 1e3 / eight == pytest.approx(1e3 / two + 6 * fit.hop_ms)  # the same layers, 6 more hops
-    assert eight < two
+    chunk = next(r for r in fit.requests if r.mode == "chunk")
+    plain = request_ms(fit.costs, chunk, Boards(1))
+    # one stage: one hidden-state hop (stage -> verifier) per segment; 11 nodes in 2 segments of 5 and 6
+    # rows, 1000 bytes a row at 8 Mbps (1 ms a row), the link idle between: 11 ms more a round at most,
+    # at least the last segment's 6 ms
+    slow = request_ms(fit.costs, chunk, Boards(1, link=LinkSettings(8.0, 0.0), hidden_size=500))
+    assert 6 * chunk.rounds <= slow - plain <= 11 * chunk.rounds + 1e-9
 
 
-def test_a_drafter_bound_flowspec_run_keeps_its_rate_at_any_depth_but_for_the_refills() -> None:
-    run = make_run()
-    flowspec = next(r for r in run["records"] if r["mode"] == "flowspec")["stats"]
-    flowspec.update(drafter_ms_per_step=1000.0, decode_ms=8 * 1100.0)  # the drafter dwarfs every stage
-    fit = fit_run(run)
-    rates = [project(fit, Boards(n))["flowspec"] for n in (1, 2, 4)]
-    assert rates[1] == pytest.approx(16 / 8.8)
-    assert rates == pytest.approx([16 / 8.8] * 3, rel=0.01)  # 2 rounds' refills differ, in 8.8 s
+def test_behaviour_from_another_run_replays_its_requests_with_these_costs() -> None:
+    fit, other = fit_run(make_run()), fit_run(make_run(stages=4))
+    slower = dataclasses.replace(other, costs=dataclasses.replace(
+        other.costs, forwards={m: dataclasses.replace(c, layer=dataclasses.replace(c.layer, per_forward_ms=20.0))
+                               for m, c in other.costs.forwards.items()}))
+    assert project(fit, Boards(4), slower) == pytest.approx(project(fit, Boards(4)))  # costs are fit's
 
 
-@pytest.mark.parametrize("boards", [
-    lambda: Boards(0), lambda: Boards(2, speed=0.0), lambda: Boards(2, link=LinkSettings(10.0, 0.0)),
-])
+@pytest.mark.parametrize("boards", [{"stages": 0}, {"stages": 2, "speed": 0.0},
+                                    {"stages": 2, "link": LinkSettings(100.0, 0.0)}])
 def test_boards_that_cannot_be_projected_onto(boards) -> None:
     with pytest.raises(ProjectionError):
-        boards()
+        Boards(**boards)
 
 
 def test_more_stages_than_layers_is_an_error() -> None:
-    with pytest.raises(ProjectionError, match="cannot split 8 layers"):
-        project(fit_run(make_run()), Boards(9))
+    with pytest.raises(ProjectionError, match=f"cannot split {LAYERS} layers"):
+        project(fit_run(make_run()), Boards(LAYERS + 1))
 
 
-def test_a_run_without_ar_cannot_be_fitted() -> None:
-    run = make_run()
-    run["records"] = [r for r in run["records"] if r["mode"] != "ar"]
-    with pytest.raises(ProjectionError, match="no ar"):
-        fit_run(run)
-
-
-def test_draft_time_counts_the_draft_spans_after_the_prefill() -> None:
-    draft, forward = SPAN_KINDS.index("draft"), SPAN_KINDS.index("forward")
-    stats = {"steps": 2, "prefill_ms": 10.0, "drafter_ms_per_step": 1.0, "trace": {
-        "drafter": [draft, 0, 5_000, draft, 20_000, 30_000, draft, 60_000, 10_000],
-        "stage-1": [forward, 1_000, 1_000],
-    }}
-    assert draft_ms_per_step(stats) == pytest.approx((30 + 10) / 2)  # the first span is the prefill's
-    assert draft_ms_per_step({**stats, "trace": {}}) == 1.0
+def test_costs_of_the_fixture_are_what_the_fit_finds() -> None:
+    costs = fit_run(make_run()).costs
+    for mode in ("ar", "chunk", "flowspec"):
+        assert costs.forwards[mode].layer.per_forward_ms == pytest.approx(LAYER.per_forward_ms, abs=1e-6)
+        assert costs.forwards[mode].head.per_row_ms == pytest.approx(HEAD.per_row_ms, abs=1e-6)
 
 
 def test_relative_error() -> None:
-    assert relative_error(11.5, 10.0) == pytest.approx(0.15)
-    assert math.isnan(relative_error(1.0, 0.0))
-
-
-def test_with_acceptance_keeps_the_costs_and_takes_the_requests() -> None:
-    costs, behaviour = fit_run(make_run()), fit_run(make_run(ar_step_ms=300.0))
-    mixed = with_acceptance(costs, behaviour)
-    assert (mixed.hop_ms, mixed.stage_layer) == (costs.hop_ms, costs.stage_layer)
-    assert mixed.requests == behaviour.requests
-    assert project(mixed, Boards(2))["ar"] == pytest.approx(project(costs, Boards(2))["ar"])  # same ar steps
-
-
-def test_with_acceptance_needs_the_same_model() -> None:
-    other = make_run()
-    other["cluster"]["stages"][1]["layers"] = [4, 10]
-    with pytest.raises(ProjectionError, match="models differ"):
-        with_acceptance(fit_run(make_run()), fit_run(other))
+    assert relative_error(11.0, 10.0) == pytest.approx(0.1)
+    assert relative_error(9.0, 10.0) == pytest.approx(-0.1)
