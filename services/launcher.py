@@ -1,7 +1,9 @@
 """Starting and stopping a local cluster: one background process per service, on loopback.
 
-The run folder holds ``cluster.json`` (every service's settings), ``pids.json`` and ``logs/NAME.log``
-(each service's JSON log lines); a cluster of boards (services/cluster/) records ``boards.json`` instead
+The run folder holds ``cluster.json`` (every service's settings), ``pids.json`` (the scheduler's pid, and
+for each ring service the pid of its supervisor, services/supervisor.py, which restarts the service
+when a signal kills it; each leads its process group) and ``logs/NAME.log`` (each service's JSON log
+lines; ``logs/NAME-supervisor.log``: its supervisor's); a cluster of boards (services/cluster/) records ``boards.json`` instead
 of ``pids.json``. ``cluster.json`` exists exactly while a cluster is up, so commands never wait on a
 stopped one.
 """
@@ -109,6 +111,8 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
     for place in (spec.scheduler, *spec.ring):
         cmd = [sys.executable, "-m", "services.run", "--cluster", str(run_dir / "cluster.json"),
                "--service", place.name, "--log-level", log_level, "--log-file", str(logs / f"{place.name}.log")]
+        if place is not spec.scheduler:  # the scheduler holds every request's state: a restart could not resume
+            cmd = supervised(place.name, cmd, sys.executable, logs / f"{place.name}-supervisor.log", log_level)
         if place.cpus:
             cmd = ["taskset", "-c", place.cpus, *cmd]
         pids[place.name] = _spawn(cmd, logs / f"{place.name}.out")
@@ -118,6 +122,12 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
     except LaunchError:
         stop(run_dir)
         raise
+
+
+def supervised(name: str, cmd: list[str], python: str, log_file: Path | str, log_level: str) -> list[str]:
+    """``cmd`` run under services.supervisor, which restarts it when a signal kills it."""
+    return [python, "-m", "services.supervisor", "--name", name, "--log-level", log_level, "--log-file",
+            str(log_file), "--", *cmd]
 
 
 def start_api(spec: ClusterSpec, run_dir: Path, port: int, timeout_s: float = 60.0) -> str:
