@@ -1,11 +1,11 @@
 """Starting and stopping a local cluster: one background process per service, on loopback.
 
-The run folder holds ``cluster.json`` (every service's settings), ``pids.json`` (the scheduler's pid, and
-for each ring service the pid of its supervisor, services/supervisor.py, which restarts the service
-when a signal kills it; each leads its process group) and ``logs/NAME.log`` (each service's JSON log
-lines; ``logs/NAME-supervisor.log``: its supervisor's); a cluster of boards (services/cluster/) records ``boards.json`` instead
+The run folder holds ``cluster.json`` (every service's settings), ``pids.json`` and ``logs/NAME.log``
+(each service's JSON log lines); a cluster of boards (services/cluster/) records ``boards.json`` instead
 of ``pids.json``. ``cluster.json`` exists exactly while a cluster is up, so commands never wait on a
-stopped one.
+stopped one. Each ring service runs under its supervisor (services/supervisor.py, log
+``logs/NAME-supervisor.log``), which restarts it when a signal kills it; ``pids.json`` records the
+supervisor's pid (the scheduler's own for the scheduler), each the leader of its process group.
 """
 
 from __future__ import annotations

@@ -3,11 +3,13 @@
 ``up``: lay the cluster out from the inventory (layer split, memory per board), probe every board
 (nothing starts unless every board passes), build each service's weight slice on the head, ship the slices
 a board lacks and every service's cluster file, start each service detached, and wait until the
-scheduler reports every service ready. Each ring service runs under services/supervisor.py (the pid
-recorded is the supervisor's), which restarts it on its board when a signal kills it. The head's run folder keeps ``cluster.json`` (every service's
+scheduler reports every service ready. The head's run folder keeps ``cluster.json`` (every service's
 real address; the head's client reads it) and ``boards.json`` (boards, SSH options and pids: all that
 ``down`` needs). On a board, under its ``home``: ``slices/<hash>/``, ``run/logs/<service>.log`` (its JSON
-log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash).
+log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash). Each ring
+service runs under the local cluster's supervisor (services/supervisor.py), started detached in its
+place, which restarts it on its board when a signal kills it (log ``run/logs/<service>-supervisor.log``);
+the pid recorded is the supervisor's, the leader of the process group that ``down`` stops.
 """
 
 from __future__ import annotations
