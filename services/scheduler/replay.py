@@ -84,9 +84,11 @@ def recover(core: SchedulerCore, liveness: Liveness, replays: Replays, now: floa
             out += _interrupt(core, replays, request_id, Outage(name, cause, now))
     resume, failed = replays.due(liveness.all_healthy(now), now)
     for request_id, outage in resume:
+        job = core.jobs.get(request_id)
+        if job is None:
+            continue  # cancelled or timed out while it waited
         log.warning("request_replayed", request_id=request_id_of(request_id), service=outage.service,
-                    recovery_s=round(now - outage.since, 3), committed=len(core.jobs[request_id].output)
-                    if request_id in core.jobs else 0)
+                    recovery_s=round(now - outage.since, 3), committed=len(job.output))
         out += core.resume(request_id)
     for request_id, error in failed:
         log.error("request_not_recovered", request_id=request_id_of(request_id), error=error)
