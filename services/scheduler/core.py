@@ -255,7 +255,7 @@ class SchedulerCore:
     def _start(self, job: _Job) -> list[Outbound]:
         request = job.request
         job.started = job.started or time.perf_counter()  # a replay keeps its deadline
-        if request.stream and self._codec is not None:
+        if request.stream and self._codec is not None and job.text is None:  # a replay's stream goes on
             job.text = TextStream(self._codec.decode)
         self._jobs[job.request_id] = job
         if request.trace:

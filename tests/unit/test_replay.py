@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.protocol import DraftSettings, EndRequest, GenerateRequest, StartRequest, Verdict
 from services.scheduler.admission import Capacity
-from services.scheduler.core import SchedulerCore
+from services.scheduler.core import SchedulerCore, TextCodec
 from services.scheduler.replay import Outage, Replays, attempt_id, request_id_of
 
 SERVICES = ["drafter", "stage-1", "verifier"]
@@ -39,8 +39,8 @@ def test_past_the_bound_the_error_names_the_request_and_the_service() -> None:
     assert not book.waiting
 
 
-def _core() -> SchedulerCore:
-    return SchedulerCore(SERVICES, None, [0], DraftSettings(), capacity=Capacity(context_tokens=100))
+def _core(codec: TextCodec | None = None) -> SchedulerCore:
+    return SchedulerCore(SERVICES, codec, [0], DraftSettings(), capacity=Capacity(context_tokens=100))
 
 
 def _prefill(core: SchedulerCore, request_id: str, token: int) -> list:
@@ -71,3 +71,14 @@ def test_interrupting_a_finished_request_answers_it_without_the_lost_stats() -> 
     (reply,) = [m for d, m in core.interrupt("r1", "interrupted") if d == "client:a"]
     assert reply.ok and reply.token_ids == (42,) and reply.stats["replays"] == 0
     assert not core.jobs
+
+
+def test_the_streamed_text_continues_across_a_replay() -> None:
+    letters = TextCodec(encode=lambda text, raw: [ord(c) for c in text], decode=lambda ids: "".join(map(chr, ids)))
+    core = _core(letters)
+    core.submit("client:a", GenerateRequest(prompt="ab", max_new_tokens=4, stream=True))
+    chunks = [m for d, m in _prefill(core, "r1", ord("x")) if d == "client:a"]
+    core.interrupt("r1", "interrupted")
+    core.resume("r1")
+    chunks += [m for d, m in _prefill(core, "r1~1", ord("y")) if d == "client:a"]
+    assert "".join(c.text for c in chunks) == "xy"  # nothing sent twice
