@@ -30,23 +30,26 @@ def service_pid(client, name: str) -> int:
     return next(s.pid for s in client.status().services if s.name == name)
 
 
-def stream_killing(client, victim: str, prompt: list[int], after_tokens: int) -> tuple[list[int], GenerateReply]:
-    """Stream a greedy request; SIGKILL ``victim`` once ``after_tokens`` tokens arrived. Returns what was
-    streamed and the final reply."""
+def stream_killing(client, victim: str, prompt: list[int],
+                   after_tokens: int) -> tuple[list[int], str, GenerateReply]:
+    """Stream a greedy request; SIGKILL ``victim`` once ``after_tokens`` tokens arrived. Returns the tokens
+    and the text streamed, and the final reply."""
     pid = service_pid(client, victim)
     streamed: list[int] = []
+    text = ""
     reply = None
     for msg in client.stream("", prompt_ids=tuple(prompt), max_new_tokens=NEW_TOKENS, link_latency_ms=SLOW_LINK_MS):
         if isinstance(msg, GenerateChunk):
             before = len(streamed)
             streamed.extend(msg.token_ids)
+            text += msg.text
             if before < after_tokens <= len(streamed):
                 os.kill(pid, signal.SIGKILL)
         else:
             reply = msg
     assert isinstance(reply, GenerateReply)
     assert len(streamed) >= after_tokens, "the request ended before the kill"
-    return streamed, reply
+    return streamed, text, reply
 
 
 def test_kill_stage_drafter_verifier_mid_request(pair, tmp_path):
@@ -61,10 +64,11 @@ def test_kill_stage_drafter_verifier_mid_request(pair, tmp_path):
         with client_for(spec, 120) as client:
             for victim in victims:
                 old_pid = service_pid(client, victim)
-                streamed, reply = stream_killing(client, victim, prompt, after_tokens=4)
+                streamed, text, reply = stream_killing(client, victim, prompt, after_tokens=4)
                 assert reply.ok, reply.error
                 assert list(reply.token_ids) == expected
                 assert streamed == expected  # nothing taken back, nothing lost
+                assert text == reply.text  # the text too: nothing sent twice
                 assert reply.stats["replays"] == 1
                 assert service_pid(client, victim) != old_pid and client.status().ready
             after = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=NEW_TOKENS)
