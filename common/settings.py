@@ -46,6 +46,7 @@ class Timeouts:
     liveness_timeout_s: float = 3.0  # a service not heard from for this long is unhealthy
     request_timeout_s: float = 600.0  # a request still running after this fails with a clear error
     ready_timeout_s: float = 600.0  # `flowring up` gives the services this long to load
+    recovery_timeout_s: float = 30.0  # a request waits this long for a dead service's restart, then fails
 
 
 @dataclass(frozen=True)

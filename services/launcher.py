@@ -3,7 +3,9 @@
 The run folder holds ``cluster.json`` (every service's settings), ``pids.json`` and ``logs/NAME.log``
 (each service's JSON log lines); a cluster of boards (services/cluster/) records ``boards.json`` instead
 of ``pids.json``. ``cluster.json`` exists exactly while a cluster is up, so commands never wait on a
-stopped one.
+stopped one. Each ring service runs under its supervisor (services/supervisor.py, log
+``logs/NAME-supervisor.log``), which restarts it when a signal kills it; ``pids.json`` records the
+supervisor's pid (the scheduler's own for the scheduler), each the leader of its process group.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
     for place in (spec.scheduler, *spec.ring):
         cmd = [sys.executable, "-m", "services.run", "--cluster", str(run_dir / "cluster.json"),
                "--service", place.name, "--log-level", log_level, "--log-file", str(logs / f"{place.name}.log")]
+        if place is not spec.scheduler:  # the scheduler holds every request's state: a restart could not resume
+            cmd = supervised(place.name, cmd, sys.executable, logs / f"{place.name}-supervisor.log", log_level)
         if place.cpus:
             cmd = ["taskset", "-c", place.cpus, *cmd]
         pids[place.name] = _spawn(cmd, logs / f"{place.name}.out")
@@ -118,6 +122,12 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
     except LaunchError:
         stop(run_dir)
         raise
+
+
+def supervised(name: str, cmd: list[str], python: str, log_file: Path | str, log_level: str) -> list[str]:
+    """``cmd`` run under services.supervisor, which restarts it when a signal kills it."""
+    return [python, "-m", "services.supervisor", "--name", name, "--log-level", log_level, "--log-file",
+            str(log_file), "--", *cmd]
 
 
 def start_api(spec: ClusterSpec, run_dir: Path, port: int, timeout_s: float = 60.0) -> str:

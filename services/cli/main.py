@@ -37,8 +37,9 @@ REACH_TIMEOUT_S = 3.0  # a command that cannot reach the scheduler says so withi
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt text.")],
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
-    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    # Checked by the scheduler before any work starts (services/scheduler/admission.py), in one line.
+    max_new_tokens: Annotated[int, typer.Option()] = 64,
+    temperature: Annotated[float, typer.Option()] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     raw: Annotated[bool, typer.Option("--raw", help="Tokenize the prompt as is (no chat template).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print text, token ids and stats as JSON.")] = False,

@@ -6,7 +6,10 @@ a board lacks and every service's cluster file, start each service detached, and
 scheduler reports every service ready. The head's run folder keeps ``cluster.json`` (every service's
 real address; the head's client reads it) and ``boards.json`` (boards, SSH options and pids: all that
 ``down`` needs). On a board, under its ``home``: ``slices/<hash>/``, ``run/logs/<service>.log`` (its JSON
-log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash).
+log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash). Each ring
+service runs under the local cluster's supervisor (services/supervisor.py), started detached in its
+place, which restarts it on its board when a signal kills it (log ``run/logs/<service>-supervisor.log``);
+the pid recorded is the supervisor's, the leader of the process group that ``down`` stops.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from common.settings import ClusterSpec
 from services.client import ClusterUnavailable
 from services.cluster.board_agent import flowring_version
 from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
-from services.launcher import BOARDS_FILE, LaunchError, client_for
+from services.launcher import BOARDS_FILE, LaunchError, client_for, supervised
 
 CLUSTER_FILE = "cluster.json"
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
@@ -64,6 +67,10 @@ class ServicePlan:
     @property
     def log(self) -> str:
         return posixpath.join(self.board.home, "run", "logs", f"{self.name}.log")
+
+    @property
+    def supervisor_log(self) -> str:
+        return posixpath.join(self.board.home, "run", "logs", f"{self.name}-supervisor.log")
 
     @property
     def output(self) -> str:
@@ -207,6 +214,8 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
             board = service.board
             argv = [board.python, "-m", "services.run", "--cluster", service.cluster_file, "--service",
                     service.name, "--log-level", log_level, "--log-file", service.log]
+            if service.name != "scheduler":  # the same supervisor as a local cluster's restarts a killed service
+                argv = supervised(service.name, argv, board.python, service.supervisor_log, log_level)
             result = _must(ssh.run(board, detached(board, service.output, argv), timeout_s=COMMAND_TIMEOUT_S), board,
                            f"starting {service.name}")
             pids[service.name] = _pid(result, board, service.name)

@@ -40,6 +40,7 @@ from common.settings import Admission
 from common.text_stream import TextStream
 from common.tree import DraftTree, plan_prune, prune_tree
 from services.scheduler.admission import MIB, Capacity, busy_reason, invalid_reason, kv_need_bytes
+from services.scheduler.replay import attempt_id, request_id_of
 
 Outbound = tuple[str, Message]
 CLIENT = "client:"  # destination prefix; the rest names the client connection
@@ -57,7 +58,7 @@ class TextCodec:
 class _Job:
     client: str
     request: GenerateRequest
-    request_id: str
+    request_id: str  # in the ring: the client's id, then "r3~1" ... once replayed (services/scheduler/replay.py)
     prompt: tuple[int, ...]
     kv_bytes: int  # admission's estimate of its KV need on the largest stage
     started: float = 0.0  # when it entered the ring; its deadline counts from here
@@ -79,6 +80,7 @@ class _Job:
     spans: dict[str, tuple[int, ...]] = field(default_factory=dict)  # service -> timeline, when traced
     streamed: int = 0  # output tokens already sent in chunks
     text: TextStream | None = None  # streamed requests with a tokenizer
+    replays: int = 0  # times it was resumed from its committed context after a ring service died
 
 
 class SchedulerCore:
@@ -212,6 +214,30 @@ class SchedulerCore:
             out.append((client, GenerateReply(ok=False, error="cancelled", code="cancelled")))
         return out + self._admit()
 
+    def interrupt(self, request_id: str, reason: str) -> list[Outbound]:
+        """End a running request's attempt on every service (one of them died); its committed output stays.
+        One that had finished is answered now, without the stats the dead service would have sent."""
+        job = self._jobs.get(request_id)
+        if job is None:
+            return []
+        if job.reply is not None:
+            return self._reply(job)
+        trace.finish(job.request_id)
+        return self._end_everywhere(job, reason)
+
+    def resume(self, request_id: str) -> list[Outbound]:
+        """Start an interrupted request again through the ring, under a new ring id, from its committed
+        context; its output and stream continue where they were."""
+        job = self._jobs.pop(request_id, None)
+        if job is None:
+            return []
+        job.replays += 1
+        job.request_id = attempt_id(request_id, job.replays)
+        job.tree, job.epoch, job.round, job.awaiting_draft = DraftTree((), (), ()), 0, 0, False
+        job.verdicts.clear()
+        job.service_stats.clear()
+        return self._start(job)
+
     # ------------------------------------------------------------------------------------------------
     def _fits(self, kv_bytes: int) -> bool:
         if len(self._jobs) >= self._admission.max_in_flight:
@@ -228,14 +254,15 @@ class SchedulerCore:
 
     def _start(self, job: _Job) -> list[Outbound]:
         request = job.request
-        job.started = time.perf_counter()
-        if request.stream and self._codec is not None:
+        job.started = job.started or time.perf_counter()  # a replay keeps its deadline
+        if request.stream and self._codec is not None and job.text is None:  # a replay's stream goes on
             job.text = TextStream(self._codec.decode)
         self._jobs[job.request_id] = job
         if request.trace:
             trace.start(job.request_id)
-        start = {
-            "request_id": job.request_id, "prompt": job.prompt, "max_new_tokens": request.max_new_tokens,
+        start = {  # the committed context: the prompt, and the output so far when replayed
+            "request_id": job.request_id, "prompt": (*job.prompt, *job.output),
+            "max_new_tokens": request.max_new_tokens - len(job.output),
             "temperature": request.temperature, "seed": request.seed, "draft": self._draft,
             "prefill_chunk": self._prefill_chunk, "mode": request.mode, "link_mbps": request.link_mbps,
             "link_latency_ms": request.link_latency_ms, "trace": request.trace,
@@ -254,7 +281,7 @@ class SchedulerCore:
         if verdict.epoch != job.epoch or verdict.round != job.round:
             raise OrderError(f"verdict for epoch {verdict.epoch} while the tree is at epoch {job.epoch}")
         if verdict.kind == "prefill":
-            job.prefilled_at = time.perf_counter()
+            job.prefilled_at = job.prefilled_at or time.perf_counter()
             accepted: tuple[int, ...] = ()
             new_tokens: tuple[int, ...] = (verdict.next_token,)
             keep: tuple[int, ...] = ()
@@ -308,7 +335,7 @@ class SchedulerCore:
         text = job.text.push(job.output, final) if job.text is not None else ""
         if not new and not text:
             return []
-        return [(job.client, GenerateChunk(request_id=job.request_id, token_ids=new, text=text))]
+        return [(job.client, GenerateChunk(request_id=request_id_of(job.request_id), token_ids=new, text=text))]
 
     def _finish(self, job: _Job, error: str = "", code: str = "failed") -> list[Outbound]:
         job.finished_at = time.perf_counter()
@@ -345,7 +372,8 @@ class SchedulerCore:
         wall_s = job.finished_at - job.started
         new = len(job.output)
         return {
-            "request_id": job.request_id,
+            "request_id": request_id_of(job.request_id),
+            "replays": job.replays,
             "mode": job.request.mode,
             "prompt_tokens": len(job.prompt),
             "new_tokens": new,

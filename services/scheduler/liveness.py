@@ -26,15 +26,18 @@ class Liveness:
         self.timeout_s = timeout_s
         self._heard: dict[str, _Heard] = {}
 
-    def hear(self, msg: Ready | Heartbeat, now: float) -> None:
-        """Record a sign of life; one from a service not in the cluster is ignored."""
+    def hear(self, msg: Ready | Heartbeat, now: float) -> int:
+        """Record a sign of life; one from a service not in the cluster is ignored. Returns the service's
+        previous pid when this is a Ready from a new process of it (restarted), else 0."""
         if msg.service not in self._services:
-            return
+            return 0
         beat = msg if isinstance(msg, Heartbeat) else None
         previous = self._heard.get(msg.service)
         if beat is None and previous is not None and previous.pid == msg.pid:
             beat = previous.heartbeat
         self._heard[msg.service] = _Heard(now, msg.pid, beat)
+        restarted = isinstance(msg, Ready) and previous is not None and previous.pid != msg.pid
+        return previous.pid if restarted and previous is not None else 0
 
     def healthy(self, name: str, now: float) -> bool:
         heard = self._heard.get(name)

@@ -2,8 +2,9 @@
 
 Commands to each ring service go through a :class:`~common.link.ShapedSender`, set to a request's
 emulated link when its StartRequest is dispatched; replies to clients are never shaped. Ring services
-heartbeat to the report socket; a running request fails, naming the service, as soon as one of them
-has been silent for ``liveness_timeout_s``.
+heartbeat to the report socket. A service silent for ``liveness_timeout_s``, or back under a new pid,
+interrupts every request in the ring; each is replayed from its committed context once the ring is
+whole again, or fails, naming the service, after ``recovery_timeout_s`` (services/scheduler/replay.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from services.scheduler.admission import Capacity, kv_bytes_per_token
 from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
 from services.scheduler.liveness import Liveness, describe
+from services.scheduler.replay import Replays, recover, restarted
 
 log = structlog.get_logger()
 Dispatch = Callable[[list[tuple[str, Message]]], None]
@@ -79,6 +81,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
     metrics = metrics or SchedulerMetrics()
     started = time.perf_counter()
     liveness = Liveness([p.name for p in spec.ring], spec.timeouts.liveness_timeout_s)
+    replays = Replays(spec.timeouts.recovery_timeout_s)
     ctx = zmq.Context.instance()
     me = spec.scheduler
     clients = ctx.socket(zmq.ROUTER)
@@ -115,8 +118,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
         events = dict(poller.poll(poll_ms))
         now = time.perf_counter()
         dispatch(core.expire(now, spec.timeouts.request_timeout_s))
-        for request_id, error in _silenced(core, liveness, now):
-            dispatch(core.fail(request_id, error))
+        dispatch(recover(core, liveness, replays, now))
         if monitor in events or clients in events:
             # Every connection event so far, before any client message: the monitor queues an accept before
             # the first message on that connection, so a reused descriptor is always seen as new in time.
@@ -124,7 +126,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
         if reports in events:
             msg = _receive_report(reports, spec.max_message_bytes, metrics)
             if msg is not None:
-                dispatch(_on_report(msg, core, liveness, metrics))
+                dispatch(_on_report(msg, core, liveness, replays, metrics))
         if clients in events and not _on_client(core, spec, clients, connections, liveness, started, metrics,
                                                 dispatch):
             for sender in commands.values():
@@ -142,18 +144,6 @@ def _connection_events(monitor: zmq.Socket, connections: ClientConnections, core
         for client in connections.gone(event["value"]):
             log.info("client_gone", client=client)
             dispatch(core.cancel(client))
-
-
-def _silenced(core: SchedulerCore, liveness: Liveness, now: float) -> list[tuple[str, str]]:
-    """Running requests that must fail because a ring service went silent while they ran."""
-    out = []
-    for request_id in core.running:
-        silent = liveness.silent(core.jobs[request_id].started, now)
-        if silent:
-            name, quiet_s = silent[0]
-            out.append((request_id, f"request {request_id} failed: service {name} went silent (no heartbeat for "
-                                    f"{quiet_s:.1f} s, liveness timeout {liveness.timeout_s:g} s)"))
-    return out
 
 
 def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, connections: ClientConnections,
@@ -189,12 +179,15 @@ def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, conn
     return True
 
 
-def _on_report(msg: Message, core: SchedulerCore, liveness: Liveness,
+def _on_report(msg: Message, core: SchedulerCore, liveness: Liveness, replays: Replays,
                metrics: SchedulerMetrics) -> list[tuple[str, Message]]:
     """Hand a report to the core (signs of life to the liveness book); a failure fails its request only."""
     if isinstance(msg, Ready | Heartbeat):
-        liveness.hear(msg, time.perf_counter())
-        return core.handle(msg) if isinstance(msg, Ready) else []
+        now = time.perf_counter()
+        old_pid = liveness.hear(msg, now)
+        if not isinstance(msg, Ready):
+            return []
+        return (restarted(core, replays, msg, old_pid, now) if old_pid else []) + core.handle(msg)
     request_id = getattr(msg, "request_id", "")
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         if isinstance(msg, Verdict) and request_id in core.running:

@@ -5,7 +5,9 @@ leaves no process; a second `up` ships no weights. Skipped (with the reason) wit
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -120,6 +122,7 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
                 assert reply.ok, reply.error
                 assert list(reply.token_ids) == greedy_reference(base, prompt, 12), prompt
 
+        _a_killed_stage_is_restarted_on_its_board(spec, base, run_dir)
         status = runner.invoke(app, ["status", "--run-dir", str(run_dir)])
         assert status.exit_code == 0 and "cluster ready" in status.output, status.output
         _status_names_every_board(runner, run_dir, lan, record)
@@ -140,6 +143,18 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
         if (run_dir / "boards.json").exists():
             runner.invoke(app, ["down", "--run-dir", str(run_dir)])
     assert not any(map(_running, pids))
+
+
+def _a_killed_stage_is_restarted_on_its_board(spec: ClusterSpec, base: Path, run_dir: Path) -> None:
+    """SIGKILL stage-1 on its board: its supervisor there restarts it and the ring serves the next request."""
+    with client_for(spec, 120) as client:
+        old = next(s.pid for s in client.status().services if s.name == "stage-1")
+        os.kill(old, signal.SIGKILL)  # the namespaces share the head's process ids
+        prompt = [7, 8, 9]
+        reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=12)
+        assert reply.ok, reply.error
+        assert list(reply.token_ids) == greedy_reference(base, prompt, 12)
+        assert next(s.pid for s in client.status().services if s.name == "stage-1") != old
 
 
 def _status_names_every_board(runner: CliRunner, run_dir: Path, lan: NetnsLan, record: dict) -> None:

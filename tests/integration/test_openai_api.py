@@ -157,6 +157,24 @@ def test_errors_come_in_openai_shape(served):
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(("body", "param", "words"), [
+    ({"prompt": "", "max_tokens": 4}, "prompt", "empty prompt"),
+    ({"prompt": "x" * 600, "max_tokens": 4}, None, "tokens does not fit the model's context of 512 tokens"),
+    ({"prompt": "x", "max_tokens": 100000}, None, "exceeds the model's context of 512 tokens"),
+    ({"prompt": "x", "max_tokens": 4, "temperature": -1}, "temperature", "greater than or equal to 0"),
+    ({"prompt": "x", "max_tokens": 4, "temperature": 7}, "temperature", "less than or equal to 2"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+])
+def test_bad_input_is_a_400_in_one_line_before_any_work(served, body, param, words):
+    _, _, url, run_dir = served
+    starts = (run_dir / "logs" / "stage-1.log").read_text().count('"event": "start"')
+    status, _, answer = _post(url, "/completions", body)
+    assert status == 400 and answer["error"]["type"] == "invalid_request_error"
+    assert words in answer["error"]["message"] and "\n" not in answer["error"]["message"]
+    assert answer["error"]["param"] == param
+    assert (run_dir / "logs" / "stage-1.log").read_text().count('"event": "start"') == starts
+
+
 def test_busy_is_a_429_with_retry_after(served):
     spec, base, url, _ = served
     with client_for(spec, 60) as client:

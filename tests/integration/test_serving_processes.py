@@ -106,14 +106,42 @@ def test_stream_chunks_add_up_to_the_final_reply(cluster):
     assert final.text.startswith("".join(c.text for c in chunks))
 
 
-def test_invalid_requests_get_a_clear_error(cluster):
-    spec, _, _ = cluster
+def test_invalid_requests_get_a_clear_error_before_any_work(cluster):
+    spec, _, run_dir = cluster
+    starts = _stage_starts(run_dir)
     with client_for(spec, 30) as client:
         empty = client.generate("", raw=True)
         hot = client.generate("x", raw=True, temperature=float("nan"))
+        cold = client.generate("x", raw=True, temperature=-0.1)
         long = client.generate("", prompt_ids=(5,) * 10, max_new_tokens=10**7)
-    assert (empty.code, hot.code, long.code) == ("invalid", "invalid", "invalid")
-    assert "empty prompt" in empty.error and "temperature" in hot.error and "context" in long.error
+        huge = client.generate("", prompt_ids=(5,) * 600, max_new_tokens=4)  # the tiny model's context: 512
+    replies = (empty, hot, cold, long, huge)
+    assert {r.code for r in replies} == {"invalid"} and all("\n" not in r.error for r in replies)
+    assert "empty prompt" in empty.error and "temperature" in hot.error and "temperature" in cold.error
+    assert "exceeds the model's context of 512 tokens" in long.error
+    assert "prompt of 600 tokens does not fit the model's context of 512 tokens" in huge.error
+    assert _stage_starts(run_dir) == starts  # refused before any service saw them
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["", "--raw"], "empty prompt"),
+    (["x" * 600, "--raw"], "tokens does not fit the model's context of 512 tokens"),
+    (["x", "--raw", "--max-new-tokens", "100000"], "exceeds the model's context of 512 tokens"),
+    (["x", "--raw", "--temperature", "nan"], "temperature must be a finite number >= 0, not nan"),
+    (["x", "--raw", "--temperature", "-1"], "temperature"),
+    (["x", "--raw", "--max-new-tokens", "0"], "max_new_tokens must be at least 1, not 0"),
+])
+def test_cli_generate_refuses_bad_input_in_one_line(cluster, args, words):
+    _, _, run_dir = cluster
+    starts = _stage_starts(run_dir)
+    result = CliRunner().invoke(app, ["generate", *args, "--run-dir", str(run_dir)])
+    assert result.exit_code != 0
+    assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert _stage_starts(run_dir) == starts
+
+
+def _stage_starts(run_dir) -> int:
+    return (run_dir / "logs" / "stage-1.log").read_text().count('"event": "start"')
 
 
 def test_cli_generate_stream_prints_text_and_speed(cluster):

@@ -27,6 +27,7 @@ from common.protocol import (
     GenerateRequest,
     Message,
     ProtocolError,
+    Ready,
     decode,
     encode,
 )
@@ -34,6 +35,8 @@ from common.settings import Admission
 from services.drafter.core import DrafterCore
 from services.scheduler.admission import Capacity
 from services.scheduler.core import CLIENT, SchedulerCore
+from services.scheduler.liveness import Liveness
+from services.scheduler.replay import Replays, recover, restarted
 from services.stage.core import StageCore
 from services.verifier.core import VerifierCore
 
@@ -135,6 +138,22 @@ class LocalRing:
         """Request ids each core holds state for (the scheduler's: in the ring)."""
         held = {name: set(core.requests) for name, core in self._cores.items()}
         return {**held, "scheduler": set(self.scheduler.jobs)}
+
+    def restart(self, name: str, now: float = 0.0) -> None:
+        """What a SIGKILL and a supervisor's restart do to service ``name``: its state and every message on
+        its way to it are lost; the scheduler hears its Ready under a new pid and replays each request."""
+        core = self._cores[name]
+        for request_id in list(core.requests):
+            core.drop_request(request_id)
+        for (_, dst), queue in self._links.items():
+            if dst == name:
+                queue.clear()
+        liveness = Liveness(list(self._cores), timeout_s=3.0)
+        for other in self._cores:
+            liveness.hear(Ready(other, 1), now)
+        replays = Replays(bound_s=30.0)
+        self._route("scheduler", restarted(self.scheduler, replays, Ready(name, 2), 1, now))
+        self._route("scheduler", recover(self.scheduler, liveness, replays, now))
 
     def inject(self, dst: str, msg: Message) -> None:
         """Queue a message for ``dst`` from outside the ring (a stray or forged packet)."""

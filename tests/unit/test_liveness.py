@@ -73,3 +73,12 @@ def test_a_ready_after_restart_drops_the_old_heartbeat() -> None:
     live.hear(Ready("stage-1", 43), 1.0)
     row = live.health(SPEC, 1.0)[1]
     assert (row.pid, row.in_flight) == (43, 0)
+
+
+def test_a_ready_under_a_new_pid_reports_the_restart() -> None:
+    live = Liveness(NAMES, timeout_s=3.0)
+    assert live.hear(Ready("stage-1", 10), 0.0) == 0  # the first start
+    assert live.hear(beat("stage-1", pid=10), 0.5) == 0
+    assert live.hear(Ready("stage-1", 10), 1.0) == 0  # the same process again
+    assert live.hear(Ready("stage-1", 42), 2.0) == 10  # restarted: the old pid
+    assert live.hear(beat("stage-1", pid=42), 2.5) == 0

@@ -4,7 +4,6 @@ heartbeats flow."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -40,17 +39,22 @@ LIMIT = 4096  # max_message_bytes of the service under test
 
 @dataclass
 class FlakyCore:
-    """Raises on the request named "boom"; otherwise reports StageStats at EndRequest."""
+    """Raises on the request named "boom"; blocks in the one named "slow" until released; otherwise reports
+    StageStats at EndRequest."""
 
     name: str = "stage-1"
     dropped: list[str] = field(default_factory=list)
     segments: int = 0
+    blocked: threading.Event = field(default_factory=threading.Event)  # set while handling "slow"
+    release: threading.Event = field(default_factory=threading.Event)
 
     def handle(self, msg: Message) -> list[tuple[str, Message]]:
         if getattr(msg, "request_id", "") == "boom":
             raise RuntimeError("kaboom")
-        if getattr(msg, "request_id", "") == "slow":
-            time.sleep(0.6)  # a long forward: twelve heartbeat intervals
+        if getattr(msg, "request_id", "") == "slow":  # a long forward
+            self.blocked.set()
+            self.release.wait(30.0)
+            self.blocked.clear()
         if isinstance(msg, Segment):
             self.segments += 1
         if isinstance(msg, EndRequest):
@@ -198,9 +202,12 @@ def test_a_service_busy_in_a_long_handle_keeps_beating(service):
     while service.scheduler.poll(0):  # drop what came before
         service.scheduler.recv_multipart()
     service.command(_start("slow", 0))
-    started = time.monotonic()
-    beats = 0
-    while time.monotonic() - started < 0.5:
-        if service.scheduler.poll(50) and isinstance(decode(service.scheduler.recv_multipart()), Heartbeat):
-            beats += 1
-    assert beats >= 3  # the handle blocks the loop for 0.6 s; the heartbeat thread does not wait for it
+    assert service.core.blocked.wait(10.0)
+    while service.scheduler.poll(0):  # beats sent before the handle began
+        service.scheduler.recv_multipart()
+    try:
+        beats = [service.report(Heartbeat) for _ in range(3)]
+        assert service.core.blocked.is_set()  # every beat came while the handle still blocked the loop
+        assert all(b.service == "stage-1" for b in beats)
+    finally:
+        service.core.release.set()
