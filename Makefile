@@ -30,6 +30,7 @@ ifeq ($(CLUSTER),)
 	$(BIN)/flowring models pull $(MODEL)
 	$(BIN)/flowring up --model $(MODEL) --stages $(STAGES) --dtype $(DTYPE)
 else
+	$(BIN)/flowring keys create --cluster $(CLUSTER)
 	$(BIN)/flowring up --cluster $(CLUSTER)
 endif
 
