@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,gguf,humaneval]'
 	touch $(STAMP)
 
-# `make up CLUSTER=infra/lan.example.toml` starts the ring on the boards that file names, over SSH.
+# `make up CLUSTER=infra/lan.example.toml` starts the ring on the boards that file names, over SSH (its CURVE keys
+# are created on the first run and kept after).
 up: venv
 ifeq ($(CLUSTER),)
 	$(BIN)/flowring models pull $(MODEL)
