@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     own = own_keys(spec)
     metrics = SchedulerMetrics() if args.service == "scheduler" else ServiceMetrics()
     # A LAN cluster: every peer of this process's sockets is checked against the authorized keys.
-    gate = start_gatekeeper(zmq.Context.instance(), spec, metrics.peers_refused.inc) if own else None
-    log.info("sockets", curve=own is not None)
+    gate = None
+    if own is not None:
+        gate = start_gatekeeper(zmq.Context.instance(), spec, metrics.peers_refused.inc)
+        log.info("curve_enabled", public_key=own.public.decode())
     try:
         if args.service == "scheduler":
             from services.scheduler.main import serve as serve_scheduler
