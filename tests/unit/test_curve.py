@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
 import structlog
 import zmq
 
-from common.curve import RING, ClientCurve, Gatekeeper, KeyPair, admitted_keys, as_client, as_server
-from common.protocol import Shutdown
+from common.curve import CLIENT, RING, ClientCurve, Gatekeeper, KeyPair, admitted_keys, as_client, as_server
+from common.protocol import GenerateReply, GenerateRequest, Shutdown, decode, encode
 from common.settings import ClusterSpec, Curve, Placement
 from common.transport import pull, push, recv, send
+from services.api.ring import exchange
+from services.client import Client
 
 RECEIVE_TIMEOUT_MS = 10_000  # generous: the machine may be loaded; a passing test returns at once
 
@@ -108,3 +111,51 @@ def test_admitted_keys_are_the_boards_on_the_ring_and_the_clients_on_the_client_
     assert admitted["ring"] == {k.encode() for k in boards.values()}
     assert admitted["client"] == {client.encode()}
     assert ClusterSpec.from_json(spec.to_json()) == spec  # the keys survive the cluster file
+
+
+def _curve_scheduler(ctx: zmq.Context, own: KeyPair, clients: set[bytes]):
+    """A ROUTER in the client domain that answers one GenerateRequest with a GenerateReply, in a thread."""
+    gate = Gatekeeper(ctx, {CLIENT: frozenset(clients)})
+    gate.start()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    as_server(router, own, CLIENT)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def answer() -> None:
+        if router.poll(RECEIVE_TIMEOUT_MS):
+            identity, *frames = router.recv_multipart()
+            assert isinstance(decode(frames), GenerateRequest)
+            router.send_multipart([identity, *encode(GenerateReply(ok=True, token_ids=(4, 2)))])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    return gate, router, thread, f"tcp://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("via", ["client", "http_api"])
+def test_the_cli_client_and_the_http_api_reach_a_curve_scheduler_with_the_clients_key(ctx, via):
+    server, client = _pair(), _pair()
+    gate, router, thread, endpoint = _curve_scheduler(ctx, server, {client.public})
+    curve = ClientCurve(client, server.public.decode())
+    try:
+        if via == "client":
+            with Client(endpoint, RECEIVE_TIMEOUT_MS / 1000, curve) as cli:
+                reply = cli.generate("hi")
+        else:
+            reply = asyncio.run(_last_reply(endpoint, curve))
+    finally:
+        thread.join()
+        router.close(0)
+        gate.stop()
+    assert reply.ok and reply.token_ids == (4, 2)
+
+
+async def _last_reply(endpoint: str, curve: ClientCurve) -> GenerateReply:
+    async def present() -> bool:
+        return False
+
+    messages = [m async for m in exchange(endpoint, GenerateRequest(prompt="hi"), timeout_s=RECEIVE_TIMEOUT_MS / 1000,
+                                          client_gone=present, curve=curve)]
+    assert isinstance(messages[-1], GenerateReply)
+    return messages[-1]
