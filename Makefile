@@ -24,12 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,gguf,humaneval]'
 	touch $(STAMP)
 
-# `make up CLUSTER=infra/lan.example.toml` starts the ring on the boards that file names, over SSH.
+# `make up CLUSTER=infra/lan.example.toml` starts the ring on the boards that file names, over SSH (its CURVE keys
+# are created on the first run and kept after).
 up: venv
 ifeq ($(CLUSTER),)
 	$(BIN)/flowring models pull $(MODEL)
 	$(BIN)/flowring up --model $(MODEL) --stages $(STAGES) --dtype $(DTYPE)
 else
+	$(BIN)/flowring keys create --cluster $(CLUSTER)
 	$(BIN)/flowring up --cluster $(CLUSTER)
 endif
 

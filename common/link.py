@@ -30,6 +30,7 @@ import structlog
 import typer
 import zmq
 
+from common.curve import ClientCurve
 from common.transport import push
 
 log = structlog.get_logger()
@@ -161,9 +162,10 @@ class ShapedSender:
         self._sock.close(0 if self._abort.is_set() else None)
 
 
-def shaped_push(ctx: zmq.Context, endpoint: str, name: str, observer: SendObserver | None = None) -> ShapedSender:
-    """A PUSH socket connected to ``endpoint``, owned by a new (unshaped) ShapedSender."""
-    return ShapedSender(push(ctx, endpoint), name, observer=observer)
+def shaped_push(ctx: zmq.Context, endpoint: str, name: str, observer: SendObserver | None = None,
+                curve: ClientCurve | None = None) -> ShapedSender:
+    """A PUSH socket connected to ``endpoint`` (CURVE with ``curve``), owned by a new (unshaped) ShapedSender."""
+    return ShapedSender(push(ctx, endpoint, curve), name, observer=observer)
 
 
 def configure_all(senders: Iterable[ShapedSender], mbps: float, latency_ms: float) -> None:

@@ -24,6 +24,7 @@ class Placement:
     layers: tuple[int, int] = (0, 0)  # stages only
     cpus: str = ""  # optional taskset CPU list, e.g. "0-3"
     metrics_port: int = 0  # Prometheus text endpoint over HTTP (0: off)
+    public_key: str = ""  # LAN cluster: Z85 CURVE public key of its board, the server key of the sockets it binds
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.host}:{port}"
@@ -47,6 +48,18 @@ class Timeouts:
     request_timeout_s: float = 600.0  # a request still running after this fails with a clear error
     ready_timeout_s: float = 600.0  # `flowring up` gives the services this long to load
     recovery_timeout_s: float = 30.0  # a request waits this long for a dead service's restart, then fails
+
+
+@dataclass(frozen=True)
+class Curve:
+    """CURVE keys of a LAN cluster (common.curve); off when ``key_file`` is empty, as on a loopback cluster."""
+
+    key_file: str = ""  # this process's key pair: a ZeroMQ certificate holding its secret key, on its own machine
+    client_keys: tuple[str, ...] = ()  # Z85 public keys the scheduler's client socket admits
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.key_file)
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class ClusterSpec:
     timeouts: Timeouts = field(default_factory=Timeouts)
     admission: Admission = field(default_factory=Admission)
     default_mode: str = "flowspec"  # for requests that name none (common.machine_defaults chooses it at `up`)
+    curve: Curve = field(default_factory=Curve)
 
     @property
     def ring(self) -> list[Placement]:
@@ -101,13 +115,15 @@ class ClusterSpec:
     @classmethod
     def from_json(cls, text: str) -> ClusterSpec:
         raw = json.loads(text)
+        curve = raw.get("curve", {})
 
         def place(d: dict[str, Any]) -> Placement:
             return Placement(**{**d, "layers": tuple(d.get("layers", (0, 0)))})
 
         return cls(
             **{k: v for k, v in raw.items() if k not in ("drafter", "stages", "verifier", "scheduler",
-                                                         "draft_settings", "timeouts", "admission")},
+                                                         "draft_settings", "timeouts", "admission",
+                                                         "curve")},
             drafter=place(raw["drafter"]),
             stages=tuple(place(s) for s in raw["stages"]),
             verifier=place(raw["verifier"]),
@@ -115,6 +131,7 @@ class ClusterSpec:
             draft_settings=DraftSettings(**raw["draft_settings"]),
             timeouts=Timeouts(**raw["timeouts"]),
             admission=Admission(**raw.get("admission", {})),
+            curve=Curve(**{**curve, "client_keys": tuple(curve.get("client_keys", ()))}),
         )
 
     @classmethod

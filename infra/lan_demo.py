@@ -81,7 +81,8 @@ class Session:
         self.transcript: list[str] = []
 
     def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "services.cli.main", *args, "--run-dir", str(self.run_dir)]
+        run_dir = [] if args[0] == "keys" else ["--run-dir", str(self.run_dir)]  # keys belong to the inventory
+        return [sys.executable, "-m", "services.cli.main", *args, *run_dir]
 
     def run(self, *args: str, keep: int = 0) -> tuple[str, float]:
         """Run a command; record it (its last ``keep`` lines when ``keep``); return its output and seconds."""
@@ -133,6 +134,7 @@ def demo(lan: NetnsLan, work: Path) -> list[str]:
     report = [f"made by: python infra/lan_demo.py at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
               f"boards: {', '.join(f'{b.name}={b.address} (netns {b.netns}, sshd)' for b in lan.boards)}; "
               f"head {lan.head_address}; model {MODEL.name} float32; {os.cpu_count()} cores", ""]
+    session.run("keys", "create", "--cluster", str(cluster))
     first_out, first_s = session.run("up", "--cluster", str(cluster))
     session.run("status")
     generated, _ = session.run("generate", PROMPT, "--max-new-tokens", "24", "--raw", "--json")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import zmq
 
+from common.curve import ClientCurve, as_client
 from common.protocol import (
     CancelRequest,
     GenerateChunk,
@@ -28,11 +29,12 @@ class ClusterUnavailable(RuntimeError):
 
 
 class Client:
-    """One DEALER connection; one question at a time. An abandoned generation is cancelled."""
+    """One DEALER connection (CURVE with ``curve``); one question at a time. An abandoned generation is cancelled."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 600.0) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 600.0, curve: ClientCurve | None = None) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self._curve = curve
         self._ctx = zmq.Context.instance()
         self._sock = self._connect()
 
@@ -100,5 +102,6 @@ class Client:
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        as_client(sock, self._curve)
         sock.connect(self.endpoint)
         return sock

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from common.curve import client_curve, own_keys
 from common.modeling import load_model_spec
 from common.partition import even_split
 from common.protocol import DraftSettings
@@ -91,8 +92,10 @@ def plan_local(
 
 
 def client_for(spec: ClusterSpec, timeout_s: float | None = None) -> Client:
+    """A client of ``spec``'s scheduler, with the clients' CURVE key pair on a LAN cluster."""
     s = spec.scheduler
-    return Client(s.endpoint(s.client_port), timeout_s or spec.timeouts.request_timeout_s)
+    return Client(s.endpoint(s.client_port), timeout_s or spec.timeouts.request_timeout_s,
+                  client_curve(own_keys(spec), s))
 
 
 def running(run_dir: Path) -> bool:

@@ -9,6 +9,7 @@ import structlog
 import torch
 import zmq
 
+from common.curve import KeyPair, client_curve, own_keys, start_gatekeeper
 from common.drafting import ModelDrafters
 from common.link import shaped_push
 from common.logs import configure
@@ -34,34 +35,45 @@ def main(argv: list[str] | None = None) -> None:
     spec = ClusterSpec.load(args.cluster)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    if args.service == "scheduler":
-        from services.scheduler.main import serve as serve_scheduler
+    own = own_keys(spec)
+    metrics = SchedulerMetrics() if args.service == "scheduler" else ServiceMetrics()
+    # A LAN cluster: every peer of this process's sockets is checked against the authorized keys.
+    gate = None
+    if own is not None:
+        gate = start_gatekeeper(zmq.Context.instance(), spec, metrics.peers_refused.inc)
+        log.info("curve_enabled", public_key=own.public.decode())
+    try:
+        if args.service == "scheduler":
+            from services.scheduler.main import serve as serve_scheduler
 
-        metrics = SchedulerMetrics()
-        serve_metrics(metrics, spec.scheduler.host, spec.scheduler.metrics_port)
-        serve_scheduler(spec, metrics)
-        return
-    run_ring_service(spec, args.service)
+            serve_metrics(metrics, spec.scheduler.host, spec.scheduler.metrics_port)
+            serve_scheduler(spec, metrics, own)
+        else:
+            run_ring_service(spec, args.service, metrics, own)
+    finally:
+        if gate is not None:
+            gate.stop()
 
 
-def run_ring_service(spec: ClusterSpec, name: str) -> None:
+def run_ring_service(spec: ClusterSpec, name: str, metrics: ServiceMetrics, own: KeyPair | None = None) -> None:
+    """Serve ring service ``name``; with ``own`` keys every socket is CURVE (the caller runs the ZAP handler)."""
     me = spec.placement(name)
-    metrics = ServiceMetrics()
     serve_metrics(metrics, me.host, me.metrics_port)
     core, hooks = _build(spec, name, DTYPES[spec.dtype])
     ctx = zmq.Context.instance()
     limit = spec.max_message_bytes
-    data = pull(ctx, me.endpoint(me.data_port), limit) if me.data_port else None
+    data = pull(ctx, me.endpoint(me.data_port), limit, own) if me.data_port else None
     report = spec.scheduler.endpoint(spec.scheduler.report_port)
-    routes = {"scheduler": shaped_push(ctx, report, f"{name}->scheduler", metrics.hop_observer("scheduler"))}
+    routes = {"scheduler": shaped_push(ctx, report, f"{name}->scheduler", metrics.hop_observer("scheduler"),
+                                       client_curve(own, spec.scheduler))}
     if name == "verifier" and spec.draft_head:  # base features for the drafter's head
         routes["drafter"] = shaped_push(ctx, spec.drafter.endpoint(spec.drafter.cmd_port), f"{name}->drafter",
-                                        metrics.hop_observer("drafter"))
+                                        metrics.hop_observer("drafter"), client_curve(own, spec.drafter))
     successor = spec.successor(name)
     if successor is not None:
         routes["next"] = shaped_push(ctx, successor.endpoint(successor.data_port), f"{name}->{successor.name}",
-                                     metrics.hop_observer(successor.name))
-    sockets = ServiceSockets(pull(ctx, me.endpoint(me.cmd_port), limit), data, routes)
+                                     metrics.hop_observer(successor.name), client_curve(own, successor))
+    sockets = ServiceSockets(pull(ctx, me.endpoint(me.cmd_port), limit, own), data, routes)
     serve(core, sockets, hooks, timeouts=spec.timeouts, metrics=metrics, max_message_bytes=limit)
 
 

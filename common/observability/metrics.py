@@ -26,6 +26,8 @@ class ServiceMetrics:
         self.handled = Counter("flowring_messages_handled", "Messages handled, by kind.", ["kind"], registry=r)
         self.rejected = Counter("flowring_messages_rejected", "Messages rejected, by reason.", ["reason"],
                                 registry=r)
+        self.peers_refused = Counter("flowring_peers_refused", "Connection attempts refused by CURVE "
+                                     "authentication (a LAN cluster: the peer's key is not authorized).", registry=r)
         self.faults = Counter("flowring_request_faults", "Requests this service failed with a Fault.", registry=r)
         self.hop_bytes = Counter("flowring_hop_bytes_sent", "Bytes sent per outbound hop.", ["hop"], registry=r)
         self.hop_send_seconds = Histogram("flowring_hop_send_seconds",

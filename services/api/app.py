@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
+from common.curve import ClientCurve
 from common.modeling import load_model_spec, load_tokenizer
 from common.modeling.tokenizer import encode_chat, encode_prompt
 from common.protocol import GenerateChunk, GenerateReply, GenerateRequest
@@ -46,6 +47,7 @@ class ApiSettings:
     default_max_tokens: int = 256  # chat requests that set no limit
     timeout_s: float = 600.0
     api_key: str = ""  # when set, every request must carry "Authorization: Bearer <api_key>"
+    scheduler_curve: ClientCurve | None = None  # a LAN cluster: the clients' CURVE keys for the scheduler
 
 
 @dataclass
@@ -140,7 +142,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
         stops = StopMatcher(body.stops())
         messages = exchange(settings.scheduler_endpoint, ring_request, timeout_s=settings.timeout_s,
-                            client_gone=request.is_disconnected)
+                            client_gone=request.is_disconnected, curve=settings.scheduler_curve)
         last = -1
         async with aclosing(messages):
             try:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import zmq
 import zmq.asyncio
 
+from common.curve import ClientCurve, as_client
 from common.protocol import (
     CancelRequest,
     GenerateChunk,
@@ -28,10 +29,13 @@ async def exchange(
     *,
     timeout_s: float,
     client_gone: Callable[[], Awaitable[bool]],
+    curve: ClientCurve | None = None,
 ) -> AsyncIterator[GenerateChunk | GenerateReply]:
-    """Chunks, then the final reply. Closed early, or its HTTP client gone, the ring request is cancelled."""
+    """Chunks, then the final reply. Closed early, or its HTTP client gone, the ring request is cancelled.
+    With ``curve``, the DEALER is a CURVE client of the scheduler (a LAN cluster)."""
     sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    as_client(sock, curve)
     sock.connect(endpoint)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

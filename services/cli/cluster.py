@@ -16,6 +16,8 @@ from services.launcher import LaunchError, default_run_dir, plan_local, running,
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 CLUSTER_HELP = "TOML inventory of boards (see infra/lan.example.toml): start the ring on them over SSH."
+KEYS_HELP = "CURVE keys of the --cluster inventory (`flowring keys create`; default: FLOWRING_HOME/keys/<file stem>)."
+KeysDir = Annotated[Path | None, typer.Option("--keys-dir", help=KEYS_HELP)]
 _DEFAULTS = DraftSettings()
 DEFAULT_RUN_DIR = default_run_dir()
 
@@ -50,16 +52,18 @@ def up(
                                           "127.0.0.1:PORT beside a local cluster (0: no API).")] = 8000,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     log_level: Annotated[str, typer.Option(help="debug, info or warning.")] = "info",
+    keys_dir: KeysDir = None,
 ) -> None:
     """Start a cluster and return when every service is ready: local processes on loopback, or with
-    --cluster FILE every service on its board over SSH (models, split and settings from the file)."""
+    --cluster FILE every service on its board over SSH (models, split and settings from the file), every
+    ZeroMQ socket encrypted and authenticated with the keys of `flowring keys create`."""
     if running(run_dir):
         fail(f"a cluster is already running from {run_dir}: run `flowring down` first")
     if cluster is not None:
         if base or draft or draft_head or model or layers:
             fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head "
                  "and --layers")
-        _up_boards(cluster, run_dir, log_level)
+        _up_boards(cluster, run_dir, log_level, keys_dir)
         return
     if dtype not in ("float32", "bfloat16"):
         fail(f"--dtype must be float32 or bfloat16, not {dtype}")
@@ -147,8 +151,18 @@ def _head_dir(ref: str, base_dir: Path) -> Path:
     return path.resolve()
 
 
-def _up_boards(cluster: Path, run_dir: Path, log_level: str) -> None:
+def keys_folder(cluster: Path, keys_dir: Path | None) -> Path:
+    """The keys folder of inventory ``cluster``: ``keys_dir`` if given, else its default under FLOWRING_HOME."""
+    from common.cluster.keys import default_keys_dir
+    from common.model_store import cache_root
+
+    return keys_dir if keys_dir is not None else default_keys_dir(cache_root(), cluster)
+
+
+def _up_boards(cluster: Path, run_dir: Path, log_level: str, keys_dir: Path | None) -> None:
     from common.cluster.inventory import InventoryError, load_inventory
+    from common.cluster.keys import load_keys
+    from common.curve import CurveKeyError
     from common.model_store import ModelStoreError, cache_root
     from common.modeling import ModelingError
     from common.partition import PartitionError, human_bytes
@@ -159,9 +173,10 @@ def _up_boards(cluster: Path, run_dir: Path, log_level: str) -> None:
     began = time.monotonic()
     try:
         inv = load_inventory(cluster)
+        keys = load_keys(keys_folder(cluster, keys_dir), [b.name for b in inv.boards], cluster)
         ssh = Ssh(inv.ssh)
         typer.echo(f"planning {len(inv.services())} services on {len(inv.boards)} board(s) from {cluster} ...")
-        bringup = plan(inv)
+        bringup = plan(inv, keys)
         preflight(bringup, ssh)
         typer.echo("every board passed its checks (reachable, same flowring, torch, memory, ports free)")
         bringup = build_slices(bringup, cache_root() / "slices")
@@ -170,7 +185,8 @@ def _up_boards(cluster: Path, run_dir: Path, log_level: str) -> None:
             typer.echo(f"  {board}: shipped {size} bytes of weights ({human_bytes(size)})")
         typer.echo(f"starting {len(bringup.services)} services ...")
         pids = start_boards(bringup, ssh, run_dir, log_level=log_level)
-    except (InventoryError, PartitionError, LaunchError, ModelStoreError, ModelingError, OSError) as exc:
+    except (InventoryError, CurveKeyError, PartitionError, LaunchError, ModelStoreError, ModelingError,
+            OSError) as exc:
         fail(str(exc))
     s = bringup.spec.scheduler
     typer.echo(f"flowring is up in {time.monotonic() - began:.1f} s: scheduler at {s.endpoint(s.client_port)}, "

@@ -10,7 +10,20 @@ import typer
 
 from common.protocol import GenerateReply
 from common.settings import ClusterSpec
-from services.cli import bench, cluster, heads, logs, models, plan, profile, project, serve, status, version
+from services.cli import (
+    bench,
+    cluster,
+    heads,
+    keys,
+    logs,
+    models,
+    plan,
+    profile,
+    project,
+    serve,
+    status,
+    version,
+)
 from services.cli.cluster import DEFAULT_RUN_DIR, RunDir
 from services.cli.errors import fail as _fail
 from services.client import Client, ClusterUnavailable
@@ -27,6 +40,7 @@ app.add_typer(profile.app, name="profile", help="Measure forward costs on this m
 app.add_typer(serve.app)
 app.command()(cluster.up)
 app.command()(cluster.down)
+app.add_typer(keys.app, name="keys", help="Create the CURVE key pairs of a LAN cluster.")
 app.add_typer(status.app)
 app.add_typer(logs.app)
 app.add_typer(version.app)

@@ -5,8 +5,10 @@
 a board lacks and every service's cluster file, start each service detached, and wait until the
 scheduler reports every service ready. The head's run folder keeps ``cluster.json`` (every service's
 real address; the head's client reads it) and ``boards.json`` (boards, SSH options and pids: all that
-``down`` needs). On a board, under its ``home``: ``slices/<hash>/``, ``run/logs/<service>.log`` (its JSON
-log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash). Each ring
+``down`` needs). On a board, under its ``home``: ``slices/<hash>/``, ``keys/board-NAME.key_secret`` (its own
+CURVE key pair, mode 0600 in a 0700 folder: common.cluster.keys), ``run/logs/<service>.log`` (its JSON
+log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash). Every ZeroMQ
+socket of the cluster is CURVE (common.curve); the head's own clients use the clients' key pair. Each ring
 service runs under the local cluster's supervisor (services/supervisor.py), started detached in its
 place, which restarts it on its board when a signal kills it (log ``run/logs/<service>-supervisor.log``);
 the pid recorded is the supervisor's, the leader of the process group that ``down`` stops.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from common.cluster.inventory import Board, Inventory, SshOptions
+from common.cluster.keys import ClusterKeys, board_key_name, with_keys
 from common.cluster.layout import (
     board_bytes,
     cluster_spec,
@@ -49,6 +52,8 @@ COPY_TIMEOUT_S = 3600.0
 ALIVE_CHECK_INTERVAL_S = 5.0
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 20
+# Makes the folder $1 (and its parents) and leaves it to its owner alone.
+PRIVATE_FOLDER = 'mkdir -p "$1" && chmod 700 "$1"'
 T = TypeVar("T")
 
 
@@ -76,22 +81,32 @@ class ServicePlan:
     def output(self) -> str:
         return posixpath.join(self.board.home, "run", "logs", f"{self.name}.out")
 
+    @property
+    def key_file(self) -> str:
+        return board_key_file(self.board)
+
+
+def board_key_file(board: Board) -> str:
+    """Where ``board`` keeps its own CURVE key pair."""
+    return posixpath.join(board.home, "keys", f"{board_key_name(board.name)}.key_secret")
+
 
 @dataclass(frozen=True)
 class Bringup:
     """Everything decided on the head before any board is touched."""
 
     inventory: Inventory
-    spec: ClusterSpec  # model paths on the head
+    spec: ClusterSpec  # model paths on the head; CURVE with the head's client key pair
     services: tuple[ServicePlan, ...]
     board_need_bytes: dict[str, int]
+    keys: ClusterKeys
 
     def on(self, board: str) -> list[ServicePlan]:
         return [s for s in self.services if s.board.name == board]
 
 
-def plan(inv: Inventory) -> Bringup:
-    """Resolve the models on the head, split the layers and check every board's memory budget."""
+def plan(inv: Inventory, keys: ClusterKeys) -> Bringup:
+    """Resolve the models on the head, split the layers, check every board's memory budget, secure the sockets."""
     from common.model_store import resolve
     from common.modeling.tokenizer import check_same_tokenizer
 
@@ -104,9 +119,9 @@ def plan(inv: Inventory) -> Bringup:
     problems = memory_problems(inv, needs)
     if problems:
         raise LaunchError("\n".join(problems))
-    spec = cluster_spec(inv, str(base_dir), str(draft_dir), ranges)
+    spec = with_keys(cluster_spec(inv, str(base_dir), str(draft_dir), ranges), dict(inv.services()), keys)
     services = tuple(ServicePlan(name, inv.board(board), ()) for name, board in inv.services())
-    return Bringup(inv, spec, services, needs)
+    return Bringup(inv, spec, services, needs, keys)
 
 
 def build_slices(bringup: Bringup, store: Path) -> Bringup:
@@ -131,10 +146,12 @@ def build_slices(bringup: Bringup, store: Path) -> Bringup:
 
 
 def service_spec(bringup: Bringup, service: ServicePlan) -> ClusterSpec:
-    """The cluster file ``service`` reads on its board: every real address, model paths to its own slices."""
+    """The cluster file ``service`` reads on its board: every real address, model paths to its own slices, its
+    board's key pair."""
     folders = [posixpath.join(service.board.home, "slices", part.digest) for part in service.parts]
     # Only the scheduler reads both models (their tokenizers); every other service reads one folder.
-    return dataclasses.replace(bringup.spec, base=folders[0], draft=folders[-1])
+    curve = dataclasses.replace(bringup.spec.curve, key_file=service.key_file)
+    return dataclasses.replace(bringup.spec, base=folders[0], draft=folders[-1], curve=curve)
 
 
 def preflight(bringup: Bringup, ssh: Ssh) -> None:
@@ -172,7 +189,8 @@ def _probe_problems(where: str, probe: dict[str, Any], version: str, need_bytes:
 
 
 def ship(bringup: Bringup, ssh: Ssh, staging: Path) -> dict[str, int]:
-    """Copy every slice a board lacks, then every service's cluster file; return weight bytes shipped per board."""
+    """Copy every slice a board lacks, its key pair, then every service's cluster file; return weight bytes
+    shipped per board."""
     staging.mkdir(parents=True, exist_ok=True)
     for service in bringup.services:
         (staging / f"{service.name}.cluster.json").write_text(service_spec(bringup, service).to_json())
@@ -194,6 +212,7 @@ def ship(bringup: Bringup, ssh: Ssh, staging: Path) -> dict[str, int]:
                   "copying a slice")
             _must(ssh.run(board, ["mv", "-T", partial, final], timeout_s=COMMAND_TIMEOUT_S), board,
                   "storing a slice")
+        _ship_key(bringup.keys, board, ssh)
         run = posixpath.join(board.home, "run")
         _must(ssh.run(board, ["mkdir", "-p", run], timeout_s=COMMAND_TIMEOUT_S), board, "creating the run folder")
         _must(ssh.copy(board, [staging / f"{s.name}.cluster.json" for s in services], run,
@@ -202,6 +221,20 @@ def ship(bringup: Bringup, ssh: Ssh, staging: Path) -> dict[str, int]:
 
     boards = {s.board.name: s.board for s in bringup.services}
     return dict(zip(boards, _parallel(send, boards.values()), strict=True))
+
+
+def _ship_key(keys: ClusterKeys, board: Board, ssh: Ssh) -> None:
+    """Copy ``board``'s own key pair (never another's) into its keys folder, readable by its user only.
+
+    The secret travels inside scp's encrypted channel; only file paths appear on command lines.
+    """
+    target = board_key_file(board)
+    folder = posixpath.dirname(target)
+    _must(ssh.run(board, ["sh", "-c", PRIVATE_FOLDER, "flowring", folder], timeout_s=COMMAND_TIMEOUT_S), board,
+          "preparing the keys folder")
+    _must(ssh.copy(board, [keys.secret_file(board_key_name(board.name))], folder, timeout_s=COMMAND_TIMEOUT_S),
+          board, "copying its key pair")
+    _must(ssh.run(board, ["chmod", "600", target], timeout_s=COMMAND_TIMEOUT_S), board, "protecting its key pair")
 
 
 def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info") -> dict[str, int]:

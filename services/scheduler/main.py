@@ -17,6 +17,8 @@ import structlog
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from common.curve import CLIENT as CLIENT_DOMAIN
+from common.curve import KeyPair, as_server, client_curve
 from common.link import LinkError, LinkSettings, close_all, shaped_push
 from common.modeling import load_model_spec
 from common.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
@@ -76,7 +78,8 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
                          default_mode=spec.default_mode)
 
 
-def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
+def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPair | None = None) -> None:
+    """Serve until a client asks for shutdown; with ``own`` keys every socket is CURVE (common.curve)."""
     core = build_core(spec)
     metrics = metrics or SchedulerMetrics()
     started = time.perf_counter()
@@ -87,11 +90,13 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None) -> None:
     clients = ctx.socket(zmq.ROUTER)
     clients.setsockopt(zmq.LINGER, 0)
     clients.setsockopt(zmq.MAXMSGSIZE, spec.max_message_bytes)
+    as_server(clients, own, CLIENT_DOMAIN)
     clients.bind(me.endpoint(me.client_port))
     monitor = clients.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
     connections = ClientConnections()  # a client gone (killed, closed) cancels its requests
-    reports = pull(ctx, me.endpoint(me.report_port), spec.max_message_bytes)
-    commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}", metrics.hop_observer(p.name))
+    reports = pull(ctx, me.endpoint(me.report_port), spec.max_message_bytes, own)
+    commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}", metrics.hop_observer(p.name),
+                                    client_curve(own, p))
                 for p in spec.ring}
     poller = zmq.Poller()
     poller.register(clients, zmq.POLLIN)

@@ -1,6 +1,8 @@
 """Proof on real sockets: the ring brought up over SSH across network namespaces, each a board with its
 own address, OpenSSH server and FLOWRING_HOME; greedy output equals transformers' generate; `down`
-leaves no process; a second `up` ships no weights. Skipped (with the reason) without root, ip or sshd."""
+leaves no process; a second `up` ships no weights. Every socket is CURVE with the keys of `flowring keys`:
+a stranger's socket in another namespace gets no answer and is logged; no secret key reaches a log.
+Skipped (with the reason) without root, ip or sshd."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import json
 import os
 import random
 import signal
+import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import pytest
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+from common.cluster.keys import board_key_name, load_keys
 from common.settings import ClusterSpec
 from services.cli.main import app
 from services.launcher import client_for
@@ -23,6 +28,22 @@ from tests.support.reference import greedy_reference
 from tests.support.tiny_models import make_tiny_pair
 
 REPO = Path(__file__).resolve().parents[2]
+# A client of the scheduler at argv[1]: CURVE with server key argv[2] (none: plain) and the key pair in the file
+# argv[3] (none: a fresh pair, printed); it asks for the status once and says whether an answer came.
+KNOCK = """
+import sys, zmq, zmq.auth
+from common.protocol import StatusRequest, encode
+endpoint, server_key, key_file = sys.argv[1:4]
+sock = zmq.Context.instance().socket(zmq.DEALER)
+sock.linger = 0
+if server_key:
+    public, secret = zmq.auth.load_certificate(key_file) if key_file else zmq.curve_keypair()
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_key.encode()
+    print(public.decode())
+sock.connect(endpoint)
+sock.send_multipart(encode(StatusRequest()))
+print("answered" if sock.poll(3000) else "no answer")
+"""
 WHY_NOT = unavailable()
 pytestmark = [pytest.mark.lan, pytest.mark.skipif(bool(WHY_NOT), reason=f"namespace LAN: {WHY_NOT}")]
 
@@ -104,8 +125,14 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     runner = CliRunner()
     pids: list[int] = []
+    outputs: list[str] = []
     try:
+        keyless = runner.invoke(app, ["up", "--cluster", str(cluster), "--run-dir", str(run_dir)])
+        assert keyless.exit_code == 1 and "run `flowring keys create" in keyless.output, keyless.output
+        made = runner.invoke(app, ["keys", "create", "--cluster", str(cluster)])
+        assert made.exit_code == 0, made.output
         first = runner.invoke(app, ["up", "--cluster", str(cluster), "--run-dir", str(run_dir)])
+        outputs += [made.output, first.output]
         assert first.exit_code == 0, first.output
         assert "flowring is up" in first.output and " 0 bytes of weights shipped" not in first.output
         record = json.loads((run_dir / "boards.json").read_text())
@@ -130,12 +157,16 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
         for service in record["services"]:
             assert Path(service["log"]).stat().st_size > 0, service  # each board logs in its own home
         _only_own_slices(lan)
+        keys = load_keys(tmp_path / "head" / "keys" / "lan", [b.name for b in lan.boards], cluster)
+        _only_own_key_pair(lan, keys)
+        _a_stranger_in_another_namespace_is_refused(lan, spec, keys, record)
 
         stopped = runner.invoke(app, ["down", "--run-dir", str(run_dir)])
         assert stopped.exit_code == 0 and "stopped 5 service(s)" in stopped.output, stopped.output
         assert not any(map(_running, pids)) and not (run_dir / "cluster.json").exists()
 
         second = runner.invoke(app, ["up", "--cluster", str(cluster), "--run-dir", str(run_dir)])
+        outputs += [status.output, stopped.output, second.output]
         assert second.exit_code == 0, second.output
         assert " 0 bytes of weights shipped" in second.output and second.output.count("shipped 0 bytes") == 3
         pids = [s["pid"] for s in json.loads((run_dir / "boards.json").read_text())["services"]]
@@ -143,6 +174,51 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
         if (run_dir / "boards.json").exists():
             runner.invoke(app, ["down", "--run-dir", str(run_dir)])
     assert not any(map(_running, pids))
+    _no_secret_in_logs(lan, keys, outputs)
+
+
+def _only_own_key_pair(lan: NetnsLan, keys) -> None:
+    """Each board holds its own key pair only, readable by its user alone."""
+    for board in lan.boards:
+        folder = board.root / "home" / "keys"
+        assert [p.name for p in folder.iterdir()] == [f"{board_key_name(board.name)}.key_secret"]
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        only = next(folder.iterdir())
+        assert stat.S_IMODE(only.stat().st_mode) == 0o600
+        assert only.read_bytes() == keys.secret_file(board_key_name(board.name)).read_bytes()
+
+
+def _knock(lan: NetnsLan, board_index: int, endpoint: str, server_key: str, key_file: str = "") -> list[str]:
+    """Run KNOCK in board ``board_index``'s namespace; its output lines."""
+    done = subprocess.run(["ip", "netns", "exec", lan.boards[board_index].netns, sys.executable, "-c", KNOCK,
+                           endpoint, server_key, key_file], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def _a_stranger_in_another_namespace_is_refused(lan: NetnsLan, spec: ClusterSpec, keys, record: dict) -> None:
+    """From board b2's namespace: the clients' key is answered; a plain socket and an unknown key are not, and
+    the scheduler (on b1) logs the unknown key once with b2's address."""
+    endpoint = spec.scheduler.endpoint(spec.scheduler.client_port)
+    server_key = spec.scheduler.public_key
+    assert _knock(lan, 1, endpoint, server_key, spec.curve.key_file)[-1] == "answered"  # the control
+    assert _knock(lan, 1, endpoint, "") == ["no", "answer"]
+    stranger, *verdict = _knock(lan, 1, endpoint, server_key)
+    assert verdict == ["no", "answer"] and stranger != keys.client.public.decode()
+    log = next(Path(s["log"]) for s in record["services"] if s["name"] == "scheduler")
+    events = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+    refusals = [(e["address"], e["public_key"]) for e in events if e["event"] == "peer_refused"]
+    assert refusals == [(lan.boards[1].address, stranger)]
+
+
+def _no_secret_in_logs(lan: NetnsLan, keys, outputs: list[str]) -> None:
+    """No secret key in any board's logs or in what the commands printed."""
+    secrets = [p.secret.decode() for p in (keys.client, *keys.boards.values())]
+    texts = [*outputs, *(p.read_text(errors="replace") for b in lan.boards
+                         for p in (b.root / "home" / "run" / "logs").iterdir())]
+    assert len(texts) > len(outputs)
+    assert not any(secret in text for secret in secrets for text in texts)
 
 
 def _a_killed_stage_is_restarted_on_its_board(spec: ClusterSpec, base: Path, run_dir: Path) -> None:
@@ -196,6 +272,7 @@ def test_an_unreachable_board_starts_nothing(lan, pair, tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWRING_HOME", str(tmp_path / "head"))
     cluster = tmp_path / "lan.toml"
     cluster.write_text(inventory(lan, base, draft, ssh_port=2222))
+    assert CliRunner().invoke(app, ["keys", "create", "--cluster", str(cluster)]).exit_code == 0
     result = CliRunner().invoke(app, ["up", "--cluster", str(cluster), "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 1
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error: board")]
