@@ -14,7 +14,9 @@ drafting that needs features not yet arrived waits for them.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -139,7 +141,8 @@ class DrafterCore:
         if req is None or not self._has_work(req):
             return []
         if req.tree is None:
-            self._timed(req, lambda: self._extend_context(req))
+            with self._drafting(req):
+                self._extend_context(req)
             return []
         self._grow_level(req)
         return self._spend_credit(req)
@@ -187,7 +190,7 @@ class DrafterCore:
         now = req.log.bring_forward(event.epoch - 1, 0, req.tree.parents)
         req.sent = sum(1 for r in now.rows if r < req.sent)
         req.tree = renumbered(req.tree, now)
-        if req.tree is None or not len(req.tree):
+        if not len(req.tree):
             raise OrderError(f"prune epoch {event.epoch} keeps nodes but none of this drafter's tree")
 
     def _spend_credit(self, req: _Request) -> list[Outbound]:
@@ -245,20 +248,20 @@ class DrafterCore:
         shape = req.shape
         pending, req.pending = req.pending, []
         before = len(req.tree)
-
-        def grow() -> None:
+        with self._drafting(req):
             req.tree = req.drafter.grow_best(req.tree, shape.leaves, shape.width, req.draft.top_k, pending)
-
-        self._timed(req, grow)
         trace.counter("tree_levels", shape.levels, req.request_id)
         trace.counter("tree_width", shape.width, req.request_id)
         req.expansions += 1
         req.levels_grown = req.levels_grown + 1 if len(req.tree) > before else shape.levels  # none new: done
 
-    def _timed(self, req: _Request, step) -> None:
+    @staticmethod
+    @contextlib.contextmanager
+    def _drafting(req: _Request) -> Iterator[None]:
+        """Time a drafting step: a ``draft`` span, the request's busy time and its next report's draft_ms."""
         started = time.perf_counter()
         with trace.span("draft", req.request_id):
-            step()
+            yield
         elapsed = time.perf_counter() - started
         req.busy_s += elapsed
         req.unreported_s += elapsed
@@ -271,12 +274,8 @@ class DrafterCore:
 
     def _expand(self, req: _Request) -> list[Outbound]:
         """Draft now (a new round's fill, or a growth in the modes that do not draft ahead) and send it."""
-        started = time.perf_counter()
-        with trace.span("draft", req.request_id):
+        with self._drafting(req):
             sizes = self._draft(req)
-        elapsed = time.perf_counter() - started
-        req.busy_s += elapsed
-        req.unreported_s += elapsed
         req.expansions += 1
         return self._send(req, sizes)
 
