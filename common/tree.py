@@ -1,4 +1,4 @@
-"""The draft tree and its pure operations: segmenting, pruning, remapping and merging.
+"""The draft tree and its pure operations: segmenting, pruning, remapping, renumbering and merging.
 
 Nodes are numbered so that every parent precedes its children (score order does that: a child's
 cumulative log-probability never exceeds its parent's). Node 0 is the root: the last token the base
