@@ -297,8 +297,9 @@ class SchedulerCore:
             "request_id": job.request_id, "epoch": job.epoch, "round": job.round, "accepted": accepted,
             "keep": keep, "new_tokens": new_tokens, "next_token": verdict.next_token, "known": len(job.tree),
         }
-        out: list[Outbound] = [(name, Prune(cmd_seq=self._next_seq(name), **event)) for name in self._services]
-        job.log.record(out[0][1])
+        prunes = [Prune(cmd_seq=self._next_seq(name), **event) for name in self._services]  # one event, own cmd_seq
+        job.log.record(prunes[0])
+        out: list[Outbound] = list(zip(self._services, prunes, strict=True))
         job.tree = prune_tree(job.tree, keep) if keep else DraftTree((), (), ())
         return streamed + out + self._expand(job)
 
