@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from common.protocol import DraftReport, DraftSettings
+from common.protocol import DraftReport, DraftSettings, Segment
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference
 from tests.support.tiny_models import make_perturbed_copy, make_tiny_pair
@@ -45,14 +45,29 @@ class LateReports:
         return self._handle(msg)
 
 
+def in_flight(ring: LocalRing, request_id: str, round_: int) -> int:
+    """Tree segments of the request's current round in the ring: on links or waiting at a service."""
+    queued = [m for q in ring._links.values() for m in q]
+    waiting = [s for stage in ring.stages if request_id in stage.requests for s in stage.requests[request_id].waiting]
+    if request_id in ring.verifier.requests:
+        waiting += [s for s, _ in ring.verifier.requests[request_id].waiting]
+    return sum(1 for m in queued + waiting if isinstance(m, Segment) and m.request_id == request_id
+               and m.phase == "tree" and m.round == round_)
+
+
 @pytest.mark.parametrize(("stages", "seed", "adaptive"), [(2, 11, True), (4, 12, True), (2, 13, False)])
 def test_trees_agree_at_every_epoch_and_output_is_greedy(models, stages, seed, adaptive):
     base, near = models
     ring = LocalRing(base, near, stages, settings=replace(TREES, adaptive=adaptive), interleave_seed=seed)
     ledger = TreeLedger()
-    ahead = []  # whether the drafter held pre-drafted nodes, after each event
-    ring.after_each = lambda r: (ledger(r), ahead.append(any(
-        q.tree is not None and q.sent < len(q.tree) for q in r.drafter.requests.values())))
+    ahead, most = [], [0]  # whether the drafter held pre-drafted nodes; most segments of a round in flight
+
+    def observe(r: LocalRing) -> None:
+        ledger(r)
+        ahead.append(any(q.tree is not None and q.sent < len(q.tree) for q in r.drafter.requests.values()))
+        most[0] = max([most[0], *(in_flight(r, rid, q.log.round) for rid, q in r.drafter.requests.items())])
+
+    ring.after_each = observe
     late = LateReports(ring)
     rng = random.Random(seed)
     for _ in range(3):
@@ -64,6 +79,7 @@ def test_trees_agree_at_every_epoch_and_output_is_greedy(models, stages, seed, a
     assert ledger.epochs() > 30
     assert late.count > 0, "no report was brought forward: the test did not exercise drafting ahead"
     assert any(ahead)
+    assert most[0] <= stages + 2, "at most one segment per hop (stages + verifier) plus one"
 
 
 def test_concurrent_requests_draft_ahead_and_stay_exact(models):
