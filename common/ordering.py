@@ -3,7 +3,8 @@
 Commands from the scheduler carry a per-service sequence number; segments carry a per-request
 sequence number that every ring hop preserves. A gap, a repeat or a step backwards is reported as
 an :class:`OrderError`, never applied. Prune events are applied strictly in epoch order; the
-:class:`PruneLog` keeps the recent ones so a segment tagged with an older epoch is brought forward.
+:class:`PruneLog` keeps the recent ones so a segment (or a draft report) tagged with an older epoch is
+brought forward, nodes drafted after the scheduler's decision included (:class:`~common.tree.Renumbering`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from common.protocol import Message, ProtocolError, Prune
-from common.tree import RemappedRows, remap_rows
+from common.tree import RemappedRows, Renumbering
 
 
 class OrderError(ProtocolError):
@@ -41,18 +42,22 @@ class PruneLog:
     def __init__(self) -> None:
         self.epoch = 0
         self.round = 0
-        self._events: dict[int, Prune] = {}
+        self._events: dict[int, Renumbering] = {}
 
     def record(self, event: Prune) -> None:
         if event.epoch != self.epoch + 1:
             raise OrderError(f"prune event for epoch {event.epoch} while at epoch {self.epoch}")
-        self._events[event.epoch] = event
+        self._events[event.epoch] = Renumbering(event.keep, event.known)
         self._events.pop(event.epoch - self.KEEP_EVENTS, None)
         self.epoch = event.epoch
         self.round = event.round
 
     def bring_forward(self, epoch: int, first: int, parents: Sequence[int]) -> RemappedRows:
-        """Rows of a segment in numbering ``epoch`` as they stand now (``epoch <= self.epoch``)."""
+        """Rows of a segment in numbering ``epoch`` as they stand now (``epoch <= self.epoch``).
+
+        Every service brings each node through each event once, in index order (a service's own
+        tree through the event it just recorded: ``bring_forward(epoch - 1, 0, parents)``).
+        """
         if epoch > self.epoch:
             raise OrderError(f"segment of epoch {epoch} is ahead of this service (epoch {self.epoch})")
         rows = tuple(range(len(parents)))
@@ -61,7 +66,10 @@ class PruneLog:
             event = self._events.get(e)
             if event is None:
                 raise OrderError(f"segment of epoch {epoch} is older than the prune log")
-            step = remap_rows(current.first, current.parents, event.keep)
+            try:
+                step = event.remap(current.first, current.parents)
+            except ValueError as exc:
+                raise OrderError(f"segment of epoch {epoch} brought through event {e}: {exc}") from exc
             current = RemappedRows(tuple(current.rows[r] for r in step.rows), step.first, step.parents)
             if not current.rows:
                 break

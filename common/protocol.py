@@ -24,7 +24,7 @@ import msgpack
 import numpy as np
 import torch
 
-PROTOCOL_VERSION = 2  # 2: Heartbeat; StatusReply carries ServiceHealth rows
+PROTOCOL_VERSION = 3  # 2: Heartbeat; StatusReply carries ServiceHealth rows. 3: Prune.known
 
 
 class ProtocolError(ValueError):
@@ -122,6 +122,8 @@ class DraftSettings:
     expansion: str = "grow"  # flowspec: "grow" (best leaves, one draft forward) or "redraft" (from the root)
     expand_leaves: int = 4  # "grow": leaves expanded per level
     grow_levels: int = 3  # "grow": levels added per step, one draft forward each (best of 1-3 measured)
+    adaptive: bool = True  # "grow": levels and width follow the measured acceptance (common.tree_policy)
+    node_cap: int = 128  # "grow": the most nodes a tree holds (pre-drafting stops there)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,9 @@ class Prune:
     node and its descendants, ascending; node ``keep[i]`` becomes node ``i``. Empty ``keep`` ends the
     round (the next token is not in the tree): the next round starts from ``next_token``.
     ``new_tokens``: output tokens this event adds (accepted after the root, then ``next_token``).
+    ``known``: the size of the tree the scheduler decided over. A node at or past it was drafted but
+    not yet reported: it survives iff its parent survives, numbered after the kept nodes in index
+    order (:class:`common.tree.Renumbering`); -1: every node was known.
     """
 
     KIND: ClassVar[str] = "prune"
@@ -162,6 +167,7 @@ class Prune:
     keep: tuple[int, ...]
     new_tokens: tuple[int, ...]
     next_token: int
+    known: int = -1
 
     @property
     def ends_round(self) -> bool:
@@ -170,7 +176,10 @@ class Prune:
 
 @dataclass(frozen=True)
 class Expand:
-    """Tell the drafter a slot in the ring is free: send the next segment (a fill after a new round)."""
+    """A credit: one segment left the ring, the drafter may send one more (a new round's fill after a round end).
+
+    The drafter drafts ahead without credits; credits only pace what it sends.
+    """
 
     KIND: ClassVar[str] = "expand"
     request_id: str
@@ -216,7 +225,11 @@ class Verdict:
 
 @dataclass(frozen=True)
 class DraftReport:
-    """Nodes the drafter appended to the tree (numbering ``epoch``) in answer to one Expand."""
+    """Nodes the drafter sent into the ring (numbering ``epoch``); it leaves before their segments do.
+
+    The scheduler brings a report of an older epoch forward through the prunes since (a node survives
+    iff its parent does); ``draft_ms``: drafting time since the last report.
+    """
 
     KIND: ClassVar[str] = "draft_report"
     request_id: str

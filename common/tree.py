@@ -1,4 +1,4 @@
-"""The draft tree and its pure operations: segmenting, pruning, remapping and merging.
+"""The draft tree and its pure operations: segmenting, pruning, remapping, renumbering and merging.
 
 Nodes are numbered so that every parent precedes its children (score order does that: a child's
 cumulative log-probability never exceeds its parent's). Node 0 is the root: the last token the base
@@ -172,3 +172,73 @@ def merge_trees(tree: DraftTree, fresh: DraftTree) -> tuple[DraftTree, int]:
             scores.append(fresh.scores[j])
         where[j] = found
     return tree.appended(tokens, parents, scores), n
+
+
+# ------------------------------------------------------------------------------------------ renumbering
+class Renumbering:
+    """One prune event's old -> new node numbering, for nodes the event's decider knew and for later ones.
+
+    A node below ``known`` (the tree the scheduler decided over) survives iff it is in ``keep`` and
+    becomes ``keep.index(node)``. A node at or past ``known`` was drafted before the event but not yet
+    reported to the scheduler: it survives iff its parent survives, numbered after every kept node in
+    index order. Such late nodes must be brought in index order; a node brought again gets its first
+    answer. ``known < 0``: every node is known (a node not in ``keep`` is dropped).
+    """
+
+    def __init__(self, keep: Sequence[int], known: int = -1) -> None:
+        self.known = known if known >= 0 else (keep[-1] + 1 if keep else 0)
+        assert not keep or keep[-1] < self.known, "kept nodes must be known"
+        self._keep = index_map(self.known, keep)
+        self._late: list[int] = []  # new index of node known + i, -1: dropped
+        self._next = len(keep)
+        self._ends_round = not keep
+        self._late_allowed = known >= 0
+
+    def new_index(self, node: int, parent: int) -> int:
+        """New index of ``node`` (old numbering, parent ``parent``), -1 when it leaves the tree."""
+        late = node - self.known
+        if self._ends_round or late < len(self._late) or not self._late_allowed:
+            return self._lookup(node)
+        if late > len(self._late):
+            raise ValueError(f"node {node} brought before node {self.known + len(self._late)}")
+        alive = parent >= 0 and self._lookup(parent) >= 0
+        self._late.append(self._next if alive else -1)
+        self._next += alive
+        return self._late[-1]
+
+    def _lookup(self, node: int) -> int:
+        """New index of a known node or of a late node already brought."""
+        if self._ends_round:
+            return -1
+        if node < self.known:
+            return self._keep[node]
+        late = node - self.known
+        if not self._late_allowed:
+            return -1
+        if late >= len(self._late):
+            raise ValueError(f"node {node} is referred to before it was brought")
+        return self._late[late]
+
+    def remap(self, first: int, parents: Sequence[int]) -> RemappedRows:
+        """Rows ``first .. first+len(parents)-1`` as they stand after the event (see :func:`remap_rows`)."""
+        rows, new_parents, new_first = [], [], 0
+        for r, p in enumerate(parents):
+            new = self.new_index(first + r, p)
+            if new < 0:
+                continue
+            if not rows:
+                new_first = new
+            rows.append(r)
+            new_parents.append(-1 if new == 0 else self._lookup(p))
+        assert all(p >= 0 or i + new_first == 0 for i, p in enumerate(new_parents)), "kept set not closed"
+        return RemappedRows(tuple(rows), new_first, tuple(new_parents))
+
+
+def renumbered(tree: DraftTree, now: RemappedRows) -> DraftTree:
+    """``tree``'s surviving nodes (``now``: its whole tree brought through an event), scores re-based at the root."""
+    if not now.rows:
+        return DraftTree((), (), ())
+    assert now.first == 0, "a whole tree brought forward starts at the root"
+    base = tree.scores[now.rows[0]]
+    return DraftTree(tuple(tree.tokens[r] for r in now.rows), now.parents,
+                     tuple(tree.scores[r] - base for r in now.rows))

@@ -83,7 +83,7 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
         from services.drafter.core import DrafterCore
 
         core = DrafterCore(name, _drafter(spec, dtype), hops=len(spec.stages) + 1)
-        return core, CoreHooks(core.drop_request, after_send=core.prefill_draft_context)
+        return core, CoreHooks(core.drop_request, next_work=core.next_work, work=core.work)
     if name == "verifier":
         from services.verifier.core import VerifierCore
 

@@ -9,7 +9,9 @@ What the loop refuses, each logged once, counted by reason and never fatal: an u
 or wrong-version frame; a message of a kind this socket does not take (``unknown_command``); a
 command whose ``cmd_seq`` is not the next one (``sequence``; a gap also fails the request it
 concerns). Any exception while a core handles a message fails that message's request with a Fault to
-the scheduler and leaves the service serving the next one. Every ``heartbeat_interval_s`` a thread
+the scheduler and leaves the service serving the next one. A core with work of its own between messages
+(the drafter drafting ahead) gets one step of it after every poll, and the poll then does not wait.
+Every ``heartbeat_interval_s`` a thread
 beside the loop sends a Heartbeat, so a service busy in a long forward is still heard and only a dead or
 stopped process goes silent; no receive waits longer than that interval.
 """
@@ -81,7 +83,8 @@ class CoreHooks:
     """What the loop may ask of a core besides ``handle``."""
 
     drop_request: Callable[[str], None]  # forget a request after a fault
-    after_send: Callable[[], None] | None = None  # idle work once a message's output is sent
+    next_work: Callable[[], str | None] = lambda: None  # a request with work between messages, or None
+    work: Callable[[str], list[tuple[str, Message]]] = lambda request_id: []  # one step of it: what to send
     kv_cache_bytes: Callable[[], int] = lambda: 0
 
 
@@ -150,7 +153,7 @@ class _ServiceLoop:
 
     def _serve(self, poller: zmq.Poller, accepts: dict[zmq.Socket, tuple[type, ...]]) -> None:
         while True:
-            events = dict(poller.poll(self.poll_ms))
+            events = dict(poller.poll(0 if self.hooks.next_work() is not None else self.poll_ms))
             for sock, kinds in accepts.items():
                 if sock not in events:
                     continue
@@ -161,8 +164,22 @@ class _ServiceLoop:
                 if msg is not None:
                     with trace.bound(getattr(msg, "request_id", "")):
                         self._handle(msg)
-                        if self.hooks.after_send is not None:
-                            self.hooks.after_send()
+            request_id = self.hooks.next_work()
+            if request_id is not None:
+                with trace.bound(request_id):
+                    self._work(request_id)
+
+    def _work(self, request_id: str) -> None:
+        """One step of the core's own work for ``request_id``; a failure fails that request only."""
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            started = time.perf_counter()
+            try:
+                for dest, out in self.hooks.work(request_id):
+                    self.sockets.send(dest, out)
+            except Exception as exc:  # whatever went wrong concerns this request only: fail it, keep serving
+                self._fail_request(request_id, "work", exc)
+                return
+            self.metrics.busy_seconds.inc(time.perf_counter() - started)
 
     def _receive(self, sock: zmq.Socket, kinds: tuple[type, ...]) -> Message | None:
         """The next message if it may be handled; None when it was rejected."""
@@ -226,13 +243,15 @@ class _ServiceLoop:
 
     def _fail(self, msg: Message, exc: Exception, count: bool = True) -> None:
         """Fail ``msg``'s request; ``count``: also count a protocol violation as a rejection."""
-        request_id = getattr(msg, "request_id", "")
+        self._fail_request(getattr(msg, "request_id", ""), msg.KIND, exc, count)
+
+    def _fail_request(self, request_id: str, kind: str, exc: Exception, count: bool = True) -> None:
         if isinstance(exc, ProtocolError):  # an order or protocol violation: expected, no traceback
             if count:
                 self.metrics.rejected.labels("order" if isinstance(exc, OrderError) else exc.reason).inc()
-            log.error("request_failed", request_id=request_id, kind=msg.KIND, error=str(exc))
+            log.error("request_failed", request_id=request_id, kind=kind, error=str(exc))
         else:
-            log.exception("request_failed", request_id=request_id, kind=msg.KIND, error=repr(exc))
+            log.exception("request_failed", request_id=request_id, kind=kind, error=repr(exc))
         self.metrics.faults.inc()
         self.hooks.drop_request(request_id)
         trace.finish(request_id)

@@ -4,7 +4,9 @@ A service records *spans* (a kind, a start and a duration) for the requests that
 the runtime binds the request a message belongs to before the core handles it, so a core only says
 ``with span("forward"):``. Spans travel to the scheduler with the service's end-of-request stats as a
 flat tuple of ints (kind code, start in microseconds since the epoch, duration in microseconds) and
-become Chrome/Perfetto trace-event JSON in :func:`chrome_trace`.
+become Chrome/Perfetto trace-event JSON in :func:`chrome_trace`. A *counter* (:func:`counter`) is a
+sampled value instead of a span (its triple holds the value where a span holds its duration); it
+becomes a Perfetto counter track (e.g. the drafter's ``tree_levels`` and ``tree_width``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ SPAN_KINDS = ("recv", "forward", "prune", "send", "draft", "verify", "schedule")
 applying a prune event (KV compaction); ``send``: encoding and queueing a message; ``draft``: a draft
 model forward and tree growth; ``verify``: acceptance of a segment; ``schedule``: a scheduler decision.
 Time in no span is time the service waited."""
-_CODE = {kind: i for i, kind in enumerate(SPAN_KINDS)}
+COUNTER_KINDS = ("tree_levels", "tree_width")
+"""``tree_levels``, ``tree_width``: the shape of the drafter's growth under way (common.tree_policy)."""
+_CODE = {kind: i for i, kind in enumerate(SPAN_KINDS + COUNTER_KINDS)}
 MAX_SPANS_PER_REQUEST = 50_000  # bounds memory if a traced request runs very long
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("trace_request", default="")
@@ -42,6 +46,18 @@ def record(kind: str, request_id: str, started_ns: int, ended_ns: int) -> None:
     spans = _spans.get(request_id)
     if spans is not None and len(spans) < 3 * MAX_SPANS_PER_REQUEST:
         spans.extend((_CODE[kind], started_ns // 1000, (ended_ns - started_ns) // 1000))
+
+
+def counter(kind: str, value: int, request_id: str | None = None) -> None:
+    """Sample a counter of ``kind`` now, for the bound (or given) request, if it is traced."""
+    spans = _spans.get(_current.get() if request_id is None else request_id)
+    if spans is not None and len(spans) < 3 * MAX_SPANS_PER_REQUEST:
+        spans.extend((_CODE[kind], time.time_ns() // 1000, int(value)))
+
+
+def is_span(code: int) -> bool:
+    """Whether a triple's code is a span's (else a counter's)."""
+    return code < len(SPAN_KINDS)
 
 
 @contextlib.contextmanager
@@ -90,6 +106,10 @@ def chrome_trace(requests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         events.append({"ph": "i", "s": "g", "name": r["label"], "ts": first, "pid": 0, "tid": 0})
         for name, flat in r["spans"].items():
             for code, ts, dur in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
+                if not is_span(code):
+                    kind = COUNTER_KINDS[code - len(SPAN_KINDS)]
+                    events.append({"ph": "C", "name": kind, "ts": ts, "pid": pid[name], "args": {kind: dur}})
+                    continue
                 events.append({"ph": "X", "name": SPAN_KINDS[code], "ts": ts, "dur": max(dur, 1),
                                "pid": pid[name], "tid": 0, "args": {"request": r["label"]}})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
@@ -99,6 +119,8 @@ def busy_by_kind(flat: Sequence[int]) -> dict[str, float]:
     """Milliseconds spent in each span kind."""
     out: dict[str, float] = {}
     for code, dur in zip(flat[0::3], flat[2::3], strict=True):
+        if not is_span(code):
+            continue
         out[SPAN_KINDS[code]] = out.get(SPAN_KINDS[code], 0.0) + dur / 1e3
     return out
 
@@ -111,7 +133,7 @@ def per_forward(flat: Sequence[int]) -> tuple[float, float, int]:
     """
     busy = busy_by_kind(flat)
     model_kinds = ("forward", "draft")
-    forwards = sum(1 for code in flat[0::3] if SPAN_KINDS[code] in model_kinds)
+    forwards = sum(1 for code in flat[0::3] if is_span(code) and SPAN_KINDS[code] in model_kinds)
     model_ms = sum(busy.get(k, 0.0) for k in model_kinds)
     outside_ms = sum(v for k, v in busy.items() if k not in model_kinds)
     return (model_ms / forwards, outside_ms / forwards, forwards) if forwards else (0.0, outside_ms, 0)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.bench_report import ModeSummary, service_order
-from common.observability.trace import SPAN_KINDS
+from common.observability.trace import SPAN_KINDS, is_span
 
 SPAN_COLOURS = {"recv": "#9ecae1", "forward": "#3182bd", "prune": "#e6550d", "send": "#fdae6b", "draft": "#31a354",
                 "verify": "#756bb1", "schedule": "#636363"}
@@ -42,7 +42,7 @@ def write_timeline(requests: Sequence[Mapping[str, Any]], path: Path, title: str
             bars: dict[str, list[tuple[float, float]]] = {}
             for code, ts, dur in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
                 start = (ts - origin) / 1e6
-                if start <= TIMELINE_WINDOW_S:
+                if is_span(code) and start <= TIMELINE_WINDOW_S:
                     bars.setdefault(SPAN_KINDS[code], []).append((start, max(dur / 1e6, 1e-4)))
             for kind, segments in bars.items():
                 ax.broken_barh(segments, (lane - 0.4, 0.8), facecolors=SPAN_COLOURS[kind], label=kind)

@@ -1,21 +1,29 @@
 """The drafter: head of the ring. Streams the prompt, then draft-tree segments, into stage 1.
 
-It mirrors the scheduler's tree by applying the same prune events. On every Expand it drafts from
-the current root: a new round gets a fill tree cut into one segment per pipeline hop; a running round
-gets a fresh draft merged into the surviving tree, and only the nodes the tree lacked are sent.
+It mirrors the scheduler's tree by applying the same prune events (nodes the scheduler had not yet
+heard of survive iff their parent does). Sending is paced by credits: each Expand says one segment
+left the ring. A new round's first credit gets a fill tree cut into one segment per pipeline hop, and
+one more segment may follow at once (``EXTRA_IN_FLIGHT``). In flowspec "grow" mode drafting is not
+paced: between messages (:meth:`DrafterCore.next_work`, :meth:`DrafterCore.work`) the drafter grows
+the tree a level at a time from its best leaves, ahead of the verdicts; a credit sends every
+pre-drafted node that survived the prunes since, and the next growth starts. Its shape follows the
+measured acceptance (:mod:`common.tree_policy`). Other modes draft when a credit arrives.
 With a draft head the base's features of committed tokens arrive from the verifier (``Features``);
-an Expand that needs features not yet arrived waits for them.
+drafting that needs features not yet arrived waits for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from common import tree_policy
 from common.drafting import TreeDrafter, TreeShape
 from common.heads.context import HeadContextDrafter
-from common.observability.trace import span
+from common.observability import trace
 from common.ordering import OrderError, PruneLog
 from common.protocol import (
     DraftReport,
@@ -30,11 +38,12 @@ from common.protocol import (
     StartRequest,
 )
 from common.request_table import RequestTable
-from common.tree import DraftTree, merge_trees, prune_tree, segment_sizes, single_root
+from common.tree import DraftTree, merge_trees, renumbered, segment_sizes, single_root
 
 Outbound = tuple[str, Message]
 Drafter = TreeDrafter | HeadContextDrafter
 MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find nodes the tree lacks
+EXTRA_IN_FLIGHT = 1  # segments beyond a fill's one per hop: the pipeline has room, the drafter does not flood it
 
 
 @dataclass
@@ -44,16 +53,26 @@ class _Request:
     drafter: Drafter  # the shared draft model (or head) over this request's own context cache
     root: int = -1
     pending: list[int] = field(default_factory=list)  # committed tokens not yet in the draft cache
-    tree: DraftTree | None = None  # None between rounds
+    tree: DraftTree | None = None  # None between rounds; nodes past ``sent`` are pre-drafted
     mode: str = "flowspec"
     context_length: int = 0  # prompt and output tokens, the root included
     log: PruneLog = field(default_factory=PruneLog)
     seq: int = 0
     idle_expands: int = 0  # Expands since the last prune: grow the draft to find new nodes
     busy_s: float = 0.0  # drafting time: expansions and context passes
+    unreported_s: float = 0.0  # drafting time not yet in a DraftReport
     expansions: int = 0
     nodes: int = 0  # tree nodes sent
-    expand_waiting: bool = False  # an Expand waits for the base features it needs (draft head)
+    credits: int = 0  # segments it may send now
+    sent: int = 0  # nodes of ``tree`` already in the ring
+    shape: tree_policy.GrowthShape | None = None  # the growth under way; None: the tree is at its cap
+    levels_grown: int = 0  # levels of that growth drafted so far
+    acceptance: tree_policy.Acceptance = field(default_factory=tree_policy.Acceptance)
+
+    @property
+    def continuous(self) -> bool:
+        """Whether it drafts ahead of the verdicts (flowspec, best-leaf growth)."""
+        return self.mode == "flowspec" and self.draft.expansion == "grow"
 
 
 class Drafters(Protocol):
@@ -70,6 +89,7 @@ class DrafterCore:
         self._drafters = drafters
         self._hops = hops  # stages + verifier: segments a fill keeps in flight
         self._requests: RequestTable[_Request] = RequestTable()
+        self._turn = 0  # round-robin over requests with work
 
     @property
     def requests(self) -> dict[str, _Request]:
@@ -93,26 +113,41 @@ class DrafterCore:
             self._release(req.request_id)
             return [("scheduler", StageStats(self.name, req.request_id, req.busy_s * 1e3, req.expansions, req.nodes))]
         if isinstance(msg, Prune):
-            req.log.record(msg)
-            if req.mode != "ar":  # ar never drafts, so the draft model needs no context
-                req.pending.extend(msg.new_tokens)
-            req.context_length += len(msg.new_tokens)
-            req.root = msg.next_token
-            req.tree = None if msg.ends_round else prune_tree(req.tree, msg.keep)
-            req.idle_expands = 0
+            self._on_prune(req, msg)
             return []
         if isinstance(msg, Features):
             if not isinstance(req.drafter, HeadContextDrafter):
                 raise OrderError(f"{self.name} drafts with a model, not a head: it takes no features")
             req.drafter.add_features(msg.position, msg.hidden)
-            return self._expand_if_ready(req) if req.expand_waiting else []
+            return self._spend_credit(req)
         if isinstance(msg, Expand):
             if msg.epoch != req.log.epoch:
                 raise OrderError(f"expand for epoch {msg.epoch} while at epoch {req.log.epoch}")
-            req.expand_waiting = True
-            return self._expand_if_ready(req)
+            req.credits += 1
+            return self._spend_credit(req)
         raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
 
+    def next_work(self) -> str | None:
+        """A request with drafting to do between messages (round-robin), or None: wait for a message."""
+        ids = [rid for rid, req in self._requests.active.items() if self._has_work(req)]
+        if not ids:
+            return None
+        self._turn += 1
+        return ids[self._turn % len(ids)]
+
+    def work(self, request_id: str) -> list[Outbound]:
+        """One step of drafting for ``request_id``: a context pass or one growth level (and what it lets out)."""
+        req = self._requests.active.get(request_id)
+        if req is None or not self._has_work(req):
+            return []
+        if req.tree is None:
+            with self._drafting(req):
+                self._extend_context(req)
+            return []
+        self._grow_level(req)
+        return self._spend_credit(req)
+
+    # ------------------------------------------------------------------------------------------ messages
     def _release(self, request_id: str) -> None:
         req = self._requests.end(request_id)
         if req is not None:
@@ -130,71 +165,132 @@ class DrafterCore:
         req.pending = prompt  # drafted into the cache while the base model prefills
         return out, early
 
-    def prefill_draft_context(self) -> None:
-        """Feed committed tokens to the draft model (called by the shell after sending, to overlap)."""
-        for req in self._requests.active.values():
-            if req.pending and req.mode != "ar":
-                started = time.perf_counter()
-                with span("draft", req.request_id):
-                    self._extend_context(req)
-                req.busy_s += time.perf_counter() - started
+    def _on_prune(self, req: _Request, event: Prune) -> None:
+        """Apply a prune event: commit its tokens, keep the next token's subtree (pre-drafted nodes too)."""
+        req.log.record(event)
+        if event.accepted and req.tree is not None:
+            self._observe(req, event)
+        if req.mode != "ar":  # ar never drafts, so the draft model needs no context
+            req.pending.extend(event.new_tokens)
+        req.context_length += len(event.new_tokens)
+        req.root = event.next_token
+        self._renumber(req, event)
+        req.idle_expands = 0
 
+    def _observe(self, req: _Request, event: Prune) -> None:
+        """Fold one verification into the acceptance averages (before the tree is renumbered)."""
+        last = event.accepted[-1]
+        full = last not in req.tree.parents  # the accepted path ran to a leaf
+        req.acceptance = tree_policy.observe(req.acceptance, len(event.accepted) - 1, full, bool(event.keep))
+
+    def _renumber(self, req: _Request, event: Prune) -> None:
+        if event.ends_round or req.tree is None:
+            req.tree, req.sent, req.shape, req.levels_grown = None, 0, None, 0
+            return
+        now = req.log.bring_forward(event.epoch - 1, 0, req.tree.parents)
+        req.sent = sum(1 for r in now.rows if r < req.sent)
+        req.tree = renumbered(req.tree, now)
+        if not len(req.tree):
+            raise OrderError(f"prune epoch {event.epoch} keeps nodes but none of this drafter's tree")
+
+    def _spend_credit(self, req: _Request) -> list[Outbound]:
+        """Send what a credit allows now: a fill, the pre-drafted nodes, or (other modes) a fresh growth."""
+        if req.credits < 1 or not self._features_ready(req):
+            return []
+        if req.tree is not None and req.continuous:
+            if req.sent == len(req.tree):  # nothing pre-drafted survived: send the next level as soon as it is drafted
+                if not self._growing(req):
+                    self._start_growth(req)
+                return []
+            req.credits -= 1
+            out = self._send(req, [len(req.tree) - req.sent])
+            self._start_growth(req)
+            return out
+        req.credits -= 1
+        out = self._expand(req)
+        if req.continuous:  # a new round's fill: one more segment may follow, then one per credit
+            req.credits = EXTRA_IN_FLIGHT
+            self._start_growth(req)
+        return out
+
+    def _features_ready(self, req: _Request) -> bool:
+        """Whether a draft head has the features of every committed token but the root (a model always has)."""
+        head = isinstance(req.drafter, HeadContextDrafter) and req.mode != "ar"
+        return not head or req.drafter.has_features(req.context_length)
+
+    # ------------------------------------------------------------------------- drafting ahead (flowspec)
+    def _has_work(self, req: _Request) -> bool:
+        if req.mode == "ar" or not self._features_ready(req):
+            return False
+        if req.tree is None:
+            return bool(req.pending)
+        return req.continuous and self._growing(req)
+
+    @staticmethod
+    def _growing(req: _Request) -> bool:
+        return req.shape is not None and req.levels_grown < req.shape.levels
+
+    def _start_growth(self, req: _Request) -> None:
+        """Choose the next growth's shape (None at the node cap: the next prune makes room)."""
+        settings = req.draft
+        base = tree_policy.GrowthShape(settings.grow_levels, settings.expand_leaves, settings.expand_nodes)
+        if settings.adaptive:
+            depth = max(req.tree.depths())
+            req.shape = tree_policy.growth_shape(req.acceptance, base, self._hops, depth, len(req.tree),
+                                                 settings.node_cap)
+        else:
+            fits = len(req.tree) + base.levels * base.width <= settings.node_cap
+            req.shape = base if fits else None
+        req.levels_grown = 0
+
+    def _grow_level(self, req: _Request) -> None:
+        """One draft forward: children of the best leaves (the pending context rides along)."""
+        shape = req.shape
+        pending, req.pending = req.pending, []
+        before = len(req.tree)
+        with self._drafting(req):
+            req.tree = req.drafter.grow_best(req.tree, shape.leaves, shape.width, req.draft.top_k, pending)
+        trace.counter("tree_levels", shape.levels, req.request_id)
+        trace.counter("tree_width", shape.width, req.request_id)
+        req.expansions += 1
+        req.levels_grown = req.levels_grown + 1 if len(req.tree) > before else shape.levels  # none new: done
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _drafting(req: _Request) -> Iterator[None]:
+        """Time a drafting step: a ``draft`` span, the request's busy time and its next report's draft_ms."""
+        started = time.perf_counter()
+        with trace.span("draft", req.request_id):
+            yield
+        elapsed = time.perf_counter() - started
+        req.busy_s += elapsed
+        req.unreported_s += elapsed
+
+    # ---------------------------------------------------------------------- drafting on a credit (others)
     def _extend_context(self, req: _Request) -> None:
         if req.pending and req.mode != "ar":
             req.drafter.extend_context(req.pending)
             req.pending = []
 
-    def _expand_if_ready(self, req: _Request) -> list[Outbound]:
-        """Expand now, unless a draft head still lacks the features of committed tokens."""
-        head = isinstance(req.drafter, HeadContextDrafter) and req.mode != "ar"
-        if head and not req.drafter.has_features(req.context_length):
-            return []
-        req.expand_waiting = False
-        return self._expand(req)
-
     def _expand(self, req: _Request) -> list[Outbound]:
-        started = time.perf_counter()
-        with span("draft"):
-            out, first = self._draft_segments(req)
-        tree = req.tree
-        draft_s = time.perf_counter() - started
-        req.busy_s += draft_s
+        """Draft now (a new round's fill, or a growth in the modes that do not draft ahead) and send it."""
+        with self._drafting(req):
+            sizes = self._draft(req)
         req.expansions += 1
-        req.nodes += len(tree) - first
-        report = DraftReport(
-            request_id=req.request_id, epoch=req.log.epoch, first=first,
-            tokens=tree.tokens[first:], parents=tree.parents[first:], segments_sent=len(out),
-            draft_ms=draft_s * 1e3,
-        )
-        return [*out, ("scheduler", report)]
+        return self._send(req, sizes)
 
-    def _draft_segments(self, req: _Request) -> tuple[list[Outbound], int]:
-        """Grow (or start) the tree and cut the new nodes into segments; returns them and the first new node."""
+    def _draft(self, req: _Request) -> list[int]:
+        """Grow (or start) the tree; returns the segment sizes of its unsent nodes."""
         if req.mode == "ar":
-            req.tree, first, sizes = single_root(req.root), 0, [1]  # no speculation: the root alone
-        else:
-            if req.tree is None:
-                self._extend_context(req)
-                req.tree, sizes = self._fill(req)
-                first = 0
-            else:
-                first = len(req.tree)
-                req.tree = self._grow(req)
-                sizes = [len(req.tree) - first]
-        tree = req.tree
-        depths = tree.depths()
-        root_pos = req.context_length - 1
-        out: list[Outbound] = []
-        start = first
-        for i, size in enumerate(sizes):
-            nodes = range(start, start + size)
-            segment = self._segment(
-                req, "tree", start, [tree.tokens[j] for j in nodes], [tree.parents[j] for j in nodes],
-                [root_pos + depths[j] for j in nodes], closes_tree=first == 0 and i == len(sizes) - 1,
-            )
-            out.append(("next", segment))
-            start += size
-        return out, first
+            req.tree = single_root(req.root)  # no speculation: the root alone
+            return [1]
+        if req.tree is None:
+            self._extend_context(req)
+            req.tree, sizes = self._fill(req)
+            return sizes
+        first = len(req.tree)
+        req.tree = self._grow(req)
+        return [len(req.tree) - first]
 
     def _fill(self, req: _Request) -> tuple[DraftTree, list[int]]:
         """A new round's tree and its segment sizes: one segment per pipeline hop."""
@@ -229,6 +325,32 @@ class DrafterCore:
         shape = TreeShape(settings.expand_nodes * scale, settings.expand_depth + scale - 1, settings.top_k)
         merged, _ = merge_trees(req.tree, req.drafter.draft(req.root, shape))
         return merged
+
+    # --------------------------------------------------------------------------------------------- output
+    def _send(self, req: _Request, sizes: list[int]) -> list[Outbound]:
+        """The report of the tree's unsent nodes, then those nodes cut into segments of ``sizes``."""
+        tree, first = req.tree, req.sent
+        assert sum(sizes) == len(tree) - first, "segments must cover exactly the unsent nodes"
+        depths = tree.depths()
+        root_pos = req.context_length - 1
+        report = DraftReport(
+            request_id=req.request_id, epoch=req.log.epoch, first=first, tokens=tree.tokens[first:],
+            parents=tree.parents[first:], segments_sent=len(sizes), draft_ms=req.unreported_s * 1e3,
+        )
+        out: list[Outbound] = [("scheduler", report)]  # ahead of its segments, which need N hops to be verified
+        start = first
+        for i, size in enumerate(sizes):
+            nodes = range(start, start + size)
+            segment = self._segment(
+                req, "tree", start, [tree.tokens[j] for j in nodes], [tree.parents[j] for j in nodes],
+                [root_pos + depths[j] for j in nodes], closes_tree=first == 0 and i == len(sizes) - 1,
+            )
+            out.append(("next", segment))
+            start += size
+        req.sent = len(tree)
+        req.nodes += len(tree) - first
+        req.unreported_s = 0.0
+        return out
 
     def _segment(self, req, phase, first, tokens, parents, positions, last=False, closes_tree=False) -> Segment:
         seg = Segment(

@@ -23,9 +23,11 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: i
 
 
 def tree_nodes(draft: DraftSettings) -> int:
-    """Tree rows a request may hold beyond its context: the fill tree plus a step's largest growth."""
+    """Tree rows a request may hold beyond its context: the fill tree plus a step's largest growth (or the
+    node cap of drafting ahead)."""
     fill = max(draft.fill_nodes, draft.pipedec_width * draft.fill_depth)
-    return fill + 3 * draft.expand_nodes * max(draft.grow_levels, 1)  # 3: an idle expansion's largest scale
+    growth = 3 * draft.expand_nodes * max(draft.grow_levels, 1)  # 3: an idle expansion's largest scale
+    return fill + max(growth, draft.node_cap)
 
 
 def kv_need_bytes(prompt_tokens: int, max_new_tokens: int, draft: DraftSettings, capacity: Capacity) -> int:

@@ -5,8 +5,11 @@ queue and KV-memory limits) decides which start, and a FIFO queue holds the rest
 
 Per verification it extends the output, stops exactly at EOS or ``max_new_tokens``, decides which
 nodes survive (the next token's subtree) or that the round ends, and issues one Prune to every
-service and one Expand to the drafter. It decides on one verdict at a time, after the drafter has
-reported the nodes of the previous expansion, so its tree and the drafter's never diverge.
+service and one Expand (a credit: one segment left the ring) to the drafter. It decides each verdict
+at once, over the nodes it knows: nodes still being reported survive a prune iff their parent does
+(``Prune.known``), and a report of an older epoch is brought forward through the prunes since, so its
+tree stays a prefix of the drafter's at every epoch. Only a verdict over nodes not yet reported (its
+segment overtook the report) waits, for that report alone.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.observability import trace
-from common.ordering import OrderError
+from common.ordering import OrderError, PruneLog
 from common.protocol import (
     DraftReport,
     DraftSettings,
@@ -66,8 +69,8 @@ class _Job:
     epoch: int = 0
     round: int = 0
     output: list[int] = field(default_factory=list)
-    verdicts: deque[Verdict] = field(default_factory=deque)
-    awaiting_draft: bool = False
+    log: PruneLog = field(default_factory=PruneLog)  # the prunes issued, to bring late reports forward
+    verdicts: deque[Verdict] = field(default_factory=deque)  # the first waits for the report of its nodes
     prefilled_at: float = 0.0
     steps: int = 0
     noops: int = 0
@@ -172,18 +175,32 @@ class SchedulerCore:
         if isinstance(msg, Verdict):
             job.verdicts.append(msg)
         elif isinstance(msg, DraftReport):
-            if not job.awaiting_draft or msg.epoch != job.epoch or msg.first != len(job.tree):
-                raise OrderError(f"draft report epoch {msg.epoch} first {msg.first} does not fit the tree")
-            job.tree = job.tree.appended(msg.tokens, msg.parents, [0.0] * len(msg.tokens))
-            job.awaiting_draft = False
-            job.draft_ms += msg.draft_ms
+            self._add_report(job, msg)
         else:
             raise OrderError(f"the scheduler does not handle {msg.KIND} messages")
         out: list[Outbound] = []
-        while job.reply is None and job.verdicts and not job.awaiting_draft:
+        while job.reply is None and job.verdicts and self._known(job, job.verdicts[0]):
             with trace.span("schedule", job.request_id):
                 out.extend(self._decide(job, job.verdicts.popleft()))
         return out
+
+    @staticmethod
+    def _add_report(job: _Job, report: DraftReport) -> None:
+        """Append a report's nodes that survived the prunes issued since it was drafted."""
+        if report.epoch > job.epoch:
+            raise OrderError(f"draft report of epoch {report.epoch} while the tree is at epoch {job.epoch}")
+        now = job.log.bring_forward(report.epoch, report.first, report.parents)
+        job.draft_ms += report.draft_ms
+        if not now.rows:
+            return
+        if now.first != len(job.tree):
+            raise OrderError(f"draft report brings node {now.first} but the tree holds {len(job.tree)}")
+        job.tree = job.tree.appended([report.tokens[r] for r in now.rows], now.parents, [0.0] * len(now.rows))
+
+    @staticmethod
+    def _known(job: _Job, verdict: Verdict) -> bool:
+        """Whether every node of the verdict's segment (nodes 0 .. rows-1 of its epoch) was reported."""
+        return verdict.kind != "tree" or verdict.epoch != job.epoch or verdict.rows <= len(job.tree)
 
     def fail(self, request_id: str, error: str, code: str = "failed") -> list[Outbound]:
         """End one running request with an error (a protocol violation in one of its reports)."""
@@ -305,14 +322,15 @@ class SchedulerCore:
         job.round += 0 if keep else 1
         event = {
             "request_id": job.request_id, "epoch": job.epoch, "round": job.round, "accepted": accepted,
-            "keep": keep, "new_tokens": new_tokens, "next_token": verdict.next_token,
+            "keep": keep, "new_tokens": new_tokens, "next_token": verdict.next_token, "known": len(job.tree),
         }
-        out: list[Outbound] = [(name, Prune(cmd_seq=self._next_seq(name), **event)) for name in self._services]
+        prunes = [Prune(cmd_seq=self._next_seq(name), **event) for name in self._services]  # one event, own cmd_seq
+        job.log.record(prunes[0])
+        out: list[Outbound] = list(zip(self._services, prunes, strict=True))
         job.tree = prune_tree(job.tree, keep) if keep else DraftTree((), (), ())
         return streamed + out + self._expand(job)
 
     def _expand(self, job: _Job) -> list[Outbound]:
-        job.awaiting_draft = True
         return [("drafter", Expand(request_id=job.request_id, cmd_seq=self._next_seq("drafter"), epoch=job.epoch))]
 
     def _stop(self, job: _Job) -> bool:

@@ -35,6 +35,7 @@ class _Request:
     segments: SequenceCheck = field(default_factory=lambda: SequenceCheck("segment"))
     committed: int = 0
     mask: TreeMask = field(default_factory=TreeMask)  # tree attention of the cached tree nodes
+    parents: list[int] = field(default_factory=list)  # parent of each cached tree node
     waiting: deque[Segment] = field(default_factory=deque)
     busy_s: float = 0.0
     forwards: int = 0
@@ -97,9 +98,10 @@ class StageCore:
 
     def _apply_prune(self, req: _Request, event: Prune) -> None:
         req.log.record(event)
-        in_cache = [k for k in event.keep if k < req.tree_rows]
         if any(a >= req.tree_rows for a in event.accepted):
             raise OrderError(f"prune epoch {event.epoch} accepts nodes this stage has not computed")
+        now = req.log.bring_forward(event.epoch - 1, 0, req.parents)
+        in_cache, req.parents = list(now.rows), list(now.parents)
         g = req.committed
         rows = [g + a for a in event.accepted] + [g + k for k in in_cache]
         req.cache.keep(torch.tensor(rows, dtype=torch.long), start=g)  # the committed prefix stays put
@@ -133,6 +135,7 @@ class StageCore:
         rows = list(now.rows)
         n = len(rows)
         tree = req.mask.append(now.parents)  # [n, t + n]
+        req.parents += now.parents
         # Rows that see every cached node need no mask at all (autoregressive steps, chains).
         attend = None if bool(tree.all()) else torch.cat((torch.ones(n, req.committed, dtype=torch.bool), tree), 1)
         positions = torch.tensor([seg.positions[r] for r in rows], dtype=torch.long)

@@ -1,8 +1,10 @@
 """All ring services in one process, wired by per-link FIFO queues.
 
 Messages are delivered in a seeded random interleaving that respects each link's FIFO order, as a
-network of PUSH/PULL sockets would: this exercises the epoch logic under arbitrary timing, fast and
-reproducibly, with the very cores the real services run.
+network of PUSH/PULL sockets would, and the drafter's work between messages (drafting ahead) takes
+random turns among them: this exercises the epoch logic under arbitrary timing, fast and
+reproducibly, with the very cores the real services run. ``after_each`` (if set) sees the ring after
+every delivery and every drafting step.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class LocalRing:
         self._random = random.Random(interleave_seed)
         self._wire = wire  # round-trip every message through the codec, as the sockets do
         self.delivered = 0
+        self.after_each: Callable[[LocalRing], None] | None = None
         self.received: dict[str, list[Message]] = {}  # client -> chunks and replies, in order
         self._clients = itertools.count()
 
@@ -116,15 +119,24 @@ class LocalRing:
     def deliver(self, until: Callable[[], bool]) -> None:
         """Deliver messages in a random FIFO-respecting interleaving until ``until()`` or the ring is quiet."""
         while not until():
-            busy = [link for link, queue in self._links.items() if queue]
+            busy: list[tuple[str, str] | None] = [link for link, queue in self._links.items() if queue]
+            drafting = self.drafter.next_work()
+            if drafting is not None:
+                busy.append(None)  # the drafter's turn to draft ahead
             if not busy:  # what the scheduler's request deadline does in a real cluster
                 self._route("scheduler", self.scheduler.expire(float("inf"), 0.0))
                 return
-            src, dst = self._random.choice(busy)
+            link = self._random.choice(busy)
+            if link is None:
+                self._route("drafter", self.drafter.work(drafting))
+                self._observe()
+                continue
+            src, dst = link
             msg = self._links[(src, dst)].popleft()
             self.delivered += 1
             if dst == "scheduler":
                 self._route(dst, self.scheduler.handle(msg))
+                self._observe()
                 continue
             core = self._cores[dst]
             try:
@@ -133,6 +145,11 @@ class LocalRing:
                 core.drop_request(getattr(msg, "request_id", ""))
                 outs = [("scheduler", Fault(dst, getattr(msg, "request_id", ""), str(exc)))]
             self._route(dst, outs)
+            self._observe()
+
+    def _observe(self) -> None:
+        if self.after_each is not None:
+            self.after_each(self)
 
     def held_requests(self) -> dict[str, set[str]]:
         """Request ids each core holds state for (the scheduler's: in the ring)."""

@@ -181,3 +181,18 @@ def test_early_messages_bound_is_shared_by_all_requests() -> None:
         early.hold(Expand(f"r{i}", 0, 0))
     assert early.release("old") == [], "the oldest message overall is dropped"
     assert len(early.release("r0")) == 1
+
+
+def test_bring_forward_keeps_late_nodes_under_a_kept_parent() -> None:
+    log = PruneLog()
+    # Decided over nodes 0..3 (0 -> 1 -> 2, 0 -> 3); nodes 4 (under 2) and 5 (under 3) were still being reported.
+    log.record(Prune("r", 0, 1, 0, (0,), (1, 2), (7,), 7, known=4))
+    now = log.bring_forward(0, 4, (2, 3))
+    assert (now.rows, now.first, now.parents) == ((0,), 2, (1,))
+
+
+def test_bring_forward_of_late_nodes_out_of_order_is_an_order_error() -> None:
+    log = PruneLog()
+    log.record(Prune("r", 0, 1, 0, (0,), (1,), (7,), 7, known=2))
+    with pytest.raises(OrderError, match="brought before"):
+        log.bring_forward(0, 3, (1,))

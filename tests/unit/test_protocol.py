@@ -91,7 +91,7 @@ def segments(draw: st.DrawFn, allow_empty_tensor: bool = False) -> Segment:
 
 draft_settings = st.builds(
     DraftSettings, top_k=small, fill_nodes=small, fill_depth=small, fill_segments=small, segment_cap=small,
-    expand_nodes=small, expand_depth=small,
+    expand_nodes=small, expand_depth=small, adaptive=st.booleans(), node_cap=small,
 )
 @st.composite
 def features(draw: st.DrawFn) -> Features:
@@ -109,7 +109,7 @@ messages = st.one_of(
     st.builds(StartRequest, request_id=texts, cmd_seq=ints, prompt=int_tuples, max_new_tokens=ints,
               temperature=floats, seed=ints, draft=draft_settings, prefill_chunk=ints),
     st.builds(Prune, request_id=texts, cmd_seq=ints, epoch=ints, round=ints, accepted=int_tuples,
-              keep=int_tuples, new_tokens=int_tuples, next_token=ints),
+              keep=int_tuples, new_tokens=int_tuples, next_token=ints, known=ints),
     st.builds(Expand, request_id=texts, cmd_seq=ints, epoch=ints),
     st.builds(EndRequest, request_id=texts, cmd_seq=ints, reason=texts),
     st.builds(Shutdown, cmd_seq=ints),

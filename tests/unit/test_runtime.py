@@ -211,3 +211,53 @@ def test_a_service_busy_in_a_long_handle_keeps_beating(service):
         assert all(b.service == "stage-1" for b in beats)
     finally:
         service.core.release.set()
+
+@dataclass
+class DraftingCore:
+    """Has ``steps`` steps of work of its own after a StartRequest, one report each."""
+
+    name: str = "drafter"
+    steps: int = 0
+
+    def handle(self, msg: Message) -> list[tuple[str, Message]]:
+        if isinstance(msg, StartRequest):
+            self.steps = 5
+        return []
+
+    def next_work(self) -> str | None:
+        return "r1" if self.steps else None
+
+    def work(self, request_id: str) -> list[tuple[str, Message]]:
+        self.steps -= 1
+        return [("scheduler", StageStats(self.name, request_id, 0.0, self.steps, 0))]
+
+
+def test_a_core_with_work_of_its_own_is_not_held_in_a_receive():
+    """With a 30 s poll interval, the five steps still follow one another with no message to wake the loop."""
+    ctx = zmq.Context.instance()
+    scheduler = ctx.socket(zmq.PULL)
+    scheduler.setsockopt(zmq.LINGER, 0)
+    port = scheduler.bind_to_random_port("tcp://127.0.0.1")
+    cmd_sock, cmd_endpoint = _bound_pull(ctx)
+    core = DraftingCore()
+    routes = {"scheduler": shaped_push(ctx, f"tcp://127.0.0.1:{port}", "test->scheduler")}
+    hooks = CoreHooks(drop_request=lambda request_id: None, next_work=core.next_work, work=core.work)
+    slow = Timeouts(poll_interval_s=30.0, heartbeat_interval_s=30.0)
+    thread = threading.Thread(target=serve, args=(core, ServiceSockets(cmd_sock, None, routes), hooks),
+                              kwargs={"timeouts": slow})
+    thread.start()
+    commands = _push(ctx, cmd_endpoint)
+    try:
+        commands.send_multipart(encode(_start("r1", 0)))
+        left = []
+        while len(left) < 5 and scheduler.poll(10_000):
+            msg = decode(scheduler.recv_multipart())
+            if isinstance(msg, StageStats):
+                left.append(msg.forwards)
+        assert left == [4, 3, 2, 1, 0]
+    finally:
+        commands.send_multipart(encode(Shutdown(cmd_seq=-1)))
+        thread.join(40)
+        for sock in (commands, scheduler, cmd_sock):
+            sock.close(0)
+    assert not thread.is_alive()

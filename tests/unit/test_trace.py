@@ -42,3 +42,16 @@ def test_per_forward_splits_model_time_from_bookkeeping():
             code("prune"), 0, 500)
     assert trace.per_forward(flat) == (5.0, 0.5, 2)
     assert trace.per_forward((code("schedule"), 0, 1000)) == (0.0, 1.0, 0)
+
+
+def test_counters_become_perfetto_counter_tracks_and_are_not_busy_time():
+    trace.start("rc")
+    with trace.bound("rc"), trace.span("draft"):
+        trace.counter("tree_levels", 4)
+        trace.counter("tree_width", 12)
+    flat = trace.finish("rc")
+    assert trace.busy_by_kind(flat).keys() == {"draft"}
+    assert trace.per_forward(flat)[2] == 1
+    events = trace.chrome_trace([{"label": "flowspec p0", "spans": {"drafter": flat}}])["traceEvents"]
+    counters = {e["name"]: e["args"] for e in events if e["ph"] == "C"}
+    assert counters == {"tree_levels": {"tree_levels": 4}, "tree_width": {"tree_width": 12}}

@@ -13,12 +13,15 @@ from common.ordering import PruneLog
 from common.protocol import Prune
 from common.tree import (
     DraftTree,
+    RemappedRows,
+    Renumbering,
     ancestor_sets,
     index_map,
     merge_trees,
     plan_prune,
     prune_tree,
     remap_rows,
+    renumbered,
     segment_sizes,
     single_root,
 )
@@ -457,3 +460,64 @@ def test_segments_and_prunes_keep_one_index_space(data) -> None:
         # the stage's KV region holds tree nodes 0..t-1, with the tree's ancestor sets
         assert stage.kv == ids[: len(stage.kv)]
         assert stage.ancestors == ancestor_sets(tree.parents)[: len(stage.kv)]
+
+
+# ------------------------------------------------------------------------------------------ Renumbering
+@FAST
+@given(st.data())
+def test_late_nodes_survive_iff_their_parent_does(data) -> None:
+    """Deciding over a known prefix, then renumbering the whole tree, prunes as deciding over the whole tree."""
+    tree = data.draw(trees(max_nodes=30, score_ordered=True), label="tree")
+    known = data.draw(st.integers(1, len(tree)), label="known")
+    head = DraftTree(tree.tokens[:known], tree.parents[:known], tree.scores[:known])
+    path = data.draw(root_paths(head))
+    token = data.draw(next_tokens(head, path[-1]))
+    keep = plan_prune(head, path, token)
+    now = Renumbering(keep, known).remap(0, tree.parents)
+    whole = plan_prune(tree, path, token) if keep else ()
+    assert now == remap_rows(0, tree.parents, whole)
+    assert renumbered(tree, now) == prune_tree(tree, whole)
+
+
+@FAST
+@given(st.data())
+def test_renumbering_in_pieces_equals_renumbering_whole(data) -> None:
+    tree = data.draw(trees(max_nodes=30, score_ordered=True), label="tree")
+    known = data.draw(st.integers(1, len(tree)))
+    head = DraftTree(tree.tokens[:known], tree.parents[:known], tree.scores[:known])
+    path = data.draw(root_paths(head))
+    keep = plan_prune(head, path, data.draw(next_tokens(head, path[-1])))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(tree)), max_size=4)))
+    whole = Renumbering(keep, known).remap(0, tree.parents)
+    pieces = Renumbering(keep, known)
+    rows: list[int] = []
+    parents: list[int] = []
+    for start, end in zip([0, *cuts], [*cuts, len(tree)], strict=True):
+        part = pieces.remap(start, tree.parents[start:end])
+        rows += [start + r for r in part.rows]
+        parents += part.parents
+    assert (tuple(rows), tuple(parents)) == (whole.rows, whole.parents)
+
+
+def test_renumbering_table() -> None:
+    # 0 -> 1 -> 2; 0 -> 3; known = 4. Late: 4 under 1, 5 under 3, 6 under 4, 7 under 2.
+    parents = (-1, 0, 1, 0, 1, 3, 4, 2)
+    event = Renumbering((1, 2), known=4)  # 1 is the next root: 1 -> 0, 2 -> 1
+    assert event.remap(0, parents[:4]) == RemappedRows((1, 2), 0, (-1, 0))
+    assert event.remap(4, parents[4:]) == RemappedRows((0, 2, 3), 2, (0, 2, 1))  # 4 -> 2, 6 -> 3, 7 -> 4
+    assert event.remap(6, parents[6:]) == RemappedRows((0, 1), 3, (2, 1)), "asked again: the same answer"
+
+
+def test_renumbering_needs_late_nodes_in_order() -> None:
+    event = Renumbering((1,), known=2)
+    with pytest.raises(ValueError, match="brought before"):
+        event.remap(3, (1,))
+
+
+def test_a_round_end_drops_known_and_late_nodes() -> None:
+    assert Renumbering((), known=3).remap(0, (-1, 0, 0, 1, 2)) == RemappedRows((), 0, ())
+
+
+def test_without_known_every_node_not_kept_is_dropped() -> None:
+    parents = (-1, 0, 1, 0, 1)
+    assert Renumbering((1, 2)).remap(0, parents) == remap_rows(0, parents, (1, 2))
