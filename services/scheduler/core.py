@@ -250,7 +250,7 @@ class SchedulerCore:
             return []
         job.replays += 1
         job.request_id = attempt_id(request_id, job.replays)
-        job.tree, job.epoch, job.round, job.awaiting_draft = DraftTree((), (), ()), 0, 0, False
+        job.tree, job.epoch, job.round, job.log = DraftTree((), (), ()), 0, 0, PruneLog()
         job.verdicts.clear()
         job.service_stats.clear()
         return self._start(job)
