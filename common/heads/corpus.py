@@ -54,6 +54,26 @@ def code_instructions(limit: int, *, seed: int = 0, roots: Iterable[Path] | None
     return out
 
 
+def source_texts(limit_chars: int, *, seed: int = 0, roots: Iterable[Path] | None = None) -> list[str]:
+    """Whole Python source files, up to ``limit_chars`` in all, from files visited in a seeded random order."""
+    files = sorted({f for root in (roots or default_roots()) for f in _python_files(Path(root))})
+    random.Random(seed).shuffle(files)
+    out: list[str] = []
+    left = limit_chars
+    for file in files:
+        if left <= 0:
+            break
+        try:
+            if file.stat().st_size > MAX_FILE_BYTES:
+                continue
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):  # unreadable files are skipped
+            continue
+        out.append(text[:left])
+        left -= len(out[-1])
+    return out
+
+
 def prompts_from_file(path: Path) -> list[str]:
     """Instructions from an MT-bench / Spec-Bench style JSONL file (first turns); HumanEval files refused."""
     name = Path(path).name.lower().replace("-", "_")
