@@ -60,9 +60,9 @@ class TreeRows:
         return sorted(needed, key=lambda p: (len(p), p))
 
     def tree_attend(self, new: Sequence[Path]) -> Tensor:
-        """Tree-region mask of ``new`` rows (parents first, appended after the cached rows) ``[n, len + n]``.
+        """Tree-region mask ``[n, len + n]`` of ``new`` rows (parents first), appended after the cached rows.
 
-        Records the rows' places; ``add`` must follow with their hidden states once they are forwarded.
+        The rows join the tree mask now; ``add`` must follow with their hidden states once forwarded.
         """
         place = {path: len(self._paths) + i for i, path in enumerate(new)}
         parents = [-1 if len(p) == 1 else self._row.get(p[:-1], place.get(p[:-1], -2)) for p in new]

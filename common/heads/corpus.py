@@ -2,10 +2,10 @@
 
 Instructions come from the docstrings and signatures of module-level functions and classes in the
 Python standard library and the installed packages (read with ``ast``; nothing is imported or
-downloaded); whole source files from the same places are the corpus a draft model's reduced vocabulary is
-counted over (``common.draft_vocab``). Benchmark prompt sets (HumanEval, MT-bench, GSM8K) never become training data: their
-packages are skipped, HumanEval's entry points are filtered out, and ``check_excludes_benchmarks``
-refuses any corpus that still contains a benchmark prompt.
+downloaded); whole source files from the same places are what a draft model's reduced vocabulary is
+counted over (``common.draft_vocab``). Benchmark prompt sets (HumanEval, MT-bench, GSM8K) never become
+training data: their packages are skipped, HumanEval's entry points are filtered out, and
+``check_excludes_benchmarks`` refuses any corpus that still contains a benchmark prompt.
 """
 
 from __future__ import annotations
