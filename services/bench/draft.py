@@ -9,7 +9,6 @@ or not, full or reduced vocabulary) take their steps in turn, so machine noise h
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,14 +66,6 @@ class DraftTiming:
     grow_ms: list[float]  # every growth level (one draft forward each)
     fill_ms_per_level: list[float]  # every fill draft, divided by its depth
     tokens_per_step: float
-
-    @property
-    def grow_median_ms(self) -> float:
-        return statistics.median(self.grow_ms)
-
-    @property
-    def fill_median_ms(self) -> float:
-        return statistics.median(self.fill_ms_per_level) if self.fill_ms_per_level else float("nan")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 from typing import Annotated
 
 import typer
@@ -120,5 +121,6 @@ def draft(
                "tokens per step |")
     typer.echo("|---|---|---|---|---|---|")
     for t in profile_draft(model, ids, configs, settings, steps, accept):
-        typer.echo(f"| {t.label} | {t.vocab} | {t.grow_median_ms:.1f} | {sum(t.grow_ms) / len(t.grow_ms):.1f} | "
-                   f"{t.fill_median_ms:.1f} | {t.tokens_per_step:.2f} |")
+        fill = f"{statistics.median(t.fill_ms_per_level):.1f}" if t.fill_ms_per_level else "-"  # no round ended
+        typer.echo(f"| {t.label} | {t.vocab} | {statistics.median(t.grow_ms):.1f} | {statistics.mean(t.grow_ms):.1f} | "
+                   f"{fill} | {t.tokens_per_step:.2f} |")
