@@ -58,9 +58,9 @@ def up(
     if running(run_dir):
         fail(f"a cluster is already running from {run_dir}: run `flowring down` first")
     if cluster is not None:
-        if base or draft or draft_head or model or layers:
-            fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head "
-                 "and --layers")
+        if base or draft or draft_head or model or layers or draft_vocab:
+            fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head, "
+                 "--draft-vocab and --layers")
         _up_boards(cluster, run_dir, log_level)
         return
     if dtype not in ("float32", "bfloat16"):
