@@ -55,6 +55,7 @@ class TreeDrafter:
         self._rows = TreeRows(self._cache)
         self._keep = keep_tree_rows
         self._root_hidden: Tensor | None = None  # [H] at the last committed token
+        self.rows_forwarded = 0  # rows run through the draft model, committed tokens and tree nodes
 
     @property
     def model(self) -> ModelSlice:
@@ -183,6 +184,7 @@ class TreeDrafter:
         positions = torch.tensor([*range(past, past + p), *(root_position + len(q) for q in new)])
         ids = torch.tensor([*pending, *(q[-1] for q in new)], dtype=torch.long)
         hidden = self._model(ids, positions, attend, self._cache)  # [p + n, H]
+        self.rows_forwarded += p + n
         if p:
             self._rows.committed += p
             self._root_hidden = hidden[p - 1]

@@ -64,6 +64,7 @@ class DraftTiming:
     label: str
     vocab: int  # tokens the draft proposes from
     grow_ms: list[float]  # every growth level (one draft forward each)
+    grow_rows: float  # rows forwarded per growth level, on average
     fill_ms_per_level: list[float]  # every fill draft, divided by its depth
     tokens_per_step: float
 
@@ -76,6 +77,7 @@ class _Run:
     tree: DraftTree | None = None  # None: the next step starts a round
     pending: tuple[int, ...] = ()  # committed tokens the drafter has not taken yet, ending with the root
     grow_ms: list[float] = field(default_factory=list)
+    grow_rows: int = 0
     fill_ms: list[float] = field(default_factory=list)
     tokens: int = 0
 
@@ -93,7 +95,7 @@ def profile_draft(model: ModelSlice, prompt: Sequence[int], configs: Sequence[Dr
             _step(run, settings, accept, timed=step >= warmup)
     return [
         DraftTiming(r.config.label, model.spec.vocab_size if r.config.draft_ids is None else len(r.config.draft_ids),
-                    r.grow_ms, r.fill_ms, r.tokens / steps)
+                    r.grow_ms, r.grow_rows / len(r.grow_ms), r.fill_ms, r.tokens / steps)
         for r in runs
     ]
 
@@ -110,10 +112,12 @@ def _step(run: _Run, settings: DraftSettings, accept: int, timed: bool) -> None:
         run.pending = ()
     for level in range(settings.grow_levels):
         started = time.perf_counter()
+        rows = drafter.rows_forwarded
         run.tree = drafter.grow_best(run.tree, settings.expand_leaves, settings.expand_nodes, settings.top_k,
                                      run.pending if level == 0 else ())
         if timed:
             run.grow_ms.append((time.perf_counter() - started) * 1e3)
+            run.grow_rows += drafter.rows_forwarded - rows
     path, next_token = _likeliest_path(run.tree, accept)
     keep = plan_prune(run.tree, path, next_token)
     run.pending = tuple(run.tree.tokens[i] for i in path[1:]) + (next_token,)

@@ -117,10 +117,10 @@ def draft(
                f"{settings.fill_depth} levels, growth {settings.expand_nodes} nodes from {settings.expand_leaves} "
                f"leaves x {settings.grow_levels} levels a step, top-k {settings.top_k}; {steps} steps accepting "
                f"{accept} node(s) + 1")
-    typer.echo("| draft | vocabulary | ms per growth level (median) | (mean) | fill ms per level (median) | "
-               "tokens per step |")
-    typer.echo("|---|---|---|---|---|---|")
+    typer.echo("| draft | vocabulary | ms per growth level (median) | (mean) | rows per growth level | "
+               "fill ms per level (median) | tokens per step |")
+    typer.echo("|---|---|---|---|---|---|---|")
     for t in profile_draft(model, ids, configs, settings, steps, accept):
         fill = f"{statistics.median(t.fill_ms_per_level):.1f}" if t.fill_ms_per_level else "-"  # no round ended
         typer.echo(f"| {t.label} | {t.vocab} | {statistics.median(t.grow_ms):.1f} | {statistics.mean(t.grow_ms):.1f} | "
-                   f"{fill} | {t.tokens_per_step:.2f} |")
+                   f"{t.grow_rows:.1f} | {fill} | {t.tokens_per_step:.2f} |")

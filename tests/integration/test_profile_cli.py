@@ -35,10 +35,12 @@ def test_draft_table_compares_reforwarding_kept_rows_and_a_reduced_vocabulary(tm
                                       "def add(a, b):", "--steps", "4", "--dtype", "float32",
                                       "--tree", '{"fill_nodes": 8, "fill_depth": 3, "expand_nodes": 4}'])
     assert result.exit_code == 0, result.output
-    rows = re.findall(r"\| ([^|]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|-) \| ([\d.]+) \|", result.output)
+    rows = re.findall(r"\| ([^|]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|-) \| ([\d.]+) \|",
+                      result.output)
     assert [(r[0], r[1]) for r in rows] == [("re-forward, full vocabulary", "320"), ("kept KV, full vocabulary", "320"),
                                             ("kept KV, 64 tokens", "64")]
     assert all(float(r[2]) > 0 for r in rows)
-    assert rows[0][5] == rows[1][5]  # kept rows replay the very decode that re-forwarding does
+    assert rows[0][6] == rows[1][6]  # kept rows replay the very decode that re-forwarding does
+    assert float(rows[1][4]) < float(rows[0][4])  # ... forwarding fewer rows per growth
     bad = CliRunner().invoke(app, ["profile", "draft", "--draft", str(draft), "--tree", '{"depth": 3}'])
     assert bad.exit_code == 1 and "depth" in bad.output
