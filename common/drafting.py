@@ -1,11 +1,17 @@
 """Building draft trees with a draft model (EAGLE-2 style top-k expansion, score-ordered output).
 
 The draft model keeps a KV cache over the committed context (prompt and every output token, the
-current root included). A draft grows level by level from the root: the ``top_k`` best children of
-every frontier node are candidates with cumulative log-probability scores; the ``top_k`` best
-candidates form the next frontier. The ``nodes`` best candidates overall, ancestor-closed, ordered by
-score (ties by creation order) form the tree, so parents precede children and the likeliest nodes
-are streamed first. The draft is deterministic; sampling happens only at verification.
+current root included) followed by the rows of expanded tree nodes (``common.draft_rows``): a growth
+forwards only the nodes that lack a row, and committing accepted tokens turns their rows into context
+by compaction. A draft grows level by level from the root: the ``top_k`` best children of every
+frontier node are candidates with cumulative log-probability scores; the ``top_k`` best candidates
+form the next frontier. The ``nodes`` best candidates overall, ancestor-closed, ordered by score (ties
+by creation order) form the tree, so parents precede children and the likeliest nodes are streamed
+first. With a reduced draft vocabulary (``common.draft_vocab``) only its tokens are proposed.
+
+The draft is deterministic (top-k): verification needs no draft probabilities, at any temperature
+(``common.verification``), so a reduced vocabulary changes which tokens are proposed, never the output
+distribution.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from common.modeling import KVCache, ModelSlice, causal_attend
+from common.draft_rows import Path, TreeRows
+from common.draft_vocab import DraftLogits
+from common.modeling import KVCache, ModelSlice
 from common.modeling.cache_pool import CachePool
 from common.tree import DraftTree
 
@@ -28,16 +37,25 @@ class TreeShape:
 
 
 class TreeDrafter:
-    """A draft model with one request's context cache; ``draft`` never changes the committed context.
+    """A draft model with one request's cache; ``draft`` and ``grow`` never change the committed context.
 
     Several requests share the model, each through its own TreeDrafter over its own cache.
+    ``keep_tree_rows=False`` drops the tree rows after every draft or growth, so each growth
+    re-forwards its nodes' ancestors and committed tokens are forwarded again (the cost without kept rows).
     """
 
-    def __init__(self, model: ModelSlice, cache: KVCache | None = None) -> None:
+    def __init__(
+        self, model: ModelSlice, cache: KVCache | None = None, *, logits: DraftLogits | None = None,
+        keep_tree_rows: bool = True,
+    ) -> None:
         assert model.with_embedding and model.with_head, "the draft model must be whole"
         self._model = model
+        self._logits = logits or DraftLogits(model)
         self._cache: KVCache = cache if cache is not None else model.new_cache()
-        self._root_logits: torch.Tensor | None = None  # [vocab] at the last committed token
+        self._rows = TreeRows(self._cache)
+        self._keep = keep_tree_rows
+        self._root_hidden: Tensor | None = None  # [H] at the last committed token
+        self.rows_forwarded = 0  # rows run through the draft model, committed tokens and tree nodes
 
     @property
     def model(self) -> ModelSlice:
@@ -49,57 +67,54 @@ class TreeDrafter:
 
     @property
     def context_length(self) -> int:
-        return self._cache.length
+        """Committed tokens in the draft cache (tree rows excluded)."""
+        return self._rows.committed
+
+    @property
+    def tree_rows(self) -> int:
+        """Tree nodes whose rows the draft cache holds after the committed context."""
+        return len(self._rows)
 
     def reset(self) -> None:
         self._cache.reset()
-        self._root_logits = None
+        self._rows.reset()
+        self._root_hidden = None
 
     @torch.no_grad()
     def extend_context(self, tokens: Sequence[int], chunk: int = 64) -> None:
-        """Append committed tokens to the draft cache (prefill and accepted tokens)."""
-        for start in range(0, len(tokens), chunk):
-            ids = torch.tensor(tokens[start : start + chunk], dtype=torch.long)
-            past = self._cache.length
-            positions = torch.arange(past, past + len(ids))
-            hidden = self._model(ids, positions, causal_attend(past, len(ids)), self._cache)
-            self._root_logits = self._model.logits(hidden[-1:])[0]
+        """Commit tokens (prefill and accepted tokens): cached tree rows are adopted, the rest forwarded."""
+        rest = self._commit(tokens)
+        for start in range(0, len(rest), chunk):
+            self._forward(rest[start : start + chunk], [])
 
     @torch.no_grad()
     def draft(self, root: int, shape: TreeShape) -> DraftTree:
         """A tree rooted at ``root``, which must be the last token of the committed context."""
-        assert self._root_logits is not None and shape.nodes >= 1 and shape.depth >= 1 and shape.top_k >= 1
-        committed = self._cache.length
-        root_pos = committed - 1
+        assert self._root_hidden is not None and shape.nodes >= 1 and shape.depth >= 1 and shape.top_k >= 1
         k = shape.top_k
         # Candidate pool: creation order breaks score ties, so a parent always sorts before its child.
-        pool_tokens, pool_parents, pool_scores = [root], [-1], [0.0]
-        cache_row = {0: root_pos}  # pool index -> draft cache row, for expanded nodes
-        logp = torch.log_softmax(self._root_logits.float(), dim=-1)
-        top = torch.topk(logp, min(k, logp.numel()))
-        frontier = []
-        for score, token in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            frontier.append(len(pool_tokens))
-            pool_tokens.append(token)
-            pool_parents.append(0)
-            pool_scores.append(score)
-        try:
-            for level in range(1, shape.depth):
-                logp = self._expand(frontier, pool_parents, cache_row, committed, root_pos + level, pool_tokens)
-                top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)  # [F, k]
-                candidates = []
-                for f, (values, tokens) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
-                    parent = frontier[f]
-                    for value, token in zip(values, tokens, strict=True):
-                        candidates.append(len(pool_tokens))
-                        pool_tokens.append(token)
-                        pool_parents.append(parent)
-                        pool_scores.append(pool_scores[parent] + value)
-                candidates.sort(key=lambda i: (-pool_scores[i], i))
-                frontier = candidates[:k]
-        finally:
-            self._cache.truncate(committed)
-        return select_tree(pool_tokens, pool_parents, pool_scores, shape.nodes)
+        pool_tokens, pool_parents, pool_scores, paths = [root], [-1], [0.0], [()]
+        created: set[Path] = set()
+        frontier = [0]
+        for _ in range(shape.depth):
+            frontier_paths = [paths[i] for i in frontier]
+            created.update(self._rows.missing(frontier_paths))
+            self._forward((), frontier_paths)
+            values, tokens = self._proposals(self._hidden(frontier_paths), k)
+            candidates = []
+            for parent, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
+                for value, token in zip(row_values, row_tokens, strict=True):
+                    candidates.append(len(pool_tokens))
+                    pool_tokens.append(token)
+                    pool_parents.append(parent)
+                    pool_scores.append(pool_scores[parent] + value)
+                    paths.append((*paths[parent], token))
+            candidates.sort(key=lambda i: (-pool_scores[i], i))
+            frontier = candidates[:k]
+        tree = select_tree(pool_tokens, pool_parents, pool_scores, shape.nodes)
+        self._rows.discard(created - set(tree_paths(tree)))  # expanded, but left out of the tree
+        self._end_step()
+        return tree
 
     def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: Sequence[int] = ()) -> DraftTree:
         """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""
@@ -121,103 +136,87 @@ class TreeDrafter:
     ) -> DraftTree:
         """Append the ``width`` best new children of ``frontier`` nodes (by cumulative score).
 
-        ``pending``: committed tokens not yet in the draft cache, ending with the tree's root; they
-        ride in the same forward as the tree nodes, so a step costs one draft forward in all.
-        Children the tree already has are not proposed again.
+        ``pending``: committed tokens not yet in the draft cache, ending with the tree's root; they are
+        committed first (cached rows adopted) and the rest ride in the same forward as the new tree
+        rows, so a step costs one draft forward in all. Children the tree already has are not proposed again.
         """
         assert len(tree) >= 1 and frontier
         assert not pending or pending[-1] == tree.tokens[0], "pending tokens end with the root"
-        logp = torch.log_softmax(self._tree_logits(tree, frontier, pending), dim=-1)  # [F, vocab]
-        top = torch.topk(logp, min(top_k + 1, logp.shape[-1]), dim=-1)  # one spare for a known child
+        rest = self._commit(pending)
+        paths = tree_paths(tree)
+        wanted = [paths[f] for f in frontier]
+        self._forward(rest, wanted)
+        values, tokens = self._proposals(self._hidden(wanted), top_k + 1)  # one spare for a known child
         existing = {(p, t) for p, t in zip(tree.parents, tree.tokens, strict=True)}
         candidates = []
-        for f, values, tokens in zip(frontier, top.values.tolist(), top.indices.tolist(), strict=True):
-            fresh = [(v, t) for v, t in zip(values, tokens, strict=True) if (f, t) not in existing][:top_k]
+        for f, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
+            fresh = [(v, t) for v, t in zip(row_values, row_tokens, strict=True) if (f, t) not in existing][:top_k]
             for value, token in fresh:
                 candidates.append((tree.scores[f] + value, len(candidates), token, f))
         candidates.sort(key=lambda c: (-c[0], c[1]))
         best = candidates[:width]
+        self._end_step()
         return tree.appended([c[2] for c in best], [c[3] for c in best], [c[0] for c in best])
 
-    def _tree_logits(self, tree: DraftTree, nodes: list[int], pending: Sequence[int]) -> torch.Tensor:
-        """Draft logits [len(nodes), vocab] at tree nodes (the root's: at the last committed token).
+    def _commit(self, tokens: Sequence[int]) -> list[int]:
+        """Adopt the cached rows of the path ``tokens`` starts with; returns the tokens still to forward."""
+        adopted, hidden = self._rows.commit(tokens)
+        if hidden is not None:
+            self._root_hidden = hidden
+        return list(tokens[adopted:])
 
-        One forward: the pending committed tokens (causal, kept in the cache), then the asked nodes
-        and their ancestors (tree mask, dropped from the cache afterwards).
-        """
-        needed: set[int] = set()
-        for node in nodes:
-            while node > 0 and node not in needed:
-                needed.add(node)
-                node = tree.parents[node]
-        order = sorted(needed)  # parents first
-        past, p = self._cache.length, len(pending)
-        committed = past + p
-        rows_logits: dict[int, torch.Tensor] = {}
-        if order or p:
-            n = p + len(order)
-            attend = torch.zeros(n, past + n, dtype=torch.bool)
-            attend[:p, :past] = True
-            attend[:p, past:committed] = torch.ones(p, p, dtype=torch.bool).tril()
-            attend[p:, :committed] = True
-            row = {0: committed - 1} | {node: committed + k for k, node in enumerate(order)}
-            depths = tree.depths()
-            for k, node in enumerate(order):
-                while node > 0:
-                    attend[p + k, row[node]] = True
-                    node = tree.parents[node]
-            ids = torch.tensor([*pending, *(tree.tokens[i] for i in order)], dtype=torch.long)
-            positions = torch.tensor([*range(past, committed), *(committed - 1 + depths[i] for i in order)])
-            try:
-                hidden = self._model(ids, positions, attend, self._cache)  # [n, H]
-                wanted = [i for i in nodes if i > 0]
-                picks = ([p - 1] if p else []) + [p + order.index(i) for i in wanted]
-                logits = self._model.logits(hidden[picks]) if picks else None
-                if p:
-                    self._root_logits = logits[0]
-                rows_logits = dict(zip(wanted, logits[1 if p else 0 :], strict=True)) if wanted else {}
-            finally:
-                if self._cache.length > committed:
-                    self._cache.truncate(committed)
-        assert self._root_logits is not None, "the draft model has no context yet"
-        return torch.stack([self._root_logits.float() if i == 0 else rows_logits[i] for i in nodes])
+    def _forward(self, pending: Sequence[int], paths: list[Path]) -> None:
+        """At most one forward: the pending committed tokens (causal, they join the context), then the
+        rows that ``paths`` and their ancestors lack (tree mask, kept in the tree region)."""
+        new = self._rows.missing(paths)
+        p, n, t = len(pending), len(new), len(self._rows)
+        if not (p or n):
+            return
+        assert not (p and t), "committed tokens cannot follow kept tree rows"
+        past = self._rows.committed
+        attend = torch.zeros(p + n, past + p + t + n, dtype=torch.bool)
+        attend[:p, :past] = True
+        attend[:p, past : past + p] = torch.ones(p, p, dtype=torch.bool).tril()
+        attend[p:, : past + p] = True
+        if n:
+            attend[p:, past + p :] = self._rows.tree_attend(new)
+        root_position = past + p - 1
+        positions = torch.tensor([*range(past, past + p), *(root_position + len(q) for q in new)])
+        ids = torch.tensor([*pending, *(q[-1] for q in new)], dtype=torch.long)
+        hidden = self._model(ids, positions, attend, self._cache)  # [p + n, H]
+        self.rows_forwarded += p + n
+        if p:
+            self._rows.committed += p
+            self._root_hidden = hidden[p - 1]
+        self._rows.add(new, hidden[p:])
 
-    def _expand(
-        self,
-        frontier: list[int],
-        parents: list[int],
-        cache_row: dict[int, int],
-        committed: int,
-        position: int,
-        tokens: list[int],
-    ) -> torch.Tensor:
-        """Run the frontier through the draft model; returns log-probabilities [F, vocab]."""
-        past = self._cache.length
-        n = len(frontier)
-        attend = torch.zeros(n, past + n, dtype=torch.bool)
-        attend[:, :committed] = True
-        for r, node in enumerate(frontier):
-            attend[r, past + r] = True
-            ancestor = parents[node]
-            while ancestor > 0:  # the root's row lies inside the committed context
-                attend[r, cache_row[ancestor]] = True
-                ancestor = parents[ancestor]
-            cache_row[node] = past + r
-        ids = torch.tensor([tokens[i] for i in frontier], dtype=torch.long)
-        positions = torch.full((n,), position, dtype=torch.long)
-        hidden = self._model(ids, positions, attend, self._cache)
-        return torch.log_softmax(self._model.logits(hidden), dim=-1)
+    def _hidden(self, paths: list[Path]) -> Tensor:
+        """Final hidden states ``[len(paths), H]`` at tree nodes with rows (the root's path: ``()``)."""
+        assert self._root_hidden is not None, "the draft model has no context yet"
+        return torch.stack([self._root_hidden if not q else self._rows.hidden(q) for q in paths])
+
+    def _proposals(self, hidden: Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
+        """Top-``k`` log-probabilities and full-vocabulary token ids per hidden row."""
+        logp = torch.log_softmax(self._logits(hidden), dim=-1)  # [F, draft_vocab]
+        top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+        return top.values.tolist(), self._logits.token_ids(top.indices)
+
+    def _end_step(self) -> None:
+        if not self._keep:
+            self._rows.drop()
 
 
 class ModelDrafters:
     """Per-request TreeDrafters over one shared draft model; their context caches are pooled."""
 
-    def __init__(self, model: ModelSlice) -> None:
+    def __init__(self, model: ModelSlice, draft_ids: Tensor | None = None) -> None:
+        """``draft_ids``: a reduced draft vocabulary, the only tokens proposed (None: every token)."""
         self._model = model
+        self._logits = DraftLogits(model, draft_ids)
         self._caches = CachePool(model.new_cache)
 
     def take(self) -> TreeDrafter:
-        return TreeDrafter(self._model, self._caches.take())
+        return TreeDrafter(self._model, self._caches.take(), logits=self._logits)
 
     def give(self, drafter: TreeDrafter) -> None:
         self._caches.give(drafter.cache)
@@ -250,3 +249,11 @@ def best_leaves(tree: DraftTree, count: int) -> list[int]:
     has_child = set(tree.parents)
     leaves = [i for i in range(len(tree)) if i not in has_child]
     return sorted(leaves, key=lambda i: (-tree.scores[i], i))[:count]
+
+
+def tree_paths(tree: DraftTree) -> list[Path]:
+    """Every node's token path from the root (the root's is empty)."""
+    paths: list[Path] = [()]
+    for i in range(1, len(tree)):
+        paths.append((*paths[tree.parents[i]], tree.tokens[i]))
+    return paths

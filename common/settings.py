@@ -77,6 +77,7 @@ class ClusterSpec:
     base: str  # resolved local Hugging Face folder
     draft: str  # "" when the drafter holds a head
     draft_head: str = ""  # head folder (common.heads): the drafter drafts with it, fed by base features
+    draft_vocab: int = 0  # the draft model proposes only its N most frequent tokens (common.draft_vocab); 0: all
     dtype: str = "float32"
     device: str = "cpu"
     threads: int = 0  # torch threads per service; 0 = torch's default

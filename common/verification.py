@@ -12,7 +12,9 @@ Sampling (temperature > 0): recursive rejection sampling with deterministic prop
 top-k, so q is a point mass): at a node with target distribution p, try its children in order; child
 x is accepted with probability p(x); on rejection p(x) is set to 0 and p renormalised. If a child is
 accepted, continue from it; otherwise the next token is drawn from the residual p. Every emitted token
-is therefore distributed exactly as the base model's p given the prefix.
+is therefore distributed exactly as the base model's p given the prefix. No draft probability enters,
+so a draft that proposes from a reduced vocabulary (``common.draft_vocab``) leaves the output
+distribution exact too (tests/integration/test_ring_behaviour.py checks both with a chi-square).
 """
 
 from __future__ import annotations

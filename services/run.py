@@ -10,6 +10,7 @@ import torch
 import zmq
 
 from common.curve import KeyPair, client_curve, own_keys, start_gatekeeper
+from common.draft_vocab import draft_vocabulary
 from common.drafting import ModelDrafters
 from common.link import shaped_push
 from common.logs import configure
@@ -112,7 +113,9 @@ def _drafter(spec: ClusterSpec, dtype: torch.dtype):
         log.info("head_loaded", head=spec.draft_head, draft_vocab=head.config.draft_vocab_size)
         return HeadDrafters(head)
     model = load_slice(Path(spec.draft), None, with_embedding=True, with_head=True, dtype=dtype, device=spec.device)
-    return ModelDrafters(model)
+    draft_ids = draft_vocabulary(Path(spec.draft), spec.draft_vocab) if spec.draft_vocab else None
+    log.info("draft_loaded", draft=spec.draft, draft_vocab=model.spec.vocab_size if draft_ids is None else len(draft_ids))
+    return ModelDrafters(model, draft_ids)
 
 
 if __name__ == "__main__":

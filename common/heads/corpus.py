@@ -2,9 +2,10 @@
 
 Instructions come from the docstrings and signatures of module-level functions and classes in the
 Python standard library and the installed packages (read with ``ast``; nothing is imported or
-downloaded). Benchmark prompt sets (HumanEval, MT-bench, GSM8K) never become training data: their
-packages are skipped, HumanEval's entry points are filtered out, and ``check_excludes_benchmarks``
-refuses any corpus that still contains a benchmark prompt.
+downloaded); whole source files from the same places are what a draft model's reduced vocabulary is
+counted over (``common.draft_vocab``). Benchmark prompt sets (HumanEval, MT-bench, GSM8K) never become
+training data: their packages are skipped, HumanEval's entry points are filtered out, and
+``check_excludes_benchmarks`` refuses any corpus that still contains a benchmark prompt.
 """
 
 from __future__ import annotations
@@ -51,6 +52,26 @@ def code_instructions(limit: int, *, seed: int = 0, roots: Iterable[Path] | None
             out.append(text)
             if len(out) >= limit:
                 return out
+    return out
+
+
+def source_texts(limit_chars: int, *, seed: int = 0, roots: Iterable[Path] | None = None) -> list[str]:
+    """Whole Python source files, up to ``limit_chars`` in all, from files visited in a seeded random order."""
+    files = sorted({f for root in (roots or default_roots()) for f in _python_files(Path(root))})
+    random.Random(seed).shuffle(files)
+    out: list[str] = []
+    left = limit_chars
+    for file in files:
+        if left <= 0:
+            break
+        try:
+            if file.stat().st_size > MAX_FILE_BYTES:
+                continue
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):  # unreadable files are skipped
+            continue
+        out.append(text[:left])
+        left -= len(out[-1])
     return out
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.draft_vocab import most_frequent_ids
 from common.heads.corpus import (
     benchmark_texts,
     check_excludes_benchmarks,
@@ -186,9 +187,7 @@ def _draft_vocabulary(train: Sequence[Sample], size: int, vocab: int, work: Path
     counts = Counter()
     for s in train:
         counts.update(s.tokens.tolist())
-    ids = [t for t, _ in counts.most_common(size)]
-    ids += [t for t in range(vocab) if t not in counts][: size - len(ids)]  # fewer seen than asked: pad
-    draft_ids = torch.tensor(sorted(ids), dtype=torch.long)
+    draft_ids = most_frequent_ids(counts, size, vocab)
     torch.save(draft_ids, saved)
     return draft_ids
 

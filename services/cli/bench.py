@@ -93,6 +93,7 @@ class PinnedCluster:
     draft_settings: DraftSettings
     draft_head: str = ""  # a head folder: draft with it instead of the draft model
     layer_ranges: tuple[tuple[int, int], ...] = ()  # explicit [start, end) per stage; even split if empty
+    draft_vocab: int = 0  # the draft model proposes only its N most frequent tokens; 0: every token
 
 
 def _fail(message: str) -> None:
@@ -126,6 +127,8 @@ def bench(
     base: Annotated[str, typer.Option(help="--pin: base model (catalog name, folder or .gguf).")] = "",
     draft: Annotated[str, typer.Option(help="--pin: draft model (catalog name, folder or .gguf).")] = "",
     draft_head: Annotated[str, typer.Option(help="--pin: draft with this head folder instead of the draft model.")] = "",
+    draft_vocab: Annotated[int, typer.Option(min=0, help="--pin: the draft model proposes only its N most frequent "
+                                                         "tokens; 0: every token.")] = 0,
     stages: Annotated[int, typer.Option(min=1, help="--pin: pipeline stages (boards).")] = 2,
     layers: Annotated[str, typer.Option(help="--pin: explicit layer ranges per stage instead of an even split, "
                                              "e.g. 0-5,5-11,11-18,18-28 (sets the stage count).")] = "",
@@ -161,7 +164,8 @@ def bench(
     settings = BenchSettings(prompts, mode_list, len(prompt_list), max_new_tokens, temperature, seed, link_mbps,
                              link_latency_ms, warmup, timeout, trace_out is not None)
     if pin:
-        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head, layers)
+        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head, layers,
+                                 draft_vocab)
         spec, own_run_dir = _start_pinned(pinned)
     else:
         cluster_file = run_dir / "cluster.json"
@@ -251,7 +255,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: str,
-                    draft_head: str, layers: str = "") -> PinnedCluster:
+                    draft_head: str, layers: str = "", draft_vocab: int = 0) -> PinnedCluster:
     from common.catalog import default_pair
     from common.model_store import ModelStoreError, resolve
     from common.modeling import load_model_spec
@@ -259,6 +263,8 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
 
     if dtype not in ("float32", "bfloat16"):
         _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if draft_vocab and draft_head:
+        _fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     try:
         settings = DraftSettings(**json.loads(tree))
         if not (base and draft):
@@ -268,19 +274,25 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
     except (KeyError, ValueError, TypeError, ModelStoreError) as exc:
         _fail(str(exc))
     head = str(Path(draft_head).resolve()) if draft_head else ""
-    return PinnedCluster(str(base_dir), str(draft_dir), len(ranges) or stages, cores, dtype, settings, head, ranges)
+    return PinnedCluster(str(base_dir), str(draft_dir), len(ranges) or stages, cores, dtype, settings, head, ranges,
+                         draft_vocab)
 
 
 def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
     """Start the run's own cluster in a temporary run folder; returns its spec and that folder."""
     import tempfile
 
+    from common.draft_vocab import draft_vocabulary
+
     try:
         spec = plan_local(Path(pinned.base), Path(pinned.draft), pinned.stages, dtype=pinned.dtype,
                           threads=pinned.cores_per_service, draft_settings=pinned.draft_settings,
                           draft_head=Path(pinned.draft_head) if pinned.draft_head else None,
                           layer_ranges=list(pinned.layer_ranges) or None)
-        spec = pin_services(spec, pinned.cores_per_service, os.cpu_count() or 1)
+        if pinned.draft_vocab:  # counted once here (and saved), so the drafter starts without counting
+            draft_vocabulary(Path(pinned.draft), pinned.draft_vocab)
+        spec = pin_services(dataclasses.replace(spec, draft_vocab=pinned.draft_vocab), pinned.cores_per_service,
+                            os.cpu_count() or 1)
         run_dir = Path(tempfile.mkdtemp(prefix="flowring-bench-")) / "run"
         typer.echo(f"starting {pinned.stages} stage(s), every service on {pinned.cores_per_service} core(s) of its "
                    f"own: {', '.join(f'{p.name} {p.cpus}' for p in spec.ring)}")

@@ -29,6 +29,8 @@ def up(
     draft_head: Annotated[str, typer.Option(help="Draft with this head (folder, or name in the heads cache) "
                                                  "instead of a draft model.")] = "",
     model: Annotated[str, typer.Option(help="A catalog pair (qwen-coder, smollm2) instead of --base/--draft.")] = "",
+    draft_vocab: Annotated[int, typer.Option(min=0, help="The draft model proposes only its N most frequent tokens "
+                                                         "(counted offline, saved beside it); 0: every token.")] = 0,
     stages: Annotated[str, typer.Option(help="Pipeline stages the base model is split into, or auto.")] = "auto",
     mode: Annotated[str, typer.Option(help="Default decoding mode of requests that name none: ar, chunk, "
                                            "pipedec, flowspec, or auto (chosen from the machine's cores).")] = "auto",
@@ -60,9 +62,9 @@ def up(
     if running(run_dir):
         fail(f"a cluster is already running from {run_dir}: run `flowring down` first")
     if cluster is not None:
-        if base or draft or draft_head or model or layers:
-            fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head "
-                 "and --layers")
+        if base or draft or draft_head or model or layers or draft_vocab:
+            fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head, "
+                 "--draft-vocab and --layers")
         _up_boards(cluster, run_dir, log_level, keys_dir)
         return
     if dtype not in ("float32", "bfloat16"):
@@ -74,8 +76,20 @@ def up(
                              expand_leaves=expand_leaves, pipedec_width=pipedec_width, grow_levels=grow_levels)
     if mode != "auto" and mode not in MODES:
         fail(f"--mode must be auto or one of {', '.join(MODES)}, not {mode}")
+    if draft_vocab and draft_head:
+        fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     _up_local(base, draft, draft_head, model, _stage_count(stages), layers, settings, run_dir, log_level,
-              dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port)
+              dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab)
+
+
+def _prepare_draft_vocab(draft_dir: Path, size: int) -> str:
+    """Count (or read) the draft model's reduced vocabulary now, so its services start without counting."""
+    from common.draft_vocab import draft_vocabulary
+    from common.modeling import load_model_spec
+
+    vocab = load_model_spec(draft_dir).vocab_size
+    draft_ids = draft_vocabulary(draft_dir, size)
+    return f"{vocab if draft_ids is None else len(draft_ids)} of {vocab} tokens"
 
 
 def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
@@ -92,7 +106,7 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
 
 def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
-              mode: str, api_port: int) -> None:
+              mode: str, api_port: int, draft_vocab: int = 0) -> None:
     if model:
         from common.catalog import default_pair
 
@@ -120,8 +134,10 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
         default_mode = choice.mode if mode == "auto" else mode
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
                           draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
-        spec = replace(spec, default_mode=default_mode)
+        spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab)
         drafting = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
+        if draft_vocab:
+            drafting += f" over {_prepare_draft_vocab(draft_dir, draft_vocab)}"
         typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting} ...")
         typer.echo(f"default mode: {default_mode} " + (f"({choice.reason})" if mode == "auto" else "(--mode)"))
         start(spec, run_dir, log_level=log_level)

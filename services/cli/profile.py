@@ -1,8 +1,9 @@
-"""``flowring profile``: what one forward costs, ours against transformers on the same cores."""
+"""``flowring profile``: what one forward costs: a stage's against transformers on the same cores, a draft's per tree level."""
 
 from __future__ import annotations
 
 import os
+import statistics
 from typing import Annotated
 
 import typer
@@ -66,3 +67,60 @@ def forward(
     for t in compare(base_dir, layer_range, row_counts, dtype, context, repeats):
         typer.echo(f"| {t.rows} | {t.ours_ms:.1f} | {t.transformers_ms:.1f} | {t.ratio:.2f}x | "
                    f"{t.weight_gb_per_s:.1f} | {t.weight_gb_per_s / bandwidth:.0%} |")
+
+
+@app.command()
+def draft(
+    draft_model: Annotated[str, typer.Option("--draft", help="Draft model: catalog name, folder or .gguf.")] = (
+        "qwen-coder-0.5b"),
+    draft_vocab: Annotated[int, typer.Option(min=0, help="Reduced draft vocabulary to compare (0: none).")] = 32768,
+    prompt: Annotated[str, typer.Option(help="Prompt text, as one chat user turn (default: a code review, "
+                                             "~200 tokens).")] = "",
+    tree: Annotated[str, typer.Option(help="Draft-tree settings as JSON, e.g. '{\"grow_levels\": 2}'.")] = "{}",
+    steps: Annotated[int, typer.Option(min=1, help="Decode steps timed per configuration.")] = 24,
+    accept: Annotated[int, typer.Option(min=0, help="Nodes accepted per step (then one next token).")] = 2,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "bfloat16",
+    threads: Annotated[int, typer.Option(min=0, help="Torch threads (0: one per pinned core).")] = 0,
+    cpus: Annotated[str, typer.Option(help="Pin this process to these cores, e.g. 0-1 (empty: no pinning).")] = "",
+) -> None:
+    """Draft ms per tree level: re-forwarding tree nodes vs keeping their KV rows, full vs reduced vocabulary."""
+    import json
+
+    import torch
+
+    from common.draft_vocab import draft_vocabulary
+    from common.model_store import ModelStoreError, resolve
+    from common.modeling import load_slice
+    from common.modeling.tokenizer import encode_prompt, load_tokenizer
+    from common.protocol import DraftSettings
+    from services.bench.draft import DEFAULT_PROMPT, DraftConfig, profile_draft
+    from services.bench.forward import DTYPES
+
+    if dtype not in DTYPES:
+        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if cpus:
+        os.sched_setaffinity(0, _cpu_list(cpus))
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    try:
+        settings = DraftSettings(**json.loads(tree))
+        draft_dir = resolve(draft_model)
+        ids = encode_prompt(load_tokenizer(draft_dir), prompt or DEFAULT_PROMPT, raw=False)
+        reduced = draft_vocabulary(draft_dir, draft_vocab) if draft_vocab else None
+    except (ModelStoreError, ValueError, TypeError) as exc:
+        _fail(str(exc))
+    model = load_slice(draft_dir, None, with_embedding=True, with_head=True, dtype=DTYPES[dtype])
+    configs = [DraftConfig("re-forward, full vocabulary", False, None), DraftConfig("kept KV, full vocabulary", True, None)]
+    if reduced is not None:
+        configs.append(DraftConfig(f"kept KV, {len(reduced)} tokens", True, reduced))
+    typer.echo(f"{draft_dir.name}, {dtype}, {torch.get_num_threads()} thread(s) on cores "
+               f"{sorted(os.sched_getaffinity(0))}; prompt {len(ids)} tokens; fill {settings.fill_nodes} nodes x "
+               f"{settings.fill_depth} levels, growth {settings.expand_nodes} nodes from {settings.expand_leaves} "
+               f"leaves x {settings.grow_levels} levels a step, top-k {settings.top_k}; {steps} steps accepting "
+               f"{accept} node(s) + 1")
+    typer.echo("| draft | vocabulary | ms per growth level (median) | (mean) | rows per growth level | "
+               "fill ms per level (median) | tokens per step |")
+    typer.echo("|---|---|---|---|---|---|---|")
+    for t in profile_draft(model, ids, configs, settings, steps, accept):
+        fill = f"{statistics.median(t.fill_ms_per_level):.1f}" if t.fill_ms_per_level else "-"  # no round ended
+        typer.echo(f"| {t.label} | {t.vocab} | {statistics.median(t.grow_ms):.1f} | {statistics.mean(t.grow_ms):.1f} | "
+                   f"{t.grow_rows:.1f} | {fill} | {t.tokens_per_step:.2f} |")

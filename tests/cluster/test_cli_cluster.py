@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from common.protocol import GenerateReply, StatusReply
@@ -33,9 +34,9 @@ def test_up_refuses_a_second_cluster_before_starting_anything(tmp_path):
     assert "already running" in result.output and "starting" not in result.output
 
 
-def test_up_cluster_takes_models_from_the_file(tmp_path):
-    result = runner.invoke(app, ["up", "--cluster", str(tmp_path / "c.toml"), "--model", "smollm2",
-                                 "--run-dir", str(tmp_path / "run")])
+@pytest.mark.parametrize("flag", [["--model", "smollm2"], ["--draft-vocab", "32768"]])
+def test_up_cluster_takes_models_from_the_file(tmp_path, flag):
+    result = runner.invoke(app, ["up", "--cluster", str(tmp_path / "c.toml"), *flag, "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 1 and "--cluster takes the models" in result.output
 
 

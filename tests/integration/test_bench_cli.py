@@ -163,3 +163,10 @@ def test_bad_arguments_fail_with_one_line(tmp_path, monkeypatch, args, message):
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     result = CliRunner().invoke(bench.app, [x for kv in base.items() for x in kv])
     assert result.exit_code == 1 and message in result.output
+
+
+def test_a_reduced_draft_vocabulary_is_refused_with_a_head(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps(PROMPTS[0]) + "\n")
+    result = CliRunner().invoke(bench.app, ["--prompts", str(tmp_path / "p.jsonl"), "--json", str(tmp_path / "o.json"),
+                                            "--pin", "--draft-head", "h", "--draft-vocab", "64"])
+    assert result.exit_code == 1 and "--draft-vocab applies to a draft model" in result.output

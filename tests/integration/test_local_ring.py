@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from common.protocol import DraftSettings
 from tests.support.local_ring import LocalRing
@@ -47,11 +48,13 @@ def test_self_draft_accepts_whole_paths(tmp_path):
     assert reply.stats["tokens_per_step"] > 1.5
 
 
+@pytest.mark.parametrize("reduced_vocab", [False, True])
 @pytest.mark.parametrize(("mode", "expansion", "levels"), [
     ("ar", "grow", 1), ("chunk", "grow", 1), ("pipedec", "grow", 1), ("flowspec", "grow", 1),
     ("flowspec", "grow", 3), ("flowspec", "redraft", 1),
 ])
-def test_every_mode_is_lossless(tmp_path, mode, expansion, levels):
+def test_every_mode_is_lossless(tmp_path, mode, expansion, levels, reduced_vocab):
+    """With the full draft vocabulary, and with the draft proposing only half of it."""
     from dataclasses import replace
 
     from tests.support.tiny_models import make_perturbed_copy
@@ -59,7 +62,8 @@ def test_every_mode_is_lossless(tmp_path, mode, expansion, levels):
     base, _ = make_tiny_pair(tmp_path, seed=8)
     near = make_perturbed_copy(base, tmp_path / "near", noise=0.05, seed=2)
     settings = replace(SMALL_TREES, expansion=expansion, grow_levels=levels)
-    ring = LocalRing(base, near, 2, settings=settings, interleave_seed=4)
+    draft_ids = torch.arange(0, 320, 2) if reduced_vocab else None
+    ring = LocalRing(base, near, 2, settings=settings, interleave_seed=4, draft_ids=draft_ids)
     rounds = []
     for prompt in _prompts(4, 300, seed=9):
         reply = ring.generate(prompt, max_new_tokens=20, mode=mode)

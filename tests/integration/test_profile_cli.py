@@ -6,6 +6,7 @@ import re
 
 from typer.testing import CliRunner
 
+from common.draft_vocab import draft_vocabulary
 from services.cli.main import app
 from tests.support.tiny_models import make_tiny_model
 
@@ -25,3 +26,21 @@ def test_bad_layer_range_is_one_line(tmp_path):
     base = make_tiny_model(tmp_path / "base", family="qwen2", num_layers=4)
     result = CliRunner().invoke(app, ["profile", "forward", "--base", str(base), "--layers", "2-9"])
     assert result.exit_code == 1 and "not a range of the model's layers" in result.output
+
+
+def test_draft_table_compares_reforwarding_kept_rows_and_a_reduced_vocabulary(tmp_path):
+    draft = make_tiny_model(tmp_path / "draft", family="qwen2", num_layers=2)
+    draft_vocabulary(draft, 64, corpus_chars=20_000)  # saved beside the model: the command reads it
+    result = CliRunner().invoke(app, ["profile", "draft", "--draft", str(draft), "--draft-vocab", "64", "--prompt",
+                                      "def add(a, b):", "--steps", "4", "--dtype", "float32",
+                                      "--tree", '{"fill_nodes": 8, "fill_depth": 3, "expand_nodes": 4}'])
+    assert result.exit_code == 0, result.output
+    rows = re.findall(r"\| ([^|]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|-) \| ([\d.]+) \|",
+                      result.output)
+    assert [(r[0], r[1]) for r in rows] == [("re-forward, full vocabulary", "320"), ("kept KV, full vocabulary", "320"),
+                                            ("kept KV, 64 tokens", "64")]
+    assert all(float(r[2]) > 0 for r in rows)
+    assert rows[0][6] == rows[1][6]  # kept rows replay the very decode that re-forwarding does
+    assert float(rows[1][4]) < float(rows[0][4])  # ... forwarding fewer rows per growth
+    bad = CliRunner().invoke(app, ["profile", "draft", "--draft", str(draft), "--tree", '{"depth": 3}'])
+    assert bad.exit_code == 1 and "depth" in bad.output

@@ -7,6 +7,7 @@ import random
 from dataclasses import replace
 
 import pytest
+import torch
 
 from common.protocol import DraftSettings, Prune, Segment
 from tests.support.local_ring import LocalRing
@@ -48,6 +49,13 @@ def test_sampling_follows_the_base_distribution(models):
     """Chi-square of the first three sampled tokens against the base model's exact probabilities."""
     base, near = models
     assert_sampling_follows_base(LocalRing(base, near, 2, settings=TREES, interleave_seed=3, wire=False), base)
+
+
+def test_sampling_with_a_reduced_draft_vocabulary_follows_the_base_distribution(models):
+    """The draft proposes only half the vocabulary; the rest reaches the output through the residual."""
+    base, near = models
+    ring = LocalRing(base, near, 2, settings=TREES, interleave_seed=3, wire=False, draft_ids=torch.arange(0, 320, 2))
+    assert_sampling_follows_base(ring, base)
 
 
 def test_fixed_seed_reproduces_a_sampled_run(models):

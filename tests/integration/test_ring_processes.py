@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from common.protocol import DraftSettings
+from common.settings import ClusterSpec
 from services.cli.main import app
 from services.launcher import client_for, free_ports, plan_local, start, stop
 from tests.support.reference import greedy_reference
@@ -94,3 +95,28 @@ def test_mismatched_tokenizers_refused_at_startup(tmp_path):
                                       str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "tokenizer" in result.output.lower()
+
+
+def test_cli_up_with_a_reduced_draft_vocabulary(tmp_path, monkeypatch):
+    base, draft = make_tiny_pair(tmp_path / "pair", family="qwen2", seed=12)
+    monkeypatch.setenv("FLOWRING_HOME", str(tmp_path / "home"))
+    run_dir = str(tmp_path / "run")
+    runner = CliRunner()
+    result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--draft-vocab", "64",
+                                 "--stages", "1", "--threads", "1", "--api-port", "0", "--run-dir", run_dir])
+    assert result.exit_code == 0, result.output
+    assert "over 64 of 320 tokens" in result.output
+    assert (draft / "draft_vocab_64.pt").is_file()
+    try:
+        spec = ClusterSpec.load(tmp_path / "run" / "cluster.json")
+        assert spec.draft_vocab == 64
+        with client_for(spec, 120) as client:
+            for prompt in ([5, 6, 7], [40, 2, 99, 17, 3]):
+                reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=12)
+                assert reply.ok, reply.error
+                assert list(reply.token_ids) == greedy_reference(base, prompt, 12)
+    finally:
+        runner.invoke(app, ["down", "--run-dir", run_dir])
+    refused = runner.invoke(app, ["up", "--base", str(base), "--draft-head", "h", "--draft-vocab", "64",
+                                  "--run-dir", run_dir])
+    assert refused.exit_code == 1 and "--draft-vocab applies to a draft model" in refused.output

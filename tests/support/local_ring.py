@@ -58,8 +58,10 @@ class LocalRing:
         wire: bool = True,
         device: str = "cpu",
         draft_head: Path | None = None,
+        draft_ids: torch.Tensor | None = None,
     ) -> None:
-        """``draft_head``: draft with this head (fed by the verifier's features) instead of ``draft``."""
+        """``draft_head``: draft with this head (fed by the verifier's features) instead of ``draft``;
+        ``draft_ids``: the draft model's reduced vocabulary."""
         spec = load_model_spec(base)
         ranges = even_split(spec.num_layers, stages)
         self.stages = [
@@ -74,7 +76,7 @@ class LocalRing:
             drafters = HeadDrafters(load_head(draft_head, base, dtype=dtype, device=device))
         else:
             drafters = ModelDrafters(load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype,
-                                                device=device))
+                                                device=device), draft_ids)
         self.drafter = DrafterCore("drafter", drafters, hops=stages + 1)
         names = ["drafter", *(s.name for s in self.stages), "verifier"]
         self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings(),
