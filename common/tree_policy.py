@@ -16,8 +16,9 @@ measured worse: the best-scoring leaves are often shallow siblings, and fewer of
 path from growing). A growth
 never takes the tree past ``node_cap`` nodes: draft work and every stage's KV rows stay bounded.
 
-Opt-in (``DraftSettings.adaptive``). Timeline: with each growth step the drafter records the counters ``tree_levels`` and ``tree_width``
-(:func:`common.observability.trace.counter`); Perfetto draws them as tracks under the drafter.
+Opt-in (``DraftSettings.adaptive``). Timeline: with each growth step the drafter records the counters
+``tree_levels`` and ``tree_width`` (:func:`common.observability.trace.counter`); Perfetto draws them as
+tracks under the drafter.
 """
 
 from __future__ import annotations
