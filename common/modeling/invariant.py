@@ -107,15 +107,18 @@ def attention(q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | None) ->
     ``attend``: bool ``[L, T]``, None for every key. The visible keys of a row, gathered in slot
     order, must be its context in position order; the result then depends only on them.
     """
-    heads, kv_heads = q.shape[0], keys.shape[0]
-    everything = torch.arange(keys.shape[1], device=keys.device)
-    rows = []
-    for i in range(q.shape[1]):
-        seen = everything if attend is None else attend[i].nonzero()[:, 0]  # slots, ascending
-        rows.append(F.scaled_dot_product_attention(
-            q[None, :, i : i + 1].contiguous(),  # [1, Hq, 1, D]
-            keys.index_select(1, seen)[None],  # [1, Hkv, Ti, D], contiguous
-            values.index_select(1, seen)[None],
+    heads, kv_heads, rows = q.shape[0], keys.shape[0], q.shape[1]
+    if attend is None:
+        seen = [torch.arange(keys.shape[1], device=keys.device)] * rows
+    else:
+        seen = attend.nonzero()[:, 1].split(attend.sum(dim=1).tolist())  # per row: slots, ascending
+    by_row = q.transpose(0, 1).contiguous()  # [L, Hq, D]
+    out = torch.empty_like(by_row)
+    for i, slots in enumerate(seen):
+        out[i] = F.scaled_dot_product_attention(
+            by_row[i][None, :, None],  # [1, Hq, 1, D], contiguous
+            keys.index_select(1, slots)[None],  # [1, Hkv, Ti, D], contiguous
+            values.index_select(1, slots)[None],
             enable_gqa=heads != kv_heads,
-        )[0])  # [Hq, 1, D]
-    return torch.cat(rows, dim=1)  # [Hq, L, D]
+        )[0, :, 0]
+    return out.transpose(0, 1)  # [Hq, L, D]

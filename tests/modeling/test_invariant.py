@@ -126,3 +126,15 @@ def test_tree_rows_and_compacted_cache_equal_autoregressive_rows(models: dict[st
     follow = torch.randint(0, VOCAB, (1,), generator=gen)
     after = model(follow, torch.tensor([40 + len(accepted)]), None, cache)
     assert torch.equal(after[0], _one_by_one(model, torch.cat([context, tokens[accepted], follow]))[-1])
+
+
+def test_fused_kernels_remain_a_choice(tmp_path) -> None:
+    """``row_invariant=False`` keeps the one-call kernels; in float32 both give the same model."""
+    base = make_tiny_model(tmp_path / "m", family="qwen2", vocab=VOCAB)
+    ids = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(5))
+    logits = {}
+    for flag in (False, True):
+        model = load_slice(base, None, with_embedding=True, with_head=True, dtype=torch.float32, row_invariant=flag)
+        assert all(layer.self_attn.row_invariant is flag for layer in model.layers)
+        logits[flag] = model.logits(model(ids, torch.arange(40), causal_attend(0, 40), model.new_cache()))
+    torch.testing.assert_close(logits[False], logits[True], rtol=0, atol=1e-4)
