@@ -4,7 +4,7 @@ The ring's greedy output in bf16 is the same in every mode and under every timin
 numerics, tests/integration/test_bf16_ring.py): it is what our model slice gives when it prefills
 in chunks of 64 and then decodes one row at a time, which this script computes directly. It first
 checks, on the real model, that a chunked prefill gives bitwise the hidden states of one row at a
-time, then compares, prompt by prompt, our greedy tokens with transformers' bf16 ``generate``.
+time (with ``--fused``, the kernels used before row invariance, it need not), then compares, prompt by prompt, our greedy tokens with transformers' bf16 ``generate``.
 
     python infra/bf16_divergence.py ~/.cache/flowring/models/smollm2-135m /work/shared/data/mt_bench.jsonl \
         --prompts 20 --new-tokens 64
@@ -68,15 +68,18 @@ def main() -> None:
     parser.add_argument("prompts", type=Path)
     parser.add_argument("--prompts", dest="count", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--fused", action="store_true", help="our slice with fused kernels (row_invariant off)")
     args = parser.parse_args()
     model_dir = args.model.expanduser()
-    slice_ = load_slice(model_dir, None, with_embedding=True, with_head=True, dtype=torch.bfloat16)
+    slice_ = load_slice(model_dir, None, with_embedding=True, with_head=True, dtype=torch.bfloat16,
+                        row_invariant=not args.fused)
     eos = slice_.spec.eos_token_ids
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     tokenizer = load_tokenizer(model_dir)
     prompts = [encode_prompt(tokenizer, p.text, raw=p.raw) for p in load_prompts(args.prompts, args.count)]
     print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {model_dir.name}, bf16")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {model_dir.name}, bf16, "
+          f"{'fused' if args.fused else 'row-invariant'} kernels")
     print(f"chunked prefill bitwise equal to one row at a time (first prompt, {len(prompts[0])} tokens): "
           f"{chunked_equals_row_by_row(slice_, prompts[0])}")
     differing, compared, agreed = 0, 0, 0
