@@ -81,6 +81,9 @@ class ClusterSpec:
     dtype: str = "float32"
     device: str = "cpu"
     threads: int = 0  # torch threads per service; 0 = torch's default
+    # Stages and verifier compute each row as if alone (common.modeling.invariant): greedy output is
+    # then bitwise the same in every mode and under any timing; False: fused kernels, faster segments.
+    row_invariant: bool = True
     drafter: Placement = field(default_factory=lambda: Placement("drafter"))
     stages: tuple[Placement, ...] = ()
     verifier: Placement = field(default_factory=lambda: Placement("verifier"))

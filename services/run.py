@@ -90,14 +90,14 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
 
         layers = load_model_spec(Path(spec.base)).num_layers
         head = load_slice(Path(spec.base), (layers, layers), with_embedding=False, with_head=True, dtype=dtype,
-                          device=device)
+                          device=device, row_invariant=spec.row_invariant)
         core = VerifierCore(name, head, features_to="drafter" if spec.draft_head else None)
         return core, CoreHooks(core.drop_request)
     from services.stage.core import StageCore
 
     me = spec.placement(name)
     model = load_slice(Path(spec.base), me.layers, with_embedding=me is spec.stages[0], with_head=False,
-                       dtype=dtype, device=device)
+                       dtype=dtype, device=device, row_invariant=spec.row_invariant)
     log.info("slice_loaded", layers=list(me.layers), parameters=model.num_parameters)
     core = StageCore(name, model)
     return core, CoreHooks(core.drop_request, kv_cache_bytes=lambda: core.kv_cache_bytes)
@@ -112,7 +112,9 @@ def _drafter(spec: ClusterSpec, dtype: torch.dtype):
         head = load_head(Path(spec.draft_head), Path(spec.base), dtype=dtype, device=spec.device)
         log.info("head_loaded", head=spec.draft_head, draft_vocab=head.config.draft_vocab_size)
         return HeadDrafters(head)
-    model = load_slice(Path(spec.draft), None, with_embedding=True, with_head=True, dtype=dtype, device=spec.device)
+    # Draft numerics change which tokens are proposed, never the output: the faster fused kernels suffice.
+    model = load_slice(Path(spec.draft), None, with_embedding=True, with_head=True, dtype=dtype, device=spec.device,
+                       row_invariant=False)
     draft_ids = draft_vocabulary(Path(spec.draft), spec.draft_vocab) if spec.draft_vocab else None
     log.info("draft_loaded", draft=spec.draft, draft_vocab=model.spec.vocab_size if draft_ids is None else len(draft_ids))
     return ModelDrafters(model, draft_ids)

@@ -51,8 +51,11 @@ def load_slice(
     with_head: bool,
     dtype: torch.dtype,
     device: str = "cpu",
+    row_invariant: bool = True,
 ) -> ModelSlice:
     """Load layers ``[first, last)`` (``None``: all) plus the requested ends of a model.
+
+    ``row_invariant``: see :class:`ModelSlice`.
 
     An empty range is allowed only with an end, e.g. ``(n, n)`` with the head for a verifier.
 
@@ -72,7 +75,8 @@ def load_slice(
         raise CheckpointError(f"empty layer range [{first}, {last}) without embedding or head loads nothing")
     files = _checkpoint_files(model_dir)
     module = ModelSlice(
-        spec, (first, last), with_embedding=with_embedding, with_head=with_head, dtype=dtype, device=device
+        spec, (first, last), with_embedding=with_embedding, with_head=with_head, dtype=dtype, device=device,
+        row_invariant=row_invariant,
     )
     # Tied models (or checkpoints that omit the head) reuse the embedding matrix as the head.
     head_source = EMBED_NAME if spec.tie_word_embeddings or HEAD_NAME not in files else HEAD_NAME

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.modeling import invariant
 from common.modeling.kv_cache import KVCache
 from common.modeling.spec import ModelSpec
 
@@ -64,10 +65,15 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention over cached keys plus the new rows."""
+    """Grouped-query self-attention over cached keys plus the new rows.
 
-    def __init__(self, spec: ModelSpec, *, dtype: torch.dtype) -> None:
+    ``row_invariant``: each row computed as it would be alone (``common.modeling.invariant``),
+    else the whole segment in one fused kernel call.
+    """
+
+    def __init__(self, spec: ModelSpec, *, dtype: torch.dtype, row_invariant: bool) -> None:
         super().__init__()
+        self.row_invariant = row_invariant
         h, d = spec.hidden_size, spec.head_dim
         self.num_heads = spec.num_heads
         self.num_kv_heads = spec.num_kv_heads
@@ -81,12 +87,16 @@ class Attention(nn.Module):
         self, x: Tensor, cos: Tensor, sin: Tensor, attend: Tensor | None, cache: KVCache, layer: int
     ) -> Tensor:
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim).transpose(0, 1)  # [Hq, L, D]
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim).transpose(0, 1)  # [Hkv, L, D]
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim).transpose(0, 1)  # [Hkv, L, D]
+        linear = invariant.linear if self.row_invariant else _apply
+        q = linear(self.q_proj, x).view(n, self.num_heads, self.head_dim).transpose(0, 1)  # [Hq, L, D]
+        k = linear(self.k_proj, x).view(n, self.num_kv_heads, self.head_dim).transpose(0, 1)  # [Hkv, L, D]
+        v = linear(self.v_proj, x).view(n, self.num_kv_heads, self.head_dim).transpose(0, 1)  # [Hkv, L, D]
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         keys, values = cache.extend(layer, k, v)  # [Hkv, T, D] each
+        if self.row_invariant:
+            out = invariant.attention(q, keys, values, attend)  # [Hq, L, D]
+            return linear(self.o_proj, out.transpose(0, 1).reshape(n, self.num_heads * self.head_dim))
         out = F.scaled_dot_product_attention(
             q.unsqueeze(0),  # [1, Hq, L, D]
             keys.unsqueeze(0),  # [1, Hkv, T, D]
@@ -98,28 +108,30 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward block."""
+    """SwiGLU feed-forward block; ``row_invariant`` as for :class:`Attention`."""
 
-    def __init__(self, spec: ModelSpec, *, dtype: torch.dtype) -> None:
+    def __init__(self, spec: ModelSpec, *, dtype: torch.dtype, row_invariant: bool) -> None:
         super().__init__()
+        self.row_invariant = row_invariant
         h, m = spec.hidden_size, spec.intermediate_size
         self.gate_proj = nn.Linear(h, m, bias=spec.mlp_bias, dtype=dtype)
         self.up_proj = nn.Linear(h, m, bias=spec.mlp_bias, dtype=dtype)
         self.down_proj = nn.Linear(m, h, bias=spec.mlp_bias, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        linear = invariant.linear if self.row_invariant else _apply
+        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 class DecoderLayer(nn.Module):
     """Pre-norm attention block followed by a pre-norm MLP block, both residual."""
 
-    def __init__(self, spec: ModelSpec, *, dtype: torch.dtype) -> None:
+    def __init__(self, spec: ModelSpec, *, dtype: torch.dtype, row_invariant: bool) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype=dtype)
-        self.self_attn = Attention(spec, dtype=dtype)
+        self.self_attn = Attention(spec, dtype=dtype, row_invariant=row_invariant)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype=dtype)
-        self.mlp = MLP(spec, dtype=dtype)
+        self.mlp = MLP(spec, dtype=dtype, row_invariant=row_invariant)
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, attend: Tensor | None, cache: KVCache, layer: int
@@ -135,7 +147,9 @@ class ModelSlice(nn.Module):
     the head, e.g. a verifier that turns the last stage's hidden states into logits.
     Parameters are allocated uninitialised (``torch.empty``); ``load_slice`` fills them from a
     checkpoint. Submodule names mirror Hugging Face's, minus the ``model.`` prefix, and layer
-    ``i`` of the model is ``layers[i - first]``.
+    ``i`` of the model is ``layers[i - first]``. With ``row_invariant`` (the default) every row's
+    hidden state, keys, values and logits are bitwise what that row gets alone, whatever rows share
+    its forward and wherever its invisible keys lie (``common.modeling.invariant``).
     """
 
     def __init__(
@@ -147,6 +161,7 @@ class ModelSlice(nn.Module):
         with_head: bool,
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
+        row_invariant: bool = True,
     ) -> None:
         super().__init__()
         first, last = layer_range
@@ -156,13 +171,16 @@ class ModelSlice(nn.Module):
             raise ValueError(f"slice [{first}, {last}) holds no layer, embedding or head")
         self._spec = spec
         self._layer_range = (first, last)
+        self._row_invariant = row_invariant
         # Build on the meta device, then allocate without initialising: random init of a
         # large slice would cost time and the loader overwrites every value anyway.
         with torch.device("meta"):
             self.embed_tokens = (
                 nn.Embedding(spec.vocab_size, spec.hidden_size, dtype=dtype) if with_embedding else None
             )
-            self.layers = nn.ModuleList(DecoderLayer(spec, dtype=dtype) for _ in range(last - first))
+            self.layers = nn.ModuleList(
+                DecoderLayer(spec, dtype=dtype, row_invariant=row_invariant) for _ in range(last - first)
+            )
             self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype=dtype) if with_head else None
             self.lm_head = (
                 nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, dtype=dtype) if with_head else None
@@ -270,14 +288,18 @@ class ModelSlice(nn.Module):
         """
         if self.lm_head is None or self.norm is None:
             raise RuntimeError(f"slice {self._layer_range} was built without the head")
-        return self.lm_head(self.norm(hidden.to(self.device, self.dtype))).argmax(dim=-1)
+        return self._head(hidden).argmax(dim=-1)
 
     @torch.no_grad()
     def logits(self, hidden: Tensor) -> Tensor:
         """Float32 logits ``[L, vocab]`` of the final norm and head applied to ``hidden`` ``[L, H]``."""
         if self.lm_head is None or self.norm is None:
             raise RuntimeError(f"slice {self._layer_range} was built without the head")
-        return self.lm_head(self.norm(hidden.to(self.device, self.dtype))).float()
+        return self._head(hidden).float()
+
+    def _head(self, hidden: Tensor) -> Tensor:
+        normed = self.norm(hidden.to(self.device, self.dtype))
+        return invariant.linear(self.lm_head, normed) if self._row_invariant else self.lm_head(normed)
 
     def _embed(self, inputs: Tensor) -> Tensor:
         if self.embed_tokens is not None:
@@ -294,6 +316,10 @@ class ModelSlice(nn.Module):
         if x.shape[0] == 0:
             raise ValueError("forward needs at least one row")
         return x
+
+
+def _apply(layer: nn.Linear, x: Tensor) -> Tensor:
+    return layer(x)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

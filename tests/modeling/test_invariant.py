@@ -1,0 +1,140 @@
+"""Row-invariant numerics in bfloat16: a row's result is bitwise what it gets alone, whatever rides with it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from common.modeling import ModelSlice, causal_attend, invariant, load_slice
+from tests.support.tiny_models import make_tiny_model
+
+BF16 = torch.bfloat16
+VOCAB = 320
+
+
+@pytest.mark.parametrize(
+    ("rows", "blocks", "expected"),
+    [
+        (0, (1, 32), []),
+        (1, (1, 32), [1]),
+        (20, (1, 32), [16, 4]),
+        (64, (1, 32), [32, 32]),
+        (7, (1, 2), [2, 2, 2, 1]),
+        (5, (1, 1), [1] * 5),
+        (1, (2, 32), [2]),
+        (7, (2, 32), [4, 2, 2]),
+        (37, (4, 16), [16, 16, 4, 4]),
+    ],
+)
+def test_row_blocks_split(rows: int, blocks: tuple[int, int], expected: list[int]) -> None:
+    assert invariant.RowBlocks(*blocks).split(rows) == expected
+
+
+@pytest.mark.parametrize(("features", "bias"), [((64, 160), False), ((160, 64), True), ((576, 1536), False)])
+def test_linear_rows_equal_their_lone_result(features: tuple[int, int], bias: bool) -> None:
+    gen = torch.Generator().manual_seed(1)
+    layer = nn.Linear(*features, bias=bias, dtype=BF16).requires_grad_(False)
+    x = torch.randn(70, features[0], generator=gen).to(BF16)
+    alone = torch.cat([invariant.linear(layer, x[i : i + 1]) for i in range(70)])
+    for n in (1, 5, 16, 33, 64, 70):
+        for start in (0, 70 - n):
+            assert torch.equal(invariant.linear(layer, x[start : start + n]), alone[start : start + n])
+
+
+@pytest.mark.parametrize("features", [(64, 64), (96, 64), (576, 1536)])
+def test_probe_answers_a_range_of_powers_of_two(features: tuple[int, int]) -> None:
+    blocks = invariant.probe_row_blocks(*features, BF16, "cpu", torch.get_num_threads())
+    assert 1 <= blocks.smallest <= blocks.largest <= invariant.LARGEST_BLOCK_ROWS
+    assert blocks.smallest & (blocks.smallest - 1) == 0 and blocks.largest & (blocks.largest - 1) == 0
+
+
+def _attend_alone(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: list[int]) -> torch.Tensor:
+    """A lone row over a cache holding just ``slots``, in that order: the autoregressive case."""
+    index = torch.tensor(slots)
+    return invariant.attention(q, keys[:, index], values[:, index], None)
+
+
+def test_attention_ignores_invisible_keys_and_their_slots() -> None:
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(4, 3, 16, generator=gen).to(BF16)  # [Hq, L, D]
+    keys = torch.randn(2, 300, 16, generator=gen).to(BF16)  # [Hkv, T, D]
+    values = torch.randn(2, 300, 16, generator=gen).to(BF16)
+    visible = [list(range(200)), [*range(150), 210, 250, 299], [*range(100), 205]]
+    attend = torch.zeros(3, 300, dtype=torch.bool)
+    for i, slots in enumerate(visible):
+        attend[i, slots] = True
+    together = invariant.attention(q, keys, values, attend)
+    for i, slots in enumerate(visible):
+        assert torch.equal(together[:, i : i + 1], _attend_alone(q[:, i : i + 1], keys, values, slots))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelSlice]:
+    root = tmp_path_factory.mktemp("invariant_models")
+    kinds = {"llama": {}, "qwen2": {"family": "qwen2"}}
+    return {
+        name: load_slice(make_tiny_model(root / name, seed=i, vocab=VOCAB, **kw), None, with_embedding=True,
+                         with_head=True, dtype=BF16)
+        for i, (name, kw) in enumerate(kinds.items())
+    }
+
+
+def _one_by_one(model: ModelSlice, ids: torch.Tensor) -> torch.Tensor:
+    cache = model.new_cache()
+    return torch.cat([model(ids[i : i + 1], torch.tensor([i]), None, cache) for i in range(ids.numel())])
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("chunk", [3, 16, 64, 100])
+def test_prefill_chunks_equal_autoregressive_rows(models: dict[str, ModelSlice], kind: str, chunk: int) -> None:
+    model = models[kind]
+    ids = torch.randint(0, VOCAB, (100,), generator=torch.Generator().manual_seed(3))
+    expected = _one_by_one(model, ids)
+    cache, hidden = model.new_cache(initial_capacity=8), []
+    for start in range(0, 100, chunk):
+        n = min(chunk, 100 - start)
+        hidden.append(model(ids[start : start + n], torch.arange(start, start + n), causal_attend(start, n), cache))
+    assert torch.equal(torch.cat(hidden), expected)
+    assert torch.equal(model.greedy_tokens(torch.cat(hidden)), model.greedy_tokens(expected))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_tree_rows_and_compacted_cache_equal_autoregressive_rows(models: dict[str, ModelSlice], kind: str) -> None:
+    """Tree nodes interleaved in the cache, then the accepted path compacted: every row as if alone."""
+    model = models[kind]
+    gen = torch.Generator().manual_seed(4)
+    context = torch.randint(0, VOCAB, (40,), generator=gen)
+    tokens = torch.randint(0, VOCAB, (9,), generator=gen)
+    parents = [-1, 0, 0, 1, 2, 3, 1, 5, 7]  # paths: 0-1-3-5-7-8 and branches
+    paths: list[list[int]] = []
+    for i, parent in enumerate(parents):
+        paths.append([*(paths[parent] if parent >= 0 else []), i])
+    cache = model.new_cache()
+    model(context, torch.arange(40), causal_attend(0, 40), cache)
+    attend = torch.zeros(9, 49, dtype=torch.bool)
+    attend[:, :40] = True
+    for i, path in enumerate(paths):
+        attend[i, [40 + j for j in path]] = True
+    positions = torch.tensor([40 + len(p) - 1 for p in paths])
+    tree = model(tokens, positions, attend, cache)
+    for node, path in enumerate(paths):
+        alone = _one_by_one(model, torch.cat([context, tokens[path]]))[-1]
+        assert torch.equal(tree[node], alone)
+    accepted = paths[8]
+    cache.keep(torch.tensor([40 + j for j in accepted]), start=40)
+    follow = torch.randint(0, VOCAB, (1,), generator=gen)
+    after = model(follow, torch.tensor([40 + len(accepted)]), None, cache)
+    assert torch.equal(after[0], _one_by_one(model, torch.cat([context, tokens[accepted], follow]))[-1])
+
+
+def test_fused_kernels_remain_a_choice(tmp_path) -> None:
+    """``row_invariant=False`` keeps the one-call kernels; in float32 both give the same model."""
+    base = make_tiny_model(tmp_path / "m", family="qwen2", vocab=VOCAB)
+    ids = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(5))
+    logits = {}
+    for flag in (False, True):
+        model = load_slice(base, None, with_embedding=True, with_head=True, dtype=torch.float32, row_invariant=flag)
+        assert all(layer.self_attn.row_invariant is flag for layer in model.layers)
+        logits[flag] = model.logits(model(ids, torch.arange(40), causal_attend(0, 40), model.new_cache()))
+    torch.testing.assert_close(logits[False], logits[True], rtol=0, atol=1e-4)
