@@ -122,7 +122,7 @@ class DraftSettings:
     expansion: str = "grow"  # flowspec: "grow" (best leaves, one draft forward) or "redraft" (from the root)
     expand_leaves: int = 4  # "grow": leaves expanded per level
     grow_levels: int = 3  # "grow": levels added per step, one draft forward each (best of 1-3 measured)
-    adaptive: bool = False  # "grow": levels and width follow the measured acceptance (common.tree_policy)
+    adaptive: bool = True  # "grow": levels and width follow the measured acceptance (common.tree_policy)
     node_cap: int = 128  # "grow": the most nodes a tree holds (pre-drafting stops there)
 
 

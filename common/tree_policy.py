@@ -11,14 +11,12 @@ A verification consumes ``accepted + 1`` levels of the tree and one growth is se
 so a growth adds about that many levels, one more while whole paths keep being accepted, and one more
 while the tree ahead of the root is shallower than the pipeline holds (``hops`` verifications of
 ``accepted + 1`` levels each). The width (children kept per level, leaves grown) scales with the miss
-rate, from the configured width when the tree never misses to twice it when it always does (narrower
-measured worse: the best-scoring leaves are often shallow siblings, and fewer of them stop the deep
-path from growing). A growth
+rate, from half the configured width when the tree never misses to 1.5x when it always does. A growth
 never takes the tree past ``node_cap`` nodes: draft work and every stage's KV rows stay bounded.
 
-Opt-in (``DraftSettings.adaptive``). Timeline: with each growth step the drafter records the counters
-``tree_levels`` and ``tree_width`` (:func:`common.observability.trace.counter`); Perfetto draws them as
-tracks under the drafter.
+On by default (``DraftSettings.adaptive``): the 16-core pinned runs in the README used it. Timeline:
+with each growth step the drafter records the counters ``tree_levels`` and ``tree_width``
+(:func:`common.observability.trace.counter`); Perfetto draws them as tracks under the drafter.
 """
 
 from __future__ import annotations
@@ -66,7 +64,7 @@ def growth_shape(acc: Acceptance, base: GrowthShape, hops: int, depth_ahead: int
     """
     per_step = acc.accepted + 1
     levels = math.ceil(per_step) + (acc.full > FULL_DEEPER) + (depth_ahead < hops * per_step)
-    scale = 1 + acc.miss  # never narrower than configured: best-first growth needs its leaves to reach deep
+    scale = 0.5 + acc.miss
     width = max(MIN_WIDTH, round(base.width * scale))
     leaves = max(1, min(width, round(base.leaves * scale)))
     room = node_cap - tree_nodes

@@ -33,8 +33,8 @@ def test_more_accepted_tokens_grow_more_levels_up_to_the_limit():
 def test_misses_grow_wider():
     narrow = _shape(Acceptance(accepted=1.0, full=0.0, miss=0.0))
     wide = _shape(Acceptance(accepted=1.0, full=0.0, miss=1.0))
-    assert (narrow.width, narrow.leaves) == (12, 4), "never narrower than configured"
-    assert (wide.width, wide.leaves) == (24, 8)
+    assert (narrow.width, narrow.leaves) == (6, 2)
+    assert (wide.width, wide.leaves) == (18, 6)
 
 
 def test_a_tree_shallower_than_the_pipeline_holds_grows_a_level_more():
@@ -44,8 +44,8 @@ def test_a_tree_shallower_than_the_pipeline_holds_grows_a_level_more():
 
 
 @pytest.mark.parametrize(("tree_nodes", "expected"), [
-    (88, GrowthShape(levels=1, leaves=4, width=12)),  # room for one level of 12 only
-    (95, GrowthShape(levels=1, leaves=4, width=5)),  # less than a level: what fits
+    (90, GrowthShape(levels=1, leaves=2, width=6)),  # room for one level of 6 only
+    (95, GrowthShape(levels=1, leaves=2, width=5)),  # less than a level: what fits
     (100, None),  # full
 ])
 def test_the_node_cap_bounds_a_growth(tree_nodes, expected):
