@@ -94,6 +94,7 @@ class PinnedCluster:
     draft_head: str = ""  # a head folder: draft with it instead of the draft model
     layer_ranges: tuple[tuple[int, int], ...] = ()  # explicit [start, end) per stage; even split if empty
     draft_vocab: int = 0  # the draft model proposes only its N most frequent tokens; 0: every token
+    row_invariant: bool = True  # stages and verifier compute each row as alone (False: fused kernels)
 
 
 def _fail(message: str) -> None:
@@ -134,6 +135,8 @@ def bench(
                                              "e.g. 0-5,5-11,11-18,18-28 (sets the stage count).")] = "",
     cores_per_service: Annotated[int, typer.Option(min=1, help="--pin: cores each service gets.")] = 2,
     dtype: Annotated[str, typer.Option(help="--pin: float32 or bfloat16.")] = "bfloat16",
+    row_invariant: Annotated[bool, typer.Option("--row-invariant/--fused-numerics", help="--pin: rows computed "
+                                                "bitwise as alone (reproducible), or the faster fused kernels.")] = True,
     tree: Annotated[str, typer.Option(help="--pin: draft-tree settings as JSON, e.g. '{\"grow_levels\": 2}'.")] = "{}",
     concurrency: Annotated[int, typer.Option(min=0, help="Instead of comparing modes: run the prompts one at a "
                                                           "time, then with this many in flight at once.")] = 0,
@@ -166,6 +169,7 @@ def bench(
     if pin:
         pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head, layers,
                                  draft_vocab)
+        pinned = dataclasses.replace(pinned, row_invariant=row_invariant)
         spec, own_run_dir = _start_pinned(pinned)
     else:
         cluster_file = run_dir / "cluster.json"
@@ -291,7 +295,8 @@ def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
                           layer_ranges=list(pinned.layer_ranges) or None)
         if pinned.draft_vocab:  # counted once here (and saved), so the drafter starts without counting
             draft_vocabulary(Path(pinned.draft), pinned.draft_vocab)
-        spec = pin_services(dataclasses.replace(spec, draft_vocab=pinned.draft_vocab), pinned.cores_per_service,
+        spec = pin_services(dataclasses.replace(spec, draft_vocab=pinned.draft_vocab, row_invariant=pinned.row_invariant),
+                            pinned.cores_per_service,
                             os.cpu_count() or 1)
         run_dir = Path(tempfile.mkdtemp(prefix="flowring-bench-")) / "run"
         typer.echo(f"starting {pinned.stages} stage(s), every service on {pinned.cores_per_service} core(s) of its "

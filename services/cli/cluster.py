@@ -38,6 +38,9 @@ def up(
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "bfloat16",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: Annotated[int, typer.Option(help="Torch threads per service (0: torch default).")] = 0,
+    row_invariant: Annotated[bool, typer.Option("--row-invariant/--fused-numerics", help="Each row of a segment computed bitwise as it would be alone "
+                                                     "(reproducible greedy output in every mode); --fused-numerics: "
+                                                     "the faster fused kernels.")] = True,
     top_k: Annotated[int, typer.Option(help="Children per drafted node.")] = _DEFAULTS.top_k,
     fill_nodes: Annotated[int, typer.Option(help="Draft nodes in a new round's tree.")] = _DEFAULTS.fill_nodes,
     fill_depth: Annotated[int, typer.Option(help="Levels of a new round's tree.")] = _DEFAULTS.fill_depth,
@@ -79,7 +82,8 @@ def up(
     if draft_vocab and draft_head:
         fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     _up_local(base, draft, draft_head, model, _stage_count(stages), layers, settings, run_dir, log_level,
-              dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab)
+              dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab,
+              row_invariant=row_invariant)
 
 
 def _prepare_draft_vocab(draft_dir: Path, size: int) -> str:
@@ -106,7 +110,7 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
 
 def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
-              mode: str, api_port: int, draft_vocab: int = 0) -> None:
+              mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True) -> None:
     if model:
         from common.catalog import default_pair
 
@@ -134,7 +138,7 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
         default_mode = choice.mode if mode == "auto" else mode
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
                           draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
-        spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab)
+        spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab, row_invariant=row_invariant)
         drafting = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
         if draft_vocab:
             drafting += f" over {_prepare_draft_vocab(draft_dir, draft_vocab)}"

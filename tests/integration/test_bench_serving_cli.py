@@ -77,11 +77,13 @@ def test_ttft_on_a_cluster_started_for_the_run(models, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "pin_services", lambda spec, cores, host_cores: spec)
     out = tmp_path / "t.json"
     result = _bench(prompts, out, "--ttft", "--repeats", "2", "--pin", "--base", str(base), "--draft", str(draft),
-                    "--layers", "0-1,1-4", "--cores-per-service", "1", "--dtype", "float32")
+                    "--layers", "0-1,1-4", "--cores-per-service", "1", "--dtype", "float32",
+                    "--fused-numerics")
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["concurrency"] == [] and report["cluster"]["default_mode"] == "flowspec"
     assert [tuple(s["layers"]) for s in report["cluster"]["stages"]] == [(0, 1), (1, 4)]
+    assert report["cluster"]["row_invariant"] is False
     (ttft,) = report["ttft"]
     assert ttft["mode"] == "flowspec" and ttft["repeats"] == 2 and ttft["failures"] == []
     assert len(ttft["ring_ms"]) == len(ttft["http_ms"]) == 2 * len(PROMPTS)

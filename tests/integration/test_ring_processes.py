@@ -97,19 +97,20 @@ def test_mismatched_tokenizers_refused_at_startup(tmp_path):
     assert "tokenizer" in result.output.lower()
 
 
-def test_cli_up_with_a_reduced_draft_vocabulary(tmp_path, monkeypatch):
+def test_cli_up_with_a_reduced_draft_vocabulary_and_fused_numerics(tmp_path, monkeypatch):
     base, draft = make_tiny_pair(tmp_path / "pair", family="qwen2", seed=12)
     monkeypatch.setenv("FLOWRING_HOME", str(tmp_path / "home"))
     run_dir = str(tmp_path / "run")
     runner = CliRunner()
     result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--draft-vocab", "64",
-                                 "--stages", "1", "--threads", "1", "--api-port", "0", "--run-dir", run_dir])
+                                 "--stages", "1", "--threads", "1", "--api-port", "0", "--fused-numerics",
+                                 "--run-dir", run_dir])
     assert result.exit_code == 0, result.output
     assert "over 64 of 320 tokens" in result.output
     assert (draft / "draft_vocab_64.pt").is_file()
     try:
         spec = ClusterSpec.load(tmp_path / "run" / "cluster.json")
-        assert spec.draft_vocab == 64
+        assert spec.draft_vocab == 64 and spec.row_invariant is False
         with client_for(spec, 120) as client:
             for prompt in ([5, 6, 7], [40, 2, 99, 17, 3]):
                 reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=12)
