@@ -47,7 +47,7 @@ class DraftHead(nn.Module):
         self.spec = spec
         self.embed_tokens = nn.Embedding.from_pretrained(embedding.to(device, dtype), freeze=True)
         self.fc = nn.Linear(2 * h, h, bias=True, dtype=dtype, device=device)
-        self.layer = DecoderLayer(spec, dtype=dtype).to(device)
+        self.layer = DecoderLayer(spec, dtype=dtype, row_invariant=False).to(device)  # drafting: fused kernels
         self.layer.input_layernorm = nn.Identity()  # EAGLE-1: the fc output enters attention unnormed
         with torch.no_grad():
             self.layer.post_attention_layernorm.weight.fill_(1.0)  # allocated uninitialised
