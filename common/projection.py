@@ -12,6 +12,12 @@ expansion; each decision sends an Expand to the drafter. Per mode:
   step, or a ``noop`` when pruning emptied it); every decision but the round's last sends an Expand and
   the drafter grows one more segment (``grow_ms``). The round's last decision ends it: segments still
   queued are dropped, a forward under way finishes.
+- ``flowspec`` drafting ahead (the asynchronous drafter, :class:`Ahead`): the scheduler decides every
+  verdict at once; after the fill the drafter drafts one level after another (``level_ms`` each), at
+  most ``levels`` past its last send, and stops only there. Credits pace the sends: the fill leaves one
+  (a segment beyond one per hop), every decision but the round's last adds one; at the end of a level
+  (or at once, when idle) a credit sends every level drafted since the last send as one segment, and
+  with nothing drafted it sends the next level. The round's end waits for the level under way.
 
 :func:`ring_ms` simulates this exactly (FIFO stations, a drafter and a scheduler that each do one
 thing at a time); :mod:`common.projection_fit` measures every input from a ``bench --json`` run.
@@ -75,6 +81,22 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Ahead:
+    """A drafter that drafts ahead of the verdicts: ``verdicts`` in the round, one draft level per
+    ``level_ms``, at most ``levels`` past the last send; ``segments[k]``: the segment of ``k + 1`` levels."""
+
+    verdicts: int
+    level_ms: float
+    levels: int
+    segments: tuple[Job, ...]
+    extra_credits: int = 1  # the drafter's EXTRA_IN_FLIGHT
+
+    def __post_init__(self) -> None:
+        if self.verdicts < 1 or self.levels < 1 or len(self.segments) < self.levels or self.level_ms < 0:
+            raise ProjectionError("drafting ahead needs a verdict, a level, and a segment for every level count")
+
+
+@dataclass(frozen=True)
 class Round:
     """One round as the ring does it, times on the target boards.
 
@@ -89,6 +111,7 @@ class Round:
     gather: bool = True
     grow_ms: tuple[float, ...] = ()
     grow: Job | None = None
+    ahead: Ahead | None = None  # flowspec drafting ahead of the verdicts: the grow fields are unused
 
     def __post_init__(self) -> None:
         if not self.fill or (self.grow_ms and self.grow is None):
@@ -160,6 +183,53 @@ def _round_ms(ring: _Ring, r: Round, begin: float, msg: Messages) -> float:
     return decision
 
 
+@dataclass
+class _Ahead:
+    """The drafter while it drafts ahead: the end of its last level, levels unsent, levels since a send."""
+
+    at: float
+    unsent: int = 0
+    grown: int = 0
+
+    def send_at(self, a: Ahead, credit: float) -> tuple[float, int]:
+        """Draft levels until ``credit`` is spent: when the segment leaves, and its levels."""
+        while self.unsent == 0 or (credit > self.at and self.grown < a.levels):
+            self.at, self.unsent, self.grown = self.at + a.level_ms, self.unsent + 1, self.grown + 1
+        sent, levels = max(self.at, credit), self.unsent
+        self.at, self.unsent, self.grown = sent, 0, 0  # an idle drafter starts the next growth on the credit
+        return sent, levels
+
+    def stop_at(self, a: Ahead, t: float) -> float:
+        """The drafter's end of drafting when the round's end reaches it at ``t`` (the level under way ends)."""
+        while self.grown < a.levels and self.at < t:
+            self.at, self.grown = self.at + a.level_ms, self.grown + 1
+        return max(self.at, t)
+
+
+def _ahead_round_ms(ring: _Ring, r: Round, a: Ahead, begin: float, msg: Messages) -> float:
+    """One round with the drafter drafting ahead (see the module docstring); returns its last decision."""
+    released = ring.draft(begin + msg.expand_ms, r.fill_ms)
+    drafter = _Ahead(released)
+    done = [ring.run(job, released) for job in r.fill]
+    credits = [released] * a.extra_credits
+    decisions: list[float] = []
+    while len(decisions) < a.verdicts:
+        k = len(decisions)
+        while len(done) <= k:  # verdict k's segment is not sent yet: the credits so far always send it
+            sent, levels = drafter.send_at(a, credits.pop(0))
+            done.append(ring.run(a.segments[levels - 1], sent))
+        decisions.append(done[k] + msg.verdict_ms)
+        if k + 1 < a.verdicts:  # the last decision ends the round (or the request)
+            credits.append(decisions[-1] + msg.expand_ms)
+    end = decisions[-1]
+    for credit in (c for c in credits if c < end):  # segments sent before the round's end take their stations
+        sent, levels = drafter.send_at(a, credit)
+        if sent < end:
+            ring.run(a.segments[levels - 1], sent, until=end)
+    ring.drafter = drafter.stop_at(a, end + msg.expand_ms)
+    return end
+
+
 def ring_ms(rounds: Sequence[Round], msg: Messages) -> float:
     """Decode milliseconds of a request: from the prefill's decision to the last decision."""
     if not rounds:
@@ -167,7 +237,7 @@ def ring_ms(rounds: Sequence[Round], msg: Messages) -> float:
     ring = _Ring([0.0] * len(rounds[0].fill[0].hold_ms))
     t = 0.0
     for r in rounds:
-        t = _round_ms(ring, r, t, msg)
+        t = _round_ms(ring, r, t, msg) if r.ahead is None else _ahead_round_ms(ring, r, r.ahead, t, msg)
     return t
 
 
