@@ -4,12 +4,11 @@ The drafter's decode spans (``draft``, ``send``) and the scheduler's decisions (
 ``send`` spans is one answer (a report, then its segments); an answer of more than one segment is a
 round's fill. Per round: the fill's draft ms (the ``draft`` spans from the decision that ended the
 previous round to the fill's sends: the context pass and the fill) and its verdicts (the decisions
-until the next fill; the last round's are the rest of ``steps + noops``). Every other ``draft`` span
-is one level of growth. Prunes drop part of what is drafted ahead before it is sent: the share kept is
-the stage-1 rows the growths sent over the nodes the levels drafted (the ``tree_width`` counter, one
-sample per level; all kept without it). A kept level costs the mean level ms over that share and sends
-the growths' stage-1 rows shared over the kept levels. Levels per growth: the median of the
-``tree_levels`` counter, else the draft settings' ``grow_levels``.
+until the next fill; the last round's are the rest of ``steps + noops``), each a step or a noop as the
+verifier's spans tell (a ``verify`` span with a ``forward`` since the previous one is a step). Every
+other ``draft`` span is one level of growth: their mean is a level's ms, and the stage-1 rows the
+growths sent, shared over them, a level's rows (what prunes drop before it is sent included). Levels
+per growth: the median of the ``tree_levels`` counter, else the draft settings' ``grow_levels``.
 """
 
 from __future__ import annotations
@@ -22,17 +21,18 @@ from typing import Any
 from common.observability.trace import SPAN_KINDS
 from common.projection import ProjectionError
 
-_DRAFT, _SEND, _SCHEDULE = (SPAN_KINDS.index(k) for k in ("draft", "send", "schedule"))
-_TREE_LEVELS, _TREE_WIDTH = len(SPAN_KINDS), len(SPAN_KINDS) + 1  # common.observability.trace.COUNTER_KINDS
+_FORWARD, _DRAFT, _SEND, _VERIFY, _SCHEDULE = (SPAN_KINDS.index(k) for k in
+                                                ("forward", "draft", "send", "verify", "schedule"))
+_TREE_LEVELS = len(SPAN_KINDS)  # the first of common.observability.trace.COUNTER_KINDS
 
 
 @dataclass(frozen=True)
 class DraftAhead:
-    """What a request drafting ahead did: per round its fill ms and verdicts; per kept growth level
-    (one that survived the prunes) its drafter ms and the stage-1 rows it sent; the levels a growth drafts."""
+    """What a request drafting ahead did: per round its fill ms and its verdicts (True: a step, False: a
+    noop); per growth level its drafter ms and the stage-1 rows it sent; the levels a growth drafts."""
 
     fill_ms: tuple[float, ...]
-    verdicts: tuple[int, ...]
+    steps: tuple[tuple[bool, ...], ...]
     level_ms: float
     levels: int
     level_rows: float
@@ -58,6 +58,18 @@ def _fills(drafter: Sequence[tuple[float, int, float]]) -> list[float]:
     return fills
 
 
+def verdict_kinds(stats: Mapping[str, Any], begin: float) -> list[bool]:
+    """Per decode verdict of the verifier, in order: whether it was a step (it forwarded rows for it)."""
+    kinds, forwarded = [], False
+    for _, code, _ in _triples(stats, "verifier", begin):
+        if code == _FORWARD:
+            forwarded = True
+        elif code == _VERIFY:
+            kinds.append(forwarded)
+            forwarded = False
+    return kinds
+
+
 def draft_ahead(stats: Mapping[str, Any], begin: float, verdicts: int, growth_rows: float,
                 grow_levels: int) -> DraftAhead:
     """The request's drafting ahead (see the module docstring); ``growth_rows``: its stage-1 rows not in fills."""
@@ -72,13 +84,17 @@ def draft_ahead(stats: Mapping[str, Any], begin: float, verdicts: int, growth_ro
     ends = [*fills[1:], float("inf")]
     counts = [max(sum(1 for d in decisions if sent < d < upto), 1) for sent, upto in zip(fills, ends, strict=True)]
     counts[-1] = max(verdicts - sum(counts[:-1]), 1)
+    kinds = verdict_kinds(stats, begin)
+    kinds += [True] * (sum(counts) - len(kinds))  # a verdict the trace lacks counts as a step
+    steps, first = [], 0
+    for count in counts:
+        steps.append((*kinds[first : first + count - 1], True))  # a round ends on a step
+        first += count
     levels_ms = [dur for start, dur in drafts if not any(a <= start < b for a, b in windows)]
     depth = [value for _, code, value in drafter if code == _TREE_LEVELS]
-    drafted = sum(value for _, code, value in drafter if code == _TREE_WIDTH)
-    kept = min(growth_rows / drafted, 1.0) if drafted and growth_rows else 1.0
     return DraftAhead(
-        fill_ms=tuple(fill_ms), verdicts=tuple(counts),
-        level_ms=statistics.fmean(levels_ms) / kept if levels_ms else 0.0,
+        fill_ms=tuple(fill_ms), steps=tuple(steps),
+        level_ms=statistics.fmean(levels_ms) if levels_ms else 0.0,
         levels=max(int(statistics.median(depth)) if depth else grow_levels, 1),
-        level_rows=growth_rows / max(len(levels_ms) * kept, 1.0),
+        level_rows=growth_rows / max(len(levels_ms), 1),
     )

@@ -17,9 +17,10 @@ each Expand, and the rows a flowspec request sends in all.
   stages) a segment keeps the measured share of the rows sent (rows there / stage-1 rows). Every
   segment is forwarded at every station: those that give a step are, and a segment pruned to nothing
   (skipped in truth) is mostly one the round's end drops anyway.
-- ``flowspec`` drafting ahead (the asynchronous drafter): per round its measured fill ms and verdicts;
-  the drafter's measured ms per level (its throughput bounds the verified steps) and levels per growth;
-  a segment of ``k`` levels carries ``k`` x the measured stage-1 rows per level, thinned as above.
+- ``flowspec`` drafting ahead (the asynchronous drafter): per round its measured fill ms and verdicts
+  (each a step or a noop, as measured); the drafter's measured ms per level (its throughput bounds the
+  verified steps) and levels per growth; a segment of ``k`` levels carries ``k`` x the measured stage-1
+  rows per level, thinned as above.
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def _flowspec(ring: _Ring, r: Behaviour) -> list[Round]:
         a = r.ahead
         segments = tuple(ring.job(k * a.level_rows, kept) for k in range(1, a.levels + 1))
         return [Round(ring.draft_ms(fill_ms), fill, gather=False,
-                      ahead=Ahead(verdicts, ring.draft_ms(a.level_ms), a.levels, segments))
-                for fill_ms, verdicts in zip(a.fill_ms, a.verdicts, strict=True)]
+                      ahead=Ahead(steps, ring.draft_ms(a.level_ms), a.levels, segments))
+                for fill_ms, steps in zip(a.fill_ms, a.steps, strict=True)]
     fills = sum(1 for e in r.expansions if e.segments > 1)
     grows = max(len(r.expansions) - fills, 1)
     grow = ring.job(max(sent_rows - fills * costs.fill_nodes, 0) / grows, kept)

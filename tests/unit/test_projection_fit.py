@@ -90,5 +90,5 @@ def test_flowspec_whose_scheduler_decided_while_the_drafter_drafted_is_measured_
     flowspec["scheduler"] += [SPAN_KINDS.index("schedule"), start + dur // 2, 0]  # a decision mid-draft
     ahead = next(r for r in fit_run(run).requests if r.mode == "flowspec").ahead
     assert ahead is not None and ahead.levels == 3  # no tree_levels counter: the settings' grow_levels
-    assert sum(ahead.verdicts) == next(r for r in fit_run(run).requests if r.mode == "flowspec").verdicts
+    assert sum(len(s) for s in ahead.steps) == next(r for r in fit_run(run).requests if r.mode == "flowspec").verdicts
     assert next(r for r in fit_run(make_run()).requests if r.mode == "flowspec").ahead is None
