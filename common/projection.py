@@ -2,16 +2,24 @@
 
 The ring as the code runs it (``services/*/core.py``): the drafter sends segments into stage 1; each
 stage and then the verifier forwards them one at a time, in arrival order; the verifier's verdict goes
-to the scheduler, which decides one verdict at a time and only once the drafter has reported its last
-expansion; each decision sends an Expand to the drafter. Per mode:
+to the scheduler, which decides one verdict at a time; each decision sends an Expand to the drafter. In
+ar, chunk and the old flowspec (a drafter that drafts only on an Expand) the scheduler decides only
+once the drafter has reported its last expansion. Per mode:
 
 - ``ar``: a round is one step: a one-row segment round the ring.
 - ``chunk``: a round drafts a tree (the drafter's ``fill_ms``), cuts it into segments (one per hop by
   default, :func:`common.tree.segment_sizes`), and the verdict comes once the verifier has the last.
-- ``flowspec``: a round drafts the same fill; every segment reaching the verifier gives a verdict (a
+- ``flowspec`` (old): a round drafts the same fill; every segment reaching the verifier gives a verdict (a
   step, or a ``noop`` when pruning emptied it); every decision but the round's last sends an Expand and
   the drafter grows one more segment (``grow_ms``). The round's last decision ends it: segments still
   queued are dropped, a forward under way finishes.
+- ``flowspec`` drafting ahead (the asynchronous drafter, :class:`Ahead`): the scheduler decides every
+  verdict at once and sends the drafter a Prune (a step; not for a noop) and an Expand (a credit). After
+  the fill the drafter loops (``services/runtime.py``): it handles one message that has arrived, then
+  drafts one level (``level_ms``) unless it is ``levels`` past its last send (then, with no message, it
+  waits). The fill leaves one credit; a credit sends every level drafted since the last send as one
+  segment, at once if there is one, else at the end of the next level. The round's last Prune stops the
+  growth; the next fill is drafted once the round's last Expand is handled.
 
 :func:`ring_ms` simulates this exactly (FIFO stations, a drafter and a scheduler that each do one
 thing at a time); :mod:`common.projection_fit` measures every input from a ``bench --json`` run.
@@ -21,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.link import LinkSettings
 
@@ -75,6 +83,26 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Ahead:
+    """A drafter that drafts ahead of the verdicts: ``verdicts`` in the round, one draft level per
+    ``level_ms``, at most ``levels`` past the last send; ``segments[k]``: the segment of ``k + 1`` levels."""
+
+    steps: tuple[bool, ...]  # per verdict: a step (a Prune and an Expand to the drafter) or a noop (an Expand)
+    level_ms: float
+    levels: int
+    segments: tuple[Job, ...]
+    extra_credits: int = 1  # the drafter's EXTRA_IN_FLIGHT
+
+    @property
+    def verdicts(self) -> int:
+        return len(self.steps)
+
+    def __post_init__(self) -> None:
+        if not self.steps or self.levels < 1 or len(self.segments) < self.levels or self.level_ms < 0:
+            raise ProjectionError("drafting ahead needs a verdict, a level, and a segment for every level count")
+
+
+@dataclass(frozen=True)
 class Round:
     """One round as the ring does it, times on the target boards.
 
@@ -89,6 +117,7 @@ class Round:
     gather: bool = True
     grow_ms: tuple[float, ...] = ()
     grow: Job | None = None
+    ahead: Ahead | None = None  # flowspec drafting ahead of the verdicts: the grow fields are unused
 
     def __post_init__(self) -> None:
         if not self.fill or (self.grow_ms and self.grow is None):
@@ -160,6 +189,74 @@ def _round_ms(ring: _Ring, r: Round, begin: float, msg: Messages) -> float:
     return decision
 
 
+@dataclass
+class _Drafter:
+    """The drafter drafting ahead in one round: its clock, the levels unsent and since its last send, its
+    credits, its inbox (arrival, whether an Expand) and how many it has handled."""
+
+    a: Ahead
+    at: float
+    credits: int
+    unsent: int = 0
+    grown: int = 0
+    inbox: list[tuple[float, bool]] = field(default_factory=list)
+    handled: int = 0
+    growing: bool = True  # until it handles the round's last Prune
+    round_over: bool = False  # the round's last decision is in the inbox
+
+    def turn(self) -> list[tuple[float, int]]:
+        """One turn of its loop: handle one message that has arrived, then draft a level if it grows (with
+        neither, wait for the next message). Returns the segments it sent: (when, levels)."""
+        sent: list[tuple[float, int]] = []
+        arrived = self.handled < len(self.inbox) and self.inbox[self.handled][0] <= self.at
+        if arrived:
+            expand = self.inbox[self.handled][1]
+            self.handled += 1
+            if not expand and self.round_over and self.handled == len(self.inbox) - 1:
+                self.growing = False  # the Prune that ends the round: no tree to grow
+            if expand:
+                self.credits += 1
+                self._spend(sent)
+                if not sent and self.grown >= self.a.levels:
+                    self.grown = 0  # a credit with nothing to send starts the next growth
+        if self.growing and self.grown < self.a.levels:
+            self.at, self.unsent, self.grown = self.at + self.a.level_ms, self.unsent + 1, self.grown + 1
+            self._spend(sent)
+        elif not arrived and self.handled < len(self.inbox):
+            self.at = self.inbox[self.handled][0]  # idle until the next message
+        elif not arrived:
+            raise ProjectionError("the drafter has nothing to do and no message to wait for")
+        return sent
+
+    def _spend(self, sent: list[tuple[float, int]]) -> None:
+        """A credit sends the levels drafted since the last send (and the next growth starts)."""
+        if self.credits and self.unsent and self.growing:
+            sent.append((self.at, self.unsent))
+            self.credits, self.unsent, self.grown = self.credits - 1, 0, 0
+
+
+def _ahead_round_ms(ring: _Ring, r: Round, a: Ahead, begin: float, msg: Messages) -> float:
+    """One round with the drafter drafting ahead (see the module docstring); returns its last decision."""
+    released = ring.draft(begin + msg.expand_ms, r.fill_ms)
+    done = [ring.run(job, released) for job in r.fill]
+    drafter = _Drafter(a, released, a.extra_credits)
+    decisions: list[float] = []
+    while len(decisions) < a.verdicts or drafter.handled < len(drafter.inbox):
+        while len(decisions) < min(len(done), a.verdicts):  # every verdict whose segment is through
+            k = len(decisions)
+            decisions.append(done[k] + msg.verdict_ms)
+            arrival = decisions[-1] + msg.expand_ms
+            drafter.inbox += [(arrival, False), (arrival, True)] if a.steps[k] else [(arrival, True)]
+            drafter.round_over = len(decisions) == a.verdicts
+        if drafter.handled >= len(drafter.inbox) and len(decisions) == a.verdicts:
+            break
+        for at, levels in drafter.turn():
+            until = decisions[-1] if len(decisions) == a.verdicts else math.inf
+            done.append(ring.run(a.segments[levels - 1], at, until))
+    ring.drafter = drafter.at  # it drafts the next fill once it has handled the round's last Expand
+    return decisions[-1]
+
+
 def ring_ms(rounds: Sequence[Round], msg: Messages) -> float:
     """Decode milliseconds of a request: from the prefill's decision to the last decision."""
     if not rounds:
@@ -167,7 +264,7 @@ def ring_ms(rounds: Sequence[Round], msg: Messages) -> float:
     ring = _Ring([0.0] * len(rounds[0].fill[0].hold_ms))
     t = 0.0
     for r in rounds:
-        t = _round_ms(ring, r, t, msg)
+        t = _round_ms(ring, r, t, msg) if r.ahead is None else _ahead_round_ms(ring, r, r.ahead, t, msg)
     return t
 
 

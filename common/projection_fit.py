@@ -31,6 +31,7 @@ from typing import Any
 
 from common.observability.trace import SPAN_KINDS
 from common.projection import PROJECTED_MODES, ForwardCost, ProjectionError
+from common.projection_ahead import DraftAhead, draft_ahead
 from common.tree import segment_sizes
 
 VERIFIER = "verifier"
@@ -96,6 +97,7 @@ class Behaviour:
     expansions: tuple[Expansion, ...]  # the drafter's answers to the decode Expands, in order
     stage_rows: tuple[int, ...]  # per stage in ring order
     verifier_rows: int
+    ahead: DraftAhead | None = None  # a flowspec request whose drafter drafted ahead of the verdicts
 
     @property
     def verdicts(self) -> int:
@@ -114,7 +116,6 @@ class RunFit:
     costs: Costs
     requests: tuple[Behaviour, ...]
     measured: Mapping[str, float]
-    skipped: Mapping[str, str]  # mode -> why its requests are not projected
 
 
 # ------------------------------------------------------------------------------------------------ spans
@@ -251,7 +252,7 @@ def expansions(stats: Mapping[str, Any], begin: float) -> tuple[Expansion, ...]:
 
 
 def behaviour(run: Mapping[str, Any], record: Mapping[str, Any]) -> Behaviour:
-    """One request's decode work and acceptance."""
+    """One request's decode work and acceptance (a flowspec request that drafted ahead: with its :class:`DraftAhead`)."""
     stats = record["stats"]
     begin = decode_start(stats)
     prompt = int(stats["prompt_tokens"])
@@ -260,11 +261,18 @@ def behaviour(run: Mapping[str, Any], record: Mapping[str, Any]) -> Behaviour:
     answers = expansions(stats, begin)
     if not answers:
         raise ProjectionError(f"request {stats.get('request_id', '?')}: the drafter's trace answers no Expand")
+    steps, noops = int(stats["steps"]), int(stats.get("noop_steps", 0))
+    ahead = None
+    if record["mode"] == "flowspec" and decided_while_drafting(stats):
+        draft = run["cluster"]["draft_settings"]
+        fills = sum(1 for e in answers if e.segments > 1)
+        growth_rows = max(int(stages[0][1]) - fills * (int(draft["fill_nodes"]) + 1), 0)
+        ahead = draft_ahead(stats, begin, steps + noops, growth_rows, int(draft["grow_levels"]))
     return Behaviour(
         mode=record["mode"], new_tokens=int(stats["new_tokens"]),
-        steps=int(stats["steps"]), noops=int(stats.get("noop_steps", 0)), rounds=max(int(stats["rounds"]), 1),
+        steps=steps, noops=noops, rounds=max(int(stats["rounds"]), 1),
         expansions=answers,
-        stage_rows=tuple(int(r) for _, r, _ in stages), verifier_rows=int(verifier[1]),
+        stage_rows=tuple(int(r) for _, r, _ in stages), verifier_rows=int(verifier[1]), ahead=ahead,
     )
 
 
@@ -275,25 +283,17 @@ def measured_rates(run: Mapping[str, Any]) -> dict[str, float]:
 
 def decided_while_drafting(stats: Mapping[str, Any]) -> int:
     """Decode decisions the scheduler took while the drafter was drafting: none when the scheduler waits
-    for the drafter's report of every Expand and the drafter drafts only on an Expand, as the model has it."""
+    for the drafter's report of every Expand and the drafter drafts only on an Expand (the old protocol);
+    many when the drafter drafts ahead of the verdicts."""
     begin = decode_start(stats)
     drafts = _spans(stats, DRAFTER, _DRAFT, begin)
     return sum(1 for t, _ in _spans(stats, SCHEDULER, _SCHEDULE, begin) if any(a < t < b for a, b in drafts))
 
 
 def fit_run(run: Mapping[str, Any]) -> RunFit:
-    """Costs and requests of one ``bench --json`` run (with its trace).
-
-    Flowspec requests whose scheduler decided while the drafter drafted (a drafter that drafts ahead of
-    the verdicts) are left out, with the reason: the model's flowspec rounds do not describe them.
-    """
+    """Costs and requests of one ``bench --json`` run (with its trace), of either drafting protocol."""
     names = _stage_names(run)
-    records, skipped = _records(run), {}
-    ahead = sum(decided_while_drafting(r["stats"]) for r in records if r["mode"] == "flowspec")
-    if ahead:
-        skipped["flowspec"] = (f"{ahead} of its decisions came while the drafter drafted; the model's drafter "
-                               "drafts on each Expand and its scheduler waits for every draft report")
-    requests = tuple(behaviour(run, r) for r in records if r["mode"] not in skipped)
+    requests = tuple(behaviour(run, r) for r in _records(run))
     if not requests:
         raise ProjectionError("the run has no finished ar, chunk or flowspec requests")
     draft = run["cluster"]["draft_settings"]
@@ -302,4 +302,4 @@ def fit_run(run: Mapping[str, Any]) -> RunFit:
         fill_nodes=int(draft["fill_nodes"]) + 1, segment_cap=int(draft["segment_cap"]),
         fill_segments=int(draft.get("fill_segments", 0)),
     )
-    return RunFit(stages=len(names), costs=costs, requests=requests, measured=measured_rates(run), skipped=skipped)
+    return RunFit(stages=len(names), costs=costs, requests=requests, measured=measured_rates(run))

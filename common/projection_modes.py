@@ -17,6 +17,10 @@ each Expand, and the rows a flowspec request sends in all.
   stages) a segment keeps the measured share of the rows sent (rows there / stage-1 rows). Every
   segment is forwarded at every station: those that give a step are, and a segment pruned to nothing
   (skipped in truth) is mostly one the round's end drops anyway.
+- ``flowspec`` drafting ahead (the asynchronous drafter): per round its measured fill ms and verdicts
+  (each a step or a noop, as measured); the drafter's measured ms per level (its throughput bounds the
+  verified steps) and levels per growth; a segment of ``k`` levels carries ``k`` x the measured stage-1
+  rows per level, thinned as above.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from common.bench_report import decode_rate
 from common.partition import even_split
 from common.projection import (
     PROJECTED_MODES,
+    Ahead,
     Boards,
     Job,
     Messages,
@@ -93,6 +98,12 @@ def _flowspec(ring: _Ring, r: Behaviour) -> list[Round]:
         raise ProjectionError("a flowspec request without stage-1 rows cannot be projected")
     kept = [*_interpolate([rows / sent_rows for rows in r.stage_rows], n), r.verifier_rows / sent_rows]
     fill = tuple(ring.job(size, kept) for size in costs.fill_sizes(costs.fill_nodes, n))
+    if r.ahead is not None:
+        a = r.ahead
+        segments = tuple(ring.job(k * a.level_rows, kept) for k in range(1, a.levels + 1))
+        return [Round(ring.draft_ms(fill_ms), fill, gather=False,
+                      ahead=Ahead(steps, ring.draft_ms(a.level_ms), a.levels, segments))
+                for fill_ms, steps in zip(a.fill_ms, a.steps, strict=True)]
     fills = sum(1 for e in r.expansions if e.segments > 1)
     grows = max(len(r.expansions) - fills, 1)
     grow = ring.job(max(sent_rows - fills * costs.fill_nodes, 0) / grows, kept)

@@ -141,7 +141,6 @@ def project_command(
     also = f"; acceptance from {acceptance_from.name}" if acceptance_from else ""
     console.print(f"from {source.name} ({fit.stages} stages): {shaped}{also}", highlight=False)
     console.print(_describe(fit), highlight=False)
-    _print_skipped(console, source, fit)
     same_boards = speed == 1.0 and link == _run_link(run)  # else no measurement is of these boards
     actual = _measured_by_stages(measured or [], run) if same_boards else {}
     console.print(_table(_rows(predictions, fit.measured, actual, speed)))
@@ -156,11 +155,6 @@ def _rows(predictions: Mapping[int, Mapping[str, float]], own: Mapping[str, floa
             rows.append((LOCAL, n, own[LOCAL] * speed, actual.get(n, {}).get(LOCAL)))
         rows.extend((mode, n, rate, actual.get(n, {}).get(mode)) for mode, rate in rates.items())
     return rows
-
-
-def _print_skipped(console: Console, path: Path, fit: RunFit) -> None:
-    for mode, why in fit.skipped.items():
-        console.print(f"{path.name}: {mode} not projected: {why}", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------- validate
@@ -198,8 +192,6 @@ def _validate(paths: list[Path]) -> None:
                               f"{replayed[mode]:.2f}", _error(replayed[mode], actual))
     console = Console(width=160)
     console.print(table)
-    for path, fit in fits.items():
-        _print_skipped(console, path, fit)
     console.print("What the projection holds at the source run's values, as each run measured it (means per request):")
     console.print(_behaviour_table(fits))
 

@@ -107,7 +107,7 @@ def make_run(stages: int = 2, local: float = 4.0) -> dict:
         "cluster": {"base": "base", "draft": "draft", "draft_head": "", "dtype": "bfloat16",
                     "stages": [{"name": n, "layers": [i * per_stage, (i + 1) * per_stage]}
                                for i, n in enumerate(_names(stages))],
-                    "draft_settings": {"fill_nodes": FILL_NODES - 1, "segment_cap": 16}},
+                    "draft_settings": {"fill_nodes": FILL_NODES - 1, "segment_cap": 16, "grow_levels": 3}},
         "records": [{"mode": "local", "ok": True, "stats": {}}, *records],
         "summary": summary,
     }

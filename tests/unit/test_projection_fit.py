@@ -81,14 +81,14 @@ def test_a_run_without_ar_has_no_hops_to_measure() -> None:
         fit_run(run)
 
 
-def test_flowspec_whose_scheduler_decided_while_the_drafter_drafted_is_left_out() -> None:
+def test_flowspec_whose_scheduler_decided_while_the_drafter_drafted_is_measured_as_drafting_ahead() -> None:
     run = make_run()
     flowspec = next(r for r in run["records"] if r["mode"] == "flowspec")["stats"]["trace"]
     draft = SPAN_KINDS.index("draft")
     start, dur = next((a, d) for c, a, d in zip(flowspec["drafter"][0::3], flowspec["drafter"][1::3],
                                                  flowspec["drafter"][2::3], strict=True) if c == draft)
     flowspec["scheduler"] += [SPAN_KINDS.index("schedule"), start + dur // 2, 0]  # a decision mid-draft
-    fit = fit_run(run)
-    assert "flowspec" in fit.skipped and "1 of its decisions" in fit.skipped["flowspec"]
-    assert {r.mode for r in fit.requests} == {"ar", "chunk"}
-    assert fit_run(make_run()).skipped == {}
+    ahead = next(r for r in fit_run(run).requests if r.mode == "flowspec").ahead
+    assert ahead is not None and ahead.levels == 3  # no tree_levels counter: the settings' grow_levels
+    assert sum(len(s) for s in ahead.steps) == next(r for r in fit_run(run).requests if r.mode == "flowspec").verdicts
+    assert next(r for r in fit_run(make_run()).requests if r.mode == "flowspec").ahead is None
