@@ -92,26 +92,15 @@ class TreeDrafter:
         """A tree rooted at ``root``, which must be the last token of the committed context."""
         assert self._root_hidden is not None and shape.nodes >= 1 and shape.depth >= 1 and shape.top_k >= 1
         k = shape.top_k
-        # Candidate pool: creation order breaks score ties, so a parent always sorts before its child.
-        pool_tokens, pool_parents, pool_scores, paths = [root], [-1], [0.0], [()]
+        pool = CandidatePool(root)
         created: set[Path] = set()
         frontier = [0]
         for _ in range(shape.depth):
-            frontier_paths = [paths[i] for i in frontier]
+            frontier_paths = [pool.paths[i] for i in frontier]
             created.update(self._rows.missing(frontier_paths))
             self._forward((), frontier_paths)
-            values, tokens = self._proposals(self._hidden(frontier_paths), k)
-            candidates = []
-            for parent, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
-                for value, token in zip(row_values, row_tokens, strict=True):
-                    candidates.append(len(pool_tokens))
-                    pool_tokens.append(token)
-                    pool_parents.append(parent)
-                    pool_scores.append(pool_scores[parent] + value)
-                    paths.append((*paths[parent], token))
-            candidates.sort(key=lambda i: (-pool_scores[i], i))
-            frontier = candidates[:k]
-        tree = select_tree(pool_tokens, pool_parents, pool_scores, shape.nodes)
+            frontier = pool.expand(frontier, *self._proposals(self._hidden(frontier_paths), k), keep=k)
+        tree = pool.tree(shape.nodes)
         self._rows.discard(created - set(tree_paths(tree)))  # expanded, but left out of the tree
         self._end_step()
         return tree
@@ -220,6 +209,32 @@ class ModelDrafters:
 
     def give(self, drafter: TreeDrafter) -> None:
         self._caches.give(drafter.cache)
+
+
+class CandidatePool:
+    """Every node a draft proposed, from the root down; creation order breaks score ties, so a parent
+    always sorts before its child. ``paths`` name nodes by their tokens below the root."""
+
+    def __init__(self, root: int) -> None:
+        self.tokens, self.parents, self.scores = [root], [-1], [0.0]
+        self.paths: list[Path] = [()]
+
+    def expand(self, frontier: list[int], values: list[list[float]], tokens: list[list[int]], keep: int) -> list[int]:
+        """Add each frontier node's proposed children (log-probabilities ``values``); the ``keep`` best
+        new candidates by cumulative score are the next frontier."""
+        candidates = []
+        for parent, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
+            for value, token in zip(row_values, row_tokens, strict=True):
+                candidates.append(len(self.tokens))
+                self.tokens.append(token)
+                self.parents.append(parent)
+                self.scores.append(self.scores[parent] + value)
+                self.paths.append((*self.paths[parent], token))
+        candidates.sort(key=lambda i: (-self.scores[i], i))
+        return candidates[:keep]
+
+    def tree(self, nodes: int) -> DraftTree:
+        return select_tree(self.tokens, self.parents, self.scores, nodes)
 
 
 def select_tree(tokens: list[int], parents: list[int], scores: list[float], nodes: int) -> DraftTree:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from common.drafting import TreeShape, best_leaves, deepest_nodes, select_tree
+from common.drafting import CandidatePool, TreeShape, best_leaves, deepest_nodes
 from common.heads.model import DraftHead
 from common.tree import DraftTree
 
@@ -83,22 +83,12 @@ class HeadTreeDrafter:
     def draft(self, root: int, shape: TreeShape) -> DraftTree:
         """A tree rooted at ``root``, which must be the last token of the committed pairs."""
         assert self._root_feature is not None and shape.nodes >= 1 and shape.depth >= 1 and shape.top_k >= 1
-        k = shape.top_k
-        pool_tokens, pool_parents, pool_scores, paths = [root], [-1], [0.0], [()]
+        pool = CandidatePool(root)
         frontier = [0]
         for _ in range(shape.depth):
-            logp, tokens = self._proposals(self._features([paths[i] for i in frontier]), k)
-            candidates = []
-            for parent, values, ids in zip(frontier, logp, tokens, strict=True):
-                for value, token in zip(values, ids, strict=True):
-                    candidates.append(len(pool_tokens))
-                    pool_tokens.append(token)
-                    pool_parents.append(parent)
-                    pool_scores.append(pool_scores[parent] + value)
-                    paths.append((*paths[parent], token))
-            candidates.sort(key=lambda i: (-pool_scores[i], i))
-            frontier = candidates[:k]
-        return select_tree(pool_tokens, pool_parents, pool_scores, shape.nodes)
+            proposals = self._proposals(self._features([pool.paths[i] for i in frontier]), shape.top_k)
+            frontier = pool.expand(frontier, *proposals, keep=shape.top_k)
+        return pool.tree(shape.nodes)
 
     def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: FeaturePairs | None = None) -> DraftTree:
         """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""

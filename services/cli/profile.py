@@ -42,13 +42,9 @@ def forward(
 
     from common.model_store import ModelStoreError, resolve
     from common.modeling import load_model_spec
-    from services.bench.forward import DTYPES, compare, memory_bandwidth_gb_per_s
+    from services.bench.forward import compare, memory_bandwidth_gb_per_s
 
-    if dtype not in DTYPES:
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
-    if cpus:
-        os.sched_setaffinity(0, _cpu_list(cpus))
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    _pin_process(dtype, cpus, threads)
     try:
         base_dir = resolve(base)
         first, _, last = layers.partition("-")
@@ -96,11 +92,7 @@ def draft(
     from services.bench.draft import DEFAULT_PROMPT, DraftConfig, profile_draft
     from services.bench.forward import DTYPES
 
-    if dtype not in DTYPES:
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
-    if cpus:
-        os.sched_setaffinity(0, _cpu_list(cpus))
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    _pin_process(dtype, cpus, threads)
     try:
         settings = DraftSettings(**json.loads(tree))
         draft_dir = resolve(draft_model)
@@ -124,3 +116,16 @@ def draft(
         fill = f"{statistics.median(t.fill_ms_per_level):.1f}" if t.fill_ms_per_level else "-"  # no round ended
         typer.echo(f"| {t.label} | {t.vocab} | {statistics.median(t.grow_ms):.1f} | {statistics.mean(t.grow_ms):.1f} | "
                    f"{t.grow_rows:.1f} | {fill} | {t.tokens_per_step:.2f} |")
+
+
+def _pin_process(dtype: str, cpus: str, threads: int) -> None:
+    """Check the dtype, pin this process to ``cpus`` (if given) and set torch's threads (0: one per core)."""
+    import torch
+
+    from services.bench.forward import DTYPES
+
+    if dtype not in DTYPES:
+        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if cpus:
+        os.sched_setaffinity(0, _cpu_list(cpus))
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
