@@ -49,5 +49,5 @@ def test_a_service_logs_to_its_file_and_heartbeats(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert output == b""  # everything went to the file
     events = [json.loads(line) for line in log_file.read_text().splitlines()]
-    assert [e["event"] for e in events] == ["service_ready", "service_shutdown"]
+    assert [e["event"] for e in events] == ["draft_loaded", "service_ready", "service_shutdown"]
     assert all(e["service"] == "drafter" and e["host"] and e["ts"].endswith("Z") for e in events)
