@@ -66,10 +66,8 @@ class _Job:
     kv_bytes: int  # admission's estimate of its KV need on the largest stage
     started: float = 0.0  # when it entered the ring; its deadline counts from here
     tree: DraftTree = field(default_factory=lambda: DraftTree((), (), ()))
-    epoch: int = 0
-    round: int = 0
     output: list[int] = field(default_factory=list)
-    log: PruneLog = field(default_factory=PruneLog)  # the prunes issued, to bring late reports forward
+    log: PruneLog = field(default_factory=PruneLog)  # the prunes issued: epoch, round, late reports forward
     verdicts: deque[Verdict] = field(default_factory=deque)  # the first waits for the report of its nodes
     prefilled_at: float = 0.0
     steps: int = 0
@@ -84,6 +82,14 @@ class _Job:
     streamed: int = 0  # output tokens already sent in chunks
     text: TextStream | None = None  # streamed requests with a tokenizer
     replays: int = 0  # times it was resumed from its committed context after a ring service died
+
+    @property
+    def epoch(self) -> int:
+        return self.log.epoch
+
+    @property
+    def round(self) -> int:
+        return self.log.round
 
 
 class SchedulerCore:
@@ -250,7 +256,7 @@ class SchedulerCore:
             return []
         job.replays += 1
         job.request_id = attempt_id(request_id, job.replays)
-        job.tree, job.epoch, job.round, job.log = DraftTree((), (), ()), 0, 0, PruneLog()
+        job.tree, job.log = DraftTree((), (), ()), PruneLog()
         job.verdicts.clear()
         job.service_stats.clear()
         return self._start(job)
@@ -318,14 +324,13 @@ class SchedulerCore:
         streamed = self._stream(job, final=stop)
         if stop:
             return streamed + self._finish(job)
-        job.epoch += 1
-        job.round += 0 if keep else 1
         event = {
-            "request_id": job.request_id, "epoch": job.epoch, "round": job.round, "accepted": accepted,
+            "request_id": job.request_id, "epoch": job.epoch + 1, "round": job.round + (0 if keep else 1),
+            "accepted": accepted,
             "keep": keep, "new_tokens": new_tokens, "next_token": verdict.next_token, "known": len(job.tree),
         }
         prunes = [Prune(cmd_seq=self._next_seq(name), **event) for name in self._services]  # one event, own cmd_seq
-        job.log.record(prunes[0])
+        job.log.record(prunes[0])  # the job's epoch and round move on with it
         out: list[Outbound] = list(zip(self._services, prunes, strict=True))
         job.tree = prune_tree(job.tree, keep) if keep else DraftTree((), (), ())
         return streamed + out + self._expand(job)
