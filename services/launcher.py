@@ -39,14 +39,26 @@ def default_run_dir() -> Path:
     return home / "run"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(host: str, count: int) -> list[int]:
-    """Ports the OS reports free right now (bound and released, so a race is possible but rare)."""
+    """Ports the OS reports free right now, never one this process was given before.
+
+    A port is bound and released to learn it is free, so another process may still take it
+    before its service binds it (a race possible but rare). Within this process the race is
+    closed: a cluster planned first has not bound its ports yet when the next call asks, and
+    the OS would happily report them free again.
+    """
     socks, ports = [], []
-    for _ in range(count):
+    while len(ports) < count:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.bind((host, 0))
         socks.append(s)
-        ports.append(s.getsockname()[1])
+        port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            ports.append(port)
     for s in socks:
         s.close()
     return ports
