@@ -18,7 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common.curve import CLIENT as CLIENT_DOMAIN
-from common.curve import KeyPair, as_server, client_curve
+from common.curve import HANDSHAKE_EVENTS, HandshakeRefusals, KeyPair, as_server, client_curve, gatekeeper_of
 from common.link import LinkError, LinkSettings, close_all, shaped_push
 from common.modeling import load_model_spec
 from common.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
@@ -90,10 +90,12 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
     clients = ctx.socket(zmq.ROUTER)
     clients.setsockopt(zmq.LINGER, 0)
     clients.setsockopt(zmq.MAXMSGSIZE, spec.max_message_bytes)
-    as_server(clients, own, CLIENT_DOMAIN)
+    as_server(clients, own, CLIENT_DOMAIN, watch=False)  # its one monitor is read here
+    monitor = clients.get_monitor_socket(HANDSHAKE_EVENTS)
     clients.bind(me.endpoint(me.client_port))
-    monitor = clients.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
     connections = ClientConnections()  # a client gone (killed, closed) cancels its requests
+    gate = gatekeeper_of(ctx)
+    handshakes = HandshakeRefusals(gate.refusals, CLIENT_DOMAIN) if gate is not None else None
     reports = pull(ctx, me.endpoint(me.report_port), spec.max_message_bytes, own)
     commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}", metrics.hop_observer(p.name),
                                     client_curve(own, p))
@@ -127,7 +129,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
         if monitor in events or clients in events:
             # Every connection event so far, before any client message: the monitor queues an accept before
             # the first message on that connection, so a reused descriptor is always seen as new in time.
-            _connection_events(monitor, connections, core, dispatch)
+            _connection_events(monitor, connections, handshakes, core, dispatch)
         if reports in events:
             msg = _receive_report(reports, spec.max_message_bytes, metrics)
             if msg is not None:
@@ -141,11 +143,18 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
             return
 
 
-def _connection_events(monitor: zmq.Socket, connections: ClientConnections, core: SchedulerCore,
-                       dispatch: Dispatch) -> None:
-    """Drain the ROUTER's monitor; cancel the requests of every client whose connection is gone."""
+def _connection_events(monitor: zmq.Socket, connections: ClientConnections, handshakes: HandshakeRefusals | None,
+                       core: SchedulerCore, dispatch: Dispatch) -> None:
+    """Drain the ROUTER's monitor; cancel the requests of every client whose connection is gone.
+
+    With CURVE, a client refused in the handshake (no CURVE at all) is logged and counted there too.
+    """
     while monitor.poll(0):
         event = recv_monitor_message(monitor)
+        if handshakes is not None:
+            handshakes.event(int(event["event"]), int(event["value"]))
+        if event["event"] not in (zmq.EVENT_ACCEPTED, zmq.EVENT_DISCONNECTED):
+            continue
         for client in connections.gone(event["value"]):
             log.info("client_gone", client=client)
             dispatch(core.cancel(client))

@@ -9,7 +9,18 @@ import pytest
 import structlog
 import zmq
 
-from common.curve import CLIENT, RING, ClientCurve, Gatekeeper, KeyPair, admitted_keys, as_client, as_server
+from common.curve import (
+    CLIENT,
+    RING,
+    ClientCurve,
+    Gatekeeper,
+    HandshakeRefusals,
+    KeyPair,
+    RefusalLog,
+    admitted_keys,
+    as_client,
+    as_server,
+)
 from common.protocol import GenerateReply, GenerateRequest, Shutdown, decode, encode
 from common.settings import ClusterSpec, Curve, Placement
 from common.transport import pull, push, recv, send
@@ -64,18 +75,54 @@ def test_an_authorized_client_gets_through_and_a_stranger_is_refused_and_logged_
     assert all(key.secret.decode() not in text for key in (server, friend, stranger))
 
 
-def test_a_plain_socket_cannot_reach_a_curve_server(ctx):
+def test_a_plain_socket_cannot_reach_a_curve_server_and_is_logged_once_and_counted(ctx):
     server = _pair()
     refused = threading.Event()
-    gate, sock, endpoint = _server(ctx, server, set(), refused)
-    try:
-        plain = push(ctx, endpoint)
-        send(plain, Shutdown(cmd_seq=1))
-        assert not sock.poll(500), "a message without CURVE got through"
-        plain.close(0)
-    finally:
-        sock.close(0)
-        gate.stop()
+    with structlog.testing.capture_logs() as logs:
+        gate, sock, endpoint = _server(ctx, server, set(), refused)
+        try:
+            plain = push(ctx, endpoint)
+            send(plain, Shutdown(cmd_seq=1))
+            assert refused.wait(RECEIVE_TIMEOUT_MS / 1000), "the refused plain peer was never counted"
+            assert not sock.poll(500), "a message without CURVE got through"
+            plain.close(0)
+        finally:
+            sock.close(0)
+            gate.stop()
+    refusals = [e for e in logs if e["event"] == "peer_refused"]
+    assert len(refusals) == 1, refusals  # the plain socket reconnects and fails again: logged once
+    # The address is read from the connection's descriptor, which a fast refusal may have closed already.
+    assert refusals[0]["address"] in ("127.0.0.1", "") and refusals[0]["public_key"] == ""
+    assert "no CURVE" in refusals[0]["reason"] and refusals[0]["domain"] == RING
+
+
+def _watched(events: list[tuple[int, int]], addresses: dict[int, str]) -> tuple[list[dict], int]:
+    count = []
+    with structlog.testing.capture_logs() as logs:
+        refusals = HandshakeRefusals(RefusalLog(lambda: count.append(1)), RING, addresses.get)
+        for event, value in events:
+            refusals.event(event, value)
+    return [e for e in logs if e["event"] == "peer_refused"], len(count)
+
+
+def test_a_handshake_failure_is_blamed_on_the_connection_that_disconnects_next():
+    mismatch = zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    logs, count = _watched([
+        (zmq.EVENT_ACCEPTED, 11), (zmq.EVENT_ACCEPTED, 12),
+        (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, mismatch), (zmq.EVENT_DISCONNECTED, 12),
+        (zmq.EVENT_DISCONNECTED, 11),  # an ordinary goodbye: no refusal
+        (zmq.EVENT_ACCEPTED, 13), (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0), (zmq.EVENT_DISCONNECTED, 13),
+        (zmq.EVENT_ACCEPTED, 12), (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, mismatch), (zmq.EVENT_DISCONNECTED, 12),
+    ], {11: "10.0.0.1", 12: "10.0.0.2", 13: "10.0.0.3"})
+    assert count == 3  # every refusal counts; the same peer is logged once
+    assert [(e["address"], e["reason"]) for e in logs] == [
+        ("10.0.0.2", "no CURVE handshake: a plain socket or another mechanism"), ("10.0.0.3", "handshake failed")]
+
+
+def test_a_refusal_by_zap_is_left_to_the_gatekeeper():
+    logs, count = _watched([(zmq.EVENT_ACCEPTED, 5), (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400),
+                            (zmq.EVENT_DISCONNECTED, 5)], {5: "10.0.0.9"})
+    assert (logs, count) == ([], 0)
 
 
 def test_a_curve_server_without_a_zap_handler_refuses_every_peer(ctx):
