@@ -15,8 +15,8 @@ once the drafter has reported its last expansion. Per mode:
   queued are dropped, a forward under way finishes.
 - ``flowspec`` drafting ahead (the asynchronous drafter, :class:`Ahead`): the scheduler decides every
   verdict at once and sends the drafter a Prune (a step; not for a noop) and an Expand (a credit). After
-  the fill the drafter loops (``services/runtime.py``): it handles one message that has arrived, then
-  drafts one level (``level_ms``) unless it is ``levels`` past its last send (then, with no message, it
+  the fill the drafter loops (``services/runtime.py``): it handles every message that has arrived (one
+  only in runs recorded before the runtime drained its sockets: ``Ahead.drains``), then drafts one level (``level_ms``) unless it is ``levels`` past its last send (then, with no message, it
   waits). The fill leaves one credit; a credit sends every level drafted since the last send as one
   segment, at once if there is one, else at the end of the next level. The round's last Prune stops the
   growth; the next fill is drafted once the round's last Expand is handled.
@@ -92,6 +92,7 @@ class Ahead:
     levels: int
     segments: tuple[Job, ...]
     extra_credits: int = 1  # the drafter's EXTRA_IN_FLIGHT
+    drains: bool = True  # it handles every message that has arrived between levels, not one per level
 
     @property
     def verdicts(self) -> int:
@@ -205,20 +206,16 @@ class _Drafter:
     round_over: bool = False  # the round's last decision is in the inbox
 
     def turn(self) -> list[tuple[float, int]]:
-        """One turn of its loop: handle one message that has arrived, then draft a level if it grows (with
-        neither, wait for the next message). Returns the segments it sent: (when, levels)."""
+        """One turn of its loop: handle the messages that have arrived (every one if it drains, else one),
+        then draft a level if it grows (with neither, wait for the next message). Returns the segments it
+        sent: (when, levels)."""
         sent: list[tuple[float, int]] = []
-        arrived = self.handled < len(self.inbox) and self.inbox[self.handled][0] <= self.at
-        if arrived:
-            expand = self.inbox[self.handled][1]
-            self.handled += 1
-            if not expand and self.round_over and self.handled == len(self.inbox) - 1:
-                self.growing = False  # the Prune that ends the round: no tree to grow
-            if expand:
-                self.credits += 1
-                self._spend(sent)
-                if not sent and self.grown >= self.a.levels:
-                    self.grown = 0  # a credit with nothing to send starts the next growth
+        arrived = False
+        while self.handled < len(self.inbox) and self.inbox[self.handled][0] <= self.at:
+            arrived = True
+            self._handle(sent)
+            if not self.a.drains:
+                break
         if self.growing and self.grown < self.a.levels:
             self.at, self.unsent, self.grown = self.at + self.a.level_ms, self.unsent + 1, self.grown + 1
             self._spend(sent)
@@ -227,6 +224,18 @@ class _Drafter:
         elif not arrived:
             raise ProjectionError("the drafter has nothing to do and no message to wait for")
         return sent
+
+    def _handle(self, sent: list[tuple[float, int]]) -> None:
+        """The next message: a Prune (the round's last one stops the growth) or an Expand (a credit)."""
+        expand = self.inbox[self.handled][1]
+        self.handled += 1
+        if not expand and self.round_over and self.handled == len(self.inbox) - 1:
+            self.growing = False  # the Prune that ends the round: no tree to grow
+        if expand:
+            self.credits += 1
+            self._spend(sent)
+            if not sent and self.grown >= self.a.levels:
+                self.grown = 0  # a credit with nothing to send starts the next growth
 
     def _spend(self, sent: list[tuple[float, int]]) -> None:
         """A credit sends the levels drafted since the last send (and the next growth starts)."""

@@ -23,6 +23,9 @@ from common.projection import ProjectionError
 
 _FORWARD, _DRAFT, _SEND, _VERIFY, _SCHEDULE = (SPAN_KINDS.index(k) for k in
                                                 ("forward", "draft", "send", "verify", "schedule"))
+# A bench run's ``drafter_loop`` when the services' loop handles every arrived message between two units of
+# its own work (services.runtime); runs recorded without it handled one message per socket per unit.
+DRAINING_LOOP = "drain"
 _TREE_LEVELS = len(SPAN_KINDS)  # the first of common.observability.trace.COUNTER_KINDS
 
 
@@ -36,6 +39,7 @@ class DraftAhead:
     level_ms: float
     levels: int
     level_rows: float
+    drains: bool = True  # its loop handled every arrived message between levels (else one per level)
 
 
 def _triples(stats: Mapping[str, Any], service: str, begin: float) -> list[tuple[float, int, float]]:

@@ -23,6 +23,7 @@ Nothing here is fitted to any other run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ from typing import Any
 
 from common.observability.trace import SPAN_KINDS
 from common.projection import PROJECTED_MODES, ForwardCost, ProjectionError
-from common.projection_ahead import DraftAhead, draft_ahead
+from common.projection_ahead import DRAINING_LOOP, DraftAhead, draft_ahead
 from common.tree import segment_sizes
 
 VERIFIER = "verifier"
@@ -268,6 +269,7 @@ def behaviour(run: Mapping[str, Any], record: Mapping[str, Any]) -> Behaviour:
         fills = sum(1 for e in answers if e.segments > 1)
         growth_rows = max(int(stages[0][1]) - fills * (int(draft["fill_nodes"]) + 1), 0)
         ahead = draft_ahead(stats, begin, steps + noops, growth_rows, int(draft["grow_levels"]))
+        ahead = dataclasses.replace(ahead, drains=run.get("drafter_loop") == DRAINING_LOOP)
     return Behaviour(
         mode=record["mode"], new_tokens=int(stats["new_tokens"]),
         steps=steps, noops=noops, rounds=max(int(stats["rounds"]), 1),
@@ -303,3 +305,19 @@ def fit_run(run: Mapping[str, Any]) -> RunFit:
         fill_segments=int(draft.get("fill_segments", 0)),
     )
     return RunFit(stages=len(names), costs=costs, requests=requests, measured=measured_rates(run))
+
+
+DRAFTER_LOOPS = ("measured", "drain", "one")
+
+
+def with_drafter_loop(fit: RunFit, loop: str) -> RunFit:
+    """``fit`` with its drafting-ahead requests' loop set: ``drain`` (every arrived message between levels),
+    ``one`` (one per level) or ``measured`` (as recorded)."""
+    if loop == "measured":
+        return fit
+    if loop not in DRAFTER_LOOPS:
+        raise ProjectionError(f"unknown drafter loop {loop!r}")
+    requests = tuple(r if r.ahead is None else
+                     dataclasses.replace(r, ahead=dataclasses.replace(r.ahead, drains=loop == "drain"))
+                     for r in fit.requests)
+    return dataclasses.replace(fit, requests=requests)

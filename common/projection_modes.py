@@ -102,7 +102,7 @@ def _flowspec(ring: _Ring, r: Behaviour) -> list[Round]:
         a = r.ahead
         segments = tuple(ring.job(k * a.level_rows, kept) for k in range(1, a.levels + 1))
         return [Round(ring.draft_ms(fill_ms), fill, gather=False,
-                      ahead=Ahead(steps, ring.draft_ms(a.level_ms), a.levels, segments))
+                      ahead=Ahead(steps, ring.draft_ms(a.level_ms), a.levels, segments, drains=a.drains))
                 for fill_ms, steps in zip(a.fill_ms, a.steps, strict=True)]
     fills = sum(1 for e in r.expansions if e.segments > 1)
     grows = max(len(r.expansions) - fills, 1)

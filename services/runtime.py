@@ -57,6 +57,7 @@ log = structlog.get_logger()
 COMMANDS = (StartRequest, Prune, Expand, EndRequest)  # what the scheduler sends a ring service, in cmd_seq order
 DATA = (Segment,)
 UNORDERED = (Features,)  # the verifier's base features for a draft head: on the command socket, no cmd_seq
+DRAIN_LIMIT = 64  # messages handled at most before the next unit of a core's own work
 
 
 class Core(Protocol):
@@ -154,16 +155,22 @@ class _ServiceLoop:
     def _serve(self, poller: zmq.Poller, accepts: dict[zmq.Socket, tuple[type, ...]]) -> None:
         while True:
             events = dict(poller.poll(0 if self.hooks.next_work() is not None else self.poll_ms))
-            for sock, kinds in accepts.items():
-                if sock not in events:
-                    continue
-                msg = self._receive(sock, kinds)
-                if isinstance(msg, Shutdown):
-                    log.info("service_shutdown")
-                    return
-                if msg is not None:
-                    with trace.bound(getattr(msg, "request_id", "")):
-                        self._handle(msg)
+            handled = 0
+            # Every message that has arrived before the next unit of the core's own work: a drafter hears of
+            # a credit or a prune now, not a draft level later. Bounded, so work is never starved.
+            while events and handled < DRAIN_LIMIT:
+                for sock, kinds in accepts.items():
+                    if sock not in events:
+                        continue
+                    handled += 1
+                    msg = self._receive(sock, kinds)
+                    if isinstance(msg, Shutdown):
+                        log.info("service_shutdown")
+                        return
+                    if msg is not None:
+                        with trace.bound(getattr(msg, "request_id", "")):
+                            self._handle(msg)
+                events = dict(poller.poll(0))
             request_id = self.hooks.next_work()
             if request_id is not None:
                 with trace.bound(request_id):

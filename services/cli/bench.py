@@ -43,6 +43,7 @@ from common.bench_report import (
 )
 from common.link import LinkError, LinkSettings
 from common.observability import trace
+from common.projection_ahead import DRAINING_LOOP
 from common.prompts import Prompt, PromptFileError, load_prompts
 from common.protocol import MODES, DraftSettings, ProtocolError
 from common.settings import ClusterSpec
@@ -423,7 +424,7 @@ def _write_json(
 
 def _header(machine: dict[str, Any], started: datetime, command: str, spec: ClusterSpec) -> dict[str, Any]:
     return {"machine": machine, "date": started.isoformat(timespec="seconds"), "command": command,
-            "cluster": json.loads(spec.to_json())}
+            "cluster": json.loads(spec.to_json()), "drafter_loop": DRAINING_LOOP}
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from common.link import LinkError, LinkSettings
 from common.projection import LOCAL, PROJECTED_MODES, Boards, ProjectionError, relative_error
-from common.projection_fit import RunFit, fit_run
+from common.projection_fit import DRAFTER_LOOPS, RunFit, fit_run, with_drafter_loop
 from common.projection_modes import project
 from services.cli.errors import fail
 
@@ -120,6 +120,9 @@ def project_command(
         help="Replay this run's requests (steps, rounds, drafting, rows) with --from's costs.")] = None,
     validate: Annotated[bool, typer.Option(
         "--validate", help="Predict each of RUNS from each comparable one (itself included), beside the measured.")] = False,
+    drafter_loop: Annotated[str, typer.Option(
+        help="flowspec's drafter between draft levels: 'measured' (as the run did), 'drain' (every arrived "
+             "message, as now) or 'one' (one per level, as before 2026-12-01c).")] = "measured",
 ) -> None:
     """Print predicted decode tokens/s per mode for each stage count, beside the measured figure where there is one."""
     if validate:
@@ -127,9 +130,12 @@ def project_command(
         return
     if source is None or runs:
         fail("give --from RUN.json (or --validate RUN.json RUN.json ...)")
+    if drafter_loop not in DRAFTER_LOOPS:
+        fail(f"--drafter-loop must be one of {', '.join(DRAFTER_LOOPS)}, not {drafter_loop!r}")
     run = _load(source)
-    fit = _fit(source, run)
+    fit = with_drafter_loop(_fit(source, run), drafter_loop)
     behaviour = _fit(acceptance_from, _load(acceptance_from)) if acceptance_from is not None else None
+    behaviour = with_drafter_loop(behaviour, drafter_loop) if behaviour is not None else None
     try:
         link = LinkSettings(link_mbps, link_latency_ms)
         hidden = _hidden_size(run, hidden_size, link)
@@ -139,6 +145,7 @@ def project_command(
     console = Console(width=160)
     shaped = f"boards at speed {speed:g}, link {link_mbps:g} Mbps {link_latency_ms:g} ms"
     also = f"; acceptance from {acceptance_from.name}" if acceptance_from else ""
+    also += "" if drafter_loop == "measured" else f"; drafter loop: {drafter_loop}"
     console.print(f"from {source.name} ({fit.stages} stages): {shaped}{also}", highlight=False)
     console.print(_describe(fit), highlight=False)
     same_boards = speed == 1.0 and link == _run_link(run)  # else no measurement is of these boards

@@ -84,6 +84,7 @@ def test_ttft_on_a_cluster_started_for_the_run(models, tmp_path, monkeypatch):
     assert report["concurrency"] == [] and report["cluster"]["default_mode"] == "flowspec"
     assert [tuple(s["layers"]) for s in report["cluster"]["stages"]] == [(0, 1), (1, 4)]
     assert report["cluster"]["row_invariant"] is False
+    assert report["drafter_loop"] == "drain"  # so `flowring project` models the loop this run had
     (ttft,) = report["ttft"]
     assert ttft["mode"] == "flowspec" and ttft["repeats"] == 2 and ttft["failures"] == []
     assert len(ttft["ring_ms"]) == len(ttft["http_ms"]) == 2 * len(PROMPTS)

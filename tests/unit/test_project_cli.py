@@ -7,6 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from common.observability.trace import SPAN_KINDS
+from common.projection_ahead import DRAINING_LOOP
+from common.projection_fit import fit_run, with_drafter_loop
 from services.cli import project
 from tests.support.bench_runs import ar_step_ms, make_run
 
@@ -101,11 +103,29 @@ def test_acceptance_from_another_run_replaces_the_requests(tmp_path) -> None:
     assert rows(result.output)[("ar", "2")][0] == f"{0.5e3 / ar_step_ms(2):.2f}"
 
 
-def test_a_run_whose_drafter_drafted_ahead_is_projected(tmp_path) -> None:
+def _ahead_run() -> dict:
     run = make_run()
     trace = next(r for r in run["records"] if r["mode"] == "flowspec")["stats"]["trace"]
     start = trace["drafter"][1]  # the first drafter span is a draft: a decision in its middle
     trace["scheduler"] += [SPAN_KINDS.index("schedule"), start + 1, 0]
+    return run
+
+
+def test_the_drafter_loop_is_the_runs_unless_one_is_given(tmp_path) -> None:
+    old, new = _ahead_run(), {**_ahead_run(), "drafter_loop": DRAINING_LOOP}
+    drains = [r.ahead.drains for r in fit_run(old).requests if r.ahead is not None]
+    assert drains == [False]  # recorded before the loop drained its sockets
+    assert [r.ahead.drains for r in fit_run(new).requests if r.ahead is not None] == [True]
+    assert [r.ahead.drains for r in with_drafter_loop(fit_run(old), "drain").requests if r.ahead] == [True]
+    assert [r.ahead.drains for r in with_drafter_loop(fit_run(new), "one").requests if r.ahead] == [False]
+    result = invoke("--from", write_run(tmp_path, "ahead.json", old), "--stages", "2", "--drafter-loop", "drain")
+    assert result.exit_code == 0 and "drafter loop: drain" in result.output, result.output
+    result = invoke("--from", write_run(tmp_path, "ahead.json", old), "--drafter-loop", "sometimes")
+    assert result.exit_code != 0 and "--drafter-loop must be one of" in result.output
+
+
+def test_a_run_whose_drafter_drafted_ahead_is_projected(tmp_path) -> None:
+    run = _ahead_run()
     result = invoke("--from", write_run(tmp_path, "ahead.json", run), "--stages", "2")
     assert result.exit_code == 0, result.output
     assert "not projected" not in result.output

@@ -15,8 +15,10 @@ def job(*holds: float) -> Job:
     return Job(tuple(0.0 for _ in holds), holds)
 
 
-def ahead_round(steps: tuple[bool, ...], level_ms: float, levels: int, segment: Job, fill: tuple[Job, ...]) -> Round:
-    return Round(fill_ms=0.0, fill=fill, gather=False, ahead=Ahead(steps, level_ms, levels, (segment,) * levels))
+def ahead_round(steps: tuple[bool, ...], level_ms: float, levels: int, segment: Job, fill: tuple[Job, ...],
+                drains: bool = True) -> Round:
+    return Round(fill_ms=0.0, fill=fill, gather=False,
+                 ahead=Ahead(steps, level_ms, levels, (segment,) * levels, drains=drains))
 
 
 def test_a_slow_drafter_bounds_the_verified_steps_at_one_level_each() -> None:
@@ -31,13 +33,20 @@ def test_a_slow_stage_bounds_the_steps_and_the_drafter_waits_at_its_level_cap() 
     assert ring_ms([ahead_round((STEP,) * 5, 1.0, 3, slow, (slow,) * 3)], QUIET) == pytest.approx(102 + 4 * 100)
 
 
-def test_the_drafter_handles_one_message_per_level_so_a_prune_delays_the_credit_behind_it() -> None:
+def test_a_drafter_that_handled_one_message_per_level_let_a_prune_delay_the_credit_behind_it() -> None:
     ring = job(60.0)
     # the fill's verdict at 60; the segment of the extra credit (sent at 50) at 120. A noop's Expand is
     # handled after the level under way (at 100) and sends it: verdict at 180. A step's Prune takes that
     # turn, its Expand the next, after one more level (at 150): verdict at 210.
+    assert ring_ms([ahead_round((NOOP, NOOP, STEP), 50.0, 2, ring, (ring,), drains=False)], QUIET) == pytest.approx(180)
+    assert ring_ms([ahead_round((STEP, STEP, STEP), 50.0, 2, ring, (ring,), drains=False)], QUIET) == pytest.approx(210)
+
+
+def test_a_draining_drafter_handles_a_steps_prune_and_expand_in_one_turn() -> None:
+    ring = job(60.0)
+    # as above, but at 100 the step's Prune and Expand are both handled: its segment leaves at 100, verdict 180
+    assert ring_ms([ahead_round((STEP, STEP, STEP), 50.0, 2, ring, (ring,))], QUIET) == pytest.approx(180)
     assert ring_ms([ahead_round((NOOP, NOOP, STEP), 50.0, 2, ring, (ring,))], QUIET) == pytest.approx(180)
-    assert ring_ms([ahead_round((STEP, STEP, STEP), 50.0, 2, ring, (ring,))], QUIET) == pytest.approx(210)
 
 
 def test_the_next_fill_waits_for_the_drafter_to_reach_the_rounds_last_expand() -> None:

@@ -3,7 +3,9 @@ heartbeats flow."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -232,32 +234,84 @@ class DraftingCore:
         return [("scheduler", StageStats(self.name, request_id, 0.0, self.steps, 0))]
 
 
-def test_a_core_with_work_of_its_own_is_not_held_in_a_receive():
-    """With a 30 s poll interval, the five steps still follow one another with no message to wake the loop."""
+@contextlib.contextmanager
+def _working_service(core: DraftingCore | RecordingCore, timeouts: Timeouts) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+    """``core`` served with its work hooks in a thread: yields (its command socket's sender, the scheduler's
+    receiver), and shuts it down after."""
     ctx = zmq.Context.instance()
     scheduler = ctx.socket(zmq.PULL)
     scheduler.setsockopt(zmq.LINGER, 0)
     port = scheduler.bind_to_random_port("tcp://127.0.0.1")
     cmd_sock, cmd_endpoint = _bound_pull(ctx)
-    core = DraftingCore()
     routes = {"scheduler": shaped_push(ctx, f"tcp://127.0.0.1:{port}", "test->scheduler")}
     hooks = CoreHooks(drop_request=lambda request_id: None, next_work=core.next_work, work=core.work)
-    slow = Timeouts(poll_interval_s=30.0, heartbeat_interval_s=30.0)
     thread = threading.Thread(target=serve, args=(core, ServiceSockets(cmd_sock, None, routes), hooks),
-                              kwargs={"timeouts": slow})
+                              kwargs={"timeouts": timeouts})
     thread.start()
     commands = _push(ctx, cmd_endpoint)
     try:
-        commands.send_multipart(encode(_start("r1", 0)))
-        left = []
-        while len(left) < 5 and scheduler.poll(10_000):
-            msg = decode(scheduler.recv_multipart())
-            if isinstance(msg, StageStats):
-                left.append(msg.forwards)
-        assert left == [4, 3, 2, 1, 0]
+        yield commands, scheduler
     finally:
         commands.send_multipart(encode(Shutdown(cmd_seq=-1)))
         thread.join(40)
         for sock in (commands, scheduler, cmd_sock):
             sock.close(0)
     assert not thread.is_alive()
+
+
+def test_a_core_with_work_of_its_own_is_not_held_in_a_receive():
+    """With a 30 s poll interval, the five steps still follow one another with no message to wake the loop."""
+    slow = Timeouts(poll_interval_s=30.0, heartbeat_interval_s=30.0)
+    with _working_service(DraftingCore(), slow) as (commands, scheduler):
+        commands.send_multipart(encode(_start("r1", 0)))
+        left = []
+        while len(left) < 5 and scheduler.poll(10_000):
+            msg = decode(scheduler.recv_multipart())
+            if isinstance(msg, StageStats):
+                left.append(msg.forwards)
+    assert left == [4, 3, 2, 1, 0]
+
+
+@dataclass
+class RecordingCore:
+    """Works three steps after a StartRequest; the first one waits for ``release``. Records what it did."""
+
+    name: str = "drafter"
+    steps: int = 0
+    done: list[str] = field(default_factory=list)
+    working: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def handle(self, msg: Message) -> list[tuple[str, Message]]:
+        self.done.append(f"handle {msg.request_id}")
+        self.steps = self.steps or 3
+        return []
+
+    def next_work(self) -> str | None:
+        return "r0" if self.steps else None
+
+    def work(self, request_id: str) -> list[tuple[str, Message]]:
+        self.working.set()
+        self.release.wait(10.0)
+        self.steps -= 1
+        self.done.append("work")
+        return []
+
+
+def test_every_message_that_arrived_is_handled_before_the_next_unit_of_work():
+    """A drafter hears every credit and prune that came while it drafted before it drafts again."""
+    core = RecordingCore()
+    with _working_service(core, TIMEOUTS) as (commands, _):
+        try:
+            commands.send_multipart(encode(_start("r0", 0)))
+            assert core.working.wait(10.0)
+            for seq in (1, 2, 3):  # arrive while the first unit of work runs
+                commands.send_multipart(encode(_start(f"r{seq}", seq)))
+            time.sleep(0.5)  # loopback delivery into the service's queue
+            core.release.set()
+            deadline = time.monotonic() + 10.0
+            while core.done.count("work") < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            core.release.set()
+    assert core.done[:6] == ["handle r0", "work", "handle r1", "handle r2", "handle r3", "work"]
