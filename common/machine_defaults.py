@@ -2,14 +2,15 @@
 
 Speculation pays when the services it keeps busy have cores of their own: the drafter drafts while
 the stages verify. When services share too few cores, every draft forward is taken from the verifying
-stages' time. Measured on a 2-core machine (2026-12-01, the default one-stage Qwen2.5-Coder cluster,
-`infra/results/2026-12-01-2core-default.json`): ar 5.6 decode tokens/s (5.5 end to end), chunk 6.4
-(4.4 end to end), flowspec 1.6: ar was the fastest end to end, so it is the default there. A user
-can always name a mode per request.
+stages' time. Measured on a 2-core machine (2026-12-01, the default one-stage Qwen2.5-Coder cluster
+with sleeping OpenMP threads, `infra/results/2026-12-01c-2core-default-sleep.txt`): ar 4.7 decode
+tokens/s (4.2 end to end), chunk 3.2 (3.0), flowspec 3.4 (3.2): ar was the fastest, so it is the
+default there. A user can always name a mode per request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 CORES_PER_SERVICE_FOR_OVERLAP = 2  # each of drafter, stages and verifier busy at once without sharing
@@ -30,3 +31,21 @@ def choose_mode(cores: int, stages: int) -> ModeChoice:
                                       f"{CORES_PER_SERVICE_FOR_OVERLAP} of its own, so drafting overlaps verifying")
     return ModeChoice("ar", f"{cores} cores are shared by {services} ring services (overlap needs {needed}): "
                             "drafting would take time from verifying")
+
+
+def thread_environment(pinned: bool, environ: Mapping[str, str]) -> dict[str, str]:
+    """What a service process's environment adds: OpenMP threads that sleep while they wait, unless the
+    service has cores of its own (``pinned``) or the user chose a policy (``OMP_WAIT_POLICY`` set).
+
+    Torch's OpenMP threads spin for a while after each parallel region. Services that share the
+    host's cores then spin on the cores another service needs. Measured on a 2-core machine
+    (2026-12-01, 2 stages of Qwen2.5-Coder 1.5B in bf16 with the draft head, 2 threads each,
+    `flowring bench --modes ar,chunk,flowspec --num-prompts 2 --max-new-tokens 32`, decode tokens/s
+    spinning / sleeping): ar 4.58 / 4.35, chunk 1.50 / 3.23, flowspec 0.92 / 3.30. The default
+    one-stage cluster with the 0.5B draft model: ar 4.92 / 4.66, chunk 3.55 / 3.21, flowspec 0.60 /
+    3.39 (`infra/results/2026-12-01c-2core-*`). Sleeping costs ar about 5% and saves the modes that
+    overlap services from a collapse. A pinned service keeps the spin: nothing else waits for its cores.
+    """
+    if pinned or "OMP_WAIT_POLICY" in environ:
+        return {}
+    return {"OMP_WAIT_POLICY": "PASSIVE"}

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from common.curve import client_curve, own_keys
+from common.machine_defaults import thread_environment
 from common.modeling import load_model_spec
 from common.partition import even_split
 from common.protocol import DraftSettings
@@ -130,7 +131,8 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
             cmd = supervised(place.name, cmd, sys.executable, logs / f"{place.name}-supervisor.log", log_level)
         if place.cpus:
             cmd = ["taskset", "-c", place.cpus, *cmd]
-        pids[place.name] = _spawn(cmd, logs / f"{place.name}.out")
+        env = {**os.environ, **thread_environment(bool(place.cpus), os.environ)}
+        pids[place.name] = _spawn(cmd, logs / f"{place.name}.out", env)
     (run_dir / "pids.json").write_text(json.dumps(pids))
     try:
         wait_ready(spec, run_dir, pids)
@@ -170,11 +172,11 @@ def start_api(spec: ClusterSpec, run_dir: Path, port: int, timeout_s: float = 60
     raise LaunchError(f"the OpenAI API did not answer at {url} within {timeout_s:.0f} s; see {run_dir / 'logs'}")
 
 
-def _spawn(cmd: list[str], output: Path) -> int:
+def _spawn(cmd: list[str], output: Path, env: dict[str, str] | None = None) -> int:
     """A detached process in its own session (so `stop` can signal its group); stdout and stderr to ``output``."""
     with open(output, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=_project_root())
+                                start_new_session=True, cwd=_project_root(), env=env)
     return proc.pid
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import posixpath
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from common.cluster.layout import (
     service_bytes,
 )
 from common.cluster.slices import SliceFolder, build_slice, service_tensors
+from common.machine_defaults import thread_environment
 from common.partition import MIB, human_bytes, layer_costs
 from common.settings import ClusterSpec
 from services.client import ClusterUnavailable
@@ -242,6 +244,7 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CLUSTER_FILE).write_text(bringup.spec.to_json())
     pids: dict[str, int] = {}
+    ring_services = Counter(s.board.name for s in bringup.services if s.name != "scheduler")
     try:
         for service in bringup.services:
             board = service.board
@@ -249,8 +252,10 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
                     service.name, "--log-level", log_level, "--log-file", service.log]
             if service.name != "scheduler":  # the same supervisor as a local cluster's restarts a killed service
                 argv = supervised(service.name, argv, board.python, service.supervisor_log, log_level)
-            result = _must(ssh.run(board, detached(board, service.output, argv), timeout_s=COMMAND_TIMEOUT_S), board,
-                           f"starting {service.name}")
+            # Ring services sharing a board's cores: OpenMP threads that sleep while they wait (machine_defaults).
+            own_cores = ring_services[board.name] < 2 or bool(bringup.spec.placement(service.name).cpus)
+            started = detached(board, service.output, argv, thread_environment(own_cores, {}))
+            result = _must(ssh.run(board, started, timeout_s=COMMAND_TIMEOUT_S), board, f"starting {service.name}")
             pids[service.name] = _pid(result, board, service.name)
             _record(run_dir, bringup, pids)
         _wait_ready(bringup, ssh, pids)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,9 +105,13 @@ def in_checkout(board: Board, argv: Sequence[str]) -> list[str]:
     return ["sh", "-c", IN_FOLDER, "flowring", board.workdir, *_env(board), *argv]
 
 
-def detached(board: Board, log: str, argv: Sequence[str]) -> list[str]:
-    """``argv`` started detached in the board's checkout, output to ``log``; the command prints its pid."""
-    return ["sh", "-c", DETACHED, "flowring", log, board.workdir, *_env(board), *argv]
+def detached(board: Board, log: str, argv: Sequence[str], extra_env: Mapping[str, str] | None = None) -> list[str]:
+    """``argv`` started detached in the board's checkout, output to ``log``; the command prints its pid.
+
+    ``extra_env``: more environment variables for it (names and values from the code, never from input).
+    """
+    added = [f"{name}={value}" for name, value in sorted((extra_env or {}).items())]
+    return ["sh", "-c", DETACHED, "flowring", log, board.workdir, *_env(board), *added, *argv]
 
 
 def follow(path: str, first_line: int) -> list[str]:

@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,7 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
         record = json.loads((run_dir / "boards.json").read_text())
         pids = [s["pid"] for s in record["services"]]
         assert {s["board"] for s in record["services"]} == {"b1", "b2", "b3"} and all(map(_running, pids))
+        _openmp_threads_sleep_where_ring_services_share_a_board(record)
 
         spec = ClusterSpec.load(run_dir / "cluster.json")
         assert spec.scheduler.host == lan.boards[0].address  # the head's client reaches it over TCP
@@ -197,9 +199,20 @@ def _knock(lan: NetnsLan, board_index: int, endpoint: str, server_key: str, key_
     return done.stdout.split()
 
 
+def _openmp_threads_sleep_where_ring_services_share_a_board(record: dict) -> None:
+    """A ring service on a board with another one gets OMP_WAIT_POLICY=PASSIVE; one alone keeps the default."""
+    ring = [s for s in record["services"] if s["name"] != "scheduler"]
+    per_board = Counter(s["board"] for s in ring)
+    assert max(per_board.values()) >= 2 and min(per_board.values()) == 1, per_board  # both cases are tried
+    for service in ring:
+        entries = Path(f"/proc/{service['pid']}/environ").read_bytes().split(b"\0")
+        policy = dict(e.decode().split("=", 1) for e in entries if b"=" in e).get("OMP_WAIT_POLICY")
+        assert policy == ("PASSIVE" if per_board[service["board"]] >= 2 else None), service
+
+
 def _a_stranger_in_another_namespace_is_refused(lan: NetnsLan, spec: ClusterSpec, keys, record: dict) -> None:
     """From board b2's namespace: the clients' key is answered; a plain socket and an unknown key are not, and
-    the scheduler (on b1) logs the unknown key once with b2's address."""
+    the scheduler (on b1) logs the unknown key once with b2's address, and the plain socket (no key) too."""
     endpoint = spec.scheduler.endpoint(spec.scheduler.client_port)
     server_key = spec.scheduler.public_key
     assert _knock(lan, 1, endpoint, server_key, spec.curve.key_file)[-1] == "answered"  # the control
@@ -209,7 +222,10 @@ def _a_stranger_in_another_namespace_is_refused(lan: NetnsLan, spec: ClusterSpec
     log = next(Path(s["log"]) for s in record["services"] if s["name"] == "scheduler")
     events = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
     refusals = [(e["address"], e["public_key"]) for e in events if e["event"] == "peer_refused"]
-    assert refusals == [(lan.boards[1].address, stranger)]
+    assert [r for r in refusals if r[1]] == [(lan.boards[1].address, stranger)]
+    # Refused in the handshake, before ZAP: its address when read in time, else "" (common.curve).
+    plain = [r for r in refusals if not r[1]]
+    assert 1 <= len(plain) <= 2 and {a for a, _ in plain} <= {lan.boards[1].address, ""}, plain
 
 
 def _no_secret_in_logs(lan: NetnsLan, keys, outputs: list[str]) -> None:

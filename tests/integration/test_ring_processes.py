@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import urllib.request
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -24,12 +25,21 @@ def pair(tmp_path_factory):
     return make_tiny_pair(tmp_path_factory.mktemp("pair"), family="qwen2", seed=11)
 
 
+def _environment(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode().split("=", 1) for e in entries if b"=" in e)
+
+
 @pytest.mark.parametrize("stages", [1, 2, 4])
-def test_greedy_output_equals_base_generate_over_tcp(pair, stages, tmp_path):
+def test_greedy_output_equals_base_generate_over_tcp(pair, stages, tmp_path, monkeypatch):
     base, draft = pair
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     spec = plan_local(base, draft, stages, draft_settings=TREES, threads=1)
     start(spec, tmp_path / "run")
     try:
+        # The services share this host's cores: their OpenMP threads sleep while they wait, never spin.
+        pids = json.loads((tmp_path / "run" / "pids.json").read_text())
+        assert {_environment(pids[p.name]).get("OMP_WAIT_POLICY") for p in spec.ring} == {"PASSIVE"}
         rng = random.Random(stages)
         with client_for(spec, 120) as client:
             for _ in range(20):

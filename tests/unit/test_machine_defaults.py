@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.machine_defaults import choose_mode
+from common.machine_defaults import choose_mode, thread_environment
 
 
 @pytest.mark.parametrize(
@@ -14,3 +14,9 @@ from common.machine_defaults import choose_mode
 def test_mode_by_cores_per_ring_service(cores, stages, mode):
     choice = choose_mode(cores, stages)
     assert choice.mode == mode and str(cores) in choice.reason
+
+
+def test_services_sharing_cores_get_sleeping_openmp_threads_unless_pinned_or_chosen():
+    assert thread_environment(pinned=False, environ={}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert thread_environment(pinned=True, environ={}) == {}
+    assert thread_environment(pinned=False, environ={"OMP_WAIT_POLICY": "ACTIVE"}) == {}
