@@ -34,7 +34,7 @@ CLIENT = "client"  # ZAP domain of the scheduler's client socket
 MAX_LOGGED_PEERS = 1024  # refused peers remembered so each is logged once; past this, refusals are only counted
 # Monitor events that tell a server socket's peers apart and show a handshake refused before ZAP is asked.
 HANDSHAKE_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 WATCH_POLL_MS = 200  # how soon the handshake watch picks up a socket added to it
 
 
@@ -147,7 +147,9 @@ class HandshakeRefusals:
     ZeroMQ reports a failed handshake without its descriptor, then at once the disconnect of that
     connection with it; the descriptor's address is read when the accept is read, so a connection
     refused faster than that is logged without its address ("").
-    A refusal by ZAP (``HANDSHAKE_FAILED_AUTH``) is the gatekeeper's to log, not this one's.
+    A refusal by ZAP (``HANDSHAKE_FAILED_AUTH``) is the gatekeeper's to log, not this one's. A plain peer
+    shows as a mechanism mismatch when this side notices first, else as a handshake cut short
+    (``HANDSHAKE_FAILED_NO_DETAIL``), which a peer leaving mid-handshake would also give: the reason says so.
     """
 
     def __init__(self, refusals: RefusalLog, domain: str = "",
@@ -165,7 +167,7 @@ class HandshakeRefusals:
             self._failed = "no CURVE handshake: a plain socket or another mechanism" \
                 if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH else f"handshake protocol error {value:#x}"
         elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            self._failed = "handshake failed"
+            self._failed = "handshake cut short before any key was shown (a plain socket, or a peer that left)"
         elif event == zmq.EVENT_DISCONNECTED:
             address = self._addresses.pop(value, "")
             if self._failed:
