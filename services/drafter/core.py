@@ -307,20 +307,17 @@ class DrafterCore:
         return tree, segment_sizes(len(tree), count, settings.segment_cap)
 
     def _grow(self, req: _Request) -> DraftTree:
-        """The running round's tree after one expansion (nodes appended at the end)."""
+        """The running round's tree after one expansion (nodes appended at the end).
+
+        pipedec adds one level; flowspec "redraft" merges in a fresh draft from the root. (flowspec "grow"
+        drafts ahead instead, in ``work``; chunk and ar end their round at every verdict, so never grow.)
+        """
         settings = req.draft
         if req.mode == "pipedec":
             pending, req.pending = req.pending, []  # they ride in the growth's one draft forward
             return req.drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
         scale = 1 + min(req.idle_expands, MAX_GROWTH)  # idle expansions draft more to find new nodes
         req.idle_expands += 1
-        if settings.expansion == "grow":
-            pending, req.pending = req.pending, []
-            tree = req.tree
-            for level in range(settings.grow_levels):
-                tree = req.drafter.grow_best(tree, settings.expand_leaves * scale, settings.expand_nodes * scale,
-                                               settings.top_k, pending if level == 0 else ())
-            return tree
         self._extend_context(req)
         shape = TreeShape(settings.expand_nodes * scale, settings.expand_depth + scale - 1, settings.top_k)
         merged, _ = merge_trees(req.tree, req.drafter.draft(req.root, shape))
