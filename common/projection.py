@@ -16,8 +16,8 @@ once the drafter has reported its last expansion. Per mode:
 - ``flowspec`` drafting ahead (the asynchronous drafter, :class:`Ahead`): the scheduler decides every
   verdict at once and sends the drafter a Prune (a step; not for a noop) and an Expand (a credit). After
   the fill the drafter loops (``services/runtime.py``): it handles every message that has arrived (one
-  only in runs recorded before the runtime drained its sockets: ``Ahead.drains``), then drafts one level (``level_ms``) unless it is ``levels`` past its last send (then, with no message, it
-  waits). The fill leaves one credit; a credit sends every level drafted since the last send as one
+  only in runs recorded before the runtime drained its sockets: ``Ahead.drains``), then drafts one
+  level (``level_ms``) unless it is ``levels`` past its last send (then, with no message, it waits). The fill leaves one credit; a credit sends every level drafted since the last send as one
   segment, at once if there is one, else at the end of the next level. The round's last Prune stops the
   growth; the next fill is drafted once the round's last Expand is handled.
 
