@@ -41,9 +41,9 @@ def thread_environment(pinned: bool, environ: Mapping[str, str]) -> dict[str, st
     host's cores then spin on the cores another service needs. Measured on a 2-core machine
     (2026-12-01, 2 stages of Qwen2.5-Coder 1.5B in bf16 with the draft head, 2 threads each,
     `flowring bench --modes ar,chunk,flowspec --num-prompts 2 --max-new-tokens 32`, decode tokens/s
-    spinning / sleeping): ar 4.58 / 4.35, chunk 1.50 / 3.23, flowspec 0.92 / 3.30. The default
-    one-stage cluster with the 0.5B draft model: ar 4.92 / 4.66, chunk 3.55 / 3.21, flowspec 0.60 /
-    3.39 (`infra/results/2026-12-01c-2core-*`). Sleeping costs ar about 5% and saves the modes that
+    spinning / sleeping): ar 4.6 / 4.4, chunk 1.5 / 3.2, flowspec 0.9 / 3.3. The default one-stage
+    cluster with the 0.5B draft model: ar 4.9 / 4.7, chunk 3.6 / 3.2, flowspec 0.6 / 3.4
+    (`infra/results/2026-12-01c-2core-*.txt`). Sleeping costs ar about 5% and saves the modes that
     overlap services from a collapse. A pinned service keeps the spin: nothing else waits for its cores.
     """
     if pinned or "OMP_WAIT_POLICY" in environ:
