@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import stat
 import subprocess
@@ -25,7 +24,8 @@ from common.settings import ClusterSpec
 from services.cli.main import app
 from services.launcher import client_for
 from tests.support.netns import NetnsLan, unavailable
-from tests.support.reference import greedy_reference
+from tests.support.processes import process_environment
+from tests.support.reference import assert_greedy_on_random_prompts, greedy_reference
 from tests.support.tiny_models import make_tiny_pair
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,13 +143,8 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
 
         spec = ClusterSpec.load(run_dir / "cluster.json")
         assert spec.scheduler.host == lan.boards[0].address  # the head's client reaches it over TCP
-        rng = random.Random(3)
         with client_for(spec, 120) as client:
-            for _ in range(4):
-                prompt = [rng.randrange(3, 300) for _ in range(rng.randrange(1, 40))]
-                reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=12)
-                assert reply.ok, reply.error
-                assert list(reply.token_ids) == greedy_reference(base, prompt, 12), prompt
+            *_, reply = assert_greedy_on_random_prompts(client, base, seed=3, prompts=4, longest=40, max_new_tokens=12)
 
         _a_killed_stage_is_restarted_on_its_board(spec, base, run_dir)
         status = runner.invoke(app, ["status", "--run-dir", str(run_dir)])
@@ -205,8 +200,7 @@ def _openmp_threads_sleep_where_ring_services_share_a_board(record: dict) -> Non
     per_board = Counter(s["board"] for s in ring)
     assert max(per_board.values()) >= 2 and min(per_board.values()) == 1, per_board  # both cases are tried
     for service in ring:
-        entries = Path(f"/proc/{service['pid']}/environ").read_bytes().split(b"\0")
-        policy = dict(e.decode().split("=", 1) for e in entries if b"=" in e).get("OMP_WAIT_POLICY")
+        policy = process_environment(service["pid"]).get("OMP_WAIT_POLICY")
         assert policy == ("PASSIVE" if per_board[service["board"]] >= 2 else None), service
 
 

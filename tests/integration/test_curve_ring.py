@@ -7,7 +7,6 @@ through, and is logged and counted by the service it knocked at; no secret key r
 from __future__ import annotations
 
 import json
-import random
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from common.protocol import DraftSettings, Shutdown
 from common.transport import push, send
 from services.client import Client, ClusterUnavailable
 from services.launcher import client_for, plan_local, start, stop
-from tests.support.reference import greedy_reference
+from tests.support.reference import assert_greedy_on_random_prompts
 from tests.support.tiny_models import make_tiny_pair
 
 TREES = DraftSettings(top_k=3, fill_nodes=12, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
@@ -49,13 +48,8 @@ def test_a_curve_ring_decodes_like_the_base_model_and_refuses_strangers(pair, tm
     run_dir = tmp_path / "run"
     start(services_spec, run_dir)
     try:
-        rng = random.Random(5)
         with client_for(spec, 120) as client:
-            for _ in range(4):
-                prompt = [rng.randrange(3, 300) for _ in range(rng.randrange(1, 40))]
-                reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=12)
-                assert reply.ok, reply.error
-                assert list(reply.token_ids) == greedy_reference(base, prompt, 12), prompt
+            assert_greedy_on_random_prompts(client, base, seed=5, prompts=4, longest=40, max_new_tokens=12)
         for curve in (None, ClientCurve(stranger, spec.scheduler.public_key)):  # no key; a key nobody authorized
             with Client(endpoint, REFUSED_WAIT_S, curve) as outsider, pytest.raises(ClusterUnavailable):
                 outsider.shutdown(timeout_s=REFUSED_WAIT_S)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
 import urllib.request
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -14,7 +12,8 @@ from common.protocol import DraftSettings
 from common.settings import ClusterSpec
 from services.cli.main import app
 from services.launcher import client_for, free_ports, plan_local, start, stop
-from tests.support.reference import greedy_reference
+from tests.support.processes import process_environment
+from tests.support.reference import assert_greedy_on_random_prompts, greedy_reference
 from tests.support.tiny_models import make_tiny_pair
 
 TREES = DraftSettings(top_k=3, fill_nodes=12, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
@@ -23,11 +22,6 @@ TREES = DraftSettings(top_k=3, fill_nodes=12, fill_depth=4, segment_cap=4, expan
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     return make_tiny_pair(tmp_path_factory.mktemp("pair"), family="qwen2", seed=11)
-
-
-def _environment(pid: int) -> dict[str, str]:
-    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(e.decode().split("=", 1) for e in entries if b"=" in e)
 
 
 @pytest.mark.parametrize("stages", [1, 2, 4])
@@ -39,14 +33,11 @@ def test_greedy_output_equals_base_generate_over_tcp(pair, stages, tmp_path, mon
     try:
         # The services share this host's cores: their OpenMP threads sleep while they wait, never spin.
         pids = json.loads((tmp_path / "run" / "pids.json").read_text())
-        assert {_environment(pids[p.name]).get("OMP_WAIT_POLICY") for p in spec.ring} == {"PASSIVE"}
-        rng = random.Random(stages)
+        assert {process_environment(pids[p.name]).get("OMP_WAIT_POLICY") for p in spec.ring} == {"PASSIVE"}
         with client_for(spec, 120) as client:
-            for _ in range(20):
-                prompt = [rng.randrange(3, 300) for _ in range(rng.randrange(1, 80))]
-                reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=16)
-                assert reply.ok, reply.error
-                assert list(reply.token_ids) == greedy_reference(base, prompt, 16), prompt
+            replies = assert_greedy_on_random_prompts(client, base, seed=stages, prompts=20, longest=80,
+                                                      max_new_tokens=16)
+            for reply in replies:
                 assert reply.stats["steps"] >= 1
                 assert set(reply.stats["services"]) == {p.name for p in spec.ring if p.name != "drafter"}
     finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -32,3 +34,18 @@ def long_running_prompt(base: Path, min_new_tokens: int = 64) -> list[int]:
         if len(greedy_reference(base, prompt, min_new_tokens)) == min_new_tokens:
             return prompt
     raise AssertionError("no prompt of this model runs that long without EOS")
+
+
+def assert_greedy_on_random_prompts(client: Any, base: Path, *, seed: int, prompts: int, longest: int,
+                                    max_new_tokens: int) -> list[Any]:
+    """Send ``prompts`` random prompts (1 to ``longest`` - 1 token ids) through ``client``; assert each reply is ok
+    and equal to the base model's greedy output. Returns the replies."""
+    rng = random.Random(seed)
+    replies = []
+    for _ in range(prompts):
+        prompt = [rng.randrange(3, 300) for _ in range(rng.randrange(1, longest))]
+        reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=max_new_tokens)
+        assert reply.ok, reply.error
+        assert list(reply.token_ids) == greedy_reference(base, prompt, max_new_tokens), prompt
+        replies.append(reply)
+    return replies
