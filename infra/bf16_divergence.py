@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.modeling import causal_attend, encode_prompt, load_slice, load_tokenizer
+from common.models.modeling import causal_attend, encode_prompt, load_slice, load_tokenizer
 from common.prompts import load_prompts
 
 CHUNK = 64  # the scheduler's default prefill chunk

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.drafting import TreeShape  # noqa: E402
-from common.heads import FeaturePairs, HeadTreeDrafter, load_head  # noqa: E402
-from common.heads.model import new_head  # noqa: E402
-from common.model_store import resolve  # noqa: E402
-from common.modeling import causal_attend, load_model_spec, load_slice  # noqa: E402
+from common.models.modeling import causal_attend, load_model_spec, load_slice
+from common.models.store import resolve
+from common.speculation.drafting import TreeShape
+from common.speculation.heads import FeaturePairs, HeadTreeDrafter, load_head
+from common.speculation.heads.model import new_head
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -2,11 +2,11 @@
 
 For every split in ``--splits`` the base model's layers are divided as ``flowring up --stages N`` does
 (``even_split``) and each stage loads only its slice (stage 1 with the embedding). Also measured: a
-process that only imports torch + ``common.modeling`` (the fixed overhead), the verifier's head-only
+process that only imports torch + ``common.models.modeling`` (the fixed overhead), the verifier's head-only
 slice ``(L, L)``, and the whole model as one slice with embedding and head. Each child reports its
 peak RSS (``VmHWM``), current RSS (``VmRSS``) and anonymous RSS (``RssAnon``) from /proc/self/status
 after loading, the peak anonymous RSS sampled during the load (file-backed pages of the mmapped
-checkpoint are reclaimable; anonymous ones are not), its parameter bytes, the bytes ``common.partition.layer_costs`` predicts, and the load time.
+checkpoint are reclaimable; anonymous ones are not), its parameter bytes, the bytes ``common.cluster.partition.layer_costs`` predicts, and the load time.
 
     .venv/bin/python infra/measure_stage_memory.py --base qwen-coder-1.5b --dtype bfloat16 --splits 1,2,4
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from common.partition import LayerCosts
+    from common.cluster.partition import LayerCosts
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -63,7 +63,7 @@ def _child(job: dict) -> dict:
     start = time.perf_counter()
     import torch
 
-    from common.modeling import load_slice
+    from common.models.modeling import load_slice
 
     imported = time.perf_counter()
     result = {"import_s": imported - start, "param_bytes": 0, "load_s": 0.0}
@@ -87,12 +87,12 @@ def _child(job: dict) -> dict:
 
 def _jobs(model_dir: Path, dtype: str, splits: list[int]) -> list[dict]:
     sys.path.insert(0, str(ROOT))
-    from common.modeling import load_model_spec
-    from common.partition import even_split
+    from common.cluster.partition import even_split
+    from common.models.modeling import load_model_spec
 
     n = load_model_spec(model_dir).num_layers
     common = {"model_dir": str(model_dir), "dtype": dtype}
-    jobs = [{"label": "baseline (import torch + common.modeling)", "kind": "baseline", "split": "-",
+    jobs = [{"label": "baseline (import torch + common.models.modeling)", "kind": "baseline", "split": "-",
              "first": 0, "last": 0, "embedding": False, "head": False, **common}]
     for split in splits:
         for i, (first, last) in enumerate(even_split(n, split)):
@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     sys.path.insert(0, str(ROOT))
-    from common.model_store import resolve
-    from common.modeling import load_model_spec
-    from common.partition import layer_costs
+    from common.cluster.partition import layer_costs
+    from common.models.modeling import load_model_spec
+    from common.models.store import resolve
 
     model_dir = resolve(args.base)
     costs = layer_costs(model_dir, {"float32": 4, "bfloat16": 2}[args.dtype])

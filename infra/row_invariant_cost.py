@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from common.modeling import ModelSlice, causal_attend, invariant
-from common.modeling.spec import load_model_spec
+from common.models.modeling import ModelSlice, causal_attend, invariant
+from common.models.modeling.spec import load_model_spec
 
 BF16 = torch.bfloat16
 

@@ -6,20 +6,18 @@ from collections.abc import Iterator
 
 import zmq
 
-from common.curve import ClientCurve, as_client
-from common.protocol import (
+from common.wire.client import (
     CancelRequest,
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
-    Message,
-    ProtocolError,
-    Shutdown,
     StatusReply,
     StatusRequest,
-    decode,
-    encode,
 )
+from common.wire.codec import Message, decode, encode
+from common.wire.commands import Shutdown
+from common.wire.curve import ClientCurve, as_client
+from common.wire.errors import ProtocolError
 
 CANCEL_LINGER_MS = 1000  # how long a closing socket may still try to deliver a CancelRequest
 

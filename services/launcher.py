@@ -20,12 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from common.curve import client_curve, own_keys
-from common.machine_defaults import thread_environment
-from common.modeling import load_model_spec
-from common.partition import even_split
-from common.protocol import DraftSettings
-from common.settings import ClusterSpec, Placement, Timeouts
+from common.cluster.keys import client_curve, own_keys
+from common.cluster.machine_defaults import thread_environment
+from common.cluster.partition import even_split
+from common.cluster.settings import ClusterSpec, Placement, Timeouts
+from common.models.modeling import load_model_spec
+from common.speculation.modes import DraftSettings
 from services.client import Client, ClusterUnavailable
 
 BOARDS_FILE = "boards.json"  # written by a cluster of boards (services/cluster/bringup.py)

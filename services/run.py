@@ -9,15 +9,16 @@ import structlog
 import torch
 import zmq
 
-from common.curve import KeyPair, client_curve, own_keys, start_gatekeeper
-from common.draft_vocab import draft_vocabulary
-from common.drafting import ModelDrafters
-from common.link import shaped_push
-from common.logs import configure
-from common.modeling import load_model_spec, load_slice
+from common.cluster.keys import client_curve, own_keys, start_gatekeeper
+from common.cluster.settings import ClusterSpec
+from common.models.modeling import load_model_spec, load_slice
+from common.observability.logs import configure
 from common.observability.metrics import SchedulerMetrics, ServiceMetrics, serve_metrics
-from common.settings import ClusterSpec
-from common.transport import pull
+from common.speculation.draft_vocab import draft_vocabulary
+from common.speculation.drafting import ModelDrafters
+from common.wire.curve import KeyPair
+from common.wire.link import shaped_push
+from common.wire.transport import pull
 from services.runtime import CoreHooks, ServiceSockets, serve
 
 log = structlog.get_logger()
@@ -106,8 +107,8 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
 def _drafter(spec: ClusterSpec, dtype: torch.dtype):
     """Per-request drafters of a draft model, or of a draft head fed by the verifier's features."""
     if spec.draft_head:
-        from common.heads import load_head
-        from common.heads.context import HeadDrafters
+        from common.speculation.heads import load_head
+        from common.speculation.heads.context import HeadDrafters
 
         head = load_head(Path(spec.draft_head), Path(spec.base), dtype=dtype, device=spec.device)
         log.info("head_loaded", head=spec.draft_head, draft_vocab=head.config.draft_vocab_size)

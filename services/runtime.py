@@ -2,7 +2,7 @@
 
 Cores are state machines (``handle(message) -> [(destination, message)]``); this loop owns the
 sockets, the logging, the metrics and the heartbeat. Every outbound route is a
-:class:`~common.link.ShapedSender`; a StartRequest sets the emulated link of every route for its
+:class:`~common.wire.link.ShapedSender`; a StartRequest sets the emulated link of every route for its
 request before the core sees it.
 
 What the loop refuses, each logged once, counted by reason and never fatal: an undecodable, oversized
@@ -29,28 +29,17 @@ from typing import Protocol
 import structlog
 import zmq
 
-from common.link import LinkError, ShapedSender, close_all, configure_all
+from common.cluster.settings import Timeouts
 from common.observability import trace
 from common.observability.metrics import ServiceMetrics
-from common.ordering import CommandOrder, OrderError
-from common.protocol import (
-    EndRequest,
-    Expand,
-    Fault,
-    Features,
-    Heartbeat,
-    Message,
-    ProtocolError,
-    Prune,
-    Ready,
-    Segment,
-    Shutdown,
-    StageStats,
-    StartRequest,
-    encode,
-)
-from common.settings import Timeouts
-from common.transport import recv
+from common.wire.codec import Message, encode
+from common.wire.commands import EndRequest, Expand, Prune, Shutdown, StartRequest
+from common.wire.errors import ProtocolError
+from common.wire.link import LinkError, ShapedSender, close_all, configure_all
+from common.wire.ordering import CommandOrder, OrderError
+from common.wire.reports import Fault, Heartbeat, Ready, StageStats
+from common.wire.ring import Features, Segment
+from common.wire.transport import recv
 
 log = structlog.get_logger()
 

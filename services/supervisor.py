@@ -26,7 +26,7 @@ from pathlib import Path
 
 import structlog
 
-from common.logs import configure
+from common.observability.logs import configure
 
 log = structlog.get_logger()
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

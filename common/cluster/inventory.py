@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.protocol import DraftSettings
-from common.settings import Timeouts
+from common.cluster.settings import Timeouts
+from common.speculation.modes import DraftSettings
 
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")

@@ -9,14 +9,14 @@ key travels in the cluster spec; a board receives only its own secret file (serv
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import zmq
 
-from common.curve import CurveKeyError, KeyPair, load_key_pair
-from common.settings import ClusterSpec, Curve, Placement
+from common.cluster.settings import ClusterSpec, Curve, Placement
+from common.wire.curve import CLIENT, RING, ClientCurve, CurveKeyError, Gatekeeper, KeyPair, load_key_pair
 
 CLIENT_NAME = "client"
 SECRET_MODE = 0o600
@@ -108,3 +108,27 @@ def _write(path: Path, text: str, mode: int) -> None:
     with os.fdopen(fd, "w") as out:
         out.write(text)
     os.chmod(path, mode)  # the umask may have narrowed the mode given to open
+
+
+def own_keys(spec: ClusterSpec) -> KeyPair | None:
+    """This process's key pair, or None when the cluster runs without CURVE."""
+    return load_key_pair(spec.curve.key_file) if spec.curve.enabled else None
+
+
+def client_curve(own: KeyPair | None, server: Placement) -> ClientCurve | None:
+    """CURVE settings to connect to ``server``'s sockets; None without keys."""
+    return None if own is None else ClientCurve(own, server.public_key)
+
+
+def admitted_keys(spec: ClusterSpec) -> dict[str, frozenset[bytes]]:
+    """Public keys admitted per ZAP domain: every board's on ring sockets, the clients' on the client socket."""
+    boards = frozenset(p.public_key.encode() for p in (*spec.ring, spec.scheduler) if p.public_key)
+    return {RING: boards, CLIENT: frozenset(k.encode() for k in spec.curve.client_keys)}
+
+
+def start_gatekeeper(ctx: zmq.Context, spec: ClusterSpec, on_refused: Callable[[], None] | None = None) -> Gatekeeper:
+    """Start the ZAP handler of ``ctx`` for ``spec``'s keys (before any CURVE server socket binds)."""
+    gate = Gatekeeper(ctx, admitted_keys(spec), on_refused)
+    gate.start()
+    return gate
+

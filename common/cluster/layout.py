@@ -1,6 +1,6 @@
 """From a validated inventory to a cluster layout: layer ranges, memory per board, ports, the ClusterSpec.
 
-Pure: model sizes come in as :class:`~common.partition.LayerCosts` (read from safetensors headers by
+Pure: model sizes come in as :class:`~common.cluster.partition.LayerCosts` (read from safetensors headers by
 the caller). Each board's services take consecutive ports from the inventory's ``base_port`` (their
 ring ports, then a Prometheus metrics port each).
 """
@@ -8,7 +8,7 @@ ring ports, then a Prometheus metrics port each).
 from __future__ import annotations
 
 from common.cluster.inventory import Inventory, InventoryError
-from common.partition import (
+from common.cluster.partition import (
     MIB,
     Host,
     LayerCosts,
@@ -18,7 +18,7 @@ from common.partition import (
     kv_bytes_per_layer,
     plan_partition,
 )
-from common.settings import ClusterSpec, Placement
+from common.cluster.settings import ClusterSpec, Placement
 
 
 def layer_ranges(inv: Inventory, base: LayerCosts, draft: LayerCosts) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.partition import EMBED_NAME, HEAD_NAME, LAYER_PREFIX, NORM_NAME
+from common.cluster.partition import EMBED_NAME, HEAD_NAME, LAYER_PREFIX, NORM_NAME
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".gguf", ".bin", ".pt")
@@ -99,7 +99,7 @@ def _write_folder(model_dir: Path, tensors: Sequence[str], dtype: str, out: Path
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from common.modeling.loader import _checkpoint_files
+    from common.models.modeling.loader import _checkpoint_files
 
     for path in model_dir.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):

@@ -23,7 +23,7 @@ applying a prune event (KV compaction); ``send``: encoding and queueing a messag
 model forward and tree growth; ``verify``: acceptance of a segment; ``schedule``: a scheduler decision.
 Time in no span is time the service waited."""
 COUNTER_KINDS = ("tree_levels", "tree_width")
-"""``tree_levels``, ``tree_width``: the shape of the drafter's growth under way (common.tree_policy)."""
+"""``tree_levels``, ``tree_width``: the shape of the drafter's growth under way (common.speculation.tree_policy)."""
 _CODE = {kind: i for i, kind in enumerate(SPAN_KINDS + COUNTER_KINDS)}
 MAX_SPANS_PER_REQUEST = 50_000  # bounds memory if a traced request runs very long
 

@@ -11,7 +11,7 @@ tail -c $DRAFT_BYTES /root/w/all.bin > /root/gguf/draft.gguf
 echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  /root/gguf/base.gguf
 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  /root/gguf/draft.gguf" | sha256sum -c -
 convert() {
-  python3 -c "from common.modeling.convert import convert_gguf; convert_gguf('/root/gguf/$1.gguf', '/root/models/$2')"
+  python3 -c "from common.models.modeling.convert import convert_gguf; convert_gguf('/root/gguf/$1.gguf', '/root/models/$2')"
 }
 convert base qwen-coder-1.5b & convert draft qwen-coder-0.5b & wait
 ls -la /root/models/*

@@ -21,10 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
-from common.curve import ClientCurve
-from common.modeling import load_model_spec, load_tokenizer
-from common.modeling.tokenizer import encode_chat, encode_prompt
-from common.protocol import GenerateChunk, GenerateReply, GenerateRequest
+from common.models.modeling import load_model_spec, load_tokenizer
+from common.models.modeling.tokenizer import encode_chat, encode_prompt
+from common.wire.client import GenerateChunk, GenerateReply, GenerateRequest
+from common.wire.curve import ClientCurve
 from services.api import schemas
 from services.api.ring import exchange
 from services.api.schemas import ApiError, ChatBody, CompletionBody

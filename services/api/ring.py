@@ -8,16 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import zmq
 import zmq.asyncio
 
-from common.curve import ClientCurve, as_client
-from common.protocol import (
-    CancelRequest,
-    GenerateChunk,
-    GenerateReply,
-    GenerateRequest,
-    ProtocolError,
-    decode,
-    encode,
-)
+from common.wire.client import CancelRequest, GenerateChunk, GenerateReply, GenerateRequest
+from common.wire.codec import decode, encode
+from common.wire.curve import ClientCurve, as_client
+from common.wire.errors import ProtocolError
 from services.client import CANCEL_LINGER_MS, ClusterUnavailable
 
 POLL_INTERVAL_S = 0.25  # how often a waiting request checks that its HTTP client is still there

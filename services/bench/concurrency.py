@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.prompts import Prompt
-from common.protocol import GenerateChunk, GenerateReply, ProtocolError
+from common.wire.client import GenerateChunk, GenerateReply
+from common.wire.errors import ProtocolError
 from services.client import Client, ClusterUnavailable
 
 Connect = Callable[[], Client]

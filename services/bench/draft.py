@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.draft_vocab import DraftLogits
-from common.drafting import TreeDrafter, TreeShape
-from common.modeling import ModelSlice
-from common.protocol import DraftSettings
-from common.tree import DraftTree, plan_prune, prune_tree
+from common.models.modeling import ModelSlice
+from common.speculation.draft_vocab import DraftLogits
+from common.speculation.drafting import TreeDrafter, TreeShape
+from common.speculation.modes import DraftSettings
+from common.speculation.tree import DraftTree, plan_prune, prune_tree
 
 DEFAULT_PROMPT = '''Review this Python module and add a function `top_words(path, n)` that returns the n most
 common words of a text file, lower-cased, ignoring punctuation. Keep the style of the module.

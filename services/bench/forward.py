@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from common.modeling import causal_attend, load_slice
+from common.models.modeling import causal_attend, load_slice
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -44,7 +44,7 @@ class LocalBaseline:
     def __init__(self, base: Path, dtype: str, device: str = "cpu") -> None:
         from transformers import AutoModelForCausalLM
 
-        from common.modeling import load_model_spec, load_tokenizer
+        from common.models.modeling import load_model_spec, load_tokenizer
 
         self._tokenizer = load_tokenizer(base)
         self._model = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[dtype]).to(device).eval()
@@ -53,7 +53,7 @@ class LocalBaseline:
 
     @torch.no_grad()
     def generate(self, prompt: str, raw: bool, max_new_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
-        from common.modeling import encode_prompt
+        from common.models.modeling import encode_prompt
 
         ids = encode_prompt(self._tokenizer, prompt, raw=raw)
         inputs = torch.tensor([ids], device=self._device)

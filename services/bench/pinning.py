@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from common.settings import ClusterSpec
+from common.cluster.settings import ClusterSpec
 
 
 class PinError(ValueError):

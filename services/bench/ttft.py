@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.protocol import GenerateChunk, GenerateReply, ProtocolError
+from common.wire.client import GenerateChunk, GenerateReply
+from common.wire.errors import ProtocolError
 from services.client import Client, ClusterUnavailable
 from services.launcher import free_ports
 

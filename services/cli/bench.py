@@ -6,7 +6,7 @@ process on one stage's cores. By default the modes run on the running cluster; `
 cluster for the run with every service on cores of its own (a 16-core host emulating a LAN of
 boards) and stops it afterwards. ``--trace`` records every service's timeline. A failed generation
 is reported and left out of the summary; the command exits 1 when a mode failed on every prompt.
-Summary maths: :mod:`common.bench_report`. ``--concurrency K`` and ``--ttft`` measure serving
+Summary maths: :mod:`common.observability.bench_report`. ``--concurrency K`` and ``--ttft`` measure serving
 instead (:mod:`services.cli.bench_serving`): K requests in flight against one at a time, and time
 to first token through the OpenAI API against the ring's own.
 """
@@ -32,7 +32,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.bench_report import (
+from common.cluster.settings import ClusterSpec
+from common.observability import trace
+from common.observability.bench_report import (
     LOCAL,
     SPEEDUP_BASELINES,
     ModeSummary,
@@ -41,12 +43,11 @@ from common.bench_report import (
     service_order,
     summarize,
 )
-from common.link import LinkError, LinkSettings
-from common.observability import trace
-from common.projection_ahead import DRAINING_LOOP
+from common.projection.ahead import DRAINING_LOOP
 from common.prompts import Prompt, PromptFileError, load_prompts
-from common.protocol import MODES, DraftSettings, ProtocolError
-from common.settings import ClusterSpec
+from common.speculation.modes import MODES, DraftSettings
+from common.wire.errors import ProtocolError
+from common.wire.link import LinkError, LinkSettings
 from services.bench.local_baseline import BaselineError, BaselineWorker
 from services.bench.pinning import PinError, pin_services, stage_cpus
 from services.bench.ttft import TtftError
@@ -261,10 +262,10 @@ def machine_info() -> dict[str, Any]:
 
 def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: str,
                     draft_head: str, layers: str = "", draft_vocab: int = 0) -> PinnedCluster:
-    from common.catalog import default_pair
-    from common.model_store import ModelStoreError, resolve
-    from common.modeling import load_model_spec
-    from common.partition import explicit_ranges
+    from common.cluster.partition import explicit_ranges
+    from common.models.catalog import ModelStoreError, default_pair
+    from common.models.modeling import load_model_spec
+    from common.models.store import resolve
 
     if dtype not in ("float32", "bfloat16"):
         _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
@@ -287,7 +288,7 @@ def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
     """Start the run's own cluster in a temporary run folder; returns its spec and that folder."""
     import tempfile
 
-    from common.draft_vocab import draft_vocabulary
+    from common.speculation.draft_vocab import draft_vocabulary
 
     try:
         spec = plan_local(Path(pinned.base), Path(pinned.draft), pinned.stages, dtype=pinned.dtype,

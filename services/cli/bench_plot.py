@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.bench_report import ModeSummary, service_order
+from common.observability.bench_report import ModeSummary, service_order
 from common.observability.trace import SPAN_KINDS, is_span
 
 SPAN_COLOURS = {"recv": "#9ecae1", "forward": "#3182bd", "prune": "#e6550d", "send": "#fdae6b", "draft": "#31a354",

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from common.cluster.settings import ClusterSpec
 from common.prompts import Prompt
-from common.settings import ClusterSpec
 from services.bench import concurrency, ttft
 from services.bench.concurrency import ConcurrencyResult
 from services.bench.ttft import TtftResult
@@ -75,8 +75,8 @@ def measure(spec: ClusterSpec, run_dir: Path, settings: ServingSettings, prompts
 
 def _prompt_ids(spec: ClusterSpec, prompts: Sequence[Prompt]) -> list[list[int]]:
     """Token ids as the scheduler would make them, so both paths of ``--ttft`` prefill the same tokens."""
-    from common.modeling import load_tokenizer
-    from common.modeling.tokenizer import encode_prompt
+    from common.models.modeling import load_tokenizer
+    from common.models.modeling.tokenizer import encode_prompt
 
     tokenizer = load_tokenizer(Path(spec.base))
     return [encode_prompt(tokenizer, p.text, raw=p.raw) for p in prompts]

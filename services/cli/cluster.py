@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from common.protocol import MODES, DraftSettings
+from common.speculation.modes import MODES, DraftSettings
 from services.cli.errors import fail
 from services.launcher import LaunchError, default_run_dir, plan_local, running, start, start_api, stop
 
@@ -88,8 +88,8 @@ def up(
 
 def _prepare_draft_vocab(draft_dir: Path, size: int) -> str:
     """Count (or read) the draft model's reduced vocabulary now, so its services start without counting."""
-    from common.draft_vocab import draft_vocabulary
-    from common.modeling import load_model_spec
+    from common.models.modeling import load_model_spec
+    from common.speculation.draft_vocab import draft_vocabulary
 
     vocab = load_model_spec(draft_dir).vocab_size
     draft_ids = draft_vocabulary(draft_dir, size)
@@ -112,7 +112,7 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
               mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True) -> None:
     if model:
-        from common.catalog import default_pair
+        from common.models.catalog import default_pair
 
         try:
             base, draft = default_pair(model)
@@ -120,11 +120,12 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
             fail(str(exc))
     if not base or not (draft or draft_head):
         fail("give --model NAME, or --base with --draft or --draft-head (or --cluster FILE)")
-    from common.machine_defaults import choose_mode
-    from common.model_store import ModelStoreError, resolve
-    from common.modeling import load_model_spec
-    from common.modeling.tokenizer import check_same_tokenizer
-    from common.partition import explicit_ranges
+    from common.cluster.machine_defaults import choose_mode
+    from common.cluster.partition import explicit_ranges
+    from common.models.catalog import ModelStoreError
+    from common.models.modeling import load_model_spec
+    from common.models.modeling.tokenizer import check_same_tokenizer
+    from common.models.store import resolve
 
     try:
         base_dir = resolve(base)
@@ -162,8 +163,8 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
 
 def _head_dir(ref: str, base_dir: Path) -> Path:
     """A head folder (a path, else a name in the heads cache), checked against the base."""
-    from common.heads.model import check_head
-    from common.heads.store import heads_dir
+    from common.speculation.heads.model import check_head
+    from common.speculation.heads.store import heads_dir
 
     path = Path(ref).expanduser()
     path = path if path.is_dir() else heads_dir() / ref
@@ -174,7 +175,7 @@ def _head_dir(ref: str, base_dir: Path) -> Path:
 def keys_folder(cluster: Path, keys_dir: Path | None) -> Path:
     """The keys folder of inventory ``cluster``: ``keys_dir`` if given, else its default under FLOWRING_HOME."""
     from common.cluster.keys import default_keys_dir
-    from common.model_store import cache_root
+    from common.models.cache import cache_root
 
     return keys_dir if keys_dir is not None else default_keys_dir(cache_root(), cluster)
 
@@ -182,10 +183,11 @@ def keys_folder(cluster: Path, keys_dir: Path | None) -> Path:
 def _up_boards(cluster: Path, run_dir: Path, log_level: str, keys_dir: Path | None) -> None:
     from common.cluster.inventory import InventoryError, load_inventory
     from common.cluster.keys import load_keys
-    from common.curve import CurveKeyError
-    from common.model_store import ModelStoreError, cache_root
-    from common.modeling import ModelingError
-    from common.partition import PartitionError, human_bytes
+    from common.cluster.partition import PartitionError, human_bytes
+    from common.models.cache import cache_root
+    from common.models.catalog import ModelStoreError
+    from common.models.modeling import ModelingError
+    from common.wire.curve import CurveKeyError
     from services.cluster.bringup import build_slices, plan, preflight, ship
     from services.cluster.bringup import start as start_boards
     from services.cluster.ssh import Ssh

@@ -45,12 +45,13 @@ def train(
     """Self-distil the base model's answers into a one-layer EAGLE-style head (resumable)."""
     from tqdm.auto import tqdm
 
-    from common.heads.corpus import BenchmarkLeakError
-    from common.heads.store import heads_dir
-    from common.heads.train import TrainingError, TrainSettings, train_head
-    from common.model_store import ModelStoreError, resolve
-    from common.modeling import ModelingError
+    from common.models.catalog import ModelStoreError
+    from common.models.modeling import ModelingError
+    from common.models.store import resolve
     from common.prompts import PromptFileError
+    from common.speculation.heads.corpus import BenchmarkLeakError
+    from common.speculation.heads.store import heads_dir
+    from common.speculation.heads.train import TrainingError, TrainSettings, train_head
 
     try:
         base_dir = resolve(base)
@@ -86,7 +87,7 @@ def train(
 @app.command("list")
 def list_(root: Annotated[Path | None, typer.Option(help="Heads folder (default: the local cache).")] = None) -> None:
     """The heads in the local cache."""
-    from common.heads.store import heads_dir, list_heads
+    from common.speculation.heads.store import heads_dir, list_heads
 
     entries = list_heads(root)
     if not entries:

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from common.protocol import GenerateReply
-from common.settings import ClusterSpec
+from common.cluster.settings import ClusterSpec
+from common.wire.client import GenerateReply
 from services.cli import (
     bench,
     cluster,

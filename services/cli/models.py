@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from common import model_store
-from common.model_store import ModelStoreError, ProgressSink
+from common.models import cache as model_cache
+from common.models import store as model_store
+from common.models.catalog import ModelStoreError
+from common.models.errors import ProgressSink
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -129,9 +131,9 @@ def pull(
 @app.command("list")
 def list_models() -> None:
     """List the models in the cache."""
-    cached = model_store.list_cached()
+    cached = model_cache.list_cached()
     if not cached:
-        typer.echo(f"no models cached in {model_store.cache_root()}")
+        typer.echo(f"no models cached in {model_cache.cache_root()}")
         return
     rows = [("NAME", "SIZE", "DTYPE", "PATH")]
     rows += [(m.name, _size(m.size_bytes), m.dtype, str(m.path)) for m in cached]

@@ -27,7 +27,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from common.partition import (
+from common.cluster.partition import (
     MIB,
     PartitionError,
     Plan,
@@ -69,8 +69,9 @@ def plan(
         _fail("--kv-tokens and --overhead-mib must be non-negative")
     if hosts is None and not measure:
         _fail("give --hosts FILE (or --measure alone to time this host)")
-    from common.model_store import ModelStoreError, resolve
-    from common.modeling import ModelingError
+    from common.models.catalog import ModelStoreError
+    from common.models.modeling import ModelingError
+    from common.models.store import resolve
 
     try:
         model_dir = resolve(base)
@@ -93,7 +94,7 @@ def measure_layer_speed(model_dir: Path, dtype: str, *, repeats: int = MEASURE_R
     """Decoder-layer forwards per second of a ``MEASURE_TOKENS``-row step on this host (median of repeats)."""
     import torch
 
-    from common.modeling import causal_attend, load_slice
+    from common.models.modeling import causal_attend, load_slice
 
     layer = load_slice(model_dir, (0, 1), with_embedding=False, with_head=False, dtype=getattr(torch, dtype))
     gen = torch.Generator().manual_seed(0)

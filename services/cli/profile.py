@@ -40,8 +40,9 @@ def forward(
     """A stage's forward vs transformers' same layers, per token and per segment, and weight GB/s."""
     import torch
 
-    from common.model_store import ModelStoreError, resolve
-    from common.modeling import load_model_spec
+    from common.models.catalog import ModelStoreError
+    from common.models.modeling import load_model_spec
+    from common.models.store import resolve
     from services.bench.forward import compare, memory_bandwidth_gb_per_s
 
     _pin_process(dtype, cpus, threads)
@@ -84,11 +85,12 @@ def draft(
 
     import torch
 
-    from common.draft_vocab import draft_vocabulary
-    from common.model_store import ModelStoreError, resolve
-    from common.modeling import load_slice
-    from common.modeling.tokenizer import encode_prompt, load_tokenizer
-    from common.protocol import DraftSettings
+    from common.models.catalog import ModelStoreError
+    from common.models.modeling import load_slice
+    from common.models.modeling.tokenizer import encode_prompt, load_tokenizer
+    from common.models.store import resolve
+    from common.speculation.draft_vocab import draft_vocabulary
+    from common.speculation.modes import DraftSettings
     from services.bench.draft import DEFAULT_PROMPT, DraftConfig, profile_draft
     from services.bench.forward import DTYPES
 

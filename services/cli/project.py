@@ -1,7 +1,7 @@
 """``flowring project``: predict decode tokens/s per mode on N boards from one measured ``bench --json`` run.
 
-The model and its assumptions: :mod:`common.projection`, :mod:`common.projection_fit`,
-:mod:`common.projection_modes`. ``--measured`` adds other runs (of other N, same prompts and settings)
+The model and its assumptions: :mod:`common.projection.ring`, :mod:`common.projection.fit`,
+:mod:`common.projection.modes`. ``--measured`` adds other runs (of other N, same prompts and settings)
 so that each prediction stands beside the figure measured at that N; only when the boards are the run's
 own (speed 1, the run's link). ``local``'s error is then the two runs' difference in the same
 measurement: a floor for every other error. ``--validate`` predicts each given run from each comparable
@@ -20,10 +20,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from common.link import LinkError, LinkSettings
-from common.projection import LOCAL, PROJECTED_MODES, Boards, ProjectionError, relative_error
-from common.projection_fit import DRAFTER_LOOPS, RunFit, fit_run, with_drafter_loop
-from common.projection_modes import project
+from common.projection.fit import DRAFTER_LOOPS, RunFit, fit_run, with_drafter_loop
+from common.projection.modes import project
+from common.projection.ring import LOCAL, PROJECTED_MODES, Boards, ProjectionError, relative_error
+from common.wire.link import LinkError, LinkSettings
 from services.cli.errors import fail
 
 app = typer.Typer(add_completion=False, help="Predict decode tokens/s on N boards from a measured bench run.")

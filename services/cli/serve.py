@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from common.protocol import MODES
-from common.settings import ClusterSpec
+from common.cluster.settings import ClusterSpec
+from common.speculation.modes import MODES
 from services.launcher import default_run_dir
 
 app = typer.Typer()
@@ -41,7 +41,7 @@ def serve(
         raise typer.Exit(1)
     import uvicorn
 
-    from common.curve import client_curve, own_keys
+    from common.cluster.keys import client_curve, own_keys
     from services.api.app import ApiSettings, create_app
 
     spec = ClusterSpec.load(path)

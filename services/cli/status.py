@@ -13,8 +13,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from common.protocol import StatusReply
-from common.settings import ClusterSpec
+from common.cluster.settings import ClusterSpec
+from common.wire.client import StatusReply
 from services.client import ClusterUnavailable
 from services.launcher import client_for, default_run_dir
 

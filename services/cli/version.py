@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from common.protocol import PROTOCOL_VERSION
+from common.wire.codec import PROTOCOL_VERSION
 
 app = typer.Typer(add_completion=False)
 

@@ -8,7 +8,7 @@ real address; the head's client reads it) and ``boards.json`` (boards, SSH optio
 ``down`` needs). On a board, under its ``home``: ``slices/<hash>/``, ``keys/board-NAME.key_secret`` (its own
 CURVE key pair, mode 0600 in a 0700 folder: common.cluster.keys), ``run/logs/<service>.log`` (its JSON
 log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash). Every ZeroMQ
-socket of the cluster is CURVE (common.curve); the head's own clients use the clients' key pair. Each ring
+socket of the cluster is CURVE (common.wire.curve); the head's own clients use the clients' key pair. Each ring
 service runs under the local cluster's supervisor (services/supervisor.py), started detached in its
 place, which restarts it on its board when a signal kills it (log ``run/logs/<service>-supervisor.log``);
 the pid recorded is the supervisor's, the leader of the process group that ``down`` stops.
@@ -37,10 +37,10 @@ from common.cluster.layout import (
     ports_of,
     service_bytes,
 )
+from common.cluster.machine_defaults import thread_environment
+from common.cluster.partition import MIB, human_bytes, layer_costs
+from common.cluster.settings import ClusterSpec
 from common.cluster.slices import SliceFolder, build_slice, service_tensors
-from common.machine_defaults import thread_environment
-from common.partition import MIB, human_bytes, layer_costs
-from common.settings import ClusterSpec
 from services.client import ClusterUnavailable
 from services.cluster.board_agent import flowring_version
 from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
@@ -109,8 +109,8 @@ class Bringup:
 
 def plan(inv: Inventory, keys: ClusterKeys) -> Bringup:
     """Resolve the models on the head, split the layers, check every board's memory budget, secure the sockets."""
-    from common.model_store import resolve
-    from common.modeling.tokenizer import check_same_tokenizer
+    from common.models.modeling.tokenizer import check_same_tokenizer
+    from common.models.store import resolve
 
     base_dir, draft_dir = resolve(inv.base), resolve(inv.draft)
     check_same_tokenizer(base_dir, draft_dir)
@@ -128,8 +128,8 @@ def plan(inv: Inventory, keys: ClusterKeys) -> Bringup:
 
 def build_slices(bringup: Bringup, store: Path) -> Bringup:
     """Build (or find) every service's slice in the head's ``store``."""
-    from common.modeling import load_model_spec
-    from common.modeling.loader import checkpoint_tensor_names
+    from common.models.modeling import load_model_spec
+    from common.models.modeling.loader import checkpoint_tensor_names
 
     spec, dtype = bringup.spec, bringup.inventory.dtype
     base_dir, draft_dir = Path(spec.base), Path(spec.draft)

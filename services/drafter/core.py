@@ -7,7 +7,7 @@ one more segment may follow at once (``EXTRA_IN_FLIGHT``). In flowspec "grow" mo
 paced: between messages (:meth:`DrafterCore.next_work`, :meth:`DrafterCore.work`) the drafter grows
 the tree a level at a time from its best leaves, ahead of the verdicts; a credit sends every
 pre-drafted node that survived the prunes since, and the next growth starts. Its shape follows the
-measured acceptance (:mod:`common.tree_policy`). Other modes draft when a credit arrives.
+measured acceptance (:mod:`common.speculation.tree_policy`). Other modes draft when a credit arrives.
 With a draft head the base's features of committed tokens arrive from the verifier (``Features``);
 drafting that needs features not yet arrived waits for them.
 """
@@ -20,25 +20,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from common import tree_policy
-from common.drafting import TreeDrafter, TreeShape
-from common.heads.context import HeadContextDrafter
 from common.observability import trace
-from common.ordering import OrderError, PruneLog
-from common.protocol import (
-    DraftReport,
-    DraftSettings,
-    EndRequest,
-    Expand,
-    Features,
-    Message,
-    Prune,
-    Segment,
-    StageStats,
-    StartRequest,
-)
-from common.request_table import RequestTable
-from common.tree import DraftTree, merge_trees, renumbered, segment_sizes, single_root
+from common.speculation import tree_policy
+from common.speculation.drafting import TreeDrafter, TreeShape
+from common.speculation.heads.context import HeadContextDrafter
+from common.speculation.modes import DraftSettings
+from common.speculation.tree import DraftTree, merge_trees, renumbered, segment_sizes, single_root
+from common.wire.codec import Message
+from common.wire.commands import EndRequest, Expand, Prune, StartRequest
+from common.wire.ordering import OrderError, PruneLog
+from common.wire.reports import DraftReport, StageStats
+from common.wire.request_table import RequestTable
+from common.wire.ring import Features, Segment
 
 Outbound = tuple[str, Message]
 Drafter = TreeDrafter | HeadContextDrafter

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from common.protocol import MODES, DraftSettings, GenerateRequest
+from common.speculation.modes import MODES, DraftSettings
+from common.wire.client import GenerateRequest
 
 MIB = 1 << 20
 

@@ -21,27 +21,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from common.cluster.settings import Admission
+from common.models.text_stream import TextStream
 from common.observability import trace
-from common.ordering import OrderError, PruneLog
-from common.protocol import (
-    DraftReport,
-    DraftSettings,
-    EndRequest,
-    Expand,
-    Fault,
-    GenerateChunk,
-    GenerateReply,
-    GenerateRequest,
-    Message,
-    Prune,
-    Ready,
-    StageStats,
-    StartRequest,
-    Verdict,
-)
-from common.settings import Admission
-from common.text_stream import TextStream
-from common.tree import DraftTree, plan_prune, prune_tree
+from common.speculation.modes import DraftSettings
+from common.speculation.tree import DraftTree, plan_prune, prune_tree
+from common.wire.client import GenerateChunk, GenerateReply, GenerateRequest
+from common.wire.codec import Message
+from common.wire.commands import EndRequest, Expand, Prune, StartRequest
+from common.wire.ordering import OrderError, PruneLog
+from common.wire.reports import DraftReport, Fault, Ready, StageStats, Verdict
 from services.scheduler.admission import MIB, Capacity, busy_reason, invalid_reason, kv_need_bytes
 from services.scheduler.replay import attempt_id, request_id_of
 

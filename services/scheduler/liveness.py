@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.protocol import Heartbeat, Ready, ServiceHealth
-from common.settings import ClusterSpec, Placement
+from common.cluster.settings import ClusterSpec, Placement
+from common.wire.client import ServiceHealth
+from common.wire.reports import Heartbeat, Ready
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The scheduler service: client entry point (ROUTER) and owner of every request's decisions.
 
-Commands to each ring service go through a :class:`~common.link.ShapedSender`, set to a request's
+Commands to each ring service go through a :class:`~common.wire.link.ShapedSender`, set to a request's
 emulated link when its StartRequest is dispatched; replies to clients are never shaped. Ring services
 heartbeat to the report socket. A service silent for ``liveness_timeout_s``, or back under a new pid,
 interrupts every request in the ring; each is replayed from its committed context once the ring is
@@ -17,36 +17,27 @@ import structlog
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.curve import CLIENT as CLIENT_DOMAIN
-from common.curve import HANDSHAKE_EVENTS, HandshakeRefusals, KeyPair, as_server, client_curve, gatekeeper_of
-from common.link import LinkError, LinkSettings, close_all, shaped_push
-from common.modeling import load_model_spec
-from common.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
+from common.cluster.keys import client_curve
+from common.cluster.settings import ClusterSpec
+from common.models.modeling import load_model_spec
+from common.models.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 from common.observability.metrics import SchedulerMetrics
-from common.protocol import (
+from common.wire.client import (
     CancelRequest,
-    DraftReport,
-    Expand,
-    Fault,
     GenerateReply,
     GenerateRequest,
-    Heartbeat,
-    Message,
-    ProtocolError,
-    Prune,
-    Ready,
     ServiceHealth,
-    Shutdown,
-    StageStats,
-    StartRequest,
     StatusReply,
     StatusRequest,
-    Verdict,
-    decode,
-    encode,
 )
-from common.settings import ClusterSpec
-from common.transport import pull, recv
+from common.wire.codec import Message, decode, encode
+from common.wire.commands import Expand, Prune, Shutdown, StartRequest
+from common.wire.curve import CLIENT as CLIENT_DOMAIN
+from common.wire.curve import HANDSHAKE_EVENTS, HandshakeRefusals, KeyPair, as_server, gatekeeper_of
+from common.wire.errors import ProtocolError
+from common.wire.link import LinkError, LinkSettings, close_all, shaped_push
+from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
+from common.wire.transport import pull, recv
 from services.scheduler.admission import Capacity, kv_bytes_per_token
 from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
@@ -79,7 +70,7 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
 
 
 def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPair | None = None) -> None:
-    """Serve until a client asks for shutdown; with ``own`` keys every socket is CURVE (common.curve)."""
+    """Serve until a client asks for shutdown; with ``own`` keys every socket is CURVE (common.wire.curve)."""
     core = build_core(spec)
     metrics = metrics or SchedulerMetrics()
     started = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from common.protocol import Ready
+from common.wire.reports import Ready
 
 if TYPE_CHECKING:
     from services.scheduler.core import Outbound, SchedulerCore

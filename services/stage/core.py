@@ -16,13 +16,16 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from common.modeling import KVCache, ModelSlice, causal_attend
-from common.modeling.cache_pool import CachePool
+from common.models.modeling import KVCache, ModelSlice, causal_attend
+from common.models.modeling.cache_pool import CachePool
 from common.observability.trace import span
-from common.ordering import OrderError, PruneLog, SequenceCheck
-from common.protocol import EndRequest, Message, Prune, Segment, StageStats, StartRequest
-from common.request_table import RequestTable
-from common.tree_mask import TreeMask
+from common.speculation.tree_mask import TreeMask
+from common.wire.codec import Message
+from common.wire.commands import EndRequest, Prune, StartRequest
+from common.wire.ordering import OrderError, PruneLog, SequenceCheck
+from common.wire.reports import StageStats
+from common.wire.request_table import RequestTable
+from common.wire.ring import Segment
 
 Outbound = tuple[str, Message]  # (destination, message): "next" is the ring successor
 

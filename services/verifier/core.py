@@ -14,12 +14,15 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from common.modeling import ModelSlice
+from common.models.modeling import ModelSlice
 from common.observability.trace import span
-from common.ordering import OrderError, PruneLog, SequenceCheck
-from common.protocol import EndRequest, Features, Message, Prune, Segment, StageStats, StartRequest, Verdict
-from common.request_table import RequestTable
-from common.verification import accept_greedy_ids, accept_sampling, sample_token
+from common.speculation.verification import accept_greedy_ids, accept_sampling, sample_token
+from common.wire.codec import Message
+from common.wire.commands import EndRequest, Prune, StartRequest
+from common.wire.ordering import OrderError, PruneLog, SequenceCheck
+from common.wire.reports import StageStats, Verdict
+from common.wire.request_table import RequestTable
+from common.wire.ring import Features, Segment
 
 Outbound = tuple[str, Message]
 

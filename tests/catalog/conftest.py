@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common import catalog, model_store
+from common.models import catalog
+from common.models import store as model_store
 from tests.catalog.fakes import FakeConverter, FakeModel, make_catalog_model
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from common import catalog, model_store
-from common.catalog import CatalogModel, PartSource
+from common.models import catalog
+from common.models import store as model_store
+from common.models.catalog import CatalogModel, PartSource
 
 
 @dataclass
@@ -44,7 +45,7 @@ class RecordingSink:
 
 @dataclass
 class FakeConverter:
-    """Stands in for common.modeling.convert: writes a small HF-shaped folder holding the GGUF's bytes."""
+    """Stands in for common.models.modeling.convert: writes a small HF-shaped folder holding the GGUF's bytes."""
 
     seen: list[bytes] = field(default_factory=list)
     fail: Callable[[Path], None] | None = None

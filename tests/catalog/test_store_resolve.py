@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from common import model_store
-from common.model_store import ModelNotPulledError, UnknownModelError
+from common.models import cache as model_cache
+from common.models import store as model_store
+from common.models.catalog import UnknownModelError
+from common.models.errors import ModelNotPulledError
 from tests.catalog.fakes import FakeModel
 
 
@@ -44,10 +46,10 @@ def test_alias_of_one_model_resolves_to_it(fake_model: FakeModel, home: Path) ->
 
 
 def test_pulled_name_resolves_and_lists(fake_model: FakeModel, home: Path) -> None:
-    assert model_store.list_cached() == []
+    assert model_cache.list_cached() == []
     model_store.pull("fake")
     assert model_store.resolve("fake-model") == home / "models" / "fake-model"
-    (cached,) = model_store.list_cached()
+    (cached,) = model_cache.list_cached()
     assert cached.name == "fake-model"
     assert cached.path == home / "models" / "fake-model"
     assert cached.dtype == "bfloat16"
@@ -64,7 +66,7 @@ def test_gguf_file_is_converted_once(fake_model: FakeModel, tmp_path: Path, home
     assert (first / "config.json").is_file()
     assert model_store.resolve(str(gguf)) == first
     assert len(fake_model.converter.seen) == 1
-    assert [m.name for m in model_store.list_cached()] == [first.name]
+    assert [m.name for m in model_cache.list_cached()] == [first.name]
 
 
 def test_other_files_are_unknown(tmp_path: Path) -> None:
@@ -76,4 +78,4 @@ def test_other_files_are_unknown(tmp_path: Path) -> None:
 
 def test_cache_root_defaults_to_user_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLOWRING_HOME")
-    assert model_store.cache_root() == Path.home() / ".cache" / "flowring"
+    assert model_cache.cache_root() == Path.home() / ".cache" / "flowring"

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from common.protocol import GenerateReply, StatusReply
-from common.settings import ClusterSpec, Placement
+from common.cluster.settings import ClusterSpec, Placement
+from common.wire.client import GenerateReply, StatusReply
 from services.cli import main
 from services.cli.main import app
 from services.launcher import free_ports

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from common.cluster.inventory import load_inventory
 from common.cluster.keys import CLIENT_NAME, create_keys, load_keys, with_keys
-from common.curve import CurveKeyError, load_key_pair
-from common.settings import ClusterSpec, Placement
+from common.cluster.settings import ClusterSpec, Placement
+from common.wire.curve import CurveKeyError, load_key_pair
 from services.cli.main import app
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "infra" / "lan.example.toml"

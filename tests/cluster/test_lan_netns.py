@@ -20,7 +20,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from common.cluster.keys import board_key_name, load_keys
-from common.settings import ClusterSpec
+from common.cluster.settings import ClusterSpec
 from services.cli.main import app
 from services.launcher import client_for
 from tests.support.netns import NetnsLan, unavailable
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 # argv[3] (none: a fresh pair, printed); it asks for the status once and says whether an answer came.
 KNOCK = """
 import sys, zmq, zmq.auth
-from common.protocol import StatusRequest, encode
+from common.wire import StatusRequest, encode
 endpoint, server_key, key_file = sys.argv[1:4]
 sock = zmq.Context.instance().socket(zmq.DEALER)
 sock.linger = 0
@@ -217,7 +217,7 @@ def _a_stranger_in_another_namespace_is_refused(lan: NetnsLan, spec: ClusterSpec
     events = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
     refusals = [(e["address"], e["public_key"]) for e in events if e["event"] == "peer_refused"]
     assert [r for r in refusals if r[1]] == [(lan.boards[1].address, stranger)]
-    # Refused in the handshake, before ZAP: its address when read in time, else "" (common.curve).
+    # Refused in the handshake, before ZAP: its address when read in time, else "" (common.wire.curve).
     plain = [r for r in refusals if not r[1]]
     assert 1 <= len(plain) <= 2 and {a for a, _ in plain} <= {lan.boards[1].address, ""}, plain
 

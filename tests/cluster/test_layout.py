@@ -13,7 +13,7 @@ from common.cluster.layout import (
     ports_of,
     service_bytes,
 )
-from common.partition import MIB, PartitionError, costs_from_shapes
+from common.cluster.partition import MIB, PartitionError, costs_from_shapes
 from tests.cluster.test_inventory import EXAMPLE
 
 LAYERS = 12

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from common.cluster.slices import build_slice, folder_digest, service_tensors
-from common.modeling import load_slice
-from common.modeling.loader import checkpoint_tensor_names
+from common.models.modeling import load_slice
+from common.models.modeling.loader import checkpoint_tensor_names
 from tests.support.tiny_models import make_tiny_model
 
 NAMES = ["lm_head.weight", "model.embed_tokens.weight", "model.norm.weight",

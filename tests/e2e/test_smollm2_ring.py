@@ -11,9 +11,10 @@ import re
 
 import pytest
 
-from common.model_store import ModelNotPulledError, resolve
-from common.modeling.tokenizer import encode_prompt, load_tokenizer
-from common.protocol import DraftSettings
+from common.models.errors import ModelNotPulledError
+from common.models.modeling.tokenizer import encode_prompt, load_tokenizer
+from common.models.store import resolve
+from common.speculation.modes import DraftSettings
 from services.launcher import client_for, plan_local, start, stop
 from tests.support.reference import greedy_reference
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.heads.model import DraftHead, new_head
+from common.speculation.heads.model import DraftHead, new_head
 from tests.support.tiny_models import make_tiny_model
 
 HIDDEN = 64

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.heads.corpus import (
+from common.speculation.heads.corpus import (
     BenchmarkLeakError,
     check_excludes_benchmarks,
     code_instructions,

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from common.drafting import TreeShape
-from common.heads import FeaturePairs, HeadTreeDrafter
-from common.heads.model import DraftHead, new_head
-from common.modeling import causal_attend
-from common.tree import single_root
+from common.models.modeling import causal_attend
+from common.speculation.drafting import TreeShape
+from common.speculation.heads import FeaturePairs, HeadTreeDrafter
+from common.speculation.heads.model import DraftHead, new_head
+from common.speculation.tree import single_root
 from tests.heads.conftest import HIDDEN
 
 
@@ -97,7 +97,7 @@ def test_context_in_chunks_equals_one_pass(head) -> None:
 
 def _session(head, monkeypatch, garbage_rows: int) -> list:
     """Draft, commit part of a drafted path, grow the kept subtree, repeat: the trees produced."""
-    from common.heads import drafter as drafter_module
+    from common.speculation.heads import drafter as drafter_module
 
     monkeypatch.setattr(drafter_module, "GARBAGE_ROWS", garbage_rows)
     pairs = _pairs(12, seed=4)

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.heads import HeadMismatchError, load_head, save_head
-from common.heads.model import DraftHead, new_head
-from common.modeling import causal_attend
-from common.modeling.loader import read_embedding_and_head
+from common.models.modeling import causal_attend
+from common.models.modeling.loader import read_embedding_and_head
+from common.speculation.heads import HeadMismatchError, load_head, save_head
+from common.speculation.heads.model import DraftHead, new_head
 from tests.heads.conftest import HIDDEN
 from tests.support.tiny_models import make_tiny_model
 

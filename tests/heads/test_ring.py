@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.heads import save_head
-from common.heads.model import new_head
-from common.protocol import DraftSettings
+from common.speculation.heads import save_head
+from common.speculation.heads.model import new_head
+from common.speculation.modes import DraftSettings
 from services.launcher import client_for, plan_local, start, stop
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference

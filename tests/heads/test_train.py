@@ -7,12 +7,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from common.drafting import TreeShape
-from common.heads import FeaturePairs, HeadTreeDrafter, load_head
-from common.heads import train as train_module
-from common.heads.distill import Sample
-from common.heads.model import new_head
-from common.heads.train import TrainingError, TrainSettings, train_head
+from common.speculation.drafting import TreeShape
+from common.speculation.heads import FeaturePairs, HeadTreeDrafter, load_head
+from common.speculation.heads import train as train_module
+from common.speculation.heads.distill import Sample
+from common.speculation.heads.model import new_head
+from common.speculation.heads.train import TrainingError, TrainSettings, train_head
 from services.cli.heads import app
 
 PROMPTS = [f"Write a Python function number {i} that adds {i} to its argument." for i in range(6)]
@@ -96,10 +96,10 @@ def test_a_head_that_memorised_its_data_is_accepted_in_the_ring(tmp_path: Path) 
     """Training's pairing of features and tokens is the ring's: a memorised continuation is drafted whole."""
     import time
 
-    from common.heads import save_head
-    from common.heads.distill import GenerationSettings, generate_shards, load_shards
-    from common.heads.evaluate import estimate_acceptance
-    from common.protocol import DraftSettings
+    from common.speculation.heads import save_head
+    from common.speculation.heads.distill import GenerationSettings, generate_shards, load_shards
+    from common.speculation.heads.evaluate import estimate_acceptance
+    from common.speculation.modes import DraftSettings
     from tests.support.local_ring import LocalRing
     from tests.support.tiny_models import make_tiny_model
 

@@ -13,7 +13,9 @@ from dataclasses import replace
 
 import pytest
 
-from common.protocol import DraftReport, DraftSettings, Segment
+from common.speculation.modes import DraftSettings
+from common.wire.reports import DraftReport
+from common.wire.ring import Segment
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference
 from tests.support.tiny_models import make_perturbed_copy, make_tiny_pair
@@ -83,7 +85,7 @@ def test_trees_agree_at_every_epoch_and_output_is_greedy(models, stages, seed, a
 
 
 def test_concurrent_requests_draft_ahead_and_stay_exact(models):
-    from common.protocol import GenerateRequest
+    from common.wire.client import GenerateRequest
 
     base, near = models
     ring = LocalRing(base, near, 2, settings=TREES, interleave_seed=5)

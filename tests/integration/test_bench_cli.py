@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from common.protocol import MODES, GenerateReply
-from common.settings import ClusterSpec
+from common.cluster.settings import ClusterSpec
+from common.speculation.modes import MODES
+from common.wire.client import GenerateReply
 from services.cli import bench
 from services.launcher import plan_local, start, stop
 from tests.support.tiny_models import make_tiny_pair

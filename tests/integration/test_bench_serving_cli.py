@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from common.settings import ClusterSpec
+from common.cluster.settings import ClusterSpec
 from services.cli import bench
 from services.launcher import plan_local, start, stop
 from tests.support.tiny_models import make_tiny_pair

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.modeling import load_slice
-from common.protocol import DraftSettings
+from common.models.modeling import load_slice
+from common.speculation.modes import DraftSettings
 from tests.support.local_ring import LocalRing
 from tests.support.tiny_models import make_perturbed_copy, make_tiny_pair
 

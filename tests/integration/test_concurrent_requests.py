@@ -6,8 +6,10 @@ import random
 
 import pytest
 
-from common.protocol import DraftSettings, GenerateRequest, Segment
-from common.settings import Admission
+from common.cluster.settings import Admission
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateRequest
+from common.wire.ring import Segment
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference
 from tests.support.tiny_models import make_perturbed_copy, make_tiny_pair

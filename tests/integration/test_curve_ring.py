@@ -15,9 +15,10 @@ import pytest
 import zmq
 
 from common.cluster.keys import board_key_name, create_keys, load_keys, with_keys
-from common.curve import ClientCurve, KeyPair
-from common.protocol import DraftSettings, Shutdown
-from common.transport import push, send
+from common.speculation.modes import DraftSettings
+from common.wire.commands import Shutdown
+from common.wire.curve import ClientCurve, KeyPair
+from common.wire.transport import push, send
 from services.client import Client, ClusterUnavailable
 from services.launcher import client_for, plan_local, start, stop
 from tests.support.reference import assert_greedy_on_random_prompts

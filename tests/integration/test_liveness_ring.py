@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from common.protocol import DraftSettings
-from common.settings import Timeouts
+from common.cluster.settings import Timeouts
+from common.speculation.modes import DraftSettings
 from services.launcher import client_for, plan_local, start, stop
 from tests.support.reference import greedy_reference
 from tests.support.tiny_models import make_tiny_pair

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from common.protocol import DraftSettings
+from common.speculation.modes import DraftSettings
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference
 from tests.support.tiny_models import make_tiny_pair

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.protocol import DraftSettings
+from common.speculation.modes import DraftSettings
 from services.launcher import client_for, free_ports, plan_local, start, stop
 from tests.support.tiny_models import make_tiny_pair
 

@@ -15,10 +15,11 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from common.modeling import load_tokenizer
-from common.modeling.tokenizer import encode_chat
-from common.protocol import DraftSettings, GenerateChunk
-from common.settings import Admission
+from common.cluster.settings import Admission
+from common.models.modeling import load_tokenizer
+from common.models.modeling.tokenizer import encode_chat
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateChunk
 from services.cli.main import app
 from services.launcher import client_for, free_ports, plan_local, start, stop
 from tests.support.reference import long_running_prompt

@@ -6,7 +6,7 @@ import re
 
 from typer.testing import CliRunner
 
-from common.draft_vocab import draft_vocabulary
+from common.speculation.draft_vocab import draft_vocabulary
 from services.cli.main import app
 from tests.support.tiny_models import make_tiny_model
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.protocol import DraftSettings, GenerateChunk, GenerateReply, GenerateRequest
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateChunk, GenerateReply, GenerateRequest
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference, long_running_prompt
 from tests.support.tiny_models import make_tiny_pair

@@ -10,8 +10,9 @@ import signal
 
 import pytest
 
-from common.protocol import DraftSettings, GenerateChunk, GenerateReply
-from common.settings import Timeouts
+from common.cluster.settings import Timeouts
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateChunk, GenerateReply
 from services.launcher import client_for, plan_local, start, stop
 from tests.support.reference import greedy_reference, long_running_prompt
 from tests.support.tiny_models import make_tiny_pair

@@ -9,7 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from common.protocol import DraftSettings, Prune, Segment
+from common.speculation.modes import DraftSettings
+from common.wire.commands import Prune
+from common.wire.ring import Segment
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference
 from tests.support.sampling import assert_sampling_follows_base

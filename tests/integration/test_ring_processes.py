@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from typer.testing import CliRunner
 
-from common.protocol import DraftSettings
-from common.settings import ClusterSpec
+from common.cluster.settings import ClusterSpec
+from common.speculation.modes import DraftSettings
 from services.cli.main import app
 from services.launcher import client_for, free_ports, plan_local, start, stop
 from tests.support.processes import process_environment

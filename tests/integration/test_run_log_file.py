@@ -10,8 +10,10 @@ from pathlib import Path
 
 import zmq
 
-from common.protocol import Heartbeat, Ready, Shutdown, decode, encode
-from common.settings import Timeouts
+from common.cluster.settings import Timeouts
+from common.wire.codec import decode, encode
+from common.wire.commands import Shutdown
+from common.wire.reports import Heartbeat, Ready
 from services.launcher import plan_local
 from tests.support.tiny_models import make_tiny_pair
 

@@ -11,8 +11,9 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from common.protocol import DraftSettings, GenerateChunk, GenerateReply
-from common.settings import Admission
+from common.cluster.settings import Admission
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateChunk, GenerateReply
 from services.cli.main import app
 from services.launcher import client_for, plan_local, start, stop
 from tests.support.reference import greedy_reference, long_running_prompt

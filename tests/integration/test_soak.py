@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from common.protocol import DraftSettings, GenerateReply
-from common.settings import Timeouts
+from common.cluster.settings import Timeouts
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateReply
 from services.launcher import client_for, plan_local, start, stop
 from tests.support.reference import greedy_reference
 from tests.support.tiny_models import EOS_ID, make_tiny_pair

@@ -1,7 +1,7 @@
 import torch
 
-from common.modeling import KVCache
-from common.modeling.cache_pool import CachePool
+from common.models.modeling import KVCache
+from common.models.modeling.cache_pool import CachePool
 
 
 def _cache() -> KVCache:

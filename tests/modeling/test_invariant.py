@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.modeling import ModelSlice, causal_attend, invariant, load_slice
+from common.models.modeling import ModelSlice, causal_attend, invariant, load_slice
 from tests.support.tiny_models import make_tiny_model
 
 BF16 = torch.bfloat16

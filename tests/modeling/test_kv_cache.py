@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.modeling import KVCache
+from common.models.modeling import KVCache
 
 LAYERS, HEADS, DIM = 3, 2, 4
 

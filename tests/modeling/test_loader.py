@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.modeling import (
+from common.models.modeling import (
     CheckpointError,
     ModelSpec,
     UnsupportedModelError,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from common.modeling import KVCache, ModelSlice, causal_attend, load_slice
+from common.models.modeling import KVCache, ModelSlice, causal_attend, load_slice
 from tests.support.tiny_models import EOS_ID, make_tiny_model
 
 VOCAB = 320

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.modeling import (
+from common.models.modeling import (
     CheckpointError,
     TokenizerMismatchError,
     check_same_tokenizer,

@@ -9,9 +9,9 @@ fit reads (forwards, the drafter's drafts and sends), laid out one after another
 from __future__ import annotations
 
 from common.observability.trace import SPAN_KINDS
-from common.projection import ForwardCost
-from common.projection_fit import Hops
-from common.tree import segment_sizes
+from common.projection.fit import Hops
+from common.projection.ring import ForwardCost
+from common.speculation.tree import segment_sizes
 
 LAYERS = 8
 LAYER = ForwardCost(2.0, 0.1)  # per layer: 2 ms a forward + 0.1 ms a row

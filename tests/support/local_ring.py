@@ -17,23 +17,17 @@ from pathlib import Path
 
 import torch
 
-from common.drafting import ModelDrafters
-from common.heads import load_head
-from common.heads.context import HeadDrafters
-from common.modeling import load_model_spec, load_slice
-from common.partition import even_split
-from common.protocol import (
-    DraftSettings,
-    Fault,
-    GenerateReply,
-    GenerateRequest,
-    Message,
-    ProtocolError,
-    Ready,
-    decode,
-    encode,
-)
-from common.settings import Admission
+from common.cluster.partition import even_split
+from common.cluster.settings import Admission
+from common.models.modeling import load_model_spec, load_slice
+from common.speculation.drafting import ModelDrafters
+from common.speculation.heads import load_head
+from common.speculation.heads.context import HeadDrafters
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateReply, GenerateRequest
+from common.wire.codec import Message, decode, encode
+from common.wire.errors import ProtocolError
+from common.wire.reports import Fault, Ready
 from services.drafter.core import DrafterCore
 from services.scheduler.admission import Capacity
 from services.scheduler.core import CLIENT, SchedulerCore

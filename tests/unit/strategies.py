@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
-from common.tree import DraftTree
+from common.speculation.tree import DraftTree
 
 
 @st.composite

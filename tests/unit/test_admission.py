@@ -6,8 +6,10 @@ import math
 
 import pytest
 
-from common.protocol import DraftSettings, EndRequest, GenerateReply, GenerateRequest, StartRequest
-from common.settings import Admission
+from common.cluster.settings import Admission
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateReply, GenerateRequest
+from common.wire.commands import EndRequest, StartRequest
 from services.scheduler.admission import Capacity, busy_reason, invalid_reason, kv_need_bytes, tree_nodes
 from services.scheduler.core import SchedulerCore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.bench_report import RunRecord, agreement, decode_rate, service_order, summarize
+from common.observability.bench_report import RunRecord, agreement, decode_rate, service_order, summarize
 
 
 def _stats(new, decode_ms, wall_ms, steps, accepted, per_step, rounds, noops, drafter_ms, busy):

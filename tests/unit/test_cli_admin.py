@@ -11,8 +11,9 @@ import pytest
 import zmq
 from typer.testing import CliRunner
 
-from common.protocol import PROTOCOL_VERSION, ServiceHealth, StatusReply, StatusRequest, decode, encode
-from common.settings import ClusterSpec, Placement
+from common.cluster.settings import ClusterSpec, Placement
+from common.wire.client import ServiceHealth, StatusReply, StatusRequest
+from common.wire.codec import PROTOCOL_VERSION, decode, encode
 from services.cli import logs as logs_cli
 from services.cli import status as status_cli
 from services.cli.main import app

@@ -7,7 +7,8 @@ import threading
 import pytest
 import zmq
 
-from common.protocol import CancelRequest, GenerateChunk, GenerateReply, GenerateRequest, decode, encode
+from common.wire.client import CancelRequest, GenerateChunk, GenerateReply, GenerateRequest
+from common.wire.codec import decode, encode
 from services.client import Client
 
 

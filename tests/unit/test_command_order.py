@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.ordering import CommandOrder
+from common.wire.ordering import CommandOrder
 
 
 @pytest.mark.parametrize(

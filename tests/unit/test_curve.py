@@ -9,7 +9,12 @@ import pytest
 import structlog
 import zmq
 
-from common.curve import (
+from common.cluster.keys import admitted_keys
+from common.cluster.settings import ClusterSpec, Curve, Placement
+from common.wire.client import GenerateReply, GenerateRequest
+from common.wire.codec import decode, encode
+from common.wire.commands import Shutdown
+from common.wire.curve import (
     CLIENT,
     RING,
     ClientCurve,
@@ -17,13 +22,10 @@ from common.curve import (
     HandshakeRefusals,
     KeyPair,
     RefusalLog,
-    admitted_keys,
     as_client,
     as_server,
 )
-from common.protocol import GenerateReply, GenerateRequest, Shutdown, decode, encode
-from common.settings import ClusterSpec, Curve, Placement
-from common.transport import pull, push, recv, send
+from common.wire.transport import pull, push, recv, send
 from services.api.ring import exchange
 from services.client import Client
 

@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 import torch
 
-from common.draft_vocab import DraftLogits, draft_vocabulary, most_frequent_ids
-from common.heads.corpus import source_texts
-from common.modeling import load_slice
-from common.modeling.tokenizer import load_tokenizer
+from common.models.modeling import load_slice
+from common.models.modeling.tokenizer import load_tokenizer
+from common.speculation.draft_vocab import DraftLogits, draft_vocabulary, most_frequent_ids
+from common.speculation.heads.corpus import source_texts
 from tests.support.tiny_models import BOS_ID, EOS_ID, UNK_ID, make_tiny_model
 
 
@@ -41,7 +41,7 @@ def test_a_draft_models_vocabulary_is_counted_once_and_saved_beside_it(tmp_path,
     counts = Counter(t for text in source_texts(20_000) for t in tokenizer(text)["input_ids"])
     assert {t for t, _ in counts.most_common(10)} <= set(ids.tolist())
     assert (model_dir / "draft_vocab_64.pt").is_file()
-    monkeypatch.setattr("common.heads.corpus.source_texts", lambda *a, **k: pytest.fail("counted again"))
+    monkeypatch.setattr("common.speculation.heads.corpus.source_texts", lambda *a, **k: pytest.fail("counted again"))
     assert torch.equal(draft_vocabulary(model_dir, 64), ids)
     assert draft_vocabulary(model_dir, 0) is None
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from common.drafting import TreeShape, best_leaves
-from common.protocol import DraftReport, DraftSettings, Expand, Prune, Segment, StartRequest
-from common.tree import DraftTree, single_root
+from common.speculation.drafting import TreeShape, best_leaves
+from common.speculation.modes import DraftSettings
+from common.speculation.tree import DraftTree, single_root
+from common.wire.commands import Expand, Prune, StartRequest
+from common.wire.reports import DraftReport
+from common.wire.ring import Segment
 from services.drafter.core import DrafterCore
 
 # One level per growth from the best leaf, two children kept: every step is predictable.

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from common.drafting import ModelDrafters, TreeDrafter, TreeShape
-from common.modeling import KVCache, load_slice
-from common.tree import DraftTree, plan_prune, prune_tree
+from common.models.modeling import KVCache, load_slice
+from common.speculation.drafting import ModelDrafters, TreeDrafter, TreeShape
+from common.speculation.tree import DraftTree, plan_prune, prune_tree
 from tests.support.tiny_models import make_tiny_model
 
 SHAPE = TreeShape(nodes=10, depth=4, top_k=3)
@@ -85,7 +85,7 @@ def test_kept_rows_grow_the_same_trees_as_reforwarding(draft_model) -> None:
 def test_kept_rows_grow_the_same_levels_as_reforwarding(draft_model) -> None:
     """PipeDec growth, and a re-draft merged over kept rows, from the same root."""
     kept, reforward = _started(draft_model), _started(draft_model, keep=False)
-    from common.tree import single_root
+    from common.speculation.tree import single_root
 
     tree_k = tree_r = single_root(PROMPT[-1])
     for _ in range(4):

@@ -2,7 +2,7 @@
 
 The schedule (when each message leaves and arrives) is decided by pure code and tested exactly; over
 real PUSH/PULL sockets the tests check order, content and that nothing arrives early, never how late
-a loaded machine makes it (that is for ``python -m common.link``, a benchmark).
+a loaded machine makes it (that is for ``python -m common.wire.link``, a benchmark).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import zmq
 from typer.testing import CliRunner
 
-from common.link import (
+from common.wire.link import (
     LinkClosedError,
     LinkError,
     LinkSettings,

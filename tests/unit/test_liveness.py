@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from common.protocol import Heartbeat, Ready
-from common.settings import ClusterSpec, Placement
+from common.cluster.settings import ClusterSpec, Placement
+from common.wire.reports import Heartbeat, Ready
 from services.scheduler.liveness import Liveness
 
 SPEC = ClusterSpec(

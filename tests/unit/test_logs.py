@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from common import logs
+from common.observability import logs
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.machine_defaults import choose_mode, thread_environment
+from common.cluster.machine_defaults import choose_mode, thread_environment
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
-from common.protocol import Expand, ProtocolError, Prune
-from common.tree import remap_rows
+from common.speculation.tree import remap_rows
+from common.wire.commands import Expand, Prune
+from common.wire.errors import ProtocolError
+from common.wire.ordering import EarlyMessages, OrderError, PruneLog, SequenceCheck
 
 
 def event(epoch: int, keep: tuple[int, ...] = (1, 2), round_: int = 0) -> Prune:

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from common.modeling import load_slice
-from common.partition import (
+from common.cluster.partition import (
     Host,
     HostsFileError,
     LayerCosts,
@@ -25,6 +24,7 @@ from common.partition import (
     parse_hosts,
     plan_partition,
 )
+from common.models.modeling import load_slice
 from tests.support.tiny_models import make_tiny_model
 
 MIB = 1024 * 1024

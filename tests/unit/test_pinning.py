@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.settings import ClusterSpec, Placement
+from common.cluster.settings import ClusterSpec, Placement
 from services.bench.pinning import PinError, pin_services, stage_cpus
 
 

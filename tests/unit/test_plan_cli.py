@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from common.partition import layer_costs
+from common.cluster.partition import layer_costs
 from services.cli import plan
 from tests.support.tiny_models import make_tiny_model
 

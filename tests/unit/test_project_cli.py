@@ -7,8 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from common.observability.trace import SPAN_KINDS
-from common.projection_ahead import DRAINING_LOOP
-from common.projection_fit import fit_run, with_drafter_loop
+from common.projection.ahead import DRAINING_LOOP
+from common.projection.fit import fit_run, with_drafter_loop
 from services.cli import project
 from tests.support.bench_runs import ar_step_ms, make_run
 

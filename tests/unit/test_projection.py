@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from common.link import LinkSettings
-from common.projection import Boards, Job, Messages, ProjectionError, Round, relative_error, ring_ms
-from common.projection_fit import fit_run
-from common.projection_modes import project, request_ms, request_rounds
+from common.projection.fit import fit_run
+from common.projection.modes import project, request_ms, request_rounds
+from common.projection.ring import Boards, Job, Messages, ProjectionError, Round, relative_error, ring_ms
+from common.wire.link import LinkSettings
 from tests.support.bench_runs import HEAD, HOPS, LAYER, LAYERS, ar_step_ms, make_run
 
 QUIET = Messages(verdict_ms=0.0, expand_ms=0.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.projection import Ahead, Job, Messages, ProjectionError, Round, ring_ms
-from common.projection_ahead import draft_ahead
+from common.projection.ahead import draft_ahead
+from common.projection.ring import Ahead, Job, Messages, ProjectionError, Round, ring_ms
 
 QUIET = Messages(verdict_ms=0.0, expand_ms=0.0)
 STEP, NOOP = True, False

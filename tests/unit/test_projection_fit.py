@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from common.observability.trace import SPAN_KINDS
-from common.projection import ProjectionError
-from common.projection_fit import Expansion, expansions, fit_linear, fit_per_group, fit_run
+from common.projection.fit import Expansion, expansions, fit_linear, fit_per_group, fit_run
+from common.projection.ring import ProjectionError
 from tests.support.bench_runs import DRAFT_MS, HEAD, HOPS, LAYER, make_run
 
 

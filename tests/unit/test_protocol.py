@@ -11,34 +11,22 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.protocol import (
-    PROTOCOL_VERSION,
+from common.speculation.modes import DraftSettings
+from common.wire.client import (
     REPLY_CODES,
     CancelRequest,
-    DraftReport,
-    DraftSettings,
-    EndRequest,
-    Expand,
-    Fault,
-    Features,
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
-    Heartbeat,
-    ProtocolError,
-    Prune,
-    Ready,
-    Segment,
     ServiceHealth,
-    Shutdown,
-    StageStats,
-    StartRequest,
     StatusReply,
     StatusRequest,
-    Verdict,
-    decode,
-    encode,
 )
+from common.wire.codec import PROTOCOL_VERSION, decode, encode
+from common.wire.commands import EndRequest, Expand, Prune, Shutdown, StartRequest
+from common.wire.errors import ProtocolError
+from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
+from common.wire.ring import Features, Segment
 
 ROUNDTRIP = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64]
@@ -165,7 +153,7 @@ def test_roundtrip_every_message(msg) -> None:
 
 
 def test_every_message_type_is_covered() -> None:
-    from common.protocol import _TYPES
+    from common.wire.codec import _TYPES
 
     covered = {
         Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Heartbeat,

@@ -13,34 +13,21 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.protocol import (
-    _TYPES,
+from common.speculation.modes import DraftSettings
+from common.wire.client import (
     CancelRequest,
-    DraftReport,
-    DraftSettings,
-    EndRequest,
-    Expand,
-    Fault,
-    Features,
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
-    Heartbeat,
-    Message,
-    ProtocolError,
-    Prune,
-    Ready,
-    Segment,
     ServiceHealth,
-    Shutdown,
-    StageStats,
-    StartRequest,
     StatusReply,
     StatusRequest,
-    Verdict,
-    decode,
-    encode,
 )
+from common.wire.codec import _TYPES, Message, decode, encode
+from common.wire.commands import EndRequest, Expand, Prune, Shutdown, StartRequest
+from common.wire.errors import ProtocolError
+from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
+from common.wire.ring import Features, Segment
 
 pytestmark = pytest.mark.fuzz
 FUZZ = settings(max_examples=10_000, deadline=None, database=None,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from common.protocol import DraftSettings, EndRequest, GenerateRequest, StartRequest, Verdict
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateRequest
+from common.wire.commands import EndRequest, StartRequest
+from common.wire.reports import Verdict
 from services.scheduler.admission import Capacity
 from services.scheduler.core import SchedulerCore, TextCodec
 from services.scheduler.replay import Outage, Replays, attempt_id, request_id_of

@@ -1,5 +1,5 @@
-from common.protocol import Expand
-from common.request_table import RequestTable
+from common.wire.commands import Expand
+from common.wire.request_table import RequestTable
 
 
 def test_messages_before_start_are_replayed_at_start() -> None:

@@ -15,24 +15,13 @@ import structlog
 import torch
 import zmq
 
-from common.link import shaped_push
+from common.cluster.settings import Timeouts
 from common.observability.metrics import ServiceMetrics
-from common.protocol import (
-    PROTOCOL_VERSION,
-    EndRequest,
-    Fault,
-    Heartbeat,
-    Message,
-    Ready,
-    Segment,
-    Shutdown,
-    StageStats,
-    StartRequest,
-    Verdict,
-    decode,
-    encode,
-)
-from common.settings import Timeouts
+from common.wire.codec import PROTOCOL_VERSION, Message, decode, encode
+from common.wire.commands import EndRequest, Shutdown, StartRequest
+from common.wire.link import shaped_push
+from common.wire.reports import Fault, Heartbeat, Ready, StageStats, Verdict
+from common.wire.ring import Segment
 from services.runtime import CoreHooks, ServiceSockets, serve
 
 TIMEOUTS = Timeouts(poll_interval_s=0.05, heartbeat_interval_s=0.05)

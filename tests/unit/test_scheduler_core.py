@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from common.ordering import OrderError
-from common.protocol import DraftReport, DraftSettings, Expand, GenerateRequest, Prune, Verdict
+from common.speculation.modes import DraftSettings
+from common.wire.client import GenerateRequest
+from common.wire.commands import Expand, Prune
+from common.wire.ordering import OrderError
+from common.wire.reports import DraftReport, Verdict
 from services.scheduler.core import SchedulerCore
 
 SERVICES = ["drafter", "stage-1", "verifier"]

@@ -1,4 +1,4 @@
-from common.text_stream import TextStream
+from common.models.text_stream import TextStream
 
 WORDS = {1: "Hel", 2: "lo", 3: " wor", 4: "ld"}
 

@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.ordering import PruneLog
-from common.protocol import Prune
-from common.tree import (
+from common.speculation.tree import (
     DraftTree,
     RemappedRows,
     Renumbering,
@@ -25,6 +23,8 @@ from common.tree import (
     segment_sizes,
     single_root,
 )
+from common.wire.commands import Prune
+from common.wire.ordering import PruneLog
 from tests.unit.strategies import (
     next_tokens,
     path_to,

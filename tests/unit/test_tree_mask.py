@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.tree import ancestor_sets, plan_prune, prune_tree
-from common.tree_mask import TreeMask
+from common.speculation.tree import ancestor_sets, plan_prune, prune_tree
+from common.speculation.tree_mask import TreeMask
 from tests.unit.strategies import next_tokens, root_paths, trees
 
 

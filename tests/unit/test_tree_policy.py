@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.tree_policy import MAX_LEVELS, Acceptance, GrowthShape, growth_shape, observe
+from common.speculation.tree_policy import MAX_LEVELS, Acceptance, GrowthShape, growth_shape, observe
 
 BASE = GrowthShape(levels=3, leaves=4, width=12)
 

@@ -11,8 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from common.tree import DraftTree
-from common.verification import Acceptance, accept_greedy, accept_sampling, sample_token, target_probs
+from common.speculation.tree import DraftTree
+from common.speculation.verification import (
+    Acceptance,
+    accept_greedy,
+    accept_sampling,
+    sample_token,
+    target_probs,
+)
 from tests.unit.strategies import trees
 
 VOCAB = 6

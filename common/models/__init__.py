@@ -1,0 +1,1 @@
+"""Models: the catalog, the local model store (pull, resolve), and our decoder slices (modeling)."""

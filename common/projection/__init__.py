@@ -1,0 +1,1 @@
+"""Projection: an event-level model of the ring, fitted to measured runs, projected to other sizes."""

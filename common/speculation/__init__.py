@@ -1,0 +1,1 @@
+"""Speculation: draft trees, tree masks, tree policy, drafting (model and heads), verification."""

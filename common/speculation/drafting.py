@@ -1,0 +1,274 @@
+"""Building draft trees with a draft model (EAGLE-2 style top-k expansion, score-ordered output).
+
+The draft model keeps a KV cache over the committed context (prompt and every output token, the
+current root included) followed by the rows of expanded tree nodes (``common.speculation.draft_rows``): a growth
+forwards only the nodes that lack a row, and committing accepted tokens turns their rows into context
+by compaction. A draft grows level by level from the root: the ``top_k`` best children of every
+frontier node are candidates with cumulative log-probability scores; the ``top_k`` best candidates
+form the next frontier. The ``nodes`` best candidates overall, ancestor-closed, ordered by score (ties
+by creation order) form the tree, so parents precede children and the likeliest nodes are streamed
+first. With a reduced draft vocabulary (``common.speculation.draft_vocab``) only its tokens are proposed.
+
+The draft is deterministic (top-k): verification needs no draft probabilities, at any temperature
+(``common.speculation.verification``), so a reduced vocabulary changes which tokens are proposed, never the output
+distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from common.models.modeling import KVCache, ModelSlice
+from common.models.modeling.cache_pool import CachePool
+from common.speculation.draft_rows import Path, TreeRows
+from common.speculation.draft_vocab import DraftLogits
+from common.speculation.tree import DraftTree
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    nodes: int  # draft nodes below the root
+    depth: int  # levels below the root
+    top_k: int
+
+
+class TreeDrafter:
+    """A draft model with one request's cache; ``draft`` and ``grow`` never change the committed context.
+
+    Several requests share the model, each through its own TreeDrafter over its own cache.
+    ``keep_tree_rows=False`` drops the tree rows after every draft or growth, so each growth
+    re-forwards its nodes' ancestors and committed tokens are forwarded again (the cost without kept rows).
+    """
+
+    def __init__(
+        self, model: ModelSlice, cache: KVCache | None = None, *, logits: DraftLogits | None = None,
+        keep_tree_rows: bool = True,
+    ) -> None:
+        assert model.with_embedding and model.with_head, "the draft model must be whole"
+        self._model = model
+        self._logits = logits or DraftLogits(model)
+        self._cache: KVCache = cache if cache is not None else model.new_cache()
+        self._rows = TreeRows(self._cache)
+        self._keep = keep_tree_rows
+        self._root_hidden: Tensor | None = None  # [H] at the last committed token
+        self.rows_forwarded = 0  # rows run through the draft model, committed tokens and tree nodes
+
+    @property
+    def model(self) -> ModelSlice:
+        return self._model
+
+    @property
+    def cache(self) -> KVCache:
+        return self._cache
+
+    @property
+    def context_length(self) -> int:
+        """Committed tokens in the draft cache (tree rows excluded)."""
+        return self._rows.committed
+
+    @property
+    def tree_rows(self) -> int:
+        """Tree nodes whose rows the draft cache holds after the committed context."""
+        return len(self._rows)
+
+    def reset(self) -> None:
+        self._cache.reset()
+        self._rows.reset()
+        self._root_hidden = None
+
+    @torch.no_grad()
+    def extend_context(self, tokens: Sequence[int], chunk: int = 64) -> None:
+        """Commit tokens (prefill and accepted tokens): cached tree rows are adopted, the rest forwarded."""
+        rest = self._commit(tokens)
+        for start in range(0, len(rest), chunk):
+            self._forward(rest[start : start + chunk], [])
+
+    @torch.no_grad()
+    def draft(self, root: int, shape: TreeShape) -> DraftTree:
+        """A tree rooted at ``root``, which must be the last token of the committed context."""
+        assert self._root_hidden is not None and shape.nodes >= 1 and shape.depth >= 1 and shape.top_k >= 1
+        k = shape.top_k
+        pool = CandidatePool(root)
+        created: set[Path] = set()
+        frontier = [0]
+        for _ in range(shape.depth):
+            frontier_paths = [pool.paths[i] for i in frontier]
+            created.update(self._rows.missing(frontier_paths))
+            self._forward((), frontier_paths)
+            frontier = pool.expand(frontier, *self._proposals(self._hidden(frontier_paths), k), keep=k)
+        tree = pool.tree(shape.nodes)
+        self._rows.discard(created - set(tree_paths(tree)))  # expanded, but left out of the tree
+        self._end_step()
+        return tree
+
+    def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: Sequence[int] = ()) -> DraftTree:
+        """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""
+        return self.grow(tree, deepest_nodes(tree), width, top_k, pending)
+
+    def grow_best(
+        self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
+    ) -> DraftTree:
+        """Best-first growth: children of the ``leaves`` best-scoring leaves, ``width`` best kept.
+
+        One draft forward per step instead of a re-draft of ``depth`` sequential forwards: what a
+        draft model that is not a one-layer EAGLE head can afford on every pipeline step.
+        """
+        return self.grow(tree, best_leaves(tree, leaves), width, top_k, pending)
+
+    @torch.no_grad()
+    def grow(
+        self, tree: DraftTree, frontier: list[int], width: int, top_k: int, pending: Sequence[int] = ()
+    ) -> DraftTree:
+        """Append the ``width`` best new children of ``frontier`` nodes (by cumulative score).
+
+        ``pending``: committed tokens not yet in the draft cache, ending with the tree's root; they are
+        committed first (cached rows adopted) and the rest ride in the same forward as the new tree
+        rows, so a step costs one draft forward in all. Children the tree already has are not proposed again.
+        """
+        assert len(tree) >= 1 and frontier
+        assert not pending or pending[-1] == tree.tokens[0], "pending tokens end with the root"
+        rest = self._commit(pending)
+        paths = tree_paths(tree)
+        wanted = [paths[f] for f in frontier]
+        self._forward(rest, wanted)
+        values, tokens = self._proposals(self._hidden(wanted), top_k + 1)  # one spare for a known child
+        existing = {(p, t) for p, t in zip(tree.parents, tree.tokens, strict=True)}
+        candidates = []
+        for f, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
+            fresh = [(v, t) for v, t in zip(row_values, row_tokens, strict=True) if (f, t) not in existing][:top_k]
+            for value, token in fresh:
+                candidates.append((tree.scores[f] + value, len(candidates), token, f))
+        candidates.sort(key=lambda c: (-c[0], c[1]))
+        best = candidates[:width]
+        self._end_step()
+        return tree.appended([c[2] for c in best], [c[3] for c in best], [c[0] for c in best])
+
+    def _commit(self, tokens: Sequence[int]) -> list[int]:
+        """Adopt the cached rows of the path ``tokens`` starts with; returns the tokens still to forward."""
+        adopted, hidden = self._rows.commit(tokens)
+        if hidden is not None:
+            self._root_hidden = hidden
+        return list(tokens[adopted:])
+
+    def _forward(self, pending: Sequence[int], paths: list[Path]) -> None:
+        """At most one forward: the pending committed tokens (causal, they join the context), then the
+        rows that ``paths`` and their ancestors lack (tree mask, kept in the tree region)."""
+        new = self._rows.missing(paths)
+        p, n, t = len(pending), len(new), len(self._rows)
+        if not (p or n):
+            return
+        assert not (p and t), "committed tokens cannot follow kept tree rows"
+        past = self._rows.committed
+        attend = torch.zeros(p + n, past + p + t + n, dtype=torch.bool)
+        attend[:p, :past] = True
+        attend[:p, past : past + p] = torch.ones(p, p, dtype=torch.bool).tril()
+        attend[p:, : past + p] = True
+        if n:
+            attend[p:, past + p :] = self._rows.tree_attend(new)
+        root_position = past + p - 1
+        positions = torch.tensor([*range(past, past + p), *(root_position + len(q) for q in new)])
+        ids = torch.tensor([*pending, *(q[-1] for q in new)], dtype=torch.long)
+        hidden = self._model(ids, positions, attend, self._cache)  # [p + n, H]
+        self.rows_forwarded += p + n
+        if p:
+            self._rows.committed += p
+            self._root_hidden = hidden[p - 1]
+        self._rows.add(new, hidden[p:])
+
+    def _hidden(self, paths: list[Path]) -> Tensor:
+        """Final hidden states ``[len(paths), H]`` at tree nodes with rows (the root's path: ``()``)."""
+        assert self._root_hidden is not None, "the draft model has no context yet"
+        return torch.stack([self._root_hidden if not q else self._rows.hidden(q) for q in paths])
+
+    def _proposals(self, hidden: Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
+        """Top-``k`` log-probabilities and full-vocabulary token ids per hidden row."""
+        logp = torch.log_softmax(self._logits(hidden), dim=-1)  # [F, draft_vocab]
+        top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+        return top.values.tolist(), self._logits.token_ids(top.indices)
+
+    def _end_step(self) -> None:
+        if not self._keep:
+            self._rows.drop()
+
+
+class ModelDrafters:
+    """Per-request TreeDrafters over one shared draft model; their context caches are pooled."""
+
+    def __init__(self, model: ModelSlice, draft_ids: Tensor | None = None) -> None:
+        """``draft_ids``: a reduced draft vocabulary, the only tokens proposed (None: every token)."""
+        self._model = model
+        self._logits = DraftLogits(model, draft_ids)
+        self._caches = CachePool(model.new_cache)
+
+    def take(self) -> TreeDrafter:
+        return TreeDrafter(self._model, self._caches.take(), logits=self._logits)
+
+    def give(self, drafter: TreeDrafter) -> None:
+        self._caches.give(drafter.cache)
+
+
+class CandidatePool:
+    """Every node a draft proposed, from the root down; creation order breaks score ties, so a parent
+    always sorts before its child. ``paths`` name nodes by their tokens below the root."""
+
+    def __init__(self, root: int) -> None:
+        self.tokens, self.parents, self.scores = [root], [-1], [0.0]
+        self.paths: list[Path] = [()]
+
+    def expand(self, frontier: list[int], values: list[list[float]], tokens: list[list[int]], keep: int) -> list[int]:
+        """Add each frontier node's proposed children (log-probabilities ``values``); the ``keep`` best
+        new candidates by cumulative score are the next frontier."""
+        candidates = []
+        for parent, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
+            for value, token in zip(row_values, row_tokens, strict=True):
+                candidates.append(len(self.tokens))
+                self.tokens.append(token)
+                self.parents.append(parent)
+                self.scores.append(self.scores[parent] + value)
+                self.paths.append((*self.paths[parent], token))
+        candidates.sort(key=lambda i: (-self.scores[i], i))
+        return candidates[:keep]
+
+    def tree(self, nodes: int) -> DraftTree:
+        return select_tree(self.tokens, self.parents, self.scores, nodes)
+
+
+def select_tree(tokens: list[int], parents: list[int], scores: list[float], nodes: int) -> DraftTree:
+    """The ``nodes`` best-scoring candidates whose ancestors are all selected, in score order."""
+    order = sorted(range(1, len(tokens)), key=lambda i: (-scores[i], i))
+    index = {0: 0}
+    out_tokens, out_parents, out_scores = [tokens[0]], [-1], [0.0]
+    for i in order:
+        if len(out_tokens) > nodes:
+            break
+        if parents[i] not in index:
+            continue  # a tie at the cut-off left its parent out
+        index[i] = len(out_tokens)
+        out_tokens.append(tokens[i])
+        out_parents.append(index[parents[i]])
+        out_scores.append(scores[i])
+    return DraftTree(tuple(out_tokens), tuple(out_parents), tuple(out_scores))
+
+
+def deepest_nodes(tree: DraftTree) -> list[int]:
+    depths = tree.depths()
+    deepest = max(depths)
+    return [i for i, d in enumerate(depths) if d == deepest]
+
+
+def best_leaves(tree: DraftTree, count: int) -> list[int]:
+    has_child = set(tree.parents)
+    leaves = [i for i in range(len(tree)) if i not in has_child]
+    return sorted(leaves, key=lambda i: (-tree.scores[i], i))[:count]
+
+
+def tree_paths(tree: DraftTree) -> list[Path]:
+    """Every node's token path from the root (the root's is empty)."""
+    paths: list[Path] = [()]
+    for i in range(1, len(tree)):
+        paths.append((*paths[tree.parents[i]], tree.tokens[i]))
+    return paths

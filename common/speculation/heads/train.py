@@ -1,0 +1,337 @@
+"""Training a draft head by self-distillation, within a time budget, checkpointed and resumable.
+
+Phases, each resumable from ``<out>/work``: prompts (saved once), generation (shards; see
+``distill``), training (``checkpoint.pt`` every few minutes), then the acceptance estimate on the
+held-apart samples and the head folder itself. Loss as EAGLE-1: smooth-L1 regression of the next
+feature plus 0.1 x cross-entropy of its logits against the base's next token, with small uniform noise
+on input features; only rows predicting answer tokens count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from common.models.modeling import KVCache, load_model_spec
+from common.speculation.draft_vocab import most_frequent_ids
+from common.speculation.heads.corpus import (
+    benchmark_texts,
+    check_excludes_benchmarks,
+    code_instructions,
+    prompts_from_file,
+)
+from common.speculation.heads.distill import GenerationSettings, Sample, generate_shards, load_shards
+from common.speculation.heads.evaluate import Acceptance, estimate_acceptance
+from common.speculation.heads.model import DraftHead, new_head, save_head
+
+TOKEN_LOSS_WEIGHT = 0.1  # EAGLE-1's weight of the token cross-entropy beside the feature regression
+WARMUP_STEPS = 50
+EVAL_SHARE = 0.05  # of the budget, set aside for the acceptance estimate and saving
+IGNORE = -100
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot start or continue (explained in one line)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    base_dir: Path
+    out_dir: Path
+    device: str = "cuda"
+    base_name: str = ""
+    prompts_file: Path | None = None
+    time_budget_min: float = 15.0
+    generation_share: float = 0.4  # of the budget, for answering prompts
+    max_prompts: int = 20_000
+    held_out: int = 64  # prompts answered first and never trained on
+    max_new_tokens: int = 256
+    generate_batch: int = 256
+    intermediate_size: int = 0  # 0: a quarter of the base's (a bf16 head of the 1.5B base: ~39 MiB)
+    draft_vocab: int = 32_768  # 0 or >= the base's vocabulary: the full vocabulary
+    tokens_per_step: int = 8192
+    learning_rate: float = 5e-4
+    noise: float = 0.05  # uniform input-feature noise, relative to the features' RMS
+    checkpoint_every_min: float = 3.0
+    eval_depth: int = 5
+    eval_top_k: int = 4
+    seed: int = 0
+    resume: bool = False
+    stop_after_min: float | None = None  # pause (checkpointed) once this invocation has run this long
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint records besides tensors."""
+
+    step: int = 0
+    train_s: float = 0.0
+    generation_s: float = 0.0
+    wall_s: float = 0.0  # every invocation's wall-clock time, up to the last checkpoint
+    loss: float = 0.0  # moving average of the training loss
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    head_dir: Path
+    samples: int
+    train_tokens: int
+    steps: int
+    generation_s: float
+    train_s: float
+    acceptance: Acceptance | None  # None: paused by stop_after_min, resume to finish
+
+
+def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callable[..., object] | None = None) -> TrainSummary:
+    """Run (or resume) every phase and write the head into ``settings.out_dir``."""
+    work = settings.out_dir / "work"
+    if work.exists() and not settings.resume:
+        raise TrainingError(f"{settings.out_dir} holds an unfinished run: pass --resume or choose another --out")
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    budget_s = settings.time_budget_min * 60
+    stop_at = None if settings.stop_after_min is None else started + settings.stop_after_min * 60
+    progress = _read_progress(work)
+    prior_wall = progress.wall_s
+    instructions = _prompts(settings, work, log)
+    generation_left = max(budget_s * settings.generation_share - progress.generation_s, 0.0)
+    gen_started = time.monotonic()
+    dtype = torch.bfloat16 if settings.device.startswith("cuda") else torch.float32
+    shards = generate_shards(
+        settings.base_dir, instructions, min(settings.held_out, len(instructions) // 2), work / "shards",
+        GenerationSettings(settings.device, settings.generate_batch, settings.max_new_tokens, dtype),
+        deadline=min(gen_started + generation_left, stop_at or math.inf),
+        on_batch=lambda n: log(f"answered {n} prompts ({time.monotonic() - gen_started:.0f} s)"),
+    )
+    progress.generation_s += time.monotonic() - gen_started
+    samples = load_shards(work / "shards", settings.device)
+    train = [s for s in samples if not s.held_out]
+    held = [s for s in samples if s.held_out]
+    if not train:
+        raise TrainingError("no training samples were generated: raise --time-budget-min")
+    log(f"{shards} shards: {len(train)} training and {len(held)} held-apart samples")
+    head = _head(settings, train, work)
+    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=settings.learning_rate,
+                                  betas=(0.9, 0.95), weight_decay=0.0)
+    _load_checkpoint(work, head, optimizer)
+    train_left = budget_s * (1 - EVAL_SHARE) - prior_wall - (time.monotonic() - started)
+    train_s = progress.train_s + max(train_left, 0.0)  # the run's whole training time, all invocations
+    clock = _Clock(started, prior_wall, stop_at)
+    train_tokens = sum(s.tokens.numel() for s in train)
+    if not _train(head, optimizer, train, settings, progress, train_s, work, bar, clock):
+        log(f"paused after {progress.step} steps ({progress.train_s:.0f} s of training): run again with --resume")
+        return TrainSummary(settings.out_dir, len(train), train_tokens, progress.step, progress.generation_s,
+                            progress.train_s, None)
+    head.eval()
+    acceptance = estimate_acceptance(head, held or train[:8], settings.eval_depth, settings.eval_top_k)
+    extra = {
+        "training": {
+            "samples": len(train), "held_apart": len(held), "tokens": train_tokens, "steps": progress.step,
+            "generation_s": round(progress.generation_s, 1), "train_s": round(progress.train_s, 1),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        },
+        "acceptance": acceptance.as_dict(),
+    }
+    save_head(head, settings.out_dir, extra=extra)
+    (settings.out_dir / "acceptance.json").write_text(json.dumps(acceptance.as_dict(), indent=2) + "\n")
+    shutil.rmtree(work)
+    return TrainSummary(settings.out_dir, len(train), train_tokens, progress.step, progress.generation_s,
+                        progress.train_s, acceptance)
+
+
+def _prompts(settings: TrainSettings, work: Path, log: Callable[[str], None]) -> list[str]:
+    """The run's instructions, fixed in ``work/prompts.json`` at the first start."""
+    saved = work / "prompts.json"
+    if saved.is_file():
+        return json.loads(saved.read_text(encoding="utf-8"))
+    if settings.prompts_file is not None:
+        instructions = prompts_from_file(settings.prompts_file)[: settings.max_prompts]
+    else:
+        instructions = code_instructions(settings.max_prompts, seed=settings.seed)
+    check_excludes_benchmarks(instructions, benchmark_texts())
+    random.Random(settings.seed).shuffle(instructions)
+    log(f"{len(instructions)} prompts ({'from ' + str(settings.prompts_file) if settings.prompts_file else 'code corpus'})")
+    saved.write_text(json.dumps(instructions), encoding="utf-8")
+    return instructions
+
+
+def _head(settings: TrainSettings, train: Sequence[Sample], work: Path) -> DraftHead:
+    spec = load_model_spec(settings.base_dir)
+    draft_ids = _draft_vocabulary(train, settings.draft_vocab, spec.vocab_size, work)
+    head = new_head(
+        settings.base_dir, intermediate_size=settings.intermediate_size or spec.intermediate_size // 4,
+        draft_ids=draft_ids, dtype=torch.float32, device=settings.device, base_name=settings.base_name,
+        seed=settings.seed,
+    )
+    return head.train()
+
+
+def _draft_vocabulary(train: Sequence[Sample], size: int, vocab: int, work: Path) -> Tensor | None:
+    """The ``size`` most frequent token ids of the training data, ascending (saved for resuming)."""
+    if size <= 0 or size >= vocab:
+        return None
+    saved = work / "draft_ids.pt"
+    if saved.is_file():
+        return torch.load(saved)
+    counts = Counter()
+    for s in train:
+        counts.update(s.tokens.tolist())
+    draft_ids = most_frequent_ids(counts, size, vocab)
+    torch.save(draft_ids, saved)
+    return draft_ids
+
+
+@dataclass(frozen=True)
+class _Clock:
+    started: float  # this invocation's start (time.monotonic)
+    prior_wall_s: float  # earlier invocations' wall-clock time
+    stop_at: float | None  # when this invocation pauses
+
+    def wall_s(self) -> float:
+        return self.prior_wall_s + time.monotonic() - self.started
+
+    def must_stop(self) -> bool:
+        return self.stop_at is not None and time.monotonic() >= self.stop_at
+
+
+def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sample], settings: TrainSettings,
+           progress: _Progress, train_s: float, work: Path, bar: Callable[..., object] | None, clock: _Clock) -> bool:
+    """Steps until ``progress.train_s`` reaches ``train_s`` (one at least), or a pause; checkpoints every few
+    minutes and at the end. True when training is complete."""
+    rms = torch.stack([s.features.float().pow(2).mean() for s in train[:256]]).mean().sqrt()
+    row_of = _row_map(head)
+    rng = random.Random(settings.seed + progress.step)
+    last_save = time.monotonic()
+    meter = bar(total=int(train_s), initial=int(progress.train_s), unit="s", desc="training") if bar else None
+    first = True
+    while first or progress.train_s < train_s:
+        first = False
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        for batch in _packs(train, order, settings.tokens_per_step):
+            step_started = time.monotonic()
+            lr = _learning_rate(settings.learning_rate, progress.step, progress.train_s / max(train_s, 1e-9))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = _loss(head, batch, row_of, settings.noise * float(rms))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 0.5)
+            optimizer.step()
+            progress.step += 1
+            progress.loss = float(loss.detach()) if progress.step == 1 else 0.98 * progress.loss + 0.02 * float(loss.detach())
+            elapsed = time.monotonic() - step_started
+            progress.train_s += elapsed
+            if meter is not None and int(progress.train_s) > meter.n:
+                meter.update(int(progress.train_s) - meter.n)  # whole seconds: a readable bar
+                meter.set_postfix(loss=f"{progress.loss:.3f}", step=progress.step)
+            if time.monotonic() - last_save >= settings.checkpoint_every_min * 60:
+                _save_checkpoint(work, head, optimizer, progress, clock)
+                last_save = time.monotonic()
+            if progress.train_s >= train_s or clock.must_stop():
+                break
+        if clock.must_stop():
+            break
+    if meter is not None:
+        meter.close()
+    _save_checkpoint(work, head, optimizer, progress, clock)
+    return progress.train_s >= train_s
+
+
+def _packs(train: Sequence[Sample], order: list[int], budget: int) -> list[list[Sample]]:
+    packs, current, used = [], [], 0
+    for i in order:
+        n = min(train[i].tokens.numel() - 1, budget)
+        if current and used + n > budget:
+            packs.append(current)
+            current, used = [], 0
+        current.append(train[i])
+        used += n
+    return packs + ([current] if current else [])
+
+
+def _loss(head: DraftHead, batch: Sequence[Sample], row_of: Tensor | None, noise: float) -> Tensor:
+    """EAGLE-1 loss over one pack of samples run as one block-diagonal causal sequence."""
+    inputs, tokens, targets, next_tokens, positions, seq, counted = [], [], [], [], [], [], []
+    for b, s in enumerate(batch):
+        t = s.tokens.to(head.device, torch.long)
+        n = t.numel() - 1
+        inputs.append(s.features[:n])
+        tokens.append(t[1 : n + 1])
+        targets.append(s.features[1 : n + 1])
+        next_tokens.append(torch.cat((t[2 : n + 1], t.new_full((1,), IGNORE))))
+        positions.append(torch.arange(n, device=head.device))
+        seq.append(torch.full((n,), b, device=head.device))
+        mask = torch.zeros(n, dtype=torch.bool, device=head.device)
+        mask[max(s.prompt_length - 2, 0) : n - 1] = True  # rows predicting answer tokens
+        counted.append(mask)
+    f_in = torch.cat(inputs).float()
+    f_in = f_in + (torch.rand_like(f_in) * 2 - 1) * noise
+    pos, seq_ids = torch.cat(positions), torch.cat(seq)
+    attend = (seq_ids[:, None] == seq_ids[None, :]) & (pos[None, :] <= pos[:, None])  # [N, N]
+    cuda = head.device.type == "cuda"
+    cache = KVCache(1, head.spec.num_kv_heads, head.spec.head_dim, dtype=torch.bfloat16 if cuda else head.dtype,
+                    device=head.device, initial_capacity=int(pos.numel()))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    with autocast:
+        predicted = head(f_in, torch.cat(tokens), pos, attend, cache)
+        keep = torch.cat(counted)
+        predicted, target = predicted[keep].float(), torch.cat(targets)[keep].float()
+        regression = F.smooth_l1_loss(predicted, target)
+        labels = torch.cat(next_tokens)[keep]
+        if row_of is not None:
+            labels = torch.where(labels >= 0, row_of[labels.clamp(min=0)], labels)
+        logits = head.lm_head(predicted.to(head.lm_head.weight.dtype)).float()
+        token = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    return regression + TOKEN_LOSS_WEIGHT * torch.nan_to_num(token)
+
+
+def _row_map(head: DraftHead) -> Tensor | None:
+    """Full token id -> lm_head row (IGNORE outside the draft vocabulary)."""
+    if head.draft_ids is None:
+        return None
+    row_of = torch.full((head.spec.vocab_size,), IGNORE, dtype=torch.long, device=head.device)
+    row_of[head.draft_ids] = torch.arange(head.draft_ids.numel(), device=head.device)
+    return row_of
+
+
+def _learning_rate(peak: float, step: int, done: float) -> float:
+    """Linear warm-up, then cosine decay to a tenth over the time budget."""
+    if step < WARMUP_STEPS:
+        return peak * (step + 1) / WARMUP_STEPS
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(done, 1.0))))
+
+
+def _read_progress(work: Path) -> _Progress:
+    path = work / "progress.json"
+    return _Progress(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else _Progress()
+
+
+def _save_checkpoint(work: Path, head: DraftHead, optimizer: torch.optim.Optimizer, progress: _Progress,
+                     clock: _Clock) -> None:
+    """Write tensors, then the progress record (the record names a complete checkpoint)."""
+    progress.wall_s = clock.wall_s()
+    state = {"head": {k: v.detach().cpu() for k, v in head.trainable_state().items()}, "optimizer": optimizer.state_dict()}
+    torch.save(state, work / "checkpoint.tmp")
+    (work / "checkpoint.tmp").replace(work / "checkpoint.pt")
+    (work / "progress.json").write_text(json.dumps(asdict(progress)), encoding="utf-8")
+
+
+def _load_checkpoint(work: Path, head: DraftHead, optimizer: torch.optim.Optimizer) -> None:
+    path = work / "checkpoint.pt"
+    if not path.is_file():
+        return
+    state = torch.load(path, map_location=head.device)
+    head.load_state_dict({k: v for k, v in state["head"].items() if k != "draft_ids"}, strict=False)
+    optimizer.load_state_dict(state["optimizer"])
