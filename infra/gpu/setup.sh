@@ -6,6 +6,7 @@ export PYTHONPATH=/tmp/site:$PWD
 BASE_BYTES=1117320768
 DRAFT_BYTES=491400064
 mkdir -p /root/gguf /root/models
+cat /root/w/p* > /root/w/all.bin
 head -c $BASE_BYTES /root/w/all.bin > /root/gguf/base.gguf
 tail -c $DRAFT_BYTES /root/w/all.bin > /root/gguf/draft.gguf
 echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  /root/gguf/base.gguf
