@@ -122,10 +122,23 @@ def test_the_api_key_guards_the_page_as_it_guards_the_api(served):
                                                                                              "stage-2": [2, 4]}
 
 
-def _cards(driver) -> dict[str, dict[str, str]]:
-    """Every service card on the page: name -> its data attributes."""
-    return {e.get_attribute("data-service"): {k: e.get_attribute(f"data-{k}") for k in ("pid", "healthy", "restarts")}
-            for e in driver.find_elements(By.CSS_SELECTOR, "#boards .service")}
+# The page redraws every second: read it in one script, never through element references that go stale.
+CARDS = """return Object.fromEntries([...document.querySelectorAll(arguments[0])].map(e => [e.dataset.service,
+  {pid: e.dataset.pid, healthy: e.dataset.healthy, restarts: e.dataset.restarts, text: e.textContent}]));"""
+
+
+def _cards(driver, where: str = "#boards .service") -> dict[str, dict[str, str]]:
+    """Every service card (or ring node) on the page: name -> its data attributes and text."""
+    return driver.execute_script(CARDS, where)
+
+
+def _state(cards: dict[str, dict[str, str]]) -> dict[str, tuple[str, str, str]]:
+    return {name: (c["pid"], c["healthy"], c["restarts"]) for name, c in cards.items()}
+
+
+def _text(driver, selector: str) -> str:
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.textContent : '';",
+                                 selector)
 
 
 def test_the_page_follows_the_ring_and_streams_a_chat(served):
@@ -137,25 +150,23 @@ def test_the_page_follows_the_ring_and_streams_a_chat(served):
                        and all(v["healthy"] == "true" for v in c.values()) and c)
         pids = {s.name: s.pid for s in client.status().services}
         assert {name: int(card["pid"]) for name, card in cards.items()} == pids
-        nodes = {e.get_attribute("data-service") for e in driver.find_elements(By.CSS_SELECTOR, "#ring .node")}
-        assert nodes == SERVICES
-        stage_1 = driver.find_element(By.CSS_SELECTOR, '#boards .service[data-service="stage-1"]').text
-        assert "layers 0–2" in stage_1 and "busy" in stage_1
+        nodes = _cards(driver, "#ring .node")
+        assert nodes.keys() == SERVICES and "layers 2–4" in nodes["stage-2"]["text"]
+        assert "layers 0–2" in cards["stage-1"]["text"] and "busy" in cards["stage-1"]["text"]
 
         os.kill(pids["stage-1"], signal.SIGSTOP)  # no heartbeats: unhealthy once the liveness timeout passes
         try:
             _until("stage-1 unhealthy", lambda: _cards(driver)["stage-1"]["healthy"] == "false", 15)
-            assert "UNHEALTHY" in driver.find_element(By.CSS_SELECTOR, '#ring .node[data-service="stage-1"]').text
+            assert "UNHEALTHY" in _cards(driver, "#ring .node")["stage-1"]["text"]
         finally:
             os.kill(pids["stage-1"], signal.SIGCONT)
         _until("stage-1 healthy again", lambda: _cards(driver)["stage-1"]["healthy"] == "true", 15)
 
         os.kill(pids["stage-2"], signal.SIGKILL)  # its supervisor starts it again
-        new_pid = _until("a new stage-2", lambda: next(s.pid for s in client.status().services
-                                                       if s.name == "stage-2" and s.pid != pids["stage-2"]
-                                                       and s.healthy), 60)
-        _until("the restarted stage-2", lambda: _cards(driver)["stage-2"] == {
-            "pid": str(new_pid), "healthy": "true", "restarts": "1"}, 15)
+        new_pid = _until("a new stage-2", lambda: next((s.pid for s in client.status().services
+                                                        if s.name == "stage-2" and s.pid != pids["stage-2"]
+                                                        and s.healthy), 0), 60)
+        _until("the restarted stage-2", lambda: _state(_cards(driver))["stage-2"] == (str(new_pid), "true", "1"), 15)
 
         messages = [{"role": "user", "content": "Tell me about rings."}]
         status, _, body = _request(port, "POST", "/v1/chat/completions", {"Authorization": f"Bearer {KEY}"},
@@ -169,20 +180,18 @@ def test_the_page_follows_the_ring_and_streams_a_chat(served):
             box.send_keys(value)
         driver.find_element(By.ID, "prompt").send_keys(messages[0]["content"])
         driver.find_element(By.ID, "send").click()
-        answer = _until("the chat answer", lambda: driver.find_elements(By.CSS_SELECTOR, '.msg.assistant[data-done]'))
-        answer = answer[-1]
-        assert answer.find_element(By.CSS_SELECTOR, ".text").text == expected.strip() or \
-            driver.execute_script("return arguments[0].querySelector('.text').textContent", answer) == expected
-        speed = answer.find_element(By.CSS_SELECTOR, ".speed").text
+        _until("the chat answer", lambda: _text(driver, ".msg.assistant[data-done]"))
+        assert _text(driver, ".msg.assistant[data-done] .text") == expected  # the chat's is the API's answer
+        _until("tokens per second", lambda: _text(driver, "#tokens-per-s") not in ("–", "0.0"), 3)
+        speed = _text(driver, ".msg.assistant[data-done] .speed")
         assert re.fullmatch(r"\d+ tokens in [\d.]+ s · [\d.]+ tokens/s · first token after \d+ ms", speed), speed
         shown = driver.execute_script("return window.__shown")
         lengths = [n for _, n in shown if n]
         assert len(set(lengths)) >= 2 and lengths == sorted(lengths), shown  # it grew in steps: streamed
         assert lengths[-1] == len(expected)
 
-        _until("the chat's spans on the timeline",
-               lambda: int(driver.find_element(By.ID, "timeline").get_attribute("data-spans") or 0) > 0, 10)
-        _until("tokens per second", lambda: driver.find_element(By.ID, "tokens-per-s").text not in ("–", "0.0"), 5)
-        _until("acceptance", lambda: driver.find_element(By.ID, "acceptance").text != "–", 5)
+        _until("the chat's spans on the timeline", lambda: int(driver.execute_script(
+            "return document.getElementById('timeline').dataset.spans || 0")) > 0, 10)
+        _until("acceptance", lambda: _text(driver, "#acceptance") != "–", 5)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(SCREENSHOT))

@@ -57,7 +57,7 @@ function drawRing(svg, services) {
 
 function node(svg, s, x, y, w, h) {
   const g = el("g", {class: `node ${s.healthy ? "healthy" : "unhealthy"}`, "data-service": s.name}, svg);
-  el("rect", {x: x - w / 2, y: y - h / 2, width: w, height: h}, g);
+  el("rect", {class: "frame", x: x - w / 2, y: y - h / 2, width: w, height: h}, g);
   el("text", {class: "name", x, y: y - h / 2 + 15}, g, s.name);
   el("text", {x, y: y - h / 2 + 29}, g, s.role === "scheduler" ? "scheduler" : layersText(s));
   el("text", {x, y: y - h / 2 + 43}, g, s.healthy ? `busy ${pct(s.busy_ratio)}` : "UNHEALTHY");
