@@ -116,6 +116,6 @@ def _show(inv, ranges, needs, human_bytes) -> None:
         table.add_column(column)
     for b in inv.boards:
         first_last = layers.get(b.name)
-        table.add_row(b.name, b.address, str(b.cores), str(b.memory_mib), f"{b.speed:.1f}", " ".join(runs[b.name]),
+        table.add_row(b.name, b.address, str(b.cores), str(b.memory_mib), f"{b.speed:.3g}", " ".join(runs[b.name]),
                       f"{first_last[0]}-{first_last[1]}" if first_last else "-", human_bytes(needs[b.name]))
     Console(width=160).print(table)

@@ -47,7 +47,7 @@ def scan(
     for b in found.boards:
         version = b.flowring if b.flowring == mine else f"{b.flowring} (head: {mine})"
         table.add_row(b.name, b.address, str(b.ssh_port), b.user, str(b.cores), str(b.memory_mib),
-                      f"{b.speed:.1f}", version, b.torch, b.host)
+                      f"{b.speed:.3g}", version, b.torch, b.host)
     Console(width=160).print(table)
     probes = sorted({b.probe for b in found.boards})
     typer.echo(f"{len(found.boards)} board(s); speed: forwards/s of the probe {' / '.join(probes)}")

@@ -13,12 +13,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import structlog
 from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, ServiceListener, Zeroconf
 
 from services.discovery.advert import SERVICE_TYPE, AdvertError, BoardAd, from_properties, to_properties
 
-log = structlog.get_logger()
 RESOLVE_TIMEOUT_MS = 2000
 
 
@@ -66,7 +64,8 @@ class _Collector(ServiceListener):
 
 
 def scan(timeout_s: float, *, group: str = "default", interfaces: Sequence[str] = ()) -> ScanResult:
-    """The boards of ``group`` that answer within ``timeout_s``, by name (one per name: the first address)."""
+    """The boards of ``group`` that answer within ``timeout_s``, by name (one per name: the first address);
+    adverts that cannot be read are returned as one line each, for the caller to report."""
     zc = _zeroconf(interfaces)
     collector = _Collector()
     browser = ServiceBrowser(zc, SERVICE_TYPE, collector)
@@ -91,6 +90,4 @@ def scan(timeout_s: float, *, group: str = "default", interfaces: Sequence[str] 
     finally:
         browser.cancel()
         zc.close()
-    for line in skipped:
-        log.warning("advert_skipped", reason=line)
     return ScanResult(tuple(boards[n] for n in sorted(boards)), tuple(skipped))

@@ -40,7 +40,7 @@ class Board:
         async with self._lock:  # two pages polling at once: one scrape at a time keeps the rates right
             try:
                 reply = await ask_status(self.endpoint, self.curve, STATUS_TIMEOUT_S)
-            except (ProtocolError, OSError, TimeoutError) as exc:
+            except (ProtocolError, OSError, TimeoutError, zmq.ZMQError) as exc:
                 return self._unreachable(str(exc) or type(exc).__name__)
             scraped = await asyncio.gather(*(scrape(s.metrics) for s in reply.services))
             now = time.time()
