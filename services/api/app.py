@@ -25,7 +25,7 @@ from common.models.modeling import load_model_spec, load_tokenizer
 from common.models.modeling.tokenizer import encode_chat, encode_prompt
 from common.wire.client import GenerateChunk, GenerateReply, GenerateRequest
 from common.wire.curve import ClientCurve
-from services.api import schemas
+from services.api import dashboard, schemas
 from services.api.ring import exchange
 from services.api.schemas import ApiError, ChatBody, CompletionBody
 from services.api.stops import StopMatcher
@@ -63,9 +63,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     tokenizer = load_tokenizer(Path(settings.model_dir))
     eos = frozenset(load_model_spec(Path(settings.model_dir)).eos_token_ids)
 
+    recorder = dashboard.Recorder()
+
     def require_key(request: Request) -> None:
-        """A route dependency, not a middleware: a middleware would hide an HTTP client's disconnect."""
-        if settings.api_key and not authorized(request.headers.get("authorization", ""), settings.api_key):
+        """A route dependency, not a middleware: a middleware would hide an HTTP client's disconnect. The
+        dashboard's cookie carries the same key (services/api/dashboard)."""
+        if settings.api_key and not authorized(request.headers.get("authorization", ""), settings.api_key) \
+                and not dashboard.cookie_holds(request, settings.api_key):
             raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
 
     app = FastAPI(title="flowring", description="OpenAI-compatible API over a flowring cluster",
@@ -139,6 +143,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         ring_request = GenerateRequest(
             prompt="", prompt_ids=tuple(gen.prompt_ids), max_new_tokens=gen.max_tokens,
             temperature=body.temperature, seed=body.seed or 0, mode=settings.mode, stream=True,
+            trace=request.headers.get(dashboard.TRACE_HEADER) == "1",  # the dashboard's chat: its timeline
         )
         stops = StopMatcher(body.stops())
         messages = exchange(settings.scheduler_endpoint, ring_request, timeout_s=settings.timeout_s,
@@ -148,12 +153,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
             try:
                 async for msg in messages:
                     if isinstance(msg, GenerateReply):
+                        recorder.finished(msg.ok, msg.stats)
                         _raise_for(msg)
                         gen.finish = "length" if gen.tokens >= gen.max_tokens and last not in eos else "stop"
                         yield stops.flush()
                         return
                     assert isinstance(msg, GenerateChunk)
                     gen.tokens += len(msg.token_ids)
+                    recorder.tokens(len(msg.token_ids))
                     last = msg.token_ids[-1] if msg.token_ids else last
                     yield stops.feed(msg.text)
                     if stops.stopped:  # leaving the loop closes the exchange: the ring request is cancelled
@@ -162,6 +169,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             except ClusterUnavailable as exc:
                 raise ApiError(503, str(exc), "service_unavailable") from exc
 
+    dashboard.install(app, api_key=settings.api_key, endpoint=settings.scheduler_endpoint,
+                      curve=settings.scheduler_curve, model=settings.model_name, recorder=recorder)
     return app
 
 

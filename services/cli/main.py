@@ -11,15 +11,18 @@ import typer
 from common.cluster.settings import ClusterSpec
 from common.wire.client import GenerateReply
 from services.cli import (
+    agent,
     bench,
     cluster,
     heads,
+    init,
     keys,
     logs,
     models,
     plan,
     profile,
     project,
+    scan,
     serve,
     status,
     version,
@@ -44,6 +47,9 @@ app.add_typer(keys.app, name="keys", help="Create the CURVE key pairs of a LAN c
 app.add_typer(status.app)
 app.add_typer(logs.app)
 app.add_typer(version.app)
+app.add_typer(agent.app)  # LAN discovery: a board announces itself, the head scans and writes an inventory
+app.add_typer(scan.app)
+app.add_typer(init.app)
 
 REACH_TIMEOUT_S = 3.0  # a command that cannot reach the scheduler says so within this long
 
