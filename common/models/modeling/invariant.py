@@ -7,7 +7,8 @@ hidden state in an autoregressive step, a prefill chunk or a draft-tree segment.
 
 - a linear layer runs its rows in blocks of power-of-two sizes between a smallest and a largest
   size (the last block padded with zero rows), a range probed once per weight shape, dtype,
-  device and thread count to give bitwise the same rows at every size and offset;
+  device and thread count to give bitwise the same rows at every size and offset (sizes up to 32
+  rows on every shape; 64 to 256 rows the first time a forward has more than 32 rows);
 - attention runs all rows of a segment at once with a fixed reduction layout per row
   (``common.models.modeling.blocked_attention``): each row's visible keys, gathered in slot order
   (which the cache keeps in position order), in fixed-size blocks, every matrix product's rows
