@@ -1,10 +1,10 @@
-"""A stage's forward against the same layers in transformers, on the same cores, side by side.
+"""A stage's forward with row-invariant and with fused numerics, and against transformers, side by side.
 
-Both run the same decoder layers of the same checkpoint over a KV cache of ``context`` tokens and
-append ``rows`` new rows (1: an autoregressive step; 16: a segment); each timing is the median of
-``repeats`` runs after a warm-up, the two implementations alternating so drift hits both alike.
-Weight bytes read per second (every weight of the slice is read once per forward) is set against the
-host's memory read bandwidth, measured by a reduction over a large tensor.
+All run the same decoder layers of the same checkpoint over a KV cache of ``context`` tokens and
+append ``rows`` new rows (1: an autoregressive step; 16: a tree segment; 64-256: a prefill chunk);
+each timing is the median of ``repeats`` runs after a warm-up, the variants alternating so drift
+hits all alike. Weight bytes read per second (every weight of the slice is read once per forward)
+is set against the host's memory read bandwidth, measured by a reduction over a large tensor.
 """
 
 from __future__ import annotations
@@ -24,19 +24,32 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
+class OpCost:
+    """One operator's self CPU time per forward (torch.profiler), and its calls per forward."""
+
+    name: str
+    ms: float
+    calls: float
+
+
+@dataclass(frozen=True)
 class ForwardTiming:
     rows: int
-    ours_ms: float
-    transformers_ms: float
+    invariant_ms: float
+    fused_ms: float
+    transformers_ms: float | None  # None: not timed
     weight_bytes: int
+    invariant_ops: tuple[OpCost, ...] = ()
+    fused_ops: tuple[OpCost, ...] = ()
 
     @property
     def ratio(self) -> float:
-        return self.ours_ms / self.transformers_ms
+        """Row-invariant over fused time: the cost of reproducibility."""
+        return self.invariant_ms / self.fused_ms
 
     @property
     def weight_gb_per_s(self) -> float:
-        return self.weight_bytes / (self.ours_ms / 1e3) / 1e9
+        return self.weight_bytes / (self.invariant_ms / 1e3) / 1e9
 
 
 def memory_bandwidth_gb_per_s(megabytes: int = 1024, repeats: int = 7) -> float:
@@ -54,63 +67,100 @@ def memory_bandwidth_gb_per_s(megabytes: int = 1024, repeats: int = 7) -> float:
 
 
 def compare(base: Path, layers: tuple[int, int], rows: list[int], dtype: str = "bfloat16", context: int = 256,
-            repeats: int = 15) -> list[ForwardTiming]:
-    """Median forward time of our slice and of transformers' model cut to the same layers."""
-    from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+            repeats: int = 15, transformers: bool = True, ops: int = 0) -> list[ForwardTiming]:
+    """Median forward time of our slice in both numerics, and of transformers' model cut to the same layers.
+
+    ``ops``: also profile each numerics per operator and keep its ``ops`` costliest operators.
+    """
+    first, _ = layers
+    ours = load_slice(base, layers, with_embedding=first == 0, with_head=False, dtype=DTYPES[dtype])
+    theirs = _transformers_slice(base, layers, dtype) if transformers else None
+    hidden = ours.spec.hidden_size
+    weight_bytes = sum(p.numel() * p.element_size() for name, p in ours.named_parameters() if "embed" not in name)
+    out = []
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # `past_key_values`: the name both 5.x versions take
+        prompt = torch.randn(context, hidden, generator=generator).to(DTYPES[dtype])
+        ids = torch.randint(0, ours.spec.vocab_size, (context,), generator=generator)
+        for n in rows:
+            new_ids = torch.randint(0, ours.spec.vocab_size, (n,), generator=generator)
+            new_hidden = torch.randn(n, hidden, generator=generator).to(DTYPES[dtype])
+            cache = ours.new_cache()
+            ours(ids if first == 0 else prompt, torch.arange(context), causal_attend(0, context), cache)
+            attend = None if n == 1 else causal_attend(context, n)
+
+            def run_ours(flag: bool, n=n, cache=cache, attend=attend, new_ids=new_ids, new_hidden=new_hidden) -> None:
+                ours.use_row_invariant(flag)
+                ours(new_ids if first == 0 else new_hidden, torch.arange(context, context + n), attend, cache)
+                cache.truncate(context)
+
+            runners = [lambda: run_ours(True), lambda: run_ours(False)]
+            if theirs is not None:
+                runners.append(_transformers_runner(theirs, first == 0, ids, prompt, new_ids, new_hidden))
+            times = _alternate(runners, repeats)
+            costs = [_op_costs(lambda flag=flag: run_ours(flag), ops) if ops else () for flag in (True, False)]
+            out.append(ForwardTiming(n, times[0], times[1], times[2] if theirs is not None else None, weight_bytes,
+                                     *costs))
+    ours.use_row_invariant(True)
+    return out
+
+
+def _transformers_slice(base: Path, layers: tuple[int, int], dtype: str) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     first, last = layers
-    ours = load_slice(base, layers, with_embedding=first == 0, with_head=False, dtype=DTYPES[dtype])
     config = AutoConfig.from_pretrained(base)
     config.num_hidden_layers = last
     theirs = AutoModelForCausalLM.from_pretrained(base, config=config, dtype=DTYPES[dtype]).model.eval()
     theirs.layers = theirs.layers[first:last]  # the same slice: layers [first, last) only
     for i, layer in enumerate(theirs.layers):
         layer.self_attn.layer_idx = i
-    hidden = config.hidden_size
-    weight_bytes = sum(p.numel() * p.element_size() for name, p in ours.named_parameters() if "embed" not in name)
-    out = []
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # `past_key_values`: the name both 5.x versions take
-        prompt = torch.randn(1, context, hidden, generator=generator).to(DTYPES[dtype])
-        ids = torch.randint(0, config.vocab_size, (context,), generator=generator)
-        for n in rows:
-            new_ids = torch.randint(0, config.vocab_size, (n,), generator=generator)
-            new_hidden = torch.randn(1, n, hidden, generator=generator).to(DTYPES[dtype])
-            cache = ours.new_cache()
-            ours(ids if first == 0 else prompt[0], torch.arange(context), causal_attend(0, context), cache)
-            attend = None if n == 1 else causal_attend(context, n)
-
-            def run_ours(n=n, cache=cache, attend=attend, new_ids=new_ids, new_hidden=new_hidden) -> None:
-                ours(new_ids if first == 0 else new_hidden[0], torch.arange(context, context + n), attend, cache)
-                cache.truncate(context)
-
-            kv = DynamicCache()
-            if first == 0:
-                theirs(input_ids=ids[None], past_key_values=kv, use_cache=True)
-            else:
-                theirs(inputs_embeds=prompt, past_key_values=kv, use_cache=True)
-
-            def run_theirs(n=n, kv=kv, new_ids=new_ids, new_hidden=new_hidden) -> None:
-                if first == 0:
-                    theirs(input_ids=new_ids[None], past_key_values=kv, use_cache=True)
-                else:
-                    theirs(inputs_embeds=new_hidden, past_key_values=kv, use_cache=True)
-                kv.crop(-n)
-
-            ours_ms, theirs_ms = _alternate(run_ours, run_theirs, repeats)
-            out.append(ForwardTiming(n, ours_ms, theirs_ms, weight_bytes))
-    return out
+    return theirs
 
 
-def _alternate(a: Callable[[], None], b: Callable[[], None], repeats: int) -> tuple[float, float]:
+def _transformers_runner(theirs: torch.nn.Module, embed: bool, ids: torch.Tensor, prompt: torch.Tensor,
+                         new_ids: torch.Tensor, new_hidden: torch.Tensor) -> Callable[[], None]:
+    from transformers import DynamicCache
+
+    kv = DynamicCache()
+    if embed:
+        theirs(input_ids=ids[None], past_key_values=kv, use_cache=True)
+    else:
+        theirs(inputs_embeds=prompt[None], past_key_values=kv, use_cache=True)
+    n = new_ids.numel()
+
+    def run() -> None:
+        if embed:
+            theirs(input_ids=new_ids[None], past_key_values=kv, use_cache=True)
+        else:
+            theirs(inputs_embeds=new_hidden[None], past_key_values=kv, use_cache=True)
+        kv.crop(-n)
+
+    return run
+
+
+def _op_costs(run: Callable[[], None], top: int, forwards: int = 3) -> tuple[OpCost, ...]:
+    """The ``top`` operators by self CPU time over ``forwards`` forwards, per forward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()  # warm-up: probes and allocations stay out of the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(forwards):
+            run()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return tuple(OpCost(e.key, e.self_cpu_time_total / 1e3 / forwards, e.count / forwards) for e in events)
+
+
+def _alternate(runners: list[Callable[[], None]], repeats: int) -> list[float]:
     for _ in range(2):  # warm-up
-        a()
-        b()
-    times_a, times_b = [], []
+        for run in runners:
+            run()
+    times: list[list[float]] = [[] for _ in runners]
     for _ in range(repeats):
-        for fn, times in ((a, times_a), (b, times_b)):
+        for run, samples in zip(runners, times, strict=True):
             started = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times_a), statistics.median(times_b)
+            run()
+            samples.append((time.perf_counter() - started) * 1e3)
+    return [statistics.median(samples) for samples in times]
+

@@ -30,14 +30,18 @@ def _cpu_list(text: str) -> set[int]:
 def forward(
     base: Annotated[str, typer.Option(help="Base model: catalog name, folder or .gguf.")] = "qwen-coder-1.5b",
     layers: Annotated[str, typer.Option(help="Layer range of the stage, e.g. 0-14.")] = "0-14",
-    rows: Annotated[str, typer.Option(help="New rows per forward to time, comma-separated.")] = "1,16",
+    rows: Annotated[str, typer.Option(help="New rows per forward to time, comma-separated.")] = "1,16,64,256",
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "bfloat16",
     threads: Annotated[int, typer.Option(min=0, help="Torch threads (0: one per pinned core).")] = 0,
     cpus: Annotated[str, typer.Option(help="Pin this process to these cores, e.g. 0-1 (empty: no pinning).")] = "",
     context: Annotated[int, typer.Option(min=1, help="Tokens already in the KV cache.")] = 256,
     repeats: Annotated[int, typer.Option(min=3)] = 15,
+    transformers: Annotated[bool, typer.Option("--transformers/--no-transformers",
+                                               help="Also time transformers' same layers.")] = True,
+    ops: Annotated[int, typer.Option(min=0, help="Also print each numerics' N costliest operators per row "
+                                                 "count (torch.profiler; 0: none).")] = 0,
 ) -> None:
-    """A stage's forward vs transformers' same layers, per token and per segment, and weight GB/s."""
+    """A stage's forward with row-invariant vs fused numerics (and transformers), per row count, and weight GB/s."""
     import torch
 
     from common.models.catalog import ModelStoreError
@@ -53,17 +57,29 @@ def forward(
         if not 0 <= layer_range[0] < layer_range[1] <= load_model_spec(base_dir).num_layers:
             raise ValueError(f"--layers {layers} is not a range of the model's layers")
         row_counts = [int(r) for r in rows.split(",")]
+        if min(row_counts) < 1:
+            raise ValueError(f"--rows must be positive, not {rows}")
     except (ModelStoreError, ValueError) as exc:
         _fail(str(exc))
     bandwidth = memory_bandwidth_gb_per_s()
     typer.echo(f"{base_dir.name} layers {layer_range[0]}-{layer_range[1]}, {dtype}, {torch.get_num_threads()} "
-               f"thread(s) on cores {sorted(os.sched_getaffinity(0))}, KV context {context}; "
+               f"thread(s) on cores {sorted(os.sched_getaffinity(0))}, KV context {context}, median of {repeats}; "
                f"memory read bandwidth {bandwidth:.1f} GB/s")
-    typer.echo("| rows | flowring ms | transformers ms | ratio | weight GB/s (flowring) | of bandwidth |")
-    typer.echo("|---|---|---|---|---|---|")
-    for t in compare(base_dir, layer_range, row_counts, dtype, context, repeats):
-        typer.echo(f"| {t.rows} | {t.ours_ms:.1f} | {t.transformers_ms:.1f} | {t.ratio:.2f}x | "
+    theirs = " transformers ms | fused / transformers |" if transformers else ""
+    typer.echo(f"| rows | row-invariant ms | fused ms | row-invariant / fused |{theirs} weight GB/s (row-invariant) "
+               "| of bandwidth |")
+    typer.echo("|---|---|---|---|" + ("---|---|" if transformers else "") + "---|---|")
+    timings = compare(base_dir, layer_range, row_counts, dtype, context, repeats, transformers, ops)
+    for t in timings:
+        theirs = f" {t.transformers_ms:.1f} | {t.fused_ms / t.transformers_ms:.2f}x |" if t.transformers_ms else ""
+        typer.echo(f"| {t.rows} | {t.invariant_ms:.1f} | {t.fused_ms:.1f} | {t.ratio:.2f}x |{theirs} "
                    f"{t.weight_gb_per_s:.1f} | {t.weight_gb_per_s / bandwidth:.0%} |")
+    for t in timings if ops else ():
+        for label, costs in (("row-invariant", t.invariant_ops), ("fused", t.fused_ops)):
+            typer.echo(f"\n{t.rows} row(s), {label}: self CPU ms per forward")
+            typer.echo("| operator | ms | calls |\n|---|---|---|")
+            for cost in costs:
+                typer.echo(f"| {cost.name} | {cost.ms:.2f} | {cost.calls:.0f} |")
 
 
 @app.command()

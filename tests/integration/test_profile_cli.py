@@ -16,10 +16,26 @@ def test_forward_table_has_a_row_per_segment_size(tmp_path):
     result = CliRunner().invoke(app, ["profile", "forward", "--base", str(base), "--layers", "1-3", "--rows", "1,4",
                                       "--dtype", "float32", "--context", "16", "--repeats", "3"])
     assert result.exit_code == 0, result.output
-    rows = re.findall(r"\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \|", result.output)
+    rows = re.findall(r"\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| ([\d.]+) \| ([\d.]+)x \|", result.output)
     assert [r[0] for r in rows] == ["1", "4"]
-    assert all(float(ours) > 0 and float(theirs) > 0 for _, ours, theirs, _ in rows)
+    for _, invariant_ms, fused_ms, ratio, transformers_ms, _ in rows:
+        assert float(invariant_ms) > 0 and float(fused_ms) > 0 and float(transformers_ms) > 0
+        assert abs(float(ratio) - float(invariant_ms) / float(fused_ms)) < 0.02 + 0.01 * float(ratio)
     assert "layers 1-3" in result.output and "read bandwidth" in result.output
+
+
+def test_forward_without_transformers_lists_the_costliest_operators(tmp_path):
+    base = make_tiny_model(tmp_path / "base", family="qwen2", num_layers=2)
+    result = CliRunner().invoke(app, ["profile", "forward", "--base", str(base), "--layers", "0-2", "--rows", "3",
+                                      "--context", "8", "--repeats", "3", "--no-transformers", "--ops", "4"])
+    assert result.exit_code == 0, result.output
+    assert "transformers ms" not in result.output
+    assert re.search(r"\| 3 \| [\d.]+ \| [\d.]+ \| [\d.]+x \| [\d.]+ \|", result.output)
+    for label in ("row-invariant", "fused"):
+        section = result.output.split(f"3 row(s), {label}: self CPU ms per forward")[1].split("\n\n")[0]
+        ops = re.findall(r"\| ([\w:.]+) \| ([\d.]+) \| (\d+) \|", section)
+        assert len(ops) == 4, section
+        assert [float(ms) for _, ms, _ in ops] == sorted((float(ms) for _, ms, _ in ops), reverse=True)
 
 
 def test_bad_layer_range_is_one_line(tmp_path):

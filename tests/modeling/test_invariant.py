@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from common.models.modeling import ModelSlice, causal_attend, invariant, load_slice
+from common.models.modeling.blocked_attention import KEY_BLOCK, blocked_attention
 from tests.support.tiny_models import make_tiny_model
 
 BF16 = torch.bfloat16
@@ -67,6 +71,116 @@ def test_attention_ignores_invisible_keys_and_their_slots() -> None:
     together = invariant.attention(q, keys, values, attend)
     for i, slots in enumerate(visible):
         assert torch.equal(together[:, i : i + 1], _attend_alone(q[:, i : i + 1], keys, values, slots))
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_linear_rows_equal_alone_at_any_row_count(rows: int, seed: int) -> None:
+    """Any row count, blocks wider than 32 rows included: each row as it is alone."""
+    gen = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(96, 80, bias=True, dtype=BF16).requires_grad_(False)
+    layer.weight.copy_(torch.randn(80, 96, generator=gen))
+    x = torch.randn(rows, 96, generator=gen).to(BF16)
+    together = invariant.linear(layer, x)
+    for i in sorted({0, rows - 1, rows // 2, *torch.randint(0, rows, (6,), generator=gen).tolist()}):
+        assert torch.equal(together[i : i + 1], invariant.linear(layer, x[i : i + 1]))
+
+
+def test_widest_block_is_a_power_of_two_up_to_256() -> None:
+    widest = invariant.probe_widest_block(80, 96, BF16, "cpu", torch.get_num_threads())
+    assert invariant.LARGEST_BLOCK_ROWS <= widest <= invariant.WIDEST_BLOCK_ROWS
+    assert widest & (widest - 1) == 0
+
+
+def _random_attend(gen: torch.Generator, rows: int, total: int, kind: int) -> torch.Tensor:
+    """0: a causal chunk over a cached prefix; 1: tree rows (a shared prefix plus scattered slots);
+    2: scattered slots anywhere (nodes interleaved in the cache); every row sees slot 0."""
+    prefix = total - rows
+    if kind == 0:
+        return causal_attend(prefix, rows)
+    attend = torch.rand(rows, total, generator=gen) < torch.rand(rows, 1, generator=gen)
+    if kind == 1:
+        attend[:, : torch.randint(0, prefix + 1, (1,), generator=gen).item()] = True
+    attend[:, 0] = True
+    return attend
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(1, 40), context=st.integers(0, 300), kind=st.integers(0, 2), group=st.sampled_from([1, 2, 6, 7]),
+       kv_heads=st.integers(1, 2), dim=st.sampled_from([16, 64, 128]), seed=st.integers(0, 2**16))
+def test_attention_rows_equal_alone_for_random_rows_and_slots(rows, context, kind, group, kv_heads, dim, seed) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    total = context + rows
+    q = torch.randn(group * kv_heads, rows, dim, generator=gen)
+    q[..., 0] *= 16  # a large term: another summation order shows in the low bits
+    q = q.to(BF16)
+    keys = torch.randn(kv_heads, total, dim, generator=gen).to(BF16)
+    values = torch.randn(kv_heads, total, dim, generator=gen).to(BF16)
+    attend = _random_attend(gen, rows, total, kind)
+    together = invariant.attention(q, keys, values, attend)
+    for i in range(rows):
+        slots = attend[i].nonzero()[:, 0]
+        alone = invariant.attention(q[:, i : i + 1], keys[:, slots], values[:, slots], None)
+        assert torch.equal(together[:, i : i + 1], alone), f"row {i} of {rows}"
+    reference = F.scaled_dot_product_attention(q.float()[None], keys.float()[None], values.float()[None],
+                                               attn_mask=attend, enable_gqa=group > 1)[0]
+    torch.testing.assert_close(together.float(), reference, rtol=0, atol=2e-2)
+
+
+def test_attention_tile_is_probed_on_this_machine() -> None:
+    """The fast path is taken here (else every row runs alone, which the tests above would not time)."""
+    tile = invariant.probe_attention_tile(6, 2, 128, "cpu", torch.get_num_threads())
+    assert tile in invariant.TILE_HEIGHTS
+
+
+@pytest.mark.parametrize("tile", invariant.TILE_HEIGHTS)
+def test_blocked_attention_keeps_every_tile_row_invariant_over_many_blocks(tile: int) -> None:
+    gen = torch.Generator().manual_seed(tile)
+    rows, total = 33, 5 * KEY_BLOCK + 3
+    q = torch.randn(4, rows, 32, generator=gen).to(BF16)
+    keys = torch.randn(2, total, 32, generator=gen).to(BF16)
+    values = torch.randn(2, total, 32, generator=gen).to(BF16)
+    attend = _random_attend(gen, rows, total, 1)
+    together = blocked_attention(q, keys, values, attend, tile)
+    for i in range(rows):
+        slots = attend[i].nonzero()[:, 0]
+        assert torch.equal(together[:, i : i + 1],
+                           blocked_attention(q[:, i : i + 1], keys[:, slots], values[:, slots], None, tile))
+
+
+def test_rows_of_other_requests_attend_to_their_own_caches() -> None:
+    """Rows from two requests, each with its own keys, in one call: each as it is alone."""
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(4, 7, 16, generator=gen).to(BF16)
+    sources = []
+    for rows, total in ((3, 80), (4, 150)):
+        keys = torch.randn(2, total, 16, generator=gen).to(BF16)
+        values = torch.randn(2, total, 16, generator=gen).to(BF16)
+        sources.append(invariant.KeySource(rows, keys, values, causal_attend(total - rows, rows)))
+    together = invariant.attention_by_source(q, sources)
+    start = 0
+    for source in sources:
+        for i in range(source.rows):
+            slots = source.attend[i].nonzero()[:, 0]
+            alone = invariant.attention(q[:, start + i : start + i + 1], source.keys[:, slots],
+                                        source.values[:, slots], None)
+            assert torch.equal(together[:, start + i : start + i + 1], alone)
+        start += source.rows
+    with pytest.raises(ValueError, match="cover 7 rows"):
+        invariant.attention_by_source(q[:, :5], sources)
+
+
+def test_rows_alone_is_the_fallback_without_a_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(invariant, "probe_attention_tile", lambda *key: None)
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(4, 5, 16, generator=gen).to(BF16)
+    keys = torch.randn(2, 60, 16, generator=gen).to(BF16)
+    values = torch.randn(2, 60, 16, generator=gen).to(BF16)
+    attend = causal_attend(55, 5)
+    together = invariant.attention(q, keys, values, attend)
+    for i in range(5):
+        assert torch.equal(together[:, i : i + 1],
+                           invariant.attention(q[:, i : i + 1], keys[:, : 56 + i], values[:, : 56 + i], None))
 
 
 @pytest.fixture(scope="module")

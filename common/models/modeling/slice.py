@@ -196,6 +196,18 @@ class ModelSlice(nn.Module):
         self.loaded_tensor_names: tuple[str, ...] = ()
 
     @property
+    def row_invariant(self) -> bool:
+        """Whether every row is computed bitwise as it would be alone (else fused kernels)."""
+        return self._row_invariant
+
+    def use_row_invariant(self, flag: bool) -> None:
+        """Switch the numerics of every layer and the head: row-invariant (True) or fused kernels."""
+        self._row_invariant = flag
+        for layer in self.layers:
+            layer.self_attn.row_invariant = flag
+            layer.mlp.row_invariant = flag
+
+    @property
     def spec(self) -> ModelSpec:
         """Architecture of the whole model."""
         return self._spec

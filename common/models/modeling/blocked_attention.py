@@ -1,0 +1,135 @@
+"""Attention batched over a segment's rows with a fixed reduction layout per row.
+
+Each row's visible keys, in slot order (the cache keeps them in position order), are cut into
+blocks of ``KEY_BLOCK`` keys, the last one padded at the end with keys whose score is ``-inf``.
+Every number a row's output is made of then comes from its own keys in its own block layout:
+
+- a score is one element of a float32 matrix product whose rows are padded to a multiple of
+  ``tile`` (a size probed by ``common.models.modeling.invariant`` to give every row bitwise the
+  same element whatever the product's height, width or batch);
+- the softmax takes the row's maximum (exact in any order), sums each block of ``exp`` by a fixed
+  halving tree and the block sums left to right (a padded block adds exact zeros);
+- each block's values are weighted by a float32 product as above, the blocks added left to right.
+
+Blocks whose keys are slots ``[b*B, (b+1)*B)`` for every row that sees them (a prefix of the cache
+seen by all rows: the whole prompt in a prefill chunk, the committed context in a tree segment)
+are computed for all rows in one product straight from the cache; a row's other blocks are
+gathered from its own slots. The same row alone gets the same blocks and so the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KEY_BLOCK = 64  # keys per block: a power of two (the halving tree) and a multiple of every SIMD width
+_EXP_ALIGN = 1024  # exp runs on a length that splits into whole SIMD vectors per thread
+
+
+def blocked_attention(q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | None, tile: int) -> Tensor:
+    """``[Hq, L, D]`` from keys/values ``[Hkv, T, D]``; ``attend`` bool ``[L, T]`` or None (every key).
+
+    Every row must see at least one key. ``tile``: the row padding of every matrix product.
+    """
+    heads, rows, dim = q.shape
+    kv_heads, total = keys.shape[0], keys.shape[1]
+    group = heads // kv_heads
+    device = q.device
+    block = KEY_BLOCK
+    if attend is None:
+        count = torch.full((rows,), total, dtype=torch.long, device=device)
+        run = count
+    else:
+        count = attend.sum(dim=1)  # visible keys per row
+        run = torch.where(attend.all(dim=1), total, (~attend).to(torch.int8).argmax(dim=1))  # leading slots 0, 1, ...
+    blocks = (count + block - 1) // block
+    shared = torch.where(run == count, blocks, run // block)  # leading blocks read straight from the cache
+    n_blocks, n_shared = int(blocks.max()), int(shared.max())
+    width = n_blocks * block
+    qf = q.float().view(kv_heads, group, rows, dim).transpose(1, 2)  # [Hkv, L, G, D]
+    stacked = rows * group
+    height = -(-stacked // tile) * tile
+    index = torch.arange(n_blocks, device=device)[None, :]
+    pairs = ((index >= shared[:, None]) & (index < blocks[:, None])).nonzero()  # [P, 2]: row, block gathered
+    if pairs.shape[0]:
+        scores = torch.full((kv_heads, rows, group, n_blocks, block), -math.inf, device=device)
+    if n_shared:
+        span = n_shared * block
+        kf = _padded(keys, span)  # [Hkv, span, D] float32
+        vf = _padded(values, span)
+        qs = F.pad(qf.reshape(kv_heads, stacked, dim), (0, 0, 0, height - stacked))
+        s = torch.matmul(qs, kf.transpose(1, 2))[:, :stacked]  # [Hkv, L*G, span]
+        s = s.reshape(kv_heads, rows, group, n_shared, block)
+        if pairs.shape[0]:
+            scores[:, :, :, :n_shared] = s
+        else:
+            scores = s
+    if pairs.shape[0]:
+        slot = _gathered_slots(attend, count, pairs, rows, total, n_blocks)  # [P * B]
+        kg = keys.index_select(1, slot).float().view(kv_heads, -1, block, dim)  # [Hkv, P, B, D]
+        vg = values.index_select(1, slot).float().view(kv_heads, -1, block, dim)
+        pad = -(-group // tile) * tile - group
+        qg = F.pad(qf[:, pairs[:, 0]], (0, 0, 0, pad))  # [Hkv, P, G padded, D]
+        sg = torch.matmul(qg, kg.transpose(2, 3))[:, :, :group]  # [Hkv, P, G, B]
+        scores[:, pairs[:, 0], :, pairs[:, 1]] = sg.transpose(0, 1)
+    valid = (torch.arange(width, device=device)[None, :] < count[:, None]).view(rows, 1, n_blocks, block)
+    scores = (scores * (1.0 / math.sqrt(dim))).masked_fill(~valid, -math.inf)
+    weights = _exp(scores - scores.amax(dim=(-2, -1), keepdim=True))  # [Hkv, L, G, NB, B]
+    out = torch.zeros(kv_heads, rows, group, n_blocks, dim, device=device)
+    if n_shared:
+        ws = weights[:, :, :, :n_shared].permute(0, 3, 1, 2, 4).reshape(kv_heads, n_shared, stacked, block)
+        ws = F.pad(ws, (0, 0, 0, height - stacked))
+        o = torch.matmul(ws, vf.view(kv_heads, n_shared, block, dim))[:, :, :stacked]  # [Hkv, NS, L*G, D]
+        out[:, :, :, :n_shared] = o.reshape(kv_heads, n_shared, rows, group, dim).permute(0, 2, 3, 1, 4)
+    if pairs.shape[0]:
+        wg = F.pad(weights[:, pairs[:, 0], :, pairs[:, 1]].transpose(0, 1), (0, 0, 0, pad))  # [Hkv, P, G', B]
+        og = torch.matmul(wg, vg)[:, :, :group]  # [Hkv, P, G, D]
+        out[:, pairs[:, 0], :, pairs[:, 1]] = og.transpose(0, 1)
+    sums = _halving_sum(weights)  # [Hkv, L, G, NB]
+    total_weight, acc = sums[..., 0], out[..., 0, :]
+    for b in range(1, n_blocks):  # left to right: a row's padding blocks add exact zeros
+        total_weight = total_weight + sums[..., b]
+        acc = acc + out[..., b, :]
+    result = acc / total_weight[..., None]  # [Hkv, L, G, D]
+    return result.transpose(1, 2).reshape(heads, rows, dim).to(q.dtype)
+
+
+def _padded(x: Tensor, length: int) -> Tensor:
+    """``x[:, :length]`` in float32, zero rows appended past its end."""
+    part = x[:, : min(length, x.shape[1])].float()
+    return F.pad(part, (0, 0, 0, length - part.shape[1]))
+
+
+def _gathered_slots(attend: Tensor | None, count: Tensor, pairs: Tensor, rows: int, total: int,
+                    n_blocks: int) -> Tensor:
+    """Cache slots of each gathered (row, block): the row's visible slots in order, padding -> slot 0."""
+    block, device = KEY_BLOCK, count.device
+    width = n_blocks * block
+    if attend is None:
+        order = torch.arange(total, device=device).expand(rows, total)
+    else:
+        order = torch.sort((~attend).to(torch.int8), dim=1, stable=True).indices  # visible slots first, ascending
+    order = F.pad(order[:, :width], (0, max(0, width - order.shape[1])))
+    slot = order.view(rows, n_blocks, block)[pairs[:, 0], pairs[:, 1]]  # [P, B]
+    live = torch.arange(block, device=device)[None, :] + pairs[:, 1:] * block < count[pairs[:, 0]][:, None]
+    return torch.where(live, slot, 0).reshape(-1)
+
+
+def _exp(x: Tensor) -> Tensor:
+    """``exp`` with every element computed by the vectorised path: the flat length is padded so that
+    no thread's share ends in a scalar tail (which may round differently)."""
+    flat = x.reshape(-1)
+    align = _EXP_ALIGN * torch.get_num_threads()
+    padded = F.pad(flat, (0, -flat.numel() % align), value=-math.inf)
+    return padded.exp()[: flat.numel()].view(x.shape)
+
+
+def _halving_sum(x: Tensor) -> Tensor:
+    """Sum over the last dimension (a power of two) by a fixed tree of elementwise additions."""
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
