@@ -24,13 +24,13 @@ from typing import Any
 from common.cluster.settings import Admission
 from common.models.text_stream import TextStream
 from common.observability import trace
-from common.speculation.modes import DraftSettings
+from common.speculation.modes import DraftSettings, Mode
 from common.speculation.tree import DraftTree, plan_prune, prune_tree
 from common.wire.client import GenerateChunk, GenerateReply, GenerateRequest
 from common.wire.codec import Message
 from common.wire.commands import EndRequest, Expand, Prune, StartRequest
 from common.wire.ordering import OrderError, PruneLog
-from common.wire.reports import DraftReport, Fault, Ready, StageStats, Verdict
+from common.wire.reports import DraftReport, Fault, Ready, StageStats, Verdict, VerdictKind
 from services.scheduler.admission import MIB, Capacity, busy_reason, invalid_reason, kv_need_bytes
 from services.scheduler.replay import attempt_id, request_id_of
 
@@ -195,7 +195,7 @@ class SchedulerCore:
     @staticmethod
     def _known(job: _Job, verdict: Verdict) -> bool:
         """Whether every node of the verdict's segment (nodes 0 .. rows-1 of its epoch) was reported."""
-        return verdict.kind != "tree" or verdict.epoch != job.epoch or verdict.rows <= len(job.tree)
+        return verdict.kind is not VerdictKind.TREE or verdict.epoch != job.epoch or verdict.rows <= len(job.tree)
 
     def fail(self, request_id: str, error: str, code: str = "failed") -> list[Outbound]:
         """End one running request with an error (a protocol violation in one of its reports)."""
@@ -287,12 +287,12 @@ class SchedulerCore:
         return seq
 
     def _decide(self, job: _Job, verdict: Verdict) -> list[Outbound]:
-        if verdict.kind == "noop":
+        if verdict.kind is VerdictKind.NOOP:
             job.noops += 1
             return self._expand(job)
         if verdict.epoch != job.epoch or verdict.round != job.round:
             raise OrderError(f"verdict for epoch {verdict.epoch} while the tree is at epoch {job.epoch}")
-        if verdict.kind == "prefill":
+        if verdict.kind is VerdictKind.PREFILL:
             job.prefilled_at = job.prefilled_at or time.perf_counter()
             accepted: tuple[int, ...] = ()
             new_tokens: tuple[int, ...] = (verdict.next_token,)
@@ -306,7 +306,7 @@ class SchedulerCore:
             new_tokens = (*verdict.accepted_tokens[1:], verdict.next_token)
             job.step_tokens += len(new_tokens)
             # Chunk-PP and autoregressive decoding verify each tree whole: every verification ends the round.
-            continues = job.request.mode in ("flowspec", "pipedec")
+            continues = Mode(job.request.mode).continues_round
             keep = plan_prune(job.tree, accepted, verdict.next_token) if continues else ()
         job.output.extend(new_tokens)
         stop = self._stop(job)

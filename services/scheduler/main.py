@@ -36,7 +36,7 @@ from common.wire.curve import CLIENT as CLIENT_DOMAIN
 from common.wire.curve import HANDSHAKE_EVENTS, HandshakeRefusals, KeyPair, as_server, gatekeeper_of
 from common.wire.errors import ProtocolError
 from common.wire.link import LinkError, LinkSettings, close_all, shaped_push
-from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
+from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict, VerdictKind
 from common.wire.transport import pull, recv
 from services.scheduler.admission import Capacity, kv_bytes_per_token
 from services.scheduler.connections import ClientConnections
@@ -236,7 +236,7 @@ def _receive_report(sock: zmq.Socket, max_bytes: int, metrics: SchedulerMetrics)
 
 def _count_verdict(verdict: Verdict, metrics: SchedulerMetrics) -> None:
     """vLLM's spec-decode counters: one draft per verified tree; the root is context, not a draft token."""
-    if verdict.kind != "tree":
+    if verdict.kind is not VerdictKind.TREE:
         return
     metrics.drafts.inc()
     metrics.draft_tokens.inc(max(verdict.rows - 1, 0))
