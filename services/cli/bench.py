@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.cluster.settings import ClusterSpec
+from common.models.dtypes import model_dtype_problem
 from common.observability import trace
 from common.observability.bench_report import (
     LOCAL,
@@ -267,8 +268,8 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
     from common.models.modeling import load_model_spec
     from common.models.store import resolve
 
-    if dtype not in ("float32", "bfloat16"):
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if problem := model_dtype_problem(dtype):
+        _fail(f"--{problem}")
     if draft_vocab and draft_head:
         _fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     try:

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from common.models.dtypes import model_dtype_problem
 from common.speculation.modes import MODES, DraftSettings
 from services.cli.errors import fail
 from services.launcher import LaunchError, default_run_dir, plan_local, running, start, start_api, stop
@@ -70,8 +71,8 @@ def up(
                  "--draft-vocab and --layers")
         _up_boards(cluster, run_dir, log_level, keys_dir)
         return
-    if dtype not in ("float32", "bfloat16"):
-        fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if problem := model_dtype_problem(dtype):
+        fail(f"--{problem}")
     if expansion not in ("grow", "redraft"):
         fail(f"--expansion must be grow or redraft, not {expansion}")
     settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth, expand_nodes=expand_nodes,

@@ -38,8 +38,8 @@ from common.cluster.partition import (
     parse_hosts,
     plan_partition,
 )
+from common.models.dtypes import dtype_bytes, model_dtype_problem
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 MEASURE_TOKENS = 16
 MEASURE_REPEATS = 5
 HOSTS_HELP = ('JSON {"hosts": [{"name", "address", "memory_mib", "speed", "cpus"?}, ...]} in pipeline order; '
@@ -63,8 +63,8 @@ def plan(
     measure: Annotated[bool, typer.Option(help="Time a decoder layer here; hosts without speed take it.")] = False,
 ) -> None:
     """Split the base model's decoder layers over the hosts, minimising the slowest stage's step time."""
-    if dtype not in DTYPE_BYTES:
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if problem := model_dtype_problem(dtype):
+        _fail(f"--{problem}")
     if kv_tokens < 0 or overhead_mib < 0:
         _fail("--kv-tokens and --overhead-mib must be non-negative")
     if hosts is None and not measure:
@@ -82,7 +82,7 @@ def plan(
         if hosts is None:
             return
         host_list = parse_hosts(_read_json(hosts), default_speed=measured)
-        costs = layer_costs(model_dir, DTYPE_BYTES[dtype])
+        costs = layer_costs(model_dir, dtype_bytes(dtype))
         kv = kv_bytes_per_layer(costs, kv_tokens)
         result = plan_partition(costs, host_list, fixed_overhead_bytes=int(overhead_mib * MIB), kv_bytes_per_layer=kv)
     except (ModelStoreError, ModelingError, PartitionError) as exc:

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from common.models.dtypes import model_dtype_problem, torch_dtype
+
 app = typer.Typer(add_completion=False, help="Measure forward costs on this machine.")
 
 
@@ -92,7 +94,6 @@ def draft(
     from common.speculation.draft_vocab import draft_vocabulary
     from common.speculation.modes import DraftSettings
     from services.bench.draft import DEFAULT_PROMPT, DraftConfig, profile_draft
-    from services.bench.forward import DTYPES
 
     _pin_process(dtype, cpus, threads)
     try:
@@ -102,7 +103,7 @@ def draft(
         reduced = draft_vocabulary(draft_dir, draft_vocab) if draft_vocab else None
     except (ModelStoreError, ValueError, TypeError) as exc:
         _fail(str(exc))
-    model = load_slice(draft_dir, None, with_embedding=True, with_head=True, dtype=DTYPES[dtype])
+    model = load_slice(draft_dir, None, with_embedding=True, with_head=True, dtype=torch_dtype(dtype))
     configs = [DraftConfig("re-forward, full vocabulary", False, None), DraftConfig("kept KV, full vocabulary", True, None)]
     if reduced is not None:
         configs.append(DraftConfig(f"kept KV, {len(reduced)} tokens", True, reduced))
@@ -124,10 +125,9 @@ def _pin_process(dtype: str, cpus: str, threads: int) -> None:
     """Check the dtype, pin this process to ``cpus`` (if given) and set torch's threads (0: one per core)."""
     import torch
 
-    from services.bench.forward import DTYPES
 
-    if dtype not in DTYPES:
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if problem := model_dtype_problem(dtype):
+        _fail(f"--{problem}")
     if cpus:
         os.sched_setaffinity(0, _cpu_list(cpus))
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))

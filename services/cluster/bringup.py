@@ -41,13 +41,13 @@ from common.cluster.machine_defaults import thread_environment
 from common.cluster.partition import MIB, human_bytes, layer_costs
 from common.cluster.settings import ClusterSpec
 from common.cluster.slices import SliceFolder, build_slice, service_tensors
+from common.models.dtypes import dtype_bytes
 from services.client import ClusterUnavailable
 from services.cluster.board_agent import flowring_version
 from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
 from services.launcher import BOARDS_FILE, LaunchError, client_for, supervised
 
 CLUSTER_FILE = "cluster.json"
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 PROBE_TIMEOUT_S = 60.0  # the probe imports torch, slow on a small board
 COMMAND_TIMEOUT_S = 30.0
 COPY_TIMEOUT_S = 3600.0
@@ -114,8 +114,8 @@ def plan(inv: Inventory, keys: ClusterKeys) -> Bringup:
 
     base_dir, draft_dir = resolve(inv.base), resolve(inv.draft)
     check_same_tokenizer(base_dir, draft_dir)
-    base_costs = layer_costs(base_dir, DTYPE_BYTES[inv.dtype])
-    draft_costs = layer_costs(draft_dir, DTYPE_BYTES[inv.dtype])
+    base_costs = layer_costs(base_dir, dtype_bytes(inv.dtype))
+    draft_costs = layer_costs(draft_dir, dtype_bytes(inv.dtype))
     ranges = layer_ranges(inv, base_costs, draft_costs)
     needs = board_bytes(inv, service_bytes(inv, ranges, base_costs, draft_costs))
     problems = memory_problems(inv, needs)

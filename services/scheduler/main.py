@@ -19,6 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from common.cluster.keys import client_curve
 from common.cluster.settings import ClusterSpec
+from common.models.dtypes import dtype_bytes
 from common.models.modeling import load_model_spec
 from common.models.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 from common.observability.metrics import SchedulerMetrics
@@ -59,10 +60,9 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
     )
     model = load_model_spec(spec.base)
     largest = max((end - start for start, end in (s.layers for s in spec.stages)), default=0)
-    dtype_bytes = 2 if spec.dtype == "bfloat16" else 4
     capacity = Capacity(
         context_tokens=model.max_position_embeddings,
-        kv_bytes_per_token=kv_bytes_per_token(largest, model.num_kv_heads, model.head_dim, dtype_bytes),
+        kv_bytes_per_token=kv_bytes_per_token(largest, model.num_kv_heads, model.head_dim, dtype_bytes(spec.dtype)),
     )
     return SchedulerCore([p.name for p in spec.ring], codec, model.eos_token_ids, spec.draft_settings,
                          spec.prefill_chunk, admission=spec.admission, capacity=capacity,
