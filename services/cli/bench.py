@@ -54,6 +54,7 @@ from services.bench.pinning import PinError, pin_services, stage_cpus
 from services.bench.ttft import TtftError
 from services.cli import bench_serving
 from services.cli.bench_plot import PlotError, write_plot, write_timeline
+from services.cli.errors import fail
 from services.client import Client, ClusterUnavailable
 from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
 
@@ -99,10 +100,6 @@ class PinnedCluster:
     draft_vocab: int = 0  # the draft model proposes only its N most frequent tokens; 0: every token
     row_invariant: bool = True  # stages and verifier compute each row as alone (False: fused kernels)
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 BENCH_MODES = (LOCAL, *MODES)
@@ -156,17 +153,17 @@ def bench(
     mode_list = tuple(dict.fromkeys(m.strip() for m in modes.split(",") if m.strip()))
     unknown = [m for m in mode_list if m not in BENCH_MODES]
     if (modes and not mode_list) or unknown:
-        _fail(f"--modes must name some of {', '.join(BENCH_MODES)}, not {modes!r}")
+        fail(f"--modes must name some of {', '.join(BENCH_MODES)}, not {modes!r}")
     if serving and (plot or trace_out):
-        _fail("--plot and --trace go with the mode comparison, not with --concurrency or --ttft")
+        fail("--plot and --trace go with the mode comparison, not with --concurrency or --ttft")
     if serving and LOCAL in mode_list:
-        _fail(f"--concurrency and --ttft measure the ring: --modes cannot include {LOCAL}")
+        fail(f"--concurrency and --ttft measure the ring: --modes cannot include {LOCAL}")
     mode_list = mode_list or (() if serving else BENCH_MODES)
     try:
         LinkSettings(link_mbps, link_latency_ms)
         prompt_list = load_prompts(prompts, num_prompts)
     except (LinkError, PromptFileError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     settings = BenchSettings(prompts, mode_list, len(prompt_list), max_new_tokens, temperature, seed, link_mbps,
                              link_latency_ms, warmup, timeout, trace_out is not None)
     if pin:
@@ -177,7 +174,7 @@ def bench(
     else:
         cluster_file = run_dir / "cluster.json"
         if not cluster_file.exists():
-            _fail(f"no cluster in {run_dir}: start one with `flowring up`, or pass --pin")
+            fail(f"no cluster in {run_dir}: start one with `flowring up`, or pass --pin")
         spec, own_run_dir = ClusterSpec.load(cluster_file), None
     console = Console(width=max(Console().width, 280))
     started = datetime.now(UTC)
@@ -192,7 +189,7 @@ def bench(
             _warm_up(runner, settings, prompt_list[0], console)
             records = _run_all(runner, settings, prompt_list, console)
     except BaselineError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         if own_run_dir is not None:
             stop(own_run_dir)
@@ -208,7 +205,7 @@ def bench(
         try:
             trace_out.write_text(json.dumps(trace.chrome_trace(traced)) + "\n")
         except OSError as exc:
-            _fail(f"cannot write {trace_out}: {exc}")
+            fail(f"cannot write {trace_out}: {exc}")
         typer.echo(f"trace: {trace_out} (open in ui.perfetto.dev or chrome://tracing)")
     if plot is not None:
         try:
@@ -219,11 +216,11 @@ def bench(
                 write_timeline(_last_per_mode(traced), timeline, _title(settings, machine))
                 typer.echo(f"timeline: {timeline}")
         except PlotError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     typer.echo(f"json: {json_out}")
     dead = [s.mode for s in summaries if s.runs == 0]
     if dead:
-        _fail(f"mode(s) {', '.join(dead)} failed on every prompt")
+        fail(f"mode(s) {', '.join(dead)} failed on every prompt")
 
 
 def _serve_bench(spec: ClusterSpec, cluster_dir: Path, plan: bench_serving.ServingSettings, prompts: list[Prompt],
@@ -232,7 +229,7 @@ def _serve_bench(spec: ClusterSpec, cluster_dir: Path, plan: bench_serving.Servi
     try:
         report = bench_serving.measure(spec, cluster_dir, plan, prompts, console)
     except TtftError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         if own_run_dir is not None:
             stop(own_run_dir)
@@ -244,7 +241,7 @@ def _serve_bench(spec: ClusterSpec, cluster_dir: Path, plan: bench_serving.Servi
     bench_serving.print_report(console, spec, plan, report)
     typer.echo(f"json: {json_out}")
     if report.failed(greedy=plan.options["temperature"] == 0):
-        _fail("a request failed, or a concurrent output differs from its solo run (see above)")
+        fail("a request failed, or a concurrent output differs from its solo run (see above)")
 
 
 def machine_info() -> dict[str, Any]:
@@ -269,9 +266,9 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
     from common.models.store import resolve
 
     if problem := model_dtype_problem(dtype):
-        _fail(f"--{problem}")
+        fail(f"--{problem}")
     if draft_vocab and draft_head:
-        _fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
+        fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     try:
         settings = DraftSettings(**json.loads(tree))
         if not (base and draft):
@@ -279,7 +276,7 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
         base_dir, draft_dir = resolve(base), resolve(draft)
         ranges = tuple(explicit_ranges(layers, load_model_spec(base_dir).num_layers)) if layers else ()
     except (KeyError, ValueError, TypeError, ModelStoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     head = str(Path(draft_head).resolve()) if draft_head else ""
     return PinnedCluster(str(base_dir), str(draft_dir), len(ranges) or stages, cores, dtype, settings, head, ranges,
                          draft_vocab)
@@ -306,7 +303,7 @@ def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
                    f"own: {', '.join(f'{p.name} {p.cpus}' for p in spec.ring)}")
         start(spec, run_dir)
     except (PinError, LaunchError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     return spec, run_dir
 
 
@@ -433,7 +430,7 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
     try:
         path.write_text(json.dumps(payload, indent=2) + "\n")
     except OSError as exc:
-        _fail(f"cannot write {path}: {exc}")
+        fail(f"cannot write {path}: {exc}")
 
 
 def _title(settings: BenchSettings, machine: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 from statistics import median
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich import box
@@ -39,6 +39,7 @@ from common.cluster.partition import (
     plan_partition,
 )
 from common.models.dtypes import dtype_bytes, model_dtype_problem
+from services.cli.errors import fail
 
 MEASURE_TOKENS = 16
 MEASURE_REPEATS = 5
@@ -47,10 +48,6 @@ HOSTS_HELP = ('JSON {"hosts": [{"name", "address", "memory_mib", "speed", "cpus"
 
 app = typer.Typer(add_completion=False, help="Plan which layers each host runs, by memory and speed.")
 
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -64,11 +61,11 @@ def plan(
 ) -> None:
     """Split the base model's decoder layers over the hosts, minimising the slowest stage's step time."""
     if problem := model_dtype_problem(dtype):
-        _fail(f"--{problem}")
+        fail(f"--{problem}")
     if kv_tokens < 0 or overhead_mib < 0:
-        _fail("--kv-tokens and --overhead-mib must be non-negative")
+        fail("--kv-tokens and --overhead-mib must be non-negative")
     if hosts is None and not measure:
-        _fail("give --hosts FILE (or --measure alone to time this host)")
+        fail("give --hosts FILE (or --measure alone to time this host)")
     from common.models.catalog import ModelStoreError
     from common.models.modeling import ModelingError
     from common.models.store import resolve
@@ -86,7 +83,7 @@ def plan(
         kv = kv_bytes_per_layer(costs, kv_tokens)
         result = plan_partition(costs, host_list, fixed_overhead_bytes=int(overhead_mib * MIB), kv_bytes_per_layer=kv)
     except (ModelStoreError, ModelingError, PartitionError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _print_plan(result, costs.head_bytes, costs.head_compute)
 
 
