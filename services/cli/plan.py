@@ -33,12 +33,12 @@ from common.cluster.partition import (
     Plan,
     format_ranges,
     human_bytes,
-    kv_bytes_per_layer,
     layer_costs,
     parse_hosts,
     plan_partition,
 )
 from common.models.dtypes import dtype_bytes, model_dtype_problem
+from common.models.kv_memory import kv_cache_bytes
 from services.cli.errors import fail
 
 MEASURE_TOKENS = 16
@@ -80,7 +80,7 @@ def plan(
             return
         host_list = parse_hosts(_read_json(hosts), default_speed=measured)
         costs = layer_costs(model_dir, dtype_bytes(dtype))
-        kv = kv_bytes_per_layer(costs, kv_tokens)
+        kv = kv_cache_bytes(kv_tokens, costs.kv_bytes_per_token)
         result = plan_partition(costs, host_list, fixed_overhead_bytes=int(overhead_mib * MIB), kv_bytes_per_layer=kv)
     except (ModelStoreError, ModelingError, PartitionError) as exc:
         fail(str(exc))

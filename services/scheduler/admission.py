@@ -19,10 +19,6 @@ class Capacity:
     kv_bytes_per_token: int = 0  # K and V of every layer of the stage with the most layers; 0: unchecked
 
 
-def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
-    return 2 * layers * kv_heads * head_dim * dtype_bytes
-
-
 def tree_nodes(draft: DraftSettings) -> int:
     """Tree rows a request may hold beyond its context: the fill tree plus a step's largest growth (or the
     node cap of drafting ahead)."""

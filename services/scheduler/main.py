@@ -20,6 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 from common.cluster.keys import client_curve
 from common.cluster.settings import ClusterSpec
 from common.models.dtypes import dtype_bytes
+from common.models.kv_memory import kv_bytes_per_token
 from common.models.modeling import load_model_spec
 from common.models.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 from common.observability.metrics import SchedulerMetrics
@@ -39,7 +40,7 @@ from common.wire.errors import ProtocolError
 from common.wire.link import LinkError, LinkSettings, close_all, shaped_push
 from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict, VerdictKind
 from common.wire.transport import pull, recv
-from services.scheduler.admission import Capacity, kv_bytes_per_token
+from services.scheduler.admission import Capacity
 from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
 from services.scheduler.liveness import Liveness, describe
@@ -62,7 +63,7 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
     largest = max((end - start for start, end in (s.layers for s in spec.stages)), default=0)
     capacity = Capacity(
         context_tokens=model.max_position_embeddings,
-        kv_bytes_per_token=kv_bytes_per_token(largest, model.num_kv_heads, model.head_dim, dtype_bytes(spec.dtype)),
+        kv_bytes_per_token=kv_bytes_per_token(model.num_kv_heads * model.head_dim, dtype_bytes(spec.dtype), largest),
     )
     return SchedulerCore([p.name for p in spec.ring], codec, model.eos_token_ids, spec.draft_settings,
                          spec.prefill_chunk, admission=spec.admission, capacity=capacity,
