@@ -1,8 +1,10 @@
 """The one model of KV-cache memory, used by the planner (common/cluster) and admission (services/scheduler).
 
-A cache row holds one token's keys and values in every layer of a slice. ``KVCache`` allocates rows in a
-capacity that starts at ``KV_INITIAL_CAPACITY`` and doubles, so the memory a cache holds is that capacity's,
-not its rows': both the planner and admission budget that.
+A cache row holds one token's keys and values in every layer of a slice, at ``kv_bytes_per_token``. ``KVCache``
+allocates rows in a capacity that starts at ``KV_INITIAL_CAPACITY`` and doubles: the planner budgets that
+capacity (what a stage's cache holds once grown). Admission charges each request the rows it will write, at
+the same per-token cost: the stages' caches are pooled and reused across requests, so a request's share is
+its rows, not a fresh capacity.
 """
 
 from __future__ import annotations
