@@ -62,7 +62,8 @@ from services.cli.bench_output import (
 from services.cli.bench_plot import PlotError, write_plot, write_timeline
 from services.cli.errors import fail
 from services.client import Client, ClusterUnavailable
-from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
+from services.launcher import LaunchError, client_for, plan_local, start, stop
+from services.run_folder import RunFolder, default_run_dir
 
 WARMUP_MAX_NEW_TOKENS = 16
 DEFAULT_RUN_DIR = default_run_dir()
@@ -157,7 +158,7 @@ def bench(
         pinned = dataclasses.replace(pinned, row_invariant=row_invariant)
         spec, own_run_dir = _start_pinned(pinned)
     else:
-        cluster_file = run_dir / "cluster.json"
+        cluster_file = RunFolder(run_dir).cluster
         if not cluster_file.exists():
             fail(f"no cluster in {run_dir}: start one with `flowring up`, or pass --pin")
         spec, own_run_dir = ClusterSpec.load(cluster_file), None

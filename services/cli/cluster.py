@@ -13,7 +13,8 @@ import typer
 from common.models.dtypes import model_dtype_problem
 from common.speculation.modes import MODES, DraftSettings
 from services.cli.errors import fail
-from services.launcher import LaunchError, default_run_dir, plan_local, running, start, start_api, stop
+from services.launcher import LaunchError, plan_local, running, start, start_api, stop
+from services.run_folder import RunFolder, default_run_dir
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 CLUSTER_HELP = "TOML inventory of boards (see infra/lan.example.toml): start the ring on them over SSH."
@@ -99,11 +100,10 @@ def _prepare_draft_vocab(draft_dir: Path, size: int) -> str:
 
 def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
     """Stop the cluster, local or on every board; no process is left behind."""
-    from services.cluster.bringup import BOARDS_FILE
     from services.cluster.bringup import down as down_boards
 
     try:
-        stopped = down_boards(run_dir) if (run_dir / BOARDS_FILE).exists() else stop(run_dir)
+        stopped = down_boards(run_dir) if RunFolder(run_dir).boards.exists() else stop(run_dir)
     except LaunchError as exc:
         fail(str(exc))
     typer.echo(f"stopped {len(stopped)} service(s)" if stopped else "no cluster running")
@@ -153,12 +153,12 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
             stop(run_dir)
         fail(str(exc))
     s = spec.scheduler
-    typer.echo(f"flowring is up: scheduler at {s.endpoint(s.client_port)}, logs in {run_dir / 'logs'}")
+    typer.echo(f"flowring is up: scheduler at {s.endpoint(s.client_port)}, logs in {RunFolder(run_dir).logs}")
     if api:
         typer.echo(f"  OpenAI API: {api}  (curl {api}/models)")
     typer.echo('  generate:  .venv/bin/flowring generate "Write a haiku about rings" --max-new-tokens 64')
     typer.echo("  status:    .venv/bin/flowring status")
-    typer.echo(f"  logs:      tail -f {run_dir / 'logs'}/*.log")
+    typer.echo(f"  logs:      tail -f {RunFolder(run_dir).logs}/*.log")
     typer.echo("  stop:      .venv/bin/flowring down")
 
 

@@ -28,6 +28,7 @@ from services.cli.cluster import DEFAULT_RUN_DIR, RunDir
 from services.cli.errors import fail
 from services.client import Client, ClusterUnavailable
 from services.launcher import client_for
+from services.run_folder import RunFolder
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
                   no_args_is_help=True, add_completion=True)
@@ -99,7 +100,7 @@ def _stream(client: Client, prompt: str, options: dict) -> GenerateReply:
 
 
 def _cluster(run_dir: Path) -> ClusterSpec:
-    path = run_dir / "cluster.json"
+    path = RunFolder(run_dir).cluster
     if not path.exists():
         fail(f"no cluster in {run_dir}: start one with `flowring up`")
     return ClusterSpec.load(path)
