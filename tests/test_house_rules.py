@@ -66,7 +66,7 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _module_edges() -> dict[str, set[str]]:
-    graph = grimp.build_graph("common", "services")
+    graph = grimp.build_graph("common", "services", cache_dir=None)
     return {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
 
 

@@ -22,8 +22,8 @@ from typing import Protocol
 
 from common.observability import trace
 from common.speculation import tree_policy
-from common.speculation.drafting import TreeDrafter, TreeShape
-from common.speculation.heads.context import HeadContextDrafter
+from common.speculation.drafting import TreeShape
+from common.speculation.growth import Drafter
 from common.speculation.modes import DraftSettings, Mode
 from common.speculation.tree import DraftTree, merge_trees, renumbered, segment_sizes, single_root
 from common.wire.codec import Message
@@ -34,7 +34,6 @@ from common.wire.request_table import RequestTable
 from common.wire.ring import Features, Phase, Segment
 
 Outbound = tuple[str, Message]
-Drafter = TreeDrafter | HeadContextDrafter
 MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find nodes the tree lacks
 EXTRA_IN_FLIGHT = 1  # segments beyond a fill's one per hop: the pipeline has room, the drafter does not flood it
 
@@ -109,7 +108,7 @@ class DrafterCore:
             self._on_prune(req, msg)
             return []
         if isinstance(msg, Features):
-            if not isinstance(req.drafter, HeadContextDrafter):
+            if not req.drafter.takes_features:
                 raise OrderError(f"{self.name} drafts with a model, not a head: it takes no features")
             req.drafter.add_features(msg.position, msg.hidden)
             return self._spend_credit(req)
@@ -208,7 +207,7 @@ class DrafterCore:
 
     def _features_ready(self, req: _Request) -> bool:
         """Whether a draft head has the features of every committed token but the root (a model always has)."""
-        head = isinstance(req.drafter, HeadContextDrafter) and req.mode.drafts
+        head = req.drafter.takes_features and req.mode.drafts
         return not head or req.drafter.has_features(req.context_length)
 
     # ------------------------------------------------------------------------- drafting ahead (flowspec)
