@@ -21,8 +21,7 @@ class ProtocolError(ValueError):
 
 def member(kind: type[E], value: object, what: str) -> E:
     """``value`` as a member of the string enum ``kind`` (it travels as its string); a ProtocolError if none."""
-    try:
+    if isinstance(value, str) and value in kind._value2member_map_:
         return kind(value)
-    except ValueError:
-        names = " or ".join(repr(m.value) for m in kind)
-        raise ProtocolError(f"{what} {value!r} is not {names}") from None
+    names = " or ".join(repr(m.value) for m in kind)
+    raise ProtocolError(f"{what} {value!r} is not {names}")
