@@ -44,8 +44,12 @@ test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The house rules: ruff, the layering contract of pyproject.toml (docs/layout.md) and mypy on common/ and the
+# service cores (configured in pyproject.toml).
 lint: venv
 	$(BIN)/ruff check common services tests
+	$(BIN)/lint-imports
+	$(BIN)/mypy common services/drafter/core.py services/stage/core.py services/verifier/core.py services/scheduler/core.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -20,20 +20,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.models.dtypes import MODEL_DTYPES, torch_dtype
 from common.models.modeling import causal_attend, load_model_spec, load_slice
 from common.models.store import resolve
 from common.speculation.drafting import TreeShape
 from common.speculation.heads import FeaturePairs, HeadTreeDrafter, load_head
 from common.speculation.heads.model import new_head
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", required=True)
     parser.add_argument("--head", type=Path)
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default="bfloat16", choices=MODEL_DTYPES)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--rows", type=int, default=8)
@@ -42,7 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dtype, base = DTYPES[args.dtype], resolve(args.base)
+    dtype, base = torch_dtype(args.dtype), resolve(args.base)
     spec = load_model_spec(base)
     if args.head:
         head = load_head(args.head, base, dtype=dtype)

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.models.dtypes import dtype_bytes
+
 if TYPE_CHECKING:
     from common.cluster.partition import LayerCosts
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     from common.models.store import resolve
 
     model_dir = resolve(args.base)
-    costs = layer_costs(model_dir, {"float32": 4, "bfloat16": 2}[args.dtype])
+    costs = layer_costs(model_dir, dtype_bytes(args.dtype))
     tied = load_model_spec(model_dir).tie_word_embeddings
     splits = [int(s) for s in args.splits.split(",") if s.strip()]
     rows = []

@@ -27,17 +27,11 @@ from common.cluster.settings import ClusterSpec, Placement, Timeouts
 from common.models.modeling import load_model_spec
 from common.speculation.modes import DraftSettings
 from services.client import Client, ClusterUnavailable
-
-BOARDS_FILE = "boards.json"  # written by a cluster of boards (services/cluster/bringup.py)
+from services.run_folder import RunFolder
 
 
 class LaunchError(RuntimeError):
     """The cluster could not be started or stopped; the message says why in one line."""
-
-
-def default_run_dir() -> Path:
-    home = Path(os.environ.get("FLOWRING_HOME", Path.home() / ".cache" / "flowring"))
-    return home / "run"
 
 
 _HANDED_OUT: set[int] = set()
@@ -113,19 +107,19 @@ def client_for(spec: ClusterSpec, timeout_s: float | None = None) -> Client:
 
 def running(run_dir: Path) -> bool:
     """Whether ``run_dir`` records a cluster: live local services, or boards started and not yet stopped."""
-    return (run_dir / BOARDS_FILE).exists() or ((run_dir / "pids.json").exists() and _alive(_read_pids(run_dir)))
+    return RunFolder(run_dir).boards.exists() or (RunFolder(run_dir).pids.exists() and _alive(_read_pids(run_dir)))
 
 
 def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
     """Spawn every service in the background and return once the scheduler reports all ready."""
     if running(run_dir):
         raise LaunchError(f"a cluster is already running from {run_dir}: run `flowring down` first")
-    logs = run_dir / "logs"
+    logs = RunFolder(run_dir).logs
     logs.mkdir(parents=True, exist_ok=True)
-    (run_dir / "cluster.json").write_text(spec.to_json())
+    RunFolder(run_dir).cluster.write_text(spec.to_json())
     pids: dict[str, int] = {}
     for place in (spec.scheduler, *spec.ring):
-        cmd = [sys.executable, "-m", "services.run", "--cluster", str(run_dir / "cluster.json"),
+        cmd = [sys.executable, "-m", "services.run", "--cluster", str(RunFolder(run_dir).cluster),
                "--service", place.name, "--log-level", log_level, "--log-file", str(logs / f"{place.name}.log")]
         if place is not spec.scheduler:  # the scheduler holds every request's state: a restart could not resume
             cmd = supervised(place.name, cmd, sys.executable, logs / f"{place.name}-supervisor.log", log_level)
@@ -133,7 +127,7 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
             cmd = ["taskset", "-c", place.cpus, *cmd]
         env = {**os.environ, **thread_environment(bool(place.cpus), os.environ)}
         pids[place.name] = _spawn(cmd, logs / f"{place.name}.out", env)
-    (run_dir / "pids.json").write_text(json.dumps(pids))
+    RunFolder(run_dir).pids.write_text(json.dumps(pids))
     try:
         wait_ready(spec, run_dir, pids)
     except LaunchError:
@@ -155,13 +149,13 @@ def start_api(spec: ClusterSpec, run_dir: Path, port: int, timeout_s: float = 60
     cmd = [sys.executable, "-m", "services.cli.main", "serve", "--run-dir", str(run_dir), "--host", "127.0.0.1",
            "--port", str(port)]
     pids = _read_pids(run_dir)
-    pids["api"] = _spawn(cmd, run_dir / "logs" / "api.out")
-    (run_dir / "pids.json").write_text(json.dumps(pids))
+    pids["api"] = _spawn(cmd, RunFolder(run_dir).logs / "api.out")
+    RunFolder(run_dir).pids.write_text(json.dumps(pids))
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not _alive({"api": pids["api"]}):
-            raise LaunchError(f"the OpenAI API exited while starting: {_last_error(run_dir / 'logs' / 'api.out')}")
+            raise LaunchError(f"the OpenAI API exited while starting: {_last_error(RunFolder(run_dir).logs / 'api.out')}")
         try:
             with urllib.request.urlopen(f"{url}/models", timeout=2.0) as answer:
                 if answer.status == 200:
@@ -169,7 +163,7 @@ def start_api(spec: ClusterSpec, run_dir: Path, port: int, timeout_s: float = 60
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    raise LaunchError(f"the OpenAI API did not answer at {url} within {timeout_s:.0f} s; see {run_dir / 'logs'}")
+    raise LaunchError(f"the OpenAI API did not answer at {url} within {timeout_s:.0f} s; see {RunFolder(run_dir).logs}")
 
 
 def _spawn(cmd: list[str], output: Path, env: dict[str, str] | None = None) -> int:
@@ -186,25 +180,25 @@ def wait_ready(spec: ClusterSpec, run_dir: Path, pids: dict[str, int]) -> None:
         while time.monotonic() < deadline:
             dead = [name for name, pid in pids.items() if not _alive({name: pid})]
             if dead:
-                raise LaunchError(f"{dead[0]} exited while starting: {_last_error(run_dir / 'logs' / f'{dead[0]}.out')}")
+                raise LaunchError(f"{dead[0]} exited while starting: {_last_error(RunFolder(run_dir).logs / f'{dead[0]}.out')}")
             try:
                 if client.status(timeout_s=2.0).ready:
                     return
             except ClusterUnavailable:
                 pass
             time.sleep(0.2)
-    raise LaunchError(f"services not ready after {spec.timeouts.ready_timeout_s:.0f} s; see {run_dir / 'logs'}")
+    raise LaunchError(f"services not ready after {spec.timeouts.ready_timeout_s:.0f} s; see {RunFolder(run_dir).logs}")
 
 
 def stop(run_dir: Path, grace_s: float = 10.0) -> list[str]:
     """Ask the cluster to shut down, then terminate whatever is left. Returns the services stopped."""
     pids = _read_pids(run_dir)
     if not pids:
-        (run_dir / "cluster.json").unlink(missing_ok=True)  # left by an older version or a crash: stale
+        RunFolder(run_dir).cluster.unlink(missing_ok=True)  # left by an older version or a crash: stale
         return []
     if "api" in pids:  # the HTTP server does not take the scheduler's Shutdown: stop it first
         _signal_group(pids["api"], signal.SIGTERM)
-    cluster = run_dir / "cluster.json"
+    cluster = RunFolder(run_dir).cluster
     if cluster.exists():
         try:
             with client_for(ClusterSpec.load(cluster), 2.0) as client:
@@ -222,8 +216,8 @@ def stop(run_dir: Path, grace_s: float = 10.0) -> list[str]:
             time.sleep(0.1)
     if _alive(pids):
         raise LaunchError(f"processes {sorted(pids.values())} would not stop")
-    (run_dir / "pids.json").unlink(missing_ok=True)
-    (run_dir / "cluster.json").unlink(missing_ok=True)
+    RunFolder(run_dir).pids.unlink(missing_ok=True)
+    RunFolder(run_dir).cluster.unlink(missing_ok=True)
     return sorted(pids)
 
 
@@ -233,7 +227,7 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _read_pids(run_dir: Path) -> dict[str, int]:
-    path = run_dir / "pids.json"
+    path = RunFolder(run_dir).pids
     return json.loads(path.read_text()) if path.exists() else {}
 
 

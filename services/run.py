@@ -11,6 +11,7 @@ import zmq
 
 from common.cluster.keys import client_curve, own_keys, start_gatekeeper
 from common.cluster.settings import ClusterSpec
+from common.models.dtypes import torch_dtype
 from common.models.modeling import load_model_spec, load_slice
 from common.observability.logs import configure
 from common.observability.metrics import SchedulerMetrics, ServiceMetrics, serve_metrics
@@ -22,7 +23,6 @@ from common.wire.transport import pull
 from services.runtime import CoreHooks, ServiceSockets, serve
 
 log = structlog.get_logger()
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +61,7 @@ def run_ring_service(spec: ClusterSpec, name: str, metrics: ServiceMetrics, own:
     """Serve ring service ``name``; with ``own`` keys every socket is CURVE (the caller runs the ZAP handler)."""
     me = spec.placement(name)
     serve_metrics(metrics, me.host, me.metrics_port)
-    core, hooks = _build(spec, name, DTYPES[spec.dtype])
+    core, hooks = _build(spec, name, torch_dtype(spec.dtype))
     ctx = zmq.Context.instance()
     limit = spec.max_message_bytes
     data = pull(ctx, me.endpoint(me.data_port), limit, own) if me.data_port else None

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from common.cluster.settings import Timeouts
+from common.models.dtypes import MODEL_DTYPES
 from common.speculation.modes import DraftSettings
 
-DTYPES = ("float32", "bfloat16")
 DEVICES = ("cpu", "cuda")
 TOP_LEVEL = frozenset({"models", "placement", "ports", "resources", "tree", "ssh", "timeouts", "boards"})
 BOARD_FIELDS = frozenset({"name", "address", "user", "ssh_port", "cores", "memory_mib", "speed", "python",
@@ -127,7 +127,7 @@ def parse_inventory(data: Mapping[str, Any]) -> Inventory:
     fields: dict[str, Any] = {
         "base": _text(models, "models.base", problems),
         "draft": _text(models, "models.draft", problems),
-        "dtype": _choice(models, "dtype", DTYPES, "bfloat16", problems),
+        "dtype": _choice(models, "dtype", MODEL_DTYPES, "bfloat16", problems),
         "device": _choice(models, "device", DEVICES, "cpu", problems),
         "threads": _integer(resources, "threads", 0, 0, 1024, problems, "resources"),
         "base_port": _integer(ports, "base", 7700, 1024, 65000, problems, "ports"),

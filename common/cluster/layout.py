@@ -15,10 +15,10 @@ from common.cluster.partition import (
     PartitionError,
     explicit_ranges,
     human_bytes,
-    kv_bytes_per_layer,
     plan_partition,
 )
 from common.cluster.settings import ClusterSpec, Placement
+from common.models.kv_memory import kv_cache_bytes
 
 
 def layer_ranges(inv: Inventory, base: LayerCosts, draft: LayerCosts) -> list[tuple[int, int]]:
@@ -40,14 +40,14 @@ def layer_ranges(inv: Inventory, base: LayerCosts, draft: LayerCosts) -> list[tu
                                  f"of memory_mib {board.memory_mib} for a stage")
         hosts.append(Host(name, board.address, budget, board.relative_speed))
     plan = plan_partition(base, hosts, fixed_overhead_bytes=_overhead(inv),
-                          kv_bytes_per_layer=kv_bytes_per_layer(base, inv.kv_tokens))
+                          kv_bytes_per_layer=kv_cache_bytes(inv.kv_tokens, base.kv_bytes_per_token))
     return plan.ranges
 
 
 def service_bytes(inv: Inventory, ranges: list[tuple[int, int]], base: LayerCosts,
                   draft: LayerCosts) -> dict[str, int]:
     """Memory each service needs: its weights at the cluster dtype, its KV cache and the fixed overhead."""
-    kv = kv_bytes_per_layer(base, inv.kv_tokens)
+    kv = kv_cache_bytes(inv.kv_tokens, base.kv_bytes_per_token)
     needs = _fixed_service_bytes(inv, base, draft)
     for i, (first, last) in enumerate(ranges):
         weights = sum(base.layer_bytes[first:last]) + (base.embedding_bytes if i == 0 else 0)
@@ -109,7 +109,7 @@ def ports_of(spec: ClusterSpec, name: str) -> list[int]:
 
 def _fixed_service_bytes(inv: Inventory, base: LayerCosts, draft: LayerCosts) -> dict[str, int]:
     """Services whose size does not depend on the split: scheduler, drafter (whole draft model), verifier."""
-    draft_kv = kv_bytes_per_layer(draft, inv.kv_tokens) * draft.num_layers
+    draft_kv = kv_cache_bytes(inv.kv_tokens, draft.kv_bytes_per_token) * draft.num_layers
     return {
         "scheduler": _overhead(inv),
         "drafter": draft.total_bytes + draft_kv + _overhead(inv),

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.models.kv_memory import kv_bytes_per_token
+
 MIB = 1024 * 1024
-KV_INITIAL_CAPACITY = 256  # KVCache's default first capacity; it doubles from there
 HOST_FIELDS = frozenset({"name", "address", "memory_mib", "speed", "cpus"})
 
 EMBED_NAME = "model.embed_tokens.weight"
@@ -208,18 +209,8 @@ def costs_from_shapes(
         head_bytes=(head + norm) * dtype_bytes,
         layer_compute=tuple(macs / mean_macs for macs in layer_macs),
         head_compute=head / mean_macs,
-        kv_bytes_per_token=2 * kv_dim * dtype_bytes,
+        kv_bytes_per_token=kv_bytes_per_token(kv_dim, dtype_bytes),
     )
-
-
-def kv_bytes_per_layer(costs: LayerCosts, tokens: int) -> int:
-    """One layer's KV cache once it holds ``tokens`` rows (capacity doubles from 256, as KVCache does)."""
-    if tokens < 0:
-        raise PartitionError(f"KV tokens must be non-negative, got {tokens}")
-    capacity = KV_INITIAL_CAPACITY
-    while capacity < tokens:
-        capacity *= 2
-    return capacity * costs.kv_bytes_per_token
 
 
 def plan_partition(

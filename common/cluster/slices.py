@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.cluster.partition import EMBED_NAME, HEAD_NAME, LAYER_PREFIX, NORM_NAME
+from common.models.dtypes import MODEL_DTYPES
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".gguf", ".bin", ".pt")
-DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ def service_tensors(
 
 def build_slice(model_dir: Path, tensors: Sequence[str], dtype: str, store: Path) -> SliceFolder:
     """The slice of ``model_dir`` holding ``tensors`` at ``dtype``, built into ``store`` unless already there."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype}")
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, not {dtype}")
     model_dir = Path(model_dir).resolve()
     recipe = _recipe_key(model_dir, tensors, dtype)
     recipe_file = store / "recipes" / f"{recipe}.json"

@@ -17,7 +17,6 @@ distribution.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -26,17 +25,11 @@ from common.models.modeling import KVCache, ModelSlice
 from common.models.modeling.cache_pool import CachePool
 from common.speculation.draft_rows import Path, TreeRows
 from common.speculation.draft_vocab import DraftLogits
+from common.speculation.growth import FrontierGrowth, TreeShape, tree_paths
 from common.speculation.tree import DraftTree
 
 
-@dataclass(frozen=True)
-class TreeShape:
-    nodes: int  # draft nodes below the root
-    depth: int  # levels below the root
-    top_k: int
-
-
-class TreeDrafter:
+class TreeDrafter(FrontierGrowth):
     """A draft model with one request's cache; ``draft`` and ``grow`` never change the committed context.
 
     Several requests share the model, each through its own TreeDrafter over its own cache.
@@ -56,6 +49,14 @@ class TreeDrafter:
         self._keep = keep_tree_rows
         self._root_hidden: Tensor | None = None  # [H] at the last committed token
         self.rows_forwarded = 0  # rows run through the draft model, committed tokens and tree nodes
+
+    takes_features = False  # a draft model reads its own hidden states (common.speculation.growth.Drafter)
+
+    def has_features(self, context_length: int) -> bool:
+        return True
+
+    def add_features(self, position: int, hidden: Tensor) -> None:
+        raise TypeError("a draft model takes no base features")
 
     @property
     def model(self) -> ModelSlice:
@@ -104,20 +105,6 @@ class TreeDrafter:
         self._rows.discard(created - set(tree_paths(tree)))  # expanded, but left out of the tree
         self._end_step()
         return tree
-
-    def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: Sequence[int] = ()) -> DraftTree:
-        """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""
-        return self.grow(tree, deepest_nodes(tree), width, top_k, pending)
-
-    def grow_best(
-        self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
-    ) -> DraftTree:
-        """Best-first growth: children of the ``leaves`` best-scoring leaves, ``width`` best kept.
-
-        One draft forward per step instead of a re-draft of ``depth`` sequential forwards: what a
-        draft model that is not a one-layer EAGLE head can afford on every pipeline step.
-        """
-        return self.grow(tree, best_leaves(tree, leaves), width, top_k, pending)
 
     @torch.no_grad()
     def grow(
@@ -252,23 +239,3 @@ def select_tree(tokens: list[int], parents: list[int], scores: list[float], node
         out_parents.append(index[parents[i]])
         out_scores.append(scores[i])
     return DraftTree(tuple(out_tokens), tuple(out_parents), tuple(out_scores))
-
-
-def deepest_nodes(tree: DraftTree) -> list[int]:
-    depths = tree.depths()
-    deepest = max(depths)
-    return [i for i, d in enumerate(depths) if d == deepest]
-
-
-def best_leaves(tree: DraftTree, count: int) -> list[int]:
-    has_child = set(tree.parents)
-    leaves = [i for i in range(len(tree)) if i not in has_child]
-    return sorted(leaves, key=lambda i: (-tree.scores[i], i))[:count]
-
-
-def tree_paths(tree: DraftTree) -> list[Path]:
-    """Every node's token path from the root (the root's is empty)."""
-    paths: list[Path] = [()]
-    for i in range(1, len(tree)):
-        paths.append((*paths[tree.parents[i]], tree.tokens[i]))
-    return paths

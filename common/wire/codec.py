@@ -23,6 +23,7 @@ import msgpack
 import numpy as np
 import torch
 
+from common.models.dtypes import DTYPE_BYTES, torch_dtype
 from common.speculation.modes import DraftSettings
 from common.wire.client import (
     CancelRequest,
@@ -41,15 +42,7 @@ from common.wire.ring import Features, Segment
 PROTOCOL_VERSION = 3  # 2: Heartbeat; StatusReply carries ServiceHealth rows. 3: Prune.known
 
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-}
-
-
+_DTYPES = {name: torch_dtype(name) for name in DTYPE_BYTES}  # the one table (common.models.dtypes), looked up
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from common.speculation.modes import DraftSettings
+from common.speculation.modes import DraftSettings, Mode
+from common.wire.errors import member
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,13 @@ class StartRequest:
     seed: int = 0
     draft: DraftSettings = field(default_factory=DraftSettings)
     prefill_chunk: int = 64
-    mode: str = "flowspec"
+    mode: Mode = Mode.FLOWSPEC
     link_mbps: float = 0.0  # emulated bandwidth of every hop for this request (0: unshaped)
     link_latency_ms: float = 0.0  # emulated one-way latency of every hop
     trace: bool = False  # record this request's timeline (common.observability.trace)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", member(Mode, self.mode, "mode"))  # a str off the wire
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import ClassVar
+
+from common.wire.errors import member
+
+
+class VerdictKind(StrEnum):
+    """What a verdict decides: the prompt's first token, a tree's accepted path, or nothing (pruned empty)."""
+
+    PREFILL = "prefill"
+    TREE = "tree"
+    NOOP = "noop"
 
 
 @dataclass(frozen=True)
@@ -20,11 +31,14 @@ class Verdict:
     seq: int
     epoch: int
     round: int
-    kind: str
+    kind: VerdictKind
     accepted: tuple[int, ...] = ()
     accepted_tokens: tuple[int, ...] = ()
     next_token: int = -1
     rows: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", member(VerdictKind, self.kind, "verdict kind"))  # a str off the wire
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar
 
 import torch
 
-from common.wire.errors import ProtocolError
+from common.wire.errors import ProtocolError, member
+
+
+class Phase(StrEnum):
+    """What a segment's rows are: prompt rows (``prefill``) or draft-tree nodes (``tree``)."""
+
+    PREFILL = "prefill"
+    TREE = "tree"
 
 
 @dataclass(frozen=True)
@@ -26,7 +34,7 @@ class Segment:
     round: int
     epoch: int
     seq: int
-    phase: str
+    phase: Phase
     first: int
     tokens: tuple[int, ...]
     parents: tuple[int, ...]
@@ -37,9 +45,8 @@ class Segment:
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
-        if self.phase not in ("prefill", "tree"):
-            raise ProtocolError(f"segment phase {self.phase!r} is neither 'prefill' nor 'tree'")
-        if len(self.positions) != n or (self.phase == "tree" and len(self.parents) != n):
+        object.__setattr__(self, "phase", member(Phase, self.phase, "segment phase"))  # a str off the wire
+        if len(self.positions) != n or (self.phase is Phase.TREE and len(self.parents) != n):
             raise ProtocolError("segment tokens, parents and positions disagree in length")
         if self.hidden is not None and (self.hidden.dim() != 2 or self.hidden.shape[0] != n):
             raise ProtocolError(f"segment hidden shape {tuple(self.hidden.shape)} does not match {n} rows")

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
+from common.models.dtypes import torch_dtype
 from common.models.modeling import causal_attend, load_slice
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def compare(base: Path, layers: tuple[int, int], rows: list[int], dtype: str = "
     ``ops``: also profile each numerics per operator and keep its ``ops`` costliest operators.
     """
     first, _ = layers
-    ours = load_slice(base, layers, with_embedding=first == 0, with_head=False, dtype=DTYPES[dtype])
+    ours = load_slice(base, layers, with_embedding=first == 0, with_head=False, dtype=torch_dtype(dtype))
     theirs = _transformers_slice(base, layers, dtype) if transformers else None
     hidden = ours.spec.hidden_size
     weight_bytes = sum(p.numel() * p.element_size() for name, p in ours.named_parameters() if "embed" not in name)
@@ -81,11 +80,11 @@ def compare(base: Path, layers: tuple[int, int], rows: list[int], dtype: str = "
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # `past_key_values`: the name both 5.x versions take
-        prompt = torch.randn(context, hidden, generator=generator).to(DTYPES[dtype])
+        prompt = torch.randn(context, hidden, generator=generator).to(torch_dtype(dtype))
         ids = torch.randint(0, ours.spec.vocab_size, (context,), generator=generator)
         for n in rows:
             new_ids = torch.randint(0, ours.spec.vocab_size, (n,), generator=generator)
-            new_hidden = torch.randn(n, hidden, generator=generator).to(DTYPES[dtype])
+            new_hidden = torch.randn(n, hidden, generator=generator).to(torch_dtype(dtype))
             cache = ours.new_cache()
             ours(ids if first == 0 else prompt, torch.arange(context), causal_attend(0, context), cache)
             attend = None if n == 1 else causal_attend(context, n)
@@ -112,7 +111,7 @@ def _transformers_slice(base: Path, layers: tuple[int, int], dtype: str) -> torc
     first, last = layers
     config = AutoConfig.from_pretrained(base)
     config.num_hidden_layers = last
-    theirs = AutoModelForCausalLM.from_pretrained(base, config=config, dtype=DTYPES[dtype]).model.eval()
+    theirs = AutoModelForCausalLM.from_pretrained(base, config=config, dtype=torch_dtype(dtype)).model.eval()
     theirs.layers = theirs.layers[first:last]  # the same slice: layers [first, last) only
     for i, layer in enumerate(theirs.layers):
         layer.self_attn.layer_idx = i

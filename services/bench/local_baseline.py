@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from common.models.dtypes import MODEL_DTYPES, torch_dtype
 
 
 class _FirstToken:
@@ -47,7 +47,7 @@ class LocalBaseline:
         from common.models.modeling import load_model_spec, load_tokenizer
 
         self._tokenizer = load_tokenizer(base)
-        self._model = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[dtype]).to(device).eval()
+        self._model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(dtype)).to(device).eval()
         self._eos = list(load_model_spec(base).eos_token_ids)
         self._device = device
 
@@ -121,7 +121,7 @@ class BaselineWorker:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", type=Path, required=True)
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default="bfloat16", choices=MODEL_DTYPES)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

@@ -26,24 +26,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from common.cluster.settings import ClusterSpec
+from common.models.dtypes import model_dtype_problem
 from common.observability import trace
 from common.observability.bench_report import (
     LOCAL,
     SPEEDUP_BASELINES,
-    ModeSummary,
     RunRecord,
-    agreement,
-    service_order,
     summarize,
 )
-from common.projection.ahead import DRAINING_LOOP
 from common.prompts import Prompt, PromptFileError, load_prompts
 from common.speculation.modes import MODES, DraftSettings
 from common.wire.errors import ProtocolError
@@ -52,35 +47,28 @@ from services.bench.local_baseline import BaselineError, BaselineWorker
 from services.bench.pinning import PinError, pin_services, stage_cpus
 from services.bench.ttft import TtftError
 from services.cli import bench_serving
+from services.cli.bench_output import (
+    BenchSettings,
+    header,
+    last_per_mode,
+    print_header,
+    print_overhead,
+    print_report,
+    save,
+    title,
+    traced_requests,
+    write_json,
+)
 from services.cli.bench_plot import PlotError, write_plot, write_timeline
+from services.cli.errors import fail
 from services.client import Client, ClusterUnavailable
-from services.launcher import LaunchError, client_for, default_run_dir, plan_local, start, stop
+from services.launcher import LaunchError, client_for, plan_local, start, stop
+from services.run_folder import RunFolder, default_run_dir
 
 WARMUP_MAX_NEW_TOKENS = 16
 DEFAULT_RUN_DIR = default_run_dir()
 
 app = typer.Typer(add_completion=False, help="Benchmark the decoding modes on the running cluster.")
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchSettings:
-    prompts: str
-    modes: tuple[str, ...]
-    num_prompts: int
-    max_new_tokens: int
-    temperature: float
-    seed: int
-    link_mbps: float
-    link_latency_ms: float
-    warmup: int
-    timeout_s: float
-    trace: bool = False
-
-    def options(self, max_new_tokens: int | None = None) -> dict[str, Any]:
-        """GenerateRequest fields shared by every run (the mode and prompt aside)."""
-        return {"max_new_tokens": max_new_tokens or self.max_new_tokens, "temperature": self.temperature,
-                "seed": self.seed, "link_mbps": self.link_mbps, "link_latency_ms": self.link_latency_ms,
-                "trace": self.trace}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +86,6 @@ class PinnedCluster:
     draft_vocab: int = 0  # the draft model proposes only its N most frequent tokens; 0: every token
     row_invariant: bool = True  # stages and verifier compute each row as alone (False: fused kernels)
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 BENCH_MODES = (LOCAL, *MODES)
@@ -155,17 +139,17 @@ def bench(
     mode_list = tuple(dict.fromkeys(m.strip() for m in modes.split(",") if m.strip()))
     unknown = [m for m in mode_list if m not in BENCH_MODES]
     if (modes and not mode_list) or unknown:
-        _fail(f"--modes must name some of {', '.join(BENCH_MODES)}, not {modes!r}")
+        fail(f"--modes must name some of {', '.join(BENCH_MODES)}, not {modes!r}")
     if serving and (plot or trace_out):
-        _fail("--plot and --trace go with the mode comparison, not with --concurrency or --ttft")
+        fail("--plot and --trace go with the mode comparison, not with --concurrency or --ttft")
     if serving and LOCAL in mode_list:
-        _fail(f"--concurrency and --ttft measure the ring: --modes cannot include {LOCAL}")
+        fail(f"--concurrency and --ttft measure the ring: --modes cannot include {LOCAL}")
     mode_list = mode_list or (() if serving else BENCH_MODES)
     try:
         LinkSettings(link_mbps, link_latency_ms)
         prompt_list = load_prompts(prompts, num_prompts)
     except (LinkError, PromptFileError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     settings = BenchSettings(prompts, mode_list, len(prompt_list), max_new_tokens, temperature, seed, link_mbps,
                              link_latency_ms, warmup, timeout, trace_out is not None)
     if pin:
@@ -174,9 +158,9 @@ def bench(
         pinned = dataclasses.replace(pinned, row_invariant=row_invariant)
         spec, own_run_dir = _start_pinned(pinned)
     else:
-        cluster_file = run_dir / "cluster.json"
+        cluster_file = RunFolder(run_dir).cluster
         if not cluster_file.exists():
-            _fail(f"no cluster in {run_dir}: start one with `flowring up`, or pass --pin")
+            fail(f"no cluster in {run_dir}: start one with `flowring up`, or pass --pin")
         spec, own_run_dir = ClusterSpec.load(cluster_file), None
     console = Console(width=max(Console().width, 280))
     started = datetime.now(UTC)
@@ -191,38 +175,38 @@ def bench(
             _warm_up(runner, settings, prompt_list[0], console)
             records = _run_all(runner, settings, prompt_list, console)
     except BaselineError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         if own_run_dir is not None:
             stop(own_run_dir)
     summaries = summarize(records, SPEEDUP_BASELINES)
     machine = machine_info()
     command = shlex.join(sys.argv)
-    _write_json(json_out, settings, machine, started, command, spec, records, summaries)
-    _print_report(console, settings, machine, started, command, records, summaries)
-    traced = _traced_requests(records) if trace_out is not None else []
+    write_json(json_out, settings, machine, started, command, spec, records, summaries)
+    print_report(console, settings, machine, started, command, records, summaries)
+    traced = traced_requests(records) if trace_out is not None else []
     if traced:
-        _print_overhead(console, traced)
+        print_overhead(console, traced)
     if trace_out is not None:
         try:
             trace_out.write_text(json.dumps(trace.chrome_trace(traced)) + "\n")
         except OSError as exc:
-            _fail(f"cannot write {trace_out}: {exc}")
+            fail(f"cannot write {trace_out}: {exc}")
         typer.echo(f"trace: {trace_out} (open in ui.perfetto.dev or chrome://tracing)")
     if plot is not None:
         try:
-            write_plot(summaries, plot, _title(settings, machine))
+            write_plot(summaries, plot, title(settings, machine))
             typer.echo(f"plot: {plot}")
             if traced:
                 timeline = plot.with_name(f"{plot.stem}-timeline{plot.suffix or '.png'}")
-                write_timeline(_last_per_mode(traced), timeline, _title(settings, machine))
+                write_timeline(last_per_mode(traced), timeline, title(settings, machine))
                 typer.echo(f"timeline: {timeline}")
         except PlotError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     typer.echo(f"json: {json_out}")
     dead = [s.mode for s in summaries if s.runs == 0]
     if dead:
-        _fail(f"mode(s) {', '.join(dead)} failed on every prompt")
+        fail(f"mode(s) {', '.join(dead)} failed on every prompt")
 
 
 def _serve_bench(spec: ClusterSpec, cluster_dir: Path, plan: bench_serving.ServingSettings, prompts: list[Prompt],
@@ -231,19 +215,19 @@ def _serve_bench(spec: ClusterSpec, cluster_dir: Path, plan: bench_serving.Servi
     try:
         report = bench_serving.measure(spec, cluster_dir, plan, prompts, console)
     except TtftError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         if own_run_dir is not None:
             stop(own_run_dir)
     machine, command = machine_info(), shlex.join(sys.argv)
     payload = {"settings": dataclasses.asdict(plan), "num_prompts": len(prompts), "prompts": [p.id for p in prompts],
-               **_header(machine, started, command, spec), **report.to_json()}
-    _save(json_out, payload)
-    _print_header(console, machine, started, command)
+               **header(machine, started, command, spec), **report.to_json()}
+    save(json_out, payload)
+    print_header(console, machine, started, command)
     bench_serving.print_report(console, spec, plan, report)
     typer.echo(f"json: {json_out}")
     if report.failed(greedy=plan.options["temperature"] == 0):
-        _fail("a request failed, or a concurrent output differs from its solo run (see above)")
+        fail("a request failed, or a concurrent output differs from its solo run (see above)")
 
 
 def machine_info() -> dict[str, Any]:
@@ -267,10 +251,10 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
     from common.models.modeling import load_model_spec
     from common.models.store import resolve
 
-    if dtype not in ("float32", "bfloat16"):
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if problem := model_dtype_problem(dtype):
+        fail(f"--{problem}")
     if draft_vocab and draft_head:
-        _fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
+        fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     try:
         settings = DraftSettings(**json.loads(tree))
         if not (base and draft):
@@ -278,7 +262,7 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
         base_dir, draft_dir = resolve(base), resolve(draft)
         ranges = tuple(explicit_ranges(layers, load_model_spec(base_dir).num_layers)) if layers else ()
     except (KeyError, ValueError, TypeError, ModelStoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     head = str(Path(draft_head).resolve()) if draft_head else ""
     return PinnedCluster(str(base_dir), str(draft_dir), len(ranges) or stages, cores, dtype, settings, head, ranges,
                          draft_vocab)
@@ -305,7 +289,7 @@ def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
                    f"own: {', '.join(f'{p.name} {p.cpus}' for p in spec.ring)}")
         start(spec, run_dir)
     except (PinError, LaunchError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     return spec, run_dir
 
 
@@ -378,103 +362,3 @@ def _run_all(runner: _Runner, settings: BenchSettings, prompts: list[Prompt], co
                 records.append(record)
                 progress.advance(task)
     return records
-
-
-def _print_overhead(console: Console, traced: list[dict[str, Any]]) -> None:
-    """Per mode and service: model time per forward against the time spent outside the model."""
-    table = Table(title="time per forward, from the traces", box=box.SIMPLE_HEAD, caption=(
-        "model: forward (stages, verifier head) or draft spans; outside: receive, send, prune, verify, schedule."))
-    for header in ("mode", "service", "forwards", "model ms/fwd", "outside ms/fwd", "outside / model"):
-        table.add_column(header, justify="left" if header in ("mode", "service") else "right")
-    for mode in dict.fromkeys(t["mode"] for t in traced):
-        spans: dict[str, list[int]] = {}
-        for t in (t for t in traced if t["mode"] == mode):
-            for name, flat in t["spans"].items():
-                spans.setdefault(name, []).extend(flat)
-        for name in sorted(spans, key=service_order):
-            model_ms, outside_ms, forwards = trace.per_forward(spans[name])
-            if forwards:
-                table.add_row(mode, name, str(forwards), f"{model_ms:.2f}", f"{outside_ms:.2f}",
-                              f"{outside_ms / model_ms:.1%}" if model_ms else "-")
-    console.print(table)
-
-
-def _traced_requests(records: list[RunRecord]) -> list[dict[str, Any]]:
-    return [{"label": f"{r.mode} {r.prompt_id}", "mode": r.mode, "spans": r.stats["trace"]}
-            for r in records if r.ok and "trace" in r.stats]
-
-
-def _last_per_mode(traced: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return list({t["mode"]: t for t in traced}.values())
-
-
-def _write_json(
-    path: Path, settings: BenchSettings, machine: dict[str, Any], started: datetime, command: str,
-    spec: ClusterSpec, records: list[RunRecord], summaries: list[ModeSummary],
-) -> None:
-    payload = {
-        "settings": dataclasses.asdict(settings),
-        **_header(machine, started, command, spec),
-        "records": [dataclasses.asdict(r) for r in records],
-        "failures": [{"mode": r.mode, "prompt_id": r.prompt_id, "error": r.error} for r in records if not r.ok],
-        "summary": [dataclasses.asdict(s) for s in summaries],
-        "equal_to_local": {mode: {"equal": e, "compared": n} for mode, (e, n) in agreement(records).items()},
-    }
-    _save(path, payload)
-
-
-def _header(machine: dict[str, Any], started: datetime, command: str, spec: ClusterSpec) -> dict[str, Any]:
-    return {"machine": machine, "date": started.isoformat(timespec="seconds"), "command": command,
-            "cluster": json.loads(spec.to_json()), "drafter_loop": DRAINING_LOOP}
-
-
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    try:
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-    except OSError as exc:
-        _fail(f"cannot write {path}: {exc}")
-
-
-def _title(settings: BenchSettings, machine: dict[str, Any]) -> str:
-    link = (f"link {settings.link_mbps:g} Mbps, {settings.link_latency_ms:g} ms" if
-            LinkSettings(settings.link_mbps, settings.link_latency_ms).shaped else "unshaped links")
-    return (f"{settings.num_prompts} prompts from {Path(settings.prompts).name}, {settings.max_new_tokens} new tokens, "
-            f"T={settings.temperature:g}, {link}; {machine['cpu']} ({machine['cores']} cores)")
-
-
-def _print_report(
-    console: Console, settings: BenchSettings, machine: dict[str, Any], started: datetime, command: str,
-    records: list[RunRecord], summaries: list[ModeSummary],
-) -> None:
-    _print_header(console, machine, started, command)
-    services = sorted({name for s in summaries for name in s.busy_ratio}, key=service_order)
-    table = Table(title=_title(settings, machine), box=box.SIMPLE_HEAD, caption=(
-        "tok/s pooled: total tokens / total time. speedup vs chunk, vs ar: ratio of decode tokens/s, each "
-        "total decode tokens / total decode time over the prompts both modes completed. busy: busy time / wall "
-        "time. acc: accepted draft tokens; step: one verification. = local: prompts whose output equals the local "
-        "baseline's, of those both completed."))
-    headers = ["mode", "ok/runs", "decode tok/s", "e2e tok/s", "acc/step", "tok/step", "tok/round", "rounds",
-               *(f"busy {name}" for name in services), "busy drafter", "drafter ms/step",
-               *(f"speedup vs {b}" for b in SPEEDUP_BASELINES), "= local"]
-    same = agreement(records)
-    for header in headers:
-        table.add_column(header, justify="left" if header == "mode" else "right", no_wrap=header == "mode")
-    for s in summaries:
-        speedups = [f"{s.speedup[b]:.2f}" if s.speedup.get(b) is not None else "-" for b in SPEEDUP_BASELINES]
-        table.add_row(
-            s.mode, f"{s.runs}/{s.runs + s.failures}", f"{s.decode_tokens_per_s:.1f}", f"{s.tokens_per_s:.1f}",
-            f"{s.accepted_per_step:.2f}", f"{s.tokens_per_step:.2f}", f"{s.tokens_per_round:.2f}",
-            f"{s.rounds_per_run:.1f}", *(f"{s.busy_ratio.get(name, 0.0):.2f}" for name in services),
-            f"{s.drafter_busy_ratio:.2f}", f"{s.drafter_ms_per_step:.1f}", *speedups,
-            "{}/{}".format(*same[s.mode]) if s.mode in same else "-",
-        )
-    console.print(table)
-    failures = [r for r in records if not r.ok]
-    for r in failures:
-        console.print(f"[red]failed[/]: mode {r.mode}, prompt {escape(r.prompt_id)}: {escape(r.error)}")
-
-
-def _print_header(console: Console, machine: dict[str, Any], started: datetime, command: str) -> None:
-    console.print(f"machine: {machine['platform']}; {machine['cpu']}; {machine['cores']} cores")
-    console.print(f"date:    {started.isoformat(timespec='seconds')}")
-    console.print(f"command: {command}", soft_wrap=True, markup=False)

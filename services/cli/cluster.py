@@ -10,9 +10,11 @@ from typing import Annotated
 
 import typer
 
+from common.models.dtypes import model_dtype_problem
 from common.speculation.modes import MODES, DraftSettings
 from services.cli.errors import fail
-from services.launcher import LaunchError, default_run_dir, plan_local, running, start, start_api, stop
+from services.launcher import LaunchError, plan_local, running, start, start_api, stop
+from services.run_folder import RunFolder, default_run_dir
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 CLUSTER_HELP = "TOML inventory of boards (see infra/lan.example.toml): start the ring on them over SSH."
@@ -70,8 +72,8 @@ def up(
                  "--draft-vocab and --layers")
         _up_boards(cluster, run_dir, log_level, keys_dir)
         return
-    if dtype not in ("float32", "bfloat16"):
-        fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if problem := model_dtype_problem(dtype):
+        fail(f"--{problem}")
     if expansion not in ("grow", "redraft"):
         fail(f"--expansion must be grow or redraft, not {expansion}")
     settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth, expand_nodes=expand_nodes,
@@ -98,11 +100,10 @@ def _prepare_draft_vocab(draft_dir: Path, size: int) -> str:
 
 def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
     """Stop the cluster, local or on every board; no process is left behind."""
-    from services.cluster.bringup import BOARDS_FILE
     from services.cluster.bringup import down as down_boards
 
     try:
-        stopped = down_boards(run_dir) if (run_dir / BOARDS_FILE).exists() else stop(run_dir)
+        stopped = down_boards(run_dir) if RunFolder(run_dir).boards.exists() else stop(run_dir)
     except LaunchError as exc:
         fail(str(exc))
     typer.echo(f"stopped {len(stopped)} service(s)" if stopped else "no cluster running")
@@ -152,12 +153,12 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
             stop(run_dir)
         fail(str(exc))
     s = spec.scheduler
-    typer.echo(f"flowring is up: scheduler at {s.endpoint(s.client_port)}, logs in {run_dir / 'logs'}")
+    typer.echo(f"flowring is up: scheduler at {s.endpoint(s.client_port)}, logs in {RunFolder(run_dir).logs}")
     if api:
         typer.echo(f"  OpenAI API: {api}  (curl {api}/models)")
     typer.echo('  generate:  .venv/bin/flowring generate "Write a haiku about rings" --max-new-tokens 64')
     typer.echo("  status:    .venv/bin/flowring status")
-    typer.echo(f"  logs:      tail -f {run_dir / 'logs'}/*.log")
+    typer.echo(f"  logs:      tail -f {RunFolder(run_dir).logs}/*.log")
     typer.echo("  stop:      .venv/bin/flowring down")
 
 

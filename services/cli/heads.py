@@ -12,13 +12,11 @@ from typing import Annotated
 
 import typer
 
+from services.cli.errors import fail
+
 app = typer.Typer(help="Train draft heads and list the heads in the local cache.", no_args_is_help=True,
                   add_completion=False)
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -56,7 +54,7 @@ def train(
     try:
         base_dir = resolve(base)
     except ModelStoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     settings = TrainSettings(
         base_dir=base_dir, out_dir=out or heads_dir() / base_dir.name, device=device, base_name=base,
         prompts_file=prompts, time_budget_min=time_budget_min, generation_share=generation_share,
@@ -69,7 +67,7 @@ def train(
         # A redraw every few seconds: logs of a non-interactive run stay short.
         summary = train_head(settings, lambda line: typer.echo(line, err=True), partial(tqdm, mininterval=5.0))
     except (TrainingError, BenchmarkLeakError, ModelingError, PromptFileError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"data: {summary.samples} samples, {summary.train_tokens} tokens, generated in {summary.generation_s:.0f} s")
     typer.echo(f"training: {summary.steps} steps in {summary.train_s:.0f} s")
     a = summary.acceptance

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from common.observability.logview import LEVELS, Follower, LogFilter, LogLine, Reorder, merged, render
-from services.launcher import BOARDS_FILE, default_run_dir
+from services.run_folder import RunFolder, default_run_dir
 
 app = typer.Typer(add_completion=False)
 DEFAULT_RUN_DIR = default_run_dir()
@@ -39,10 +39,10 @@ def logs(
         raise typer.Exit(1)
     keep = LogFilter(service, request, level)
     readable = pretty or sys.stdout.isatty()
-    if (run_dir / BOARDS_FILE).exists():
+    if RunFolder(run_dir).boards.exists():
         _board_logs(run_dir, keep, readable, follow)
         return
-    log_dir = run_dir / "logs"
+    log_dir = RunFolder(run_dir).logs
     if not log_dir.is_dir():
         typer.secho(f"no logs: {log_dir} does not exist (start a cluster with `flowring up`)", err=True)
         raise typer.Exit(1)

@@ -28,9 +28,10 @@ from services.cli import (
     version,
 )
 from services.cli.cluster import DEFAULT_RUN_DIR, RunDir
-from services.cli.errors import fail as _fail
+from services.cli.errors import fail
 from services.client import Client, ClusterUnavailable
 from services.launcher import client_for
+from services.run_folder import RunFolder
 
 app = typer.Typer(help="flowring: continuous pipelined speculative decoding over a ring of services.",
                   no_args_is_help=True, add_completion=True)
@@ -76,12 +77,12 @@ def generate(
             client.status(timeout_s=REACH_TIMEOUT_S)  # an unreachable cluster fails now, not after `timeout`
             reply = _stream(client, prompt, options) if stream else client.generate(prompt, **options)
     except ClusterUnavailable as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:  # the client has already cancelled the request on the cluster
         typer.echo("\ncancelled", err=True)
         raise typer.Exit(130) from None
     if not reply.ok:
-        _fail(reply.error)
+        fail(reply.error)
     if as_json:
         typer.echo(json.dumps({"text": reply.text, "token_ids": list(reply.token_ids), "stats": reply.stats}))
     elif stream:
@@ -105,9 +106,9 @@ def _stream(client: Client, prompt: str, options: dict) -> GenerateReply:
 
 
 def _cluster(run_dir: Path) -> ClusterSpec:
-    path = run_dir / "cluster.json"
+    path = RunFolder(run_dir).cluster
     if not path.exists():
-        _fail(f"no cluster in {run_dir}: start one with `flowring up`")
+        fail(f"no cluster in {run_dir}: start one with `flowring up`")
     return ClusterSpec.load(path)
 
 

@@ -14,6 +14,7 @@ from common.models import cache as model_cache
 from common.models import store as model_store
 from common.models.catalog import ModelStoreError
 from common.models.errors import ProgressSink
+from services.cli.errors import fail
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -95,10 +96,6 @@ def _progress() -> Iterator[ProgressSink]:
         sink.close()
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
 
 def _size(n: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -117,7 +114,7 @@ def pull(
         with _progress() as sink:
             result = model_store.pull(name, progress=sink, force=force)
     except ModelStoreError as exc:
-        _fail(exc)
+        fail(str(exc))
     for done in result.models:
         if done.already_present:
             typer.echo(f"{done.message} (use --force to pull again)")
@@ -152,7 +149,7 @@ def path(
         with _progress() as sink:
             folder = model_store.resolve(name, progress=sink)
     except ModelStoreError as exc:
-        _fail(exc)
+        fail(str(exc))
     typer.echo(str(folder))
 
 

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 from statistics import median
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich import box
@@ -33,13 +33,14 @@ from common.cluster.partition import (
     Plan,
     format_ranges,
     human_bytes,
-    kv_bytes_per_layer,
     layer_costs,
     parse_hosts,
     plan_partition,
 )
+from common.models.dtypes import dtype_bytes, model_dtype_problem
+from common.models.kv_memory import kv_cache_bytes
+from services.cli.errors import fail
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 MEASURE_TOKENS = 16
 MEASURE_REPEATS = 5
 HOSTS_HELP = ('JSON {"hosts": [{"name", "address", "memory_mib", "speed", "cpus"?}, ...]} in pipeline order; '
@@ -47,10 +48,6 @@ HOSTS_HELP = ('JSON {"hosts": [{"name", "address", "memory_mib", "speed", "cpus"
 
 app = typer.Typer(add_completion=False, help="Plan which layers each host runs, by memory and speed.")
 
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -63,12 +60,12 @@ def plan(
     measure: Annotated[bool, typer.Option(help="Time a decoder layer here; hosts without speed take it.")] = False,
 ) -> None:
     """Split the base model's decoder layers over the hosts, minimising the slowest stage's step time."""
-    if dtype not in DTYPE_BYTES:
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if problem := model_dtype_problem(dtype):
+        fail(f"--{problem}")
     if kv_tokens < 0 or overhead_mib < 0:
-        _fail("--kv-tokens and --overhead-mib must be non-negative")
+        fail("--kv-tokens and --overhead-mib must be non-negative")
     if hosts is None and not measure:
-        _fail("give --hosts FILE (or --measure alone to time this host)")
+        fail("give --hosts FILE (or --measure alone to time this host)")
     from common.models.catalog import ModelStoreError
     from common.models.modeling import ModelingError
     from common.models.store import resolve
@@ -82,11 +79,11 @@ def plan(
         if hosts is None:
             return
         host_list = parse_hosts(_read_json(hosts), default_speed=measured)
-        costs = layer_costs(model_dir, DTYPE_BYTES[dtype])
-        kv = kv_bytes_per_layer(costs, kv_tokens)
+        costs = layer_costs(model_dir, dtype_bytes(dtype))
+        kv = kv_cache_bytes(kv_tokens, costs.kv_bytes_per_token)
         result = plan_partition(costs, host_list, fixed_overhead_bytes=int(overhead_mib * MIB), kv_bytes_per_layer=kv)
     except (ModelStoreError, ModelingError, PartitionError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _print_plan(result, costs.head_bytes, costs.head_compute)
 
 

@@ -8,12 +8,11 @@ from typing import Annotated
 
 import typer
 
+from common.models.dtypes import model_dtype_problem, torch_dtype
+from services.cli.errors import fail
+
 app = typer.Typer(add_completion=False, help="Measure forward costs on this machine.")
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def _cpu_list(text: str) -> set[int]:
@@ -21,7 +20,7 @@ def _cpu_list(text: str) -> set[int]:
     for part in text.split(","):
         low, _, high = part.partition("-")
         if not low.isdigit() or (high and not high.isdigit()):
-            _fail(f"--cpus must look like 0-3 or 0,2,4, not {text!r}")
+            fail(f"--cpus must look like 0-3 or 0,2,4, not {text!r}")
         cpus.update(range(int(low), int(high or low) + 1))
     return cpus
 
@@ -60,7 +59,7 @@ def forward(
         if min(row_counts) < 1:
             raise ValueError(f"--rows must be positive, not {rows}")
     except (ModelStoreError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     bandwidth = memory_bandwidth_gb_per_s()
     typer.echo(f"{base_dir.name} layers {layer_range[0]}-{layer_range[1]}, {dtype}, {torch.get_num_threads()} "
                f"thread(s) on cores {sorted(os.sched_getaffinity(0))}, KV context {context}, median of {repeats}; "
@@ -108,7 +107,6 @@ def draft(
     from common.speculation.draft_vocab import draft_vocabulary
     from common.speculation.modes import DraftSettings
     from services.bench.draft import DEFAULT_PROMPT, DraftConfig, profile_draft
-    from services.bench.forward import DTYPES
 
     _pin_process(dtype, cpus, threads)
     try:
@@ -117,8 +115,8 @@ def draft(
         ids = encode_prompt(load_tokenizer(draft_dir), prompt or DEFAULT_PROMPT, raw=False)
         reduced = draft_vocabulary(draft_dir, draft_vocab) if draft_vocab else None
     except (ModelStoreError, ValueError, TypeError) as exc:
-        _fail(str(exc))
-    model = load_slice(draft_dir, None, with_embedding=True, with_head=True, dtype=DTYPES[dtype])
+        fail(str(exc))
+    model = load_slice(draft_dir, None, with_embedding=True, with_head=True, dtype=torch_dtype(dtype))
     configs = [DraftConfig("re-forward, full vocabulary", False, None), DraftConfig("kept KV, full vocabulary", True, None)]
     if reduced is not None:
         configs.append(DraftConfig(f"kept KV, {len(reduced)} tokens", True, reduced))
@@ -140,10 +138,9 @@ def _pin_process(dtype: str, cpus: str, threads: int) -> None:
     """Check the dtype, pin this process to ``cpus`` (if given) and set torch's threads (0: one per core)."""
     import torch
 
-    from services.bench.forward import DTYPES
 
-    if dtype not in DTYPES:
-        _fail(f"--dtype must be float32 or bfloat16, not {dtype}")
+    if problem := model_dtype_problem(dtype):
+        fail(f"--{problem}")
     if cpus:
         os.sched_setaffinity(0, _cpu_list(cpus))
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))

@@ -9,7 +9,7 @@ import typer
 
 from common.cluster.settings import ClusterSpec
 from common.speculation.modes import MODES
-from services.launcher import default_run_dir
+from services.run_folder import RunFolder, default_run_dir
 
 app = typer.Typer()
 DEFAULT_RUN_DIR = default_run_dir()
@@ -32,7 +32,7 @@ def serve(
         typer.secho(f"error: --host {host} exposes the API beyond this machine: give --api-key (or set "
                     "FLOWRING_API_KEY)", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    path = run_dir / "cluster.json"
+    path = RunFolder(run_dir).cluster
     if not path.exists():
         typer.secho(f"error: no cluster in {run_dir}: start one with `flowring up`", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)

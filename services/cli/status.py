@@ -16,7 +16,8 @@ from rich.table import Table
 from common.cluster.settings import ClusterSpec
 from common.wire.client import StatusReply
 from services.client import ClusterUnavailable
-from services.launcher import client_for, default_run_dir
+from services.launcher import client_for
+from services.run_folder import RunFolder, default_run_dir
 
 app = typer.Typer(add_completion=False)
 DEFAULT_RUN_DIR = default_run_dir()
@@ -32,7 +33,7 @@ def status(
     run_dir: RunDir = DEFAULT_RUN_DIR,
 ) -> None:
     """Show every service: role, host, pid, endpoints, layers, health, uptime, load, metrics."""
-    cluster = run_dir / "cluster.json"
+    cluster = RunFolder(run_dir).cluster
     if not cluster.exists():
         typer.secho(f"no cluster: nothing in {run_dir} (start one with `flowring up`)", err=True)
         raise typer.Exit(1)

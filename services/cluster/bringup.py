@@ -41,13 +41,13 @@ from common.cluster.machine_defaults import thread_environment
 from common.cluster.partition import MIB, human_bytes, layer_costs
 from common.cluster.settings import ClusterSpec
 from common.cluster.slices import SliceFolder, build_slice, service_tensors
+from common.models.dtypes import dtype_bytes
 from services.client import ClusterUnavailable
 from services.cluster.board_agent import flowring_version
 from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
-from services.launcher import BOARDS_FILE, LaunchError, client_for, supervised
+from services.launcher import LaunchError, client_for, supervised
+from services.run_folder import RunFolder
 
-CLUSTER_FILE = "cluster.json"
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 PROBE_TIMEOUT_S = 60.0  # the probe imports torch, slow on a small board
 COMMAND_TIMEOUT_S = 30.0
 COPY_TIMEOUT_S = 3600.0
@@ -114,8 +114,8 @@ def plan(inv: Inventory, keys: ClusterKeys) -> Bringup:
 
     base_dir, draft_dir = resolve(inv.base), resolve(inv.draft)
     check_same_tokenizer(base_dir, draft_dir)
-    base_costs = layer_costs(base_dir, DTYPE_BYTES[inv.dtype])
-    draft_costs = layer_costs(draft_dir, DTYPE_BYTES[inv.dtype])
+    base_costs = layer_costs(base_dir, dtype_bytes(inv.dtype))
+    draft_costs = layer_costs(draft_dir, dtype_bytes(inv.dtype))
     ranges = layer_ranges(inv, base_costs, draft_costs)
     needs = board_bytes(inv, service_bytes(inv, ranges, base_costs, draft_costs))
     problems = memory_problems(inv, needs)
@@ -242,7 +242,7 @@ def _ship_key(keys: ClusterKeys, board: Board, ssh: Ssh) -> None:
 def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info") -> dict[str, int]:
     """Start every service detached on its board, record the pids, wait until all are ready."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CLUSTER_FILE).write_text(bringup.spec.to_json())
+    RunFolder(run_dir).cluster.write_text(bringup.spec.to_json())
     pids: dict[str, int] = {}
     ring_services = Counter(s.board.name for s in bringup.services if s.name != "scheduler")
     try:
@@ -268,13 +268,13 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
 
 def down(run_dir: Path, *, ssh_for: Callable[[SshOptions], Ssh] = Ssh) -> list[str]:
     """Stop every service on every board recorded in ``run_dir``; check none is left. Returns those stopped."""
-    record_path = run_dir / BOARDS_FILE
+    record_path = RunFolder(run_dir).boards
     record = json.loads(record_path.read_text())
     ssh = ssh_for(SshOptions(**record["ssh"]))
     boards = {b["name"]: Board(**b) for b in record["boards"]}
     services = record["services"]
     try:
-        with client_for(ClusterSpec.load(run_dir / CLUSTER_FILE), 2.0) as client:
+        with client_for(ClusterSpec.load(RunFolder(run_dir).cluster), 2.0) as client:
             client.shutdown(timeout_s=2.0)
     except (ClusterUnavailable, OSError, ValueError):
         pass  # scheduler already gone or never up: the board agents stop whatever is left
@@ -293,7 +293,7 @@ def down(run_dir: Path, *, ssh_for: Callable[[SshOptions], Ssh] = Ssh) -> list[s
     if problems:
         raise LaunchError("\n".join(problems))
     record_path.unlink()
-    (run_dir / CLUSTER_FILE).unlink(missing_ok=True)
+    RunFolder(run_dir).cluster.unlink(missing_ok=True)
     return sorted(s["name"] for s in services)
 
 
@@ -303,7 +303,7 @@ def _record(run_dir: Path, bringup: Bringup, pids: dict[str, int]) -> None:
     boards = {s.board.name: dataclasses.asdict(s.board) for s in bringup.services}
     record = {"ssh": dataclasses.asdict(bringup.inventory.ssh), "boards": list(boards.values()),
               "services": services}
-    (run_dir / BOARDS_FILE).write_text(json.dumps(record, indent=2))
+    RunFolder(run_dir).boards.write_text(json.dumps(record, indent=2))
 
 
 def _wait_ready(bringup: Bringup, ssh: Ssh, pids: dict[str, int]) -> None:

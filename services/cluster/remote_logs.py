@@ -21,7 +21,7 @@ from pathlib import Path
 from common.cluster.inventory import Board, SshOptions
 from common.observability.logview import LogLine, merge, parse
 from services.cluster.ssh import Ssh, follow
-from services.launcher import BOARDS_FILE
+from services.run_folder import RunFolder
 
 READ_TIMEOUT_S = 120.0  # a whole log file over a slow LAN
 CLOSE_GRACE_S = 5.0  # a tail's ssh exits by itself once its stdin closes; killed after this long
@@ -58,7 +58,7 @@ class LogCopy:
 
 def recorded_logs(run_dir: Path) -> tuple[SshOptions, tuple[ServiceLog, ...]]:
     """The SSH options and every service's log, as ``up --cluster`` recorded them in ``run_dir``."""
-    record = json.loads((run_dir / BOARDS_FILE).read_text())
+    record = json.loads(RunFolder(run_dir).boards.read_text())
     boards = {b["name"]: Board(**b) for b in record["boards"]}
     logs = tuple(ServiceLog(s["name"], boards[s["board"]], s["log"]) for s in record["services"])
     return SshOptions(**record["ssh"]), logs

@@ -22,19 +22,18 @@ from typing import Protocol
 
 from common.observability import trace
 from common.speculation import tree_policy
-from common.speculation.drafting import TreeDrafter, TreeShape
-from common.speculation.heads.context import HeadContextDrafter
-from common.speculation.modes import DraftSettings
+from common.speculation.drafting import TreeShape
+from common.speculation.growth import Drafter
+from common.speculation.modes import DraftSettings, Mode
 from common.speculation.tree import DraftTree, merge_trees, renumbered, segment_sizes, single_root
 from common.wire.codec import Message
 from common.wire.commands import EndRequest, Expand, Prune, StartRequest
 from common.wire.ordering import OrderError, PruneLog
 from common.wire.reports import DraftReport, StageStats
 from common.wire.request_table import RequestTable
-from common.wire.ring import Features, Segment
+from common.wire.ring import Features, Phase, Segment
 
 Outbound = tuple[str, Message]
-Drafter = TreeDrafter | HeadContextDrafter
 MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find nodes the tree lacks
 EXTRA_IN_FLIGHT = 1  # segments beyond a fill's one per hop: the pipeline has room, the drafter does not flood it
 
@@ -47,7 +46,7 @@ class _Request:
     root: int = -1
     pending: list[int] = field(default_factory=list)  # committed tokens not yet in the draft cache
     tree: DraftTree | None = None  # None between rounds; nodes past ``sent`` are pre-drafted
-    mode: str = "flowspec"
+    mode: Mode = Mode.FLOWSPEC
     context_length: int = 0  # prompt and output tokens, the root included
     log: PruneLog = field(default_factory=PruneLog)
     seq: int = 0
@@ -65,7 +64,7 @@ class _Request:
     @property
     def continuous(self) -> bool:
         """Whether it drafts ahead of the verdicts (flowspec, best-leaf growth)."""
-        return self.mode == "flowspec" and self.draft.expansion == "grow"
+        return self.mode.drafts_ahead(self.draft)
 
 
 class Drafters(Protocol):
@@ -109,7 +108,7 @@ class DrafterCore:
             self._on_prune(req, msg)
             return []
         if isinstance(msg, Features):
-            if not isinstance(req.drafter, HeadContextDrafter):
+            if not req.drafter.takes_features:
                 raise OrderError(f"{self.name} drafts with a model, not a head: it takes no features")
             req.drafter.add_features(msg.position, msg.hidden)
             return self._spend_credit(req)
@@ -154,7 +153,7 @@ class DrafterCore:
         for start in range(0, len(prompt), msg.prefill_chunk):
             chunk = prompt[start : start + msg.prefill_chunk]
             last = start + msg.prefill_chunk >= len(prompt)
-            out.append(("next", self._segment(req, "prefill", start, chunk, (), range(start, start + len(chunk)), last)))
+            out.append(("next", self._segment(req, Phase.PREFILL, start, chunk, (), range(start, start + len(chunk)), last)))
         req.pending = prompt  # drafted into the cache while the base model prefills
         return out, early
 
@@ -163,7 +162,7 @@ class DrafterCore:
         req.log.record(event)
         if event.accepted and req.tree is not None:
             self._observe(req, event)
-        if req.mode != "ar":  # ar never drafts, so the draft model needs no context
+        if req.mode.drafts:  # ar never drafts, so the draft model needs no context
             req.pending.extend(event.new_tokens)
         req.context_length += len(event.new_tokens)
         req.root = event.next_token
@@ -208,12 +207,12 @@ class DrafterCore:
 
     def _features_ready(self, req: _Request) -> bool:
         """Whether a draft head has the features of every committed token but the root (a model always has)."""
-        head = isinstance(req.drafter, HeadContextDrafter) and req.mode != "ar"
+        head = req.drafter.takes_features and req.mode.drafts
         return not head or req.drafter.has_features(req.context_length)
 
     # ------------------------------------------------------------------------- drafting ahead (flowspec)
     def _has_work(self, req: _Request) -> bool:
-        if req.mode == "ar" or not self._features_ready(req):
+        if not req.mode.drafts or not self._features_ready(req):
             return False
         if req.tree is None:
             return bool(req.pending)
@@ -261,7 +260,7 @@ class DrafterCore:
 
     # ---------------------------------------------------------------------- drafting on a credit (others)
     def _extend_context(self, req: _Request) -> None:
-        if req.pending and req.mode != "ar":
+        if req.pending and req.mode.drafts:
             req.drafter.extend_context(req.pending)
             req.pending = []
 
@@ -274,7 +273,7 @@ class DrafterCore:
 
     def _draft(self, req: _Request) -> list[int]:
         """Grow (or start) the tree; returns the segment sizes of its unsent nodes."""
-        if req.mode == "ar":
+        if not req.mode.drafts:
             req.tree = single_root(req.root)  # no speculation: the root alone
             return [1]
         if req.tree is None:
@@ -289,7 +288,7 @@ class DrafterCore:
         """A new round's tree and its segment sizes: one segment per pipeline hop."""
         settings = req.draft
         count = settings.fill_segments or self._hops
-        if req.mode == "pipedec":  # one tree level per segment, the root riding with the first
+        if req.mode.grows_by_level:  # one tree level per segment, the root riding with the first
             tree, sizes = single_root(req.root), []
             for _ in range(count):
                 before = len(tree)
@@ -306,7 +305,7 @@ class DrafterCore:
         drafts ahead instead, in ``work``; chunk and ar end their round at every verdict, so never grow.)
         """
         settings = req.draft
-        if req.mode == "pipedec":
+        if req.mode.grows_by_level:
             pending, req.pending = req.pending, []  # they ride in the growth's one draft forward
             return req.drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
         scale = 1 + min(req.idle_expands, MAX_GROWTH)  # idle expansions draft more to find new nodes
@@ -332,7 +331,7 @@ class DrafterCore:
         for i, size in enumerate(sizes):
             nodes = range(start, start + size)
             segment = self._segment(
-                req, "tree", start, [tree.tokens[j] for j in nodes], [tree.parents[j] for j in nodes],
+                req, Phase.TREE, start, [tree.tokens[j] for j in nodes], [tree.parents[j] for j in nodes],
                 [root_pos + depths[j] for j in nodes], closes_tree=first == 0 and i == len(sizes) - 1,
             )
             out.append(("next", segment))

@@ -16,11 +16,7 @@ class Capacity:
     """What the ring can hold: the base model's context and the KV bytes per token of its largest stage."""
 
     context_tokens: int = 0  # max_position_embeddings of the base model; 0: unchecked
-    kv_bytes_per_token: int = 0  # K and V of every layer of the stage with the most layers; 0: unchecked
-
-
-def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
-    return 2 * layers * kv_heads * head_dim * dtype_bytes
+    kv_bytes_per_token: int = 0  # K and V of every layer of the largest stage (common.models.kv_memory); 0: unchecked
 
 
 def tree_nodes(draft: DraftSettings) -> int:

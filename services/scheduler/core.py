@@ -17,68 +17,26 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from common.cluster.settings import Admission
 from common.models.text_stream import TextStream
 from common.observability import trace
-from common.speculation.modes import DraftSettings
+from common.speculation.modes import DraftSettings, Mode
 from common.speculation.tree import DraftTree, plan_prune, prune_tree
 from common.wire.client import GenerateChunk, GenerateReply, GenerateRequest
 from common.wire.codec import Message
 from common.wire.commands import EndRequest, Expand, Prune, StartRequest
 from common.wire.ordering import OrderError, PruneLog
-from common.wire.reports import DraftReport, Fault, Ready, StageStats, Verdict
+from common.wire.reports import DraftReport, Fault, Ready, StageStats, Verdict, VerdictKind
 from services.scheduler.admission import MIB, Capacity, busy_reason, invalid_reason, kv_need_bytes
-from services.scheduler.replay import attempt_id, request_id_of
+from services.scheduler.attempts import attempt_id, request_id_of
+from services.scheduler.job import Job, TextCodec
 
 Outbound = tuple[str, Message]
 CLIENT = "client:"  # destination prefix; the rest names the client connection
-
-
-@dataclass(frozen=True)
-class TextCodec:
-    """Prompt text -> token ids and token ids -> text, supplied by the shell (the tokenizer)."""
-
-    encode: Callable[[str, bool], list[int]]
-    decode: Callable[[Sequence[int]], str]
-
-
-@dataclass
-class _Job:
-    client: str
-    request: GenerateRequest
-    request_id: str  # in the ring: the client's id, then "r3~1" ... once replayed (services/scheduler/replay.py)
-    prompt: tuple[int, ...]
-    kv_bytes: int  # admission's estimate of its KV need on the largest stage
-    started: float = 0.0  # when it entered the ring; its deadline counts from here
-    tree: DraftTree = field(default_factory=lambda: DraftTree((), (), ()))
-    output: list[int] = field(default_factory=list)
-    log: PruneLog = field(default_factory=PruneLog)  # the prunes issued: epoch, round, late reports forward
-    verdicts: deque[Verdict] = field(default_factory=deque)  # the first waits for the report of its nodes
-    prefilled_at: float = 0.0
-    steps: int = 0
-    noops: int = 0
-    accepted: int = 0
-    step_tokens: int = 0  # output tokens produced by tree verifications
-    draft_ms: float = 0.0
-    finished_at: float = 0.0
-    reply: GenerateReply | None = None  # set when finished; sent once every service reported stats
-    service_stats: dict[str, dict[str, float]] = field(default_factory=dict)
-    spans: dict[str, tuple[int, ...]] = field(default_factory=dict)  # service -> timeline, when traced
-    streamed: int = 0  # output tokens already sent in chunks
-    text: TextStream | None = None  # streamed requests with a tokenizer
-    replays: int = 0  # times it was resumed from its committed context after a ring service died
-
-    @property
-    def epoch(self) -> int:
-        return self.log.epoch
-
-    @property
-    def round(self) -> int:
-        return self.log.round
 
 
 class SchedulerCore:
@@ -103,8 +61,8 @@ class SchedulerCore:
         self._capacity = capacity or Capacity()
         self._cmd_seq = dict.fromkeys(self._services, 0)
         self._ids = itertools.count(1)
-        self._queue: deque[_Job] = deque()  # admitted and valid, waiting for a slot (FIFO)
-        self._jobs: dict[str, _Job] = {}  # in the ring, by request id
+        self._queue: deque[Job] = deque()  # admitted and valid, waiting for a slot (FIFO)
+        self._jobs: dict[str, Job] = {}  # in the ring, by request id
         self.ready: dict[str, int] = {}
 
     @property
@@ -112,7 +70,7 @@ class SchedulerCore:
         return bool(self._jobs)
 
     @property
-    def jobs(self) -> dict[str, _Job]:
+    def jobs(self) -> dict[str, Job]:
         """Requests in the ring (until their reply is sent), by request id."""
         return self._jobs
 
@@ -147,7 +105,7 @@ class SchedulerCore:
             retry = self._admission.retry_after_s
             error = busy_reason(len(self._jobs), len(self._queue), retry)
             return [(client, GenerateReply(ok=False, error=error, code="busy", retry_after_s=retry))]
-        self._queue.append(_Job(client, request, f"r{next(self._ids)}", prompt, kv_bytes))
+        self._queue.append(Job(client, request, f"r{next(self._ids)}", prompt, kv_bytes))
         return self._admit()
 
     def handle(self, msg: Message) -> list[Outbound]:
@@ -180,7 +138,7 @@ class SchedulerCore:
         return out
 
     @staticmethod
-    def _add_report(job: _Job, report: DraftReport) -> None:
+    def _add_report(job: Job, report: DraftReport) -> None:
         """Append a report's nodes that survived the prunes issued since it was drafted."""
         if report.epoch > job.epoch:
             raise OrderError(f"draft report of epoch {report.epoch} while the tree is at epoch {job.epoch}")
@@ -193,9 +151,9 @@ class SchedulerCore:
         job.tree = job.tree.appended([report.tokens[r] for r in now.rows], now.parents, [0.0] * len(now.rows))
 
     @staticmethod
-    def _known(job: _Job, verdict: Verdict) -> bool:
+    def _known(job: Job, verdict: Verdict) -> bool:
         """Whether every node of the verdict's segment (nodes 0 .. rows-1 of its epoch) was reported."""
-        return verdict.kind != "tree" or verdict.epoch != job.epoch or verdict.rows <= len(job.tree)
+        return verdict.kind is not VerdictKind.TREE or verdict.epoch != job.epoch or verdict.rows <= len(job.tree)
 
     def fail(self, request_id: str, error: str, code: str = "failed") -> list[Outbound]:
         """End one running request with an error (a protocol violation in one of its reports)."""
@@ -264,7 +222,7 @@ class SchedulerCore:
             out += self._start(self._queue.popleft())
         return out
 
-    def _start(self, job: _Job) -> list[Outbound]:
+    def _start(self, job: Job) -> list[Outbound]:
         request = job.request
         job.started = job.started or time.perf_counter()  # a replay keeps its deadline
         if request.stream and self._codec is not None and job.text is None:  # a replay's stream goes on
@@ -286,13 +244,13 @@ class SchedulerCore:
         self._cmd_seq[name] = seq + 1
         return seq
 
-    def _decide(self, job: _Job, verdict: Verdict) -> list[Outbound]:
-        if verdict.kind == "noop":
+    def _decide(self, job: Job, verdict: Verdict) -> list[Outbound]:
+        if verdict.kind is VerdictKind.NOOP:
             job.noops += 1
             return self._expand(job)
         if verdict.epoch != job.epoch or verdict.round != job.round:
             raise OrderError(f"verdict for epoch {verdict.epoch} while the tree is at epoch {job.epoch}")
-        if verdict.kind == "prefill":
+        if verdict.kind is VerdictKind.PREFILL:
             job.prefilled_at = job.prefilled_at or time.perf_counter()
             accepted: tuple[int, ...] = ()
             new_tokens: tuple[int, ...] = (verdict.next_token,)
@@ -306,7 +264,7 @@ class SchedulerCore:
             new_tokens = (*verdict.accepted_tokens[1:], verdict.next_token)
             job.step_tokens += len(new_tokens)
             # Chunk-PP and autoregressive decoding verify each tree whole: every verification ends the round.
-            continues = job.request.mode in ("flowspec", "pipedec")
+            continues = Mode(job.request.mode).continues_round
             keep = plan_prune(job.tree, accepted, verdict.next_token) if continues else ()
         job.output.extend(new_tokens)
         stop = self._stop(job)
@@ -324,10 +282,10 @@ class SchedulerCore:
         job.tree = prune_tree(job.tree, keep) if keep else DraftTree((), (), ())
         return streamed + out + self._expand(job)
 
-    def _expand(self, job: _Job) -> list[Outbound]:
+    def _expand(self, job: Job) -> list[Outbound]:
         return [("drafter", Expand(request_id=job.request_id, cmd_seq=self._next_seq("drafter"), epoch=job.epoch))]
 
-    def _stop(self, job: _Job) -> bool:
+    def _stop(self, job: Job) -> bool:
         limit = job.request.max_new_tokens
         for i, token in enumerate(job.output[:limit]):
             if token in self._eos:
@@ -338,7 +296,7 @@ class SchedulerCore:
             return True
         return False
 
-    def _stream(self, job: _Job, final: bool) -> list[Outbound]:
+    def _stream(self, job: Job, final: bool) -> list[Outbound]:
         """A chunk of the output committed since the last one (the last flushes held-back text)."""
         if not job.request.stream:
             return []
@@ -349,7 +307,7 @@ class SchedulerCore:
             return []
         return [(job.client, GenerateChunk(request_id=request_id_of(job.request_id), token_ids=new, text=text))]
 
-    def _finish(self, job: _Job, error: str = "", code: str = "failed") -> list[Outbound]:
+    def _finish(self, job: Job, error: str = "", code: str = "failed") -> list[Outbound]:
         job.finished_at = time.perf_counter()
         text = self._codec.decode(job.output) if self._codec and not error else ""
         job.reply = GenerateReply(ok=not error, text=text, token_ids=tuple(job.output), error=error,
@@ -359,25 +317,25 @@ class SchedulerCore:
             return out + self._reply(job)
         return out + self._maybe_reply(job)
 
-    def _end_everywhere(self, job: _Job, reason: str) -> list[Outbound]:
+    def _end_everywhere(self, job: Job, reason: str) -> list[Outbound]:
         return [
             (name, EndRequest(request_id=job.request_id, cmd_seq=self._next_seq(name), reason=reason))
             for name in self._services
         ]
 
-    def _maybe_reply(self, job: _Job) -> list[Outbound]:
+    def _maybe_reply(self, job: Job) -> list[Outbound]:
         waiting_for = [s for s in self._services if s not in job.service_stats]
         if job.reply is None or waiting_for:
             return []
         return self._reply(job)
 
-    def _reply(self, job: _Job) -> list[Outbound]:
+    def _reply(self, job: Job) -> list[Outbound]:
         assert job.reply is not None
         reply = replace(job.reply, stats=self._stats(job))
         del self._jobs[job.request_id]
         return [(job.client, reply), *self._admit()]
 
-    def _stats(self, job: _Job) -> dict[str, Any]:
+    def _stats(self, job: Job) -> dict[str, Any]:
         spans = trace.finish(job.request_id)
         prefilled = job.prefilled_at or job.finished_at
         decode_s = max(job.finished_at - prefilled, 1e-9)

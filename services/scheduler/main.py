@@ -19,6 +19,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from common.cluster.keys import client_curve
 from common.cluster.settings import ClusterSpec
+from common.models.dtypes import dtype_bytes
+from common.models.kv_memory import kv_bytes_per_token
 from common.models.modeling import load_model_spec
 from common.models.modeling.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 from common.observability.metrics import SchedulerMetrics
@@ -36,9 +38,9 @@ from common.wire.curve import CLIENT as CLIENT_DOMAIN
 from common.wire.curve import HANDSHAKE_EVENTS, HandshakeRefusals, KeyPair, as_server, gatekeeper_of
 from common.wire.errors import ProtocolError
 from common.wire.link import LinkError, LinkSettings, close_all, shaped_push
-from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
+from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict, VerdictKind
 from common.wire.transport import pull, recv
-from services.scheduler.admission import Capacity, kv_bytes_per_token
+from services.scheduler.admission import Capacity
 from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
 from services.scheduler.liveness import Liveness, describe
@@ -59,10 +61,9 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
     )
     model = load_model_spec(spec.base)
     largest = max((end - start for start, end in (s.layers for s in spec.stages)), default=0)
-    dtype_bytes = 2 if spec.dtype == "bfloat16" else 4
     capacity = Capacity(
         context_tokens=model.max_position_embeddings,
-        kv_bytes_per_token=kv_bytes_per_token(largest, model.num_kv_heads, model.head_dim, dtype_bytes),
+        kv_bytes_per_token=kv_bytes_per_token(model.num_kv_heads * model.head_dim, dtype_bytes(spec.dtype), largest),
     )
     return SchedulerCore([p.name for p in spec.ring], codec, model.eos_token_ids, spec.draft_settings,
                          spec.prefill_chunk, admission=spec.admission, capacity=capacity,
@@ -236,7 +237,7 @@ def _receive_report(sock: zmq.Socket, max_bytes: int, metrics: SchedulerMetrics)
 
 def _count_verdict(verdict: Verdict, metrics: SchedulerMetrics) -> None:
     """vLLM's spec-decode counters: one draft per verified tree; the root is context, not a draft token."""
-    if verdict.kind != "tree":
+    if verdict.kind is not VerdictKind.TREE:
         return
     metrics.drafts.inc()
     metrics.draft_tokens.inc(max(verdict.rows - 1, 0))

@@ -17,26 +17,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from common.wire.reports import Ready
+from services.scheduler.attempts import request_id_of
 
 if TYPE_CHECKING:
     from services.scheduler.core import Outbound, SchedulerCore
     from services.scheduler.liveness import Liveness
 
 log = structlog.get_logger()
-
-ATTEMPT = "~"  # a replayed request runs in the ring as "r3~1", "r3~2", ...: its earlier attempts' late messages
-# cannot touch it
-
-
-def attempt_id(request_id: str, attempt: int) -> str:
-    """The ring id of a request's ``attempt`` (0: the first, under the request's own id)."""
-    origin = request_id_of(request_id)
-    return f"{origin}{ATTEMPT}{attempt}" if attempt else origin
-
-
-def request_id_of(ring_id: str) -> str:
-    """The client's request id of a ring id."""
-    return ring_id.partition(ATTEMPT)[0]
 
 
 @dataclass(frozen=True)

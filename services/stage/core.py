@@ -25,7 +25,7 @@ from common.wire.commands import EndRequest, Prune, StartRequest
 from common.wire.ordering import OrderError, PruneLog, SequenceCheck
 from common.wire.reports import StageStats
 from common.wire.request_table import RequestTable
-from common.wire.ring import Segment
+from common.wire.ring import Phase, Segment
 
 Outbound = tuple[str, Message]  # (destination, message): "next" is the ring successor
 
@@ -113,7 +113,7 @@ class StageCore:
 
     def _process(self, req: _Request, seg: Segment) -> Segment:
         started = time.perf_counter()
-        out = self._prefill(req, seg) if seg.phase == "prefill" else self._tree(req, seg)
+        out = self._prefill(req, seg) if seg.phase is Phase.PREFILL else self._tree(req, seg)
         req.busy_s += time.perf_counter() - started
         return out
 

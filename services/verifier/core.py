@@ -16,13 +16,14 @@ import torch
 
 from common.models.modeling import ModelSlice
 from common.observability.trace import span
+from common.speculation.modes import Mode
 from common.speculation.verification import accept_greedy_ids, accept_sampling, sample_token
 from common.wire.codec import Message
 from common.wire.commands import EndRequest, Prune, StartRequest
 from common.wire.ordering import OrderError, PruneLog, SequenceCheck
-from common.wire.reports import StageStats, Verdict
+from common.wire.reports import StageStats, Verdict, VerdictKind
 from common.wire.request_table import RequestTable
-from common.wire.ring import Features, Segment
+from common.wire.ring import Features, Phase, Segment
 
 Outbound = tuple[str, Message]
 
@@ -36,7 +37,7 @@ class _Request:
     segments: SequenceCheck = field(default_factory=lambda: SequenceCheck("segment"))
     waiting: deque[tuple[Segment, torch.Tensor | None]] = field(default_factory=deque)
     awaiting_epoch: int = 0  # the epoch the last verdict will create; decide nothing before it
-    mode: str = "flowspec"
+    mode: Mode = Mode.FLOWSPEC
     gathered: list[tuple[Segment, torch.Tensor]] = field(default_factory=list)  # chunk mode: the round's tree
     busy_s: float = 0.0
     forwards: int = 0
@@ -79,7 +80,7 @@ class VerifierCore:
         elif isinstance(msg, Segment):
             req.segments.check(msg.seq)
             req.waiting.append((msg, self._logits(req, msg)))
-            if msg.phase == "prefill" and msg.rows:
+            if msg.phase is Phase.PREFILL and msg.rows:
                 self._send_features(req, msg.positions[0], msg.hidden)
         else:
             raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
@@ -87,12 +88,12 @@ class VerifierCore:
 
     def _logits(self, req: _Request, seg: Segment) -> torch.Tensor | None:
         """The head's verdict input per row: argmax ids [rows] when greedy, else logits [rows, vocab]."""
-        if seg.rows == 0 or (seg.phase == "prefill" and not seg.last_prefill):
+        if seg.rows == 0 or (seg.phase is Phase.PREFILL and not seg.last_prefill):
             return None
         if seg.hidden is None:
             raise OrderError("the verifier received a segment without hidden states")
         started = time.perf_counter()
-        hidden = seg.hidden[-1:] if seg.phase == "prefill" else seg.hidden
+        hidden = seg.hidden[-1:] if seg.phase is Phase.PREFILL else seg.hidden
         with span("forward"):  # acceptance and its RNG run on the CPU: only what they need leaves the device
             if req.temperature > 0:
                 logits = self._head.logits(hidden).cpu()  # [rows, vocab]
@@ -121,17 +122,17 @@ class VerifierCore:
 
     def _verdict(self, req: _Request, seg: Segment, logits: torch.Tensor | None) -> Verdict | None:
         base = {"request_id": req.request_id, "seq": seg.seq, "round": req.log.round, "epoch": req.log.epoch}
-        if seg.phase == "prefill":
+        if seg.phase is Phase.PREFILL:
             if not seg.last_prefill:
                 return None
             req.awaiting_epoch = req.log.epoch + 1
             last = logits[-1]
             token = sample_token(last, req.temperature, req.generator) if req.temperature > 0 else int(last)
-            return Verdict(**base, kind="prefill", next_token=token, rows=seg.rows)
+            return Verdict(**base, kind=VerdictKind.PREFILL, next_token=token, rows=seg.rows)
         now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
         if not now.rows:
-            return Verdict(**base, kind="noop")
-        if req.mode == "chunk":  # Chunk-PP: gather the round's segments, verify the tree whole
+            return Verdict(**base, kind=VerdictKind.NOOP)
+        if req.mode.verifies_whole_tree:  # Chunk-PP: gather the round's segments, verify the tree whole
             req.gathered.append((seg, logits))
             if not seg.closes_tree:
                 return None
@@ -155,7 +156,7 @@ class VerifierCore:
         self._send_features(req, seg.positions[rows[0]], seg.hidden, [rows[i] for i in decision.path])
         return Verdict(
             **base,
-            kind="tree",
+            kind=VerdictKind.TREE,
             accepted=decision.path,
             accepted_tokens=tuple(tokens[i] for i in decision.path),
             next_token=decision.next_token,
@@ -165,7 +166,7 @@ class VerifierCore:
     def _send_features(self, req: _Request, position: int, hidden: torch.Tensor | None,
                        rows: list[int] | None = None) -> None:
         """Queue the final-normed ``hidden`` rows (all, or ``rows``) of committed tokens for the drafter's head."""
-        if self._features_to is None or req.mode == "ar":
+        if self._features_to is None or not req.mode.drafts:
             return
         if hidden is None:
             raise OrderError("the verifier received a segment without hidden states")

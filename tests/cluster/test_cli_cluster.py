@@ -12,6 +12,7 @@ from common.wire.client import GenerateReply, StatusReply
 from services.cli import main
 from services.cli.main import app
 from services.launcher import free_ports
+from services.run_folder import RunFolder
 
 runner = CliRunner()
 
@@ -52,10 +53,10 @@ def test_up_cluster_reports_each_inventory_problem_on_its_own_line(tmp_path):
 def test_down_without_a_cluster_removes_a_stale_cluster_file(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "cluster.json").write_text("{}")
+    RunFolder(run_dir).cluster.write_text("{}")
     result = runner.invoke(app, ["down", "--run-dir", str(run_dir)])
     assert result.exit_code == 0 and "no cluster running" in result.output
-    assert not (run_dir / "cluster.json").exists()
+    assert not RunFolder(run_dir).cluster.exists()
     assert runner.invoke(app, ["generate", "hi", "--run-dir", str(run_dir)]).exit_code == 1
 
 
@@ -63,7 +64,7 @@ def _spec_file(tmp_path, port: int):
     spec = ClusterSpec(base="b", draft="d", scheduler=Placement("scheduler", report_port=port, client_port=port))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "cluster.json").write_text(spec.to_json())
+    RunFolder(run_dir).cluster.write_text(spec.to_json())
     return run_dir
 
 

@@ -23,6 +23,7 @@ from common.cluster.keys import board_key_name, load_keys
 from common.cluster.settings import ClusterSpec
 from services.cli.main import app
 from services.launcher import client_for
+from services.run_folder import RunFolder
 from tests.support.netns import NetnsLan, unavailable
 from tests.support.processes import process_environment
 from tests.support.reference import assert_greedy_on_random_prompts, greedy_reference
@@ -141,7 +142,7 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
         assert {s["board"] for s in record["services"]} == {"b1", "b2", "b3"} and all(map(_running, pids))
         _openmp_threads_sleep_where_ring_services_share_a_board(record)
 
-        spec = ClusterSpec.load(run_dir / "cluster.json")
+        spec = ClusterSpec.load(RunFolder(run_dir).cluster)
         assert spec.scheduler.host == lan.boards[0].address  # the head's client reaches it over TCP
         with client_for(spec, 120) as client:
             *_, reply = assert_greedy_on_random_prompts(client, base, seed=3, prompts=4, longest=40, max_new_tokens=12)
@@ -160,7 +161,7 @@ def test_ring_over_ssh_across_namespaces(lan, pair, tmp_path, monkeypatch):
 
         stopped = runner.invoke(app, ["down", "--run-dir", str(run_dir)])
         assert stopped.exit_code == 0 and "stopped 5 service(s)" in stopped.output, stopped.output
-        assert not any(map(_running, pids)) and not (run_dir / "cluster.json").exists()
+        assert not any(map(_running, pids)) and not RunFolder(run_dir).cluster.exists()
 
         second = runner.invoke(app, ["up", "--cluster", str(cluster), "--run-dir", str(run_dir)])
         outputs += [status.output, stopped.output, second.output]

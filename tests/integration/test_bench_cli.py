@@ -13,6 +13,7 @@ from common.speculation.modes import MODES
 from common.wire.client import GenerateReply
 from services.cli import bench
 from services.launcher import plan_local, start, stop
+from services.run_folder import RunFolder
 from tests.support.tiny_models import make_tiny_pair
 
 PROMPTS = [
@@ -131,7 +132,7 @@ class _FakeClient:
 def test_failures_reported_excluded_and_fatal_when_total(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "cluster.json").write_text(ClusterSpec(base="b", draft="d").to_json())
+    RunFolder(run_dir).cluster.write_text(ClusterSpec(base="b", draft="d").to_json())
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     monkeypatch.setattr(bench, "client_for", lambda spec, timeout: _FakeClient())
@@ -158,7 +159,7 @@ def test_bad_arguments_fail_with_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "cluster.json").write_text(ClusterSpec(base="b", draft="d").to_json())
+    RunFolder(run_dir).cluster.write_text(ClusterSpec(base="b", draft="d").to_json())
     (tmp_path / "p.jsonl").write_text(json.dumps(PROMPTS[0]) + "\n")
     base = {"--prompts": "p.jsonl", "--modes": "ar", "--json": "out.json", "--run-dir": str(run_dir)}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from common.cluster.settings import ClusterSpec
 from services.cli import bench
 from services.launcher import plan_local, start, stop
+from services.run_folder import RunFolder
 from tests.support.tiny_models import make_tiny_pair
 
 PROMPTS = [
@@ -106,7 +107,7 @@ def test_bad_serving_arguments_fail_with_one_line(tmp_path, monkeypatch, args, m
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "cluster.json").write_text(ClusterSpec(base="b", draft="d").to_json())
+    RunFolder(run_dir).cluster.write_text(ClusterSpec(base="b", draft="d").to_json())
     (tmp_path / "p.jsonl").write_text(json.dumps(PROMPTS[0]) + "\n")
     result = CliRunner().invoke(bench.app, ["--prompts", "p.jsonl", "--json", "out.json", "--run-dir", str(run_dir),
                                             *args])

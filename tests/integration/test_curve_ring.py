@@ -21,6 +21,7 @@ from common.wire.curve import ClientCurve, KeyPair
 from common.wire.transport import push, send
 from services.client import Client, ClusterUnavailable
 from services.launcher import client_for, plan_local, start, stop
+from services.run_folder import RunFolder
 from tests.support.reference import assert_greedy_on_random_prompts
 from tests.support.tiny_models import make_tiny_pair
 
@@ -66,7 +67,7 @@ def test_a_curve_ring_decodes_like_the_base_model_and_refuses_strangers(pair, tm
         assert _refused(spec.scheduler.metrics_url) >= 1 and _refused(stage.metrics_url) >= 1
     finally:
         stop(run_dir)
-    scheduler_log = _events(run_dir / "logs" / "scheduler.log")
+    scheduler_log = _events(RunFolder(run_dir).logs / "scheduler.log")
     refusals = [e for e in scheduler_log if e["event"] == "peer_refused"]
     assert [(e["address"], e["public_key"], e["domain"]) for e in refusals if e["public_key"]] == [
         ("127.0.0.1", stranger.public.decode(), "client")]  # once, though its handshake was retried
@@ -76,10 +77,10 @@ def test_a_curve_ring_decodes_like_the_base_model_and_refuses_strangers(pair, tm
     assert 1 <= len(plain) <= 2 and {e["address"] for e in plain} <= {"127.0.0.1", ""}, plain
     assert all(e["domain"] == "client" and ("no CURVE" in e["reason"] or "cut short" in e["reason"])
                for e in plain), plain
-    stage_refusals = [e for e in _events(run_dir / "logs" / "stage-1.log") if e["event"] == "peer_refused"]
+    stage_refusals = [e for e in _events(RunFolder(run_dir).logs / "stage-1.log") if e["event"] == "peer_refused"]
     assert [(e["public_key"], e["domain"]) for e in stage_refusals] == [(keys.client.public.decode(), "ring")]
     secrets = [p.secret.decode() for p in (keys.client, *keys.boards.values(), stranger)]
-    for log_file in (run_dir / "logs").iterdir():
+    for log_file in (RunFolder(run_dir).logs).iterdir():
         text = log_file.read_text(errors="replace")
         assert not any(secret in text for secret in secrets), log_file
 

@@ -22,6 +22,7 @@ from common.speculation.modes import DraftSettings
 from common.wire.client import GenerateChunk
 from services.cli.main import app
 from services.launcher import client_for, free_ports, plan_local, start, stop
+from services.run_folder import RunFolder
 from tests.support.reference import long_running_prompt
 from tests.support.tiny_models import make_tiny_pair
 
@@ -82,7 +83,7 @@ def _wait_for(url: str) -> None:
 
 def _cancelled(run_dir: Path) -> int:
     """Requests the scheduler has logged as ended by a cancel."""
-    lines = (run_dir / "logs" / "scheduler.log").read_text().splitlines()
+    lines = (RunFolder(run_dir).logs / "scheduler.log").read_text().splitlines()
     return sum(1 for line in lines if '"request_done"' in line and '"cancelled"' in line)
 
 
@@ -168,12 +169,12 @@ def test_errors_come_in_openai_shape(served):
 ])
 def test_bad_input_is_a_400_in_one_line_before_any_work(served, body, param, words):
     _, _, url, run_dir = served
-    starts = (run_dir / "logs" / "stage-1.log").read_text().count('"event": "start"')
+    starts = (RunFolder(run_dir).logs / "stage-1.log").read_text().count('"event": "start"')
     status, _, answer = _post(url, "/completions", body)
     assert status == 400 and answer["error"]["type"] == "invalid_request_error"
     assert words in answer["error"]["message"] and "\n" not in answer["error"]["message"]
     assert answer["error"]["param"] == param
-    assert (run_dir / "logs" / "stage-1.log").read_text().count('"event": "start"') == starts
+    assert (RunFolder(run_dir).logs / "stage-1.log").read_text().count('"event": "start"') == starts
 
 
 def test_busy_is_a_429_with_retry_after(served):

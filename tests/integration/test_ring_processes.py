@@ -12,6 +12,7 @@ from common.cluster.settings import ClusterSpec
 from common.speculation.modes import DraftSettings
 from services.cli.main import app
 from services.launcher import client_for, free_ports, plan_local, start, stop
+from services.run_folder import RunFolder
 from tests.support.processes import process_environment
 from tests.support.reference import assert_greedy_on_random_prompts, greedy_reference
 from tests.support.tiny_models import make_tiny_pair
@@ -110,7 +111,7 @@ def test_cli_up_with_a_reduced_draft_vocabulary_and_fused_numerics(tmp_path, mon
     assert "over 64 of 320 tokens" in result.output
     assert (draft / "draft_vocab_64.pt").is_file()
     try:
-        spec = ClusterSpec.load(tmp_path / "run" / "cluster.json")
+        spec = ClusterSpec.load(RunFolder(tmp_path / "run").cluster)
         assert spec.draft_vocab == 64 and spec.row_invariant is False
         with client_for(spec, 120) as client:
             for prompt in ([5, 6, 7], [40, 2, 99, 17, 3]):

@@ -16,6 +16,7 @@ from common.speculation.modes import DraftSettings
 from common.wire.client import GenerateChunk, GenerateReply
 from services.cli.main import app
 from services.launcher import client_for, plan_local, start, stop
+from services.run_folder import RunFolder
 from tests.support.reference import greedy_reference, long_running_prompt
 from tests.support.tiny_models import make_tiny_pair
 
@@ -38,7 +39,7 @@ def cluster(tmp_path_factory):
 
 def _cancelled(run_dir) -> int:
     """Requests the scheduler has logged as ended by a cancel."""
-    lines = (run_dir / "logs" / "scheduler.log").read_text().splitlines()
+    lines = (RunFolder(run_dir).logs / "scheduler.log").read_text().splitlines()
     return sum(1 for line in lines if '"request_done"' in line and '"cancelled"' in line)
 
 
@@ -142,7 +143,7 @@ def test_cli_generate_refuses_bad_input_in_one_line(cluster, args, words):
 
 
 def _stage_starts(run_dir) -> int:
-    return (run_dir / "logs" / "stage-1.log").read_text().count('"event": "start"')
+    return (RunFolder(run_dir).logs / "stage-1.log").read_text().count('"event": "start"')
 
 
 def test_cli_generate_stream_prints_text_and_speed(cluster):

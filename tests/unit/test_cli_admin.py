@@ -17,6 +17,7 @@ from common.wire.codec import PROTOCOL_VERSION, decode, encode
 from services.cli import logs as logs_cli
 from services.cli import status as status_cli
 from services.cli.main import app
+from services.run_folder import RunFolder
 
 runner = CliRunner()
 ROWS = (
@@ -48,7 +49,7 @@ def fake_scheduler(tmp_path: Path) -> Iterator[Path]:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     spec = ClusterSpec(base="b", draft="d", scheduler=Placement("scheduler", client_port=port))
-    (run_dir / "cluster.json").write_text(spec.to_json())
+    RunFolder(run_dir).cluster.write_text(spec.to_json())
     yield run_dir
     stop.set()
     thread.join()

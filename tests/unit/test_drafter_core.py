@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from common.speculation.drafting import TreeShape, best_leaves
+from common.speculation.drafting import TreeShape
+from common.speculation.growth import best_leaves
 from common.speculation.modes import DraftSettings
 from common.speculation.tree import DraftTree, single_root
 from common.wire.commands import Expand, Prune, StartRequest
@@ -19,6 +20,8 @@ SETTINGS = DraftSettings(top_k=2, fill_nodes=4, fill_depth=2, expand_leaves=1, e
 
 class ScriptedDrafter:
     """TreeDrafter's interface with made-up logits: child ``i`` of token ``t`` is ``10 t + i``, score ``-i``."""
+
+    takes_features = False
 
     def __init__(self) -> None:
         self.context: list[int] = []

@@ -19,11 +19,11 @@ from common.cluster.partition import (
     even_split,
     explicit_ranges,
     format_ranges,
-    kv_bytes_per_layer,
     layer_costs,
     parse_hosts,
     plan_partition,
 )
+from common.models.kv_memory import kv_cache_bytes
 from common.models.modeling import load_slice
 from tests.support.tiny_models import make_tiny_model
 
@@ -102,9 +102,9 @@ def test_compute_is_per_layer_with_the_head_relative_to_a_layer(tiny) -> None:
 
 def test_kv_bytes_follow_the_cache_doubling() -> None:
     costs = uniform_costs(2)
-    assert kv_bytes_per_layer(costs, 0) == 256 * 1024
-    assert kv_bytes_per_layer(costs, 2048) == 2048 * 1024
-    assert kv_bytes_per_layer(costs, 2049) == 4096 * 1024
+    assert kv_cache_bytes(0, costs.kv_bytes_per_token) == 256 * 1024
+    assert kv_cache_bytes(2048, costs.kv_bytes_per_token) == 2048 * 1024
+    assert kv_cache_bytes(2049, costs.kv_bytes_per_token) == 4096 * 1024
 
 
 # --- planner ----------------------------------------------------------------------------------------

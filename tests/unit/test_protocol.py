@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.speculation.modes import DraftSettings
+from common.speculation.modes import DraftSettings, Mode
 from common.wire.client import (
     REPLY_CODES,
     CancelRequest,
@@ -25,7 +25,7 @@ from common.wire.client import (
 from common.wire.codec import PROTOCOL_VERSION, decode, encode
 from common.wire.commands import EndRequest, Expand, Prune, Shutdown, StartRequest
 from common.wire.errors import ProtocolError
-from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
+from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict, VerdictKind
 from common.wire.ring import Features, Segment
 
 ROUNDTRIP = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -95,14 +95,15 @@ messages = st.one_of(
     segments(),
     features(),
     st.builds(StartRequest, request_id=texts, cmd_seq=ints, prompt=int_tuples, max_new_tokens=ints,
-              temperature=floats, seed=ints, draft=draft_settings, prefill_chunk=ints),
+              temperature=floats, seed=ints, draft=draft_settings, prefill_chunk=ints,
+              mode=st.sampled_from(list(Mode))),
     st.builds(Prune, request_id=texts, cmd_seq=ints, epoch=ints, round=ints, accepted=int_tuples,
               keep=int_tuples, new_tokens=int_tuples, next_token=ints, known=ints),
     st.builds(Expand, request_id=texts, cmd_seq=ints, epoch=ints),
     st.builds(EndRequest, request_id=texts, cmd_seq=ints, reason=texts),
     st.builds(Shutdown, cmd_seq=ints),
-    st.builds(Verdict, request_id=texts, seq=ints, epoch=ints, round=ints, kind=texts, accepted=int_tuples,
-              accepted_tokens=int_tuples, next_token=ints, rows=ints),
+    st.builds(Verdict, request_id=texts, seq=ints, epoch=ints, round=ints, kind=st.sampled_from(list(VerdictKind)),
+              accepted=int_tuples, accepted_tokens=int_tuples, next_token=ints, rows=ints),
     st.builds(DraftReport, request_id=texts, epoch=ints, first=ints, tokens=int_tuples, parents=int_tuples,
               segments_sent=ints, draft_ms=floats),
     st.builds(Ready, service=texts, pid=ints),

@@ -7,8 +7,9 @@ from common.wire.client import GenerateRequest
 from common.wire.commands import EndRequest, StartRequest
 from common.wire.reports import Verdict
 from services.scheduler.admission import Capacity
+from services.scheduler.attempts import attempt_id, request_id_of
 from services.scheduler.core import SchedulerCore, TextCodec
-from services.scheduler.replay import Outage, Replays, attempt_id, request_id_of
+from services.scheduler.replay import Outage, Replays
 
 SERVICES = ["drafter", "stage-1", "verifier"]
 

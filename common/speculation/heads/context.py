@@ -22,6 +22,8 @@ from common.speculation.tree import DraftTree
 class HeadContextDrafter:
     """Committed tokens plus base features in, draft trees out (as ``TreeDrafter`` does)."""
 
+    takes_features = True  # the head drafts from the base model's features (common.speculation.growth.Drafter)
+
     def __init__(self, drafter: HeadTreeDrafter) -> None:
         self._drafter = drafter
         self._tokens: list[int] = []  # committed tokens

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from common.speculation.drafting import CandidatePool, TreeShape, best_leaves, deepest_nodes
+from common.speculation.drafting import CandidatePool, TreeShape
+from common.speculation.growth import FrontierGrowth, tree_paths
 from common.speculation.heads.model import DraftHead
 from common.speculation.tree import DraftTree
 
@@ -38,7 +39,7 @@ class FeaturePairs:
         assert self.features.dim() == 2 and self.features.shape[0] == len(self.tokens), "one feature per token"
 
 
-class HeadTreeDrafter:
+class HeadTreeDrafter(FrontierGrowth):
     """A draft head with its cache of committed pairs and tree-node rows; drafting never changes the pairs."""
 
     def __init__(self, head: DraftHead) -> None:
@@ -90,17 +91,6 @@ class HeadTreeDrafter:
             frontier = pool.expand(frontier, *proposals, keep=shape.top_k)
         return pool.tree(shape.nodes)
 
-    def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: FeaturePairs | None = None) -> DraftTree:
-        """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""
-        return self.grow(tree, deepest_nodes(tree), width, top_k, pending)
-
-    def grow_best(
-        self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: FeaturePairs | None = None
-    ) -> DraftTree:
-        """Best-first growth: children of the ``leaves`` best-scoring leaves, ``width`` best kept."""
-        return self.grow(tree, best_leaves(tree, leaves), width, top_k, pending)
-
-    @torch.no_grad()
     def grow(
         self, tree: DraftTree, frontier: list[int], width: int, top_k: int, pending: FeaturePairs | None = None
     ) -> DraftTree:
@@ -110,10 +100,10 @@ class HeadTreeDrafter:
         appended first. Children the tree already has are not proposed again.
         """
         assert len(tree) >= 1 and frontier
-        if pending is not None:
+        if pending:  # FeaturePairs; FrontierGrowth passes () when there are none
             assert pending.tokens[-1] == tree.tokens[0], "pending pairs end with the root"
             self.extend_context(pending)
-        paths = _paths(tree)
+        paths = tree_paths(tree)
         logp, tokens = self._proposals(self._features([paths[i] for i in frontier]), top_k + 1)  # one spare
         existing = set(zip(tree.parents, tree.tokens, strict=True))
         candidates = []
@@ -168,11 +158,3 @@ class HeadTreeDrafter:
         logp = torch.log_softmax(self._head.logits(features), dim=-1)  # [F, draft_vocab]
         top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
         return top.values.tolist(), self._head.full_ids(top.indices).tolist()
-
-
-def _paths(tree: DraftTree) -> list[Path]:
-    """Every node's token path from the root (the root's is empty)."""
-    paths: list[Path] = [()]
-    for i in range(1, len(tree)):
-        paths.append((*paths[tree.parents[i]], tree.tokens[i]))
-    return paths
