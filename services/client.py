@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import zmq
@@ -20,6 +21,11 @@ from common.wire.curve import ClientCurve, as_client
 from common.wire.errors import ProtocolError
 
 CANCEL_LINGER_MS = 1000  # how long a closing socket may still try to deliver a CancelRequest
+
+
+def fresh_seed() -> int:
+    """A seed for a request that names none: fresh randomness per request, as OpenAI's API samples."""
+    return secrets.randbits(63)
 
 
 class ClusterUnavailable(RuntimeError):

@@ -29,7 +29,7 @@ from services.api import schemas
 from services.api.ring import exchange
 from services.api.schemas import ApiError, ChatBody, CompletionBody
 from services.api.stops import StopMatcher
-from services.client import ClusterUnavailable
+from services.client import ClusterUnavailable, fresh_seed
 
 _REPLY_ERRORS: dict[str, tuple[int, schemas.ErrorType]] = {
     "invalid": (400, "invalid_request_error"),
@@ -138,7 +138,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         body = gen.body
         ring_request = GenerateRequest(
             prompt="", prompt_ids=tuple(gen.prompt_ids), max_new_tokens=gen.max_tokens,
-            temperature=body.temperature, seed=body.seed or 0, mode=settings.mode, stream=True,
+            temperature=body.temperature,
+            seed=fresh_seed() if body.seed is None else body.seed, mode=settings.mode, stream=True,
         )
         stops = StopMatcher(body.stops())
         messages = exchange(settings.scheduler_endpoint, ring_request, timeout_s=settings.timeout_s,
