@@ -194,12 +194,15 @@ class _ServiceLoop:
         if isinstance(msg, COMMANDS):
             last = self.order.last
             problem = self.order.check(msg.cmd_seq)
-            if problem:
-                error = f"command #{msg.cmd_seq} after #{last}: {problem} command"
+            if problem == "repeated":
+                error = f"command #{msg.cmd_seq} after #{last}: repeated command"
                 self._reject("sequence", error, kind=msg.KIND, request_id=msg.request_id)
-                if problem == "lost":  # the request the lost commands concerned cannot go on
-                    self._fail(msg, OrderError(error), count=False)
                 return None
+            if problem == "lost":  # the scheduler fails the lost commands' requests; this command goes on
+                first, end = self.order.gap
+                error = f"{self.core.name}: commands #{first}..#{end} lost (#{msg.cmd_seq} followed #{last})"
+                self._reject("sequence", error, kind=msg.KIND, request_id=msg.request_id)
+                self.sockets.send("scheduler", Fault(self.core.name, "", error, lost=(first, end)))
         return msg
 
     def _reject(self, reason: str, error: str, **context: object) -> None:

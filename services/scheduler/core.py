@@ -32,6 +32,7 @@ from common.wire.commands import EndRequest, Expand, Prune, StartRequest
 from common.wire.ordering import OrderError, PruneLog
 from common.wire.reports import DraftReport, Fault, Ready, StageStats, Verdict
 from services.scheduler.admission import MIB, Capacity, busy_reason, invalid_reason, kv_need_bytes
+from services.scheduler.commands import CommandLog
 from services.scheduler.replay import attempt_id, request_id_of
 
 Outbound = tuple[str, Message]
@@ -101,7 +102,7 @@ class SchedulerCore:
         self._prefill_chunk = prefill_chunk
         self._admission = admission or Admission()
         self._capacity = capacity or Capacity()
-        self._cmd_seq = dict.fromkeys(self._services, 0)
+        self._commands = CommandLog(self._services)
         self._ids = itertools.count(1)
         self._queue: deque[_Job] = deque()  # admitted and valid, waiting for a slot (FIFO)
         self._jobs: dict[str, _Job] = {}  # in the ring, by request id
@@ -154,6 +155,8 @@ class SchedulerCore:
         if isinstance(msg, Ready):
             self.ready[msg.service] = msg.pid
             return []
+        if isinstance(msg, Fault) and msg.lost:
+            return self._lost_commands(msg)
         job = self._jobs.get(getattr(msg, "request_id", ""))
         if job is None:
             return []  # a report of a cancelled or failed request still in flight
@@ -279,12 +282,16 @@ class SchedulerCore:
             "prefill_chunk": self._prefill_chunk, "mode": request.mode, "link_mbps": request.link_mbps,
             "link_latency_ms": request.link_latency_ms, "trace": request.trace,
         }
-        return [(name, StartRequest(cmd_seq=self._next_seq(name), **start)) for name in self._services]
+        return [(name, StartRequest(cmd_seq=self._commands.next(name, job.request_id), **start))
+                for name in self._services]
 
-    def _next_seq(self, name: str) -> int:
-        seq = self._cmd_seq[name]
-        self._cmd_seq[name] = seq + 1
-        return seq
+    def _lost_commands(self, fault: Fault) -> list[Outbound]:
+        """A service found a gap in its commands: the requests the lost ones carried fail, no other."""
+        first, last = fault.lost[0], fault.lost[-1]
+        out: list[Outbound] = []
+        for request_id in self._commands.owners(fault.service, first, last):
+            out += self.fail(request_id, f"{fault.error}: a command of this request was lost")
+        return out
 
     def _decide(self, job: _Job, verdict: Verdict) -> list[Outbound]:
         if verdict.kind == "noop":
@@ -318,14 +325,16 @@ class SchedulerCore:
             "accepted": accepted,
             "keep": keep, "new_tokens": new_tokens, "next_token": verdict.next_token, "known": len(job.tree),
         }
-        prunes = [Prune(cmd_seq=self._next_seq(name), **event) for name in self._services]  # one event, own cmd_seq
+        prunes = [Prune(cmd_seq=self._commands.next(name, job.request_id), **event)  # one event, own cmd_seq
+                  for name in self._services]
         job.log.record(prunes[0])  # the job's epoch and round move on with it
         out: list[Outbound] = list(zip(self._services, prunes, strict=True))
         job.tree = prune_tree(job.tree, keep) if keep else DraftTree((), (), ())
         return streamed + out + self._expand(job)
 
     def _expand(self, job: _Job) -> list[Outbound]:
-        return [("drafter", Expand(request_id=job.request_id, cmd_seq=self._next_seq("drafter"), epoch=job.epoch))]
+        return [("drafter", Expand(request_id=job.request_id, cmd_seq=self._commands.next("drafter", job.request_id),
+                                    epoch=job.epoch))]
 
     def _stop(self, job: _Job) -> bool:
         limit = job.request.max_new_tokens
@@ -361,7 +370,8 @@ class SchedulerCore:
 
     def _end_everywhere(self, job: _Job, reason: str) -> list[Outbound]:
         return [
-            (name, EndRequest(request_id=job.request_id, cmd_seq=self._next_seq(name), reason=reason))
+            (name, EndRequest(request_id=job.request_id, cmd_seq=self._commands.next(name, job.request_id),
+                                reason=reason))
             for name in self._services
         ]
 

@@ -151,9 +151,10 @@ def test_heartbeats_carry_vitals_and_counters(service):
 def test_command_sequence_gaps_and_repeats_are_rejected(service):
     service.command(_start("a", 0))
     service.command(_start("a", 0))  # repeated: dropped, nothing else happens
-    service.command(EndRequest("a", 5, "done"))  # commands 1..4 lost: the request fails
+    service.command(EndRequest("a", 5, "done"))  # commands 1..4 lost: reported, and this one still applies
     fault = service.report(Fault)
-    assert fault.request_id == "a" and "lost" in fault.error
+    assert fault.request_id == "" and fault.lost == (1, 4) and "#1..#4 lost" in fault.error
+    assert service.report(StageStats).request_id == "a", "the command that revealed the gap was applied"
     service.command(_start("b", 6))  # the stream resumes after the gap
     service.command(EndRequest("b", 7, "done"))
     assert service.report(StageStats).request_id == "b"
