@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from common.cluster.settings import Admission
 from common.models.text_stream import TextStream
@@ -34,6 +33,7 @@ from common.wire.reports import DraftReport, Fault, Ready, StageStats, Verdict
 from services.scheduler.admission import MIB, Capacity, busy_reason, invalid_reason, kv_need_bytes
 from services.scheduler.commands import CommandLog
 from services.scheduler.replay import attempt_id, request_id_of
+from services.scheduler.stats import request_stats
 
 Outbound = tuple[str, Message]
 CLIENT = "client:"  # destination prefix; the rest names the client connection
@@ -54,6 +54,7 @@ class _Job:
     request_id: str  # in the ring: the client's id, then "r3~1" ... once replayed (services/scheduler/replay.py)
     prompt: tuple[int, ...]
     kv_bytes: int  # admission's estimate of its KV need on the largest stage
+    submitted: float = field(default_factory=time.perf_counter)  # TTFT and latency count from here
     started: float = 0.0  # when it entered the ring; its deadline counts from here
     tree: DraftTree = field(default_factory=lambda: DraftTree((), (), ()))
     output: list[int] = field(default_factory=list)
@@ -383,37 +384,6 @@ class SchedulerCore:
 
     def _reply(self, job: _Job) -> list[Outbound]:
         assert job.reply is not None
-        reply = replace(job.reply, stats=self._stats(job))
+        reply = replace(job.reply, stats=request_stats(job))
         del self._jobs[job.request_id]
         return [(job.client, reply), *self._admit()]
-
-    def _stats(self, job: _Job) -> dict[str, Any]:
-        spans = trace.finish(job.request_id)
-        prefilled = job.prefilled_at or job.finished_at
-        decode_s = max(job.finished_at - prefilled, 1e-9)
-        wall_s = job.finished_at - job.started
-        new = len(job.output)
-        return {
-            "request_id": request_id_of(job.request_id),
-            "replays": job.replays,
-            "mode": job.request.mode,
-            "prompt_tokens": len(job.prompt),
-            "new_tokens": new,
-            "steps": job.steps,
-            "noop_steps": job.noops,
-            "rounds": job.round,
-            "accepted_per_step": job.accepted / job.steps if job.steps else 0.0,
-            "tokens_per_step": job.step_tokens / job.steps if job.steps else 0.0,
-            "tokens_per_round": job.step_tokens / job.round if job.round else 0.0,
-            "prefill_ms": (prefilled - job.started) * 1e3,
-            "decode_ms": decode_s * 1e3,
-            "wall_ms": wall_s * 1e3,
-            "decode_tokens_per_s": (new - 1) / decode_s if new > 1 else 0.0,
-            "tokens_per_s": new / wall_s if wall_s > 0 else 0.0,
-            "drafter_ms_per_step": job.draft_ms / max(job.steps + job.noops, 1),
-            "drafter_busy_ms": job.draft_ms,
-            "services": {name: v for name, v in job.service_stats.items() if name != "drafter"},
-            # Base features sent to a draft head (0 without one), per verification step.
-            "feature_bytes_per_step": sum(s["feature_bytes"] for s in job.service_stats.values()) / max(job.steps, 1),
-            **({"trace": {**job.spans, "scheduler": spans}} if job.request.trace else {}),
-        }

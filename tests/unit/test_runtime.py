@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgpack
 import pytest
@@ -305,3 +305,18 @@ def test_every_message_that_arrived_is_handled_before_the_next_unit_of_work():
         finally:
             core.release.set()
     assert core.done[:6] == ["handle r0", "work", "handle r1", "handle r2", "handle r3", "work"]
+
+
+def test_each_request_keeps_its_own_emulated_link(service):
+    """A later StartRequest with another link does not reshape the requests already running."""
+    service.command(_start("fast", 0))
+    service.command(replace(_start("far", 1), link_latency_ms=1000.0))
+    sent = time.perf_counter()
+    service.command(EndRequest("fast", 2, "done"))
+    assert service.report(StageStats).request_id == "fast"
+    fast_s = time.perf_counter() - sent
+    sent = time.perf_counter()
+    service.command(EndRequest("far", 3, "done"))
+    assert service.report(StageStats).request_id == "far"
+    slow_s = time.perf_counter() - sent
+    assert fast_s < 0.5 and slow_s >= 1.0, (fast_s, slow_s)
