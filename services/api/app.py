@@ -31,7 +31,7 @@ from services.api import schemas
 from services.api.ring import exchange
 from services.api.schemas import ApiError, ChatBody, CompletionBody
 from services.api.stops import StopMatcher
-from services.client import ClusterUnavailable, fresh_seed
+from services.client import DEFAULT_MAX_MESSAGE_BYTES, ClusterUnavailable, fresh_seed
 
 log = structlog.get_logger()
 
@@ -52,6 +52,7 @@ class ApiSettings:
     timeout_s: float = 600.0
     api_key: str = ""  # when set, every request must carry "Authorization: Bearer <api_key>"
     scheduler_curve: ClientCurve | None = None  # a LAN cluster: the clients' CURVE keys for the scheduler
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # the cluster's limit on a message from the scheduler
 
 
 @dataclass
@@ -174,7 +175,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
         stops = StopMatcher(body.stops())
         messages = exchange(settings.scheduler_endpoint, ring_request, timeout_s=settings.timeout_s,
-                            client_gone=request.is_disconnected, curve=settings.scheduler_curve)
+                            client_gone=request.is_disconnected, curve=settings.scheduler_curve,
+                            max_bytes=settings.max_message_bytes)
         last = -1
         async with aclosing(messages):
             try:
