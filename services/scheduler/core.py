@@ -136,7 +136,7 @@ class SchedulerCore:
             if self._codec is None:
                 return [(client, GenerateReply(ok=False, error="no tokenizer: send prompt_ids", code="invalid"))]
             prompt = tuple(self._codec.encode(request.prompt, request.raw))
-        error = invalid_reason(request, len(prompt), self._capacity)
+        error = invalid_reason(request, len(prompt), self._capacity, self._admission.max_prompt_tokens)
         kv_bytes = kv_need_bytes(len(prompt), request.max_new_tokens, self._draft, self._capacity)
         budget = int(self._admission.kv_budget_mib * MIB)
         if not error and budget and kv_bytes > budget:
@@ -213,7 +213,7 @@ class SchedulerCore:
     def expire(self, now: float, timeout_s: float) -> list[Outbound]:
         """Fail every request that has been in the ring longer than ``timeout_s`` (its own deadline)."""
         late = [job.request_id for job in self._jobs.values() if now - job.started > timeout_s]
-        error = f"request timed out after {timeout_s:.0f} s"
+        error = f"request timed out after {timeout_s:g} s in the ring (this cluster's request_timeout_s)"
         return [out for request_id in late for out in self.fail(request_id, error, code="timeout")]
 
     def cancel(self, client: str) -> list[Outbound]:
