@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import zmq
@@ -19,7 +20,13 @@ from common.wire.commands import Shutdown
 from common.wire.curve import ClientCurve, as_client
 from common.wire.errors import ProtocolError
 
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20  # as ClusterSpec.max_message_bytes; a cluster's own limit is passed in
 CANCEL_LINGER_MS = 1000  # how long a closing socket may still try to deliver a CancelRequest
+
+
+def fresh_seed() -> int:
+    """A seed for a request that names none: fresh randomness per request, as OpenAI's API samples."""
+    return secrets.randbits(63)
 
 
 class ClusterUnavailable(RuntimeError):
@@ -29,9 +36,11 @@ class ClusterUnavailable(RuntimeError):
 class Client:
     """One DEALER connection (CURVE with ``curve``); one question at a time. An abandoned generation is cancelled."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 600.0, curve: ClientCurve | None = None) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 600.0, curve: ClientCurve | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.max_message_bytes = max_message_bytes  # a larger answer is refused (MAXMSGSIZE and decode)
         self._curve = curve
         self._ctx = zmq.Context.instance()
         self._sock = self._connect()
@@ -88,7 +97,7 @@ class Client:
             self._sock.close(0)
             self._sock = self._connect()
             raise ClusterUnavailable(f"no answer from the scheduler at {self.endpoint} within {timeout_s:.0f} s")
-        return decode(self._sock.recv_multipart(copy=False))
+        return decode(self._sock.recv_multipart(copy=False), self.max_message_bytes)
 
     def _cancel(self) -> None:
         """Cancel this connection's requests; a new socket keeps their late replies from the next question."""
@@ -100,6 +109,7 @@ class Client:
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         as_client(sock, self._curve)
         sock.connect(self.endpoint)
         return sock

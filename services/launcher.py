@@ -102,7 +102,7 @@ def client_for(spec: ClusterSpec, timeout_s: float | None = None) -> Client:
     """A client of ``spec``'s scheduler, with the clients' CURVE key pair on a LAN cluster."""
     s = spec.scheduler
     return Client(s.endpoint(s.client_port), timeout_s or spec.timeouts.request_timeout_s,
-                  client_curve(own_keys(spec), s))
+                  client_curve(own_keys(spec), s), spec.max_message_bytes)
 
 
 def running(run_dir: Path) -> bool:

@@ -35,7 +35,7 @@ from common.observability.metrics import ServiceMetrics
 from common.wire.codec import Message, encode
 from common.wire.commands import EndRequest, Expand, Prune, Shutdown, StartRequest
 from common.wire.errors import ProtocolError
-from common.wire.link import LinkError, ShapedSender, close_all, configure_all
+from common.wire.link import LinkError, LinkSettings, ShapedSender, close_all
 from common.wire.ordering import CommandOrder, OrderError
 from common.wire.reports import Fault, Heartbeat, Ready, StageStats
 from common.wire.ring import Features, Segment
@@ -60,12 +60,13 @@ class ServiceSockets:
     commands: zmq.Socket  # PULL: scheduler commands
     data: zmq.Socket | None  # PULL: ring input (stages, verifier); the drafter has none
     routes: dict[str, ShapedSender]  # destination name ("next", "scheduler", "drafter") -> shaped PUSH socket
+    links: dict[str, LinkSettings] = field(default_factory=dict)  # request id -> its emulated link (StartRequest)
 
     def send(self, dest: str, msg: Message) -> None:
         if isinstance(msg, StageStats):  # a traced request's timeline leaves with its stats
             msg = replace(msg, spans=trace.finish(msg.request_id))
         with trace.span("send"):
-            self.routes[dest].send(encode(msg))
+            self.routes[dest].send(encode(msg), self.links.get(getattr(msg, "request_id", "")))
 
 
 @dataclass(frozen=True)
@@ -194,12 +195,15 @@ class _ServiceLoop:
         if isinstance(msg, COMMANDS):
             last = self.order.last
             problem = self.order.check(msg.cmd_seq)
-            if problem:
-                error = f"command #{msg.cmd_seq} after #{last}: {problem} command"
+            if problem == "repeated":
+                error = f"command #{msg.cmd_seq} after #{last}: repeated command"
                 self._reject("sequence", error, kind=msg.KIND, request_id=msg.request_id)
-                if problem == "lost":  # the request the lost commands concerned cannot go on
-                    self._fail(msg, OrderError(error), count=False)
                 return None
+            if problem == "lost":  # the scheduler fails the lost commands' requests; this command goes on
+                first, end = self.order.gap
+                error = f"{self.core.name}: commands #{first}..#{end} lost (#{msg.cmd_seq} followed #{last})"
+                self._reject("sequence", error, kind=msg.KIND, request_id=msg.request_id)
+                self.sockets.send("scheduler", Fault(self.core.name, "", error, lost=(first, end)))
         return msg
 
     def _reject(self, reason: str, error: str, **context: object) -> None:
@@ -228,13 +232,14 @@ class _ServiceLoop:
                 self.vitals.last_step_ms = elapsed_s * 1e3
             if isinstance(msg, EndRequest):
                 self.vitals.in_flight.discard(request_id)
+                self.sockets.links.pop(request_id, None)
             _log_handled(msg, len(outs), elapsed_s)
 
     def _shape_links(self, msg: StartRequest) -> None:
+        """This request's messages leave through its own emulated link; other requests keep theirs."""
         try:
-            configure_all(self.sockets.routes.values(), msg.link_mbps, msg.link_latency_ms)
+            self.sockets.links[msg.request_id] = LinkSettings(msg.link_mbps, msg.link_latency_ms)
         except LinkError as exc:  # the scheduler refuses these; a stray one fails its request, unshaped
-            configure_all(self.sockets.routes.values(), 0.0, 0.0)
             self.sockets.send("scheduler", Fault(self.core.name, msg.request_id, str(exc)))
 
     def _fail(self, msg: Message, exc: Exception, count: bool = True) -> None:

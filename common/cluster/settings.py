@@ -70,6 +70,7 @@ class Admission:
     max_queued: int = 16  # requests waiting for a slot; past this a request is answered busy
     kv_budget_mib: float = 0.0  # per service; 0: unchecked
     retry_after_s: float = 2.0  # the wait a busy answer suggests
+    max_prompt_tokens: int = 0  # the operator's cap on a prompt's length, below the model's context; 0: the context
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from common.wire.errors import ProtocolError
 from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
 from common.wire.ring import Features, Segment
 
-PROTOCOL_VERSION = 3  # 2: Heartbeat; StatusReply carries ServiceHealth rows. 3: Prune.known
+PROTOCOL_VERSION = 4  # 2: Heartbeat; StatusReply carries ServiceHealth rows. 3: Prune.known. 4: Fault.lost
 
 
 _DTYPES = {name: torch_dtype(name) for name in DTYPE_BYTES}  # the one table (common.models.dtypes), looked up

@@ -121,14 +121,15 @@ class ShapedSender:
         with self._lock:
             self._settings = settings
 
-    def send(self, frames: Sequence[Frame]) -> None:
-        """Queue one multipart message for delivery at its emulated arrival time."""
+    def send(self, frames: Sequence[Frame], settings: LinkSettings | None = None) -> None:
+        """Queue one multipart message for delivery at its emulated arrival time; ``settings``: this
+        message's own link (its request's), instead of the sender's."""
         now = time.perf_counter()
         nbytes = sum(memoryview(f).nbytes for f in frames)
         with self._lock:
             if self._closed:
                 raise LinkClosedError(f"link {self.name or '?'} is closed")
-            self._state = self._state.after(self._settings, now, nbytes)
+            self._state = self._state.after(settings or self._settings, now, nbytes)
             self._queue.put(_Outgoing(self._state.last_delivery, tuple(frames), now, nbytes))
 
     def close(self, timeout_s: float = 5.0) -> None:

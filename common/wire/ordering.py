@@ -117,19 +117,26 @@ class CommandOrder:
     """The ``cmd_seq`` of one service's command stream: each is one more than the last.
 
     The first command a service sees sets the start (a service restarted mid-run joins the stream).
-    ``check`` returns "" when the command is the next one, else why not: ``lost`` (a gap: the start
-    moves past it, so only the lost commands' request fails) or ``repeated`` (a repeat or regression:
-    nothing changes).
+    ``check`` returns "" when the command is the next one, else why not:
+
+    - ``lost``: a gap. ``gap`` holds the first and last missing numbers; the stream moves on past them
+      and the command that revealed the gap is applied (its own request lost nothing, unless a missing
+      command was its own, which its request's own order checks then catch). The service reports the
+      gap (``Fault.lost``); the scheduler, which knows which request each number carried, fails exactly
+      those requests.
+    - ``repeated``: a repeat or a step backwards; the command is dropped and nothing changes.
     """
 
     def __init__(self) -> None:
         self.last: int | None = None
+        self.gap: tuple[int, int] = (0, -1)  # the last gap found: first and last missing cmd_seq
 
     def check(self, seq: int) -> str:
         if self.last is None or seq == self.last + 1:
             self.last = seq
             return ""
         if seq > self.last + 1:
+            self.gap = (self.last + 1, seq - 1)
             self.last = seq
             return "lost"
         return "repeated"

@@ -83,12 +83,17 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Fault:
-    """A service could not handle a message; the scheduler fails the request with this reason."""
+    """A service could not handle a message; the scheduler fails the request with this reason.
+
+    With ``lost`` (the first and last ``cmd_seq`` of a gap in the service's command stream) and no
+    ``request_id``: the scheduler fails the requests those lost commands belonged to.
+    """
 
     KIND: ClassVar[str] = "fault"
     service: str
     request_id: str
     error: str
+    lost: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

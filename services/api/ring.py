@@ -12,7 +12,7 @@ from common.wire.client import CancelRequest, GenerateChunk, GenerateReply, Gene
 from common.wire.codec import decode, encode
 from common.wire.curve import ClientCurve, as_client
 from common.wire.errors import ProtocolError
-from services.client import CANCEL_LINGER_MS, ClusterUnavailable
+from services.client import CANCEL_LINGER_MS, DEFAULT_MAX_MESSAGE_BYTES, ClusterUnavailable
 
 POLL_INTERVAL_S = 0.25  # how often a waiting request checks that its HTTP client is still there
 
@@ -24,11 +24,14 @@ async def exchange(
     timeout_s: float,
     client_gone: Callable[[], Awaitable[bool]],
     curve: ClientCurve | None = None,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> AsyncIterator[GenerateChunk | GenerateReply]:
     """Chunks, then the final reply. Closed early, or its HTTP client gone, the ring request is cancelled.
-    With ``curve``, the DEALER is a CURVE client of the scheduler (a LAN cluster)."""
+    With ``curve``, the DEALER is a CURVE client of the scheduler (a LAN cluster). An answer over
+    ``max_bytes`` is refused (MAXMSGSIZE drops a frame over it; decode, a message)."""
     sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
     as_client(sock, curve)
     sock.connect(endpoint)
     loop = asyncio.get_running_loop()
@@ -39,7 +42,7 @@ async def exchange(
         await sock.send_multipart(encode(request))
         while not finished:
             if await sock.poll(int(POLL_INTERVAL_S * 1000)):
-                msg = decode(await sock.recv_multipart())
+                msg = decode(await sock.recv_multipart(), max_bytes)
                 if not isinstance(msg, GenerateChunk | GenerateReply):
                     raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
                 finished = isinstance(msg, GenerateReply)

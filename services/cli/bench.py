@@ -94,7 +94,8 @@ BENCH_MODES = (LOCAL, *MODES)
 @app.callback(invoke_without_command=True)
 def bench(
     prompts: Annotated[str, typer.Option(help="JSONL prompt file (MT-bench/Spec-Bench or HumanEval), or humaneval.")],
-    json_out: Annotated[Path, typer.Option("--json", help="Where to write settings, per-run stats and summary.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Where to write settings, per-run stats and summary "
+                                                                "(default: RUN_DIR/bench/bench-DATE.json).")] = None,
     modes: Annotated[str, typer.Option(help=f"Comma-separated modes among {', '.join(BENCH_MODES)} (default: all; "
                                             "with --concurrency or --ttft, the cluster's default mode).")] = "",
     num_prompts: Annotated[int, typer.Option(min=1, help="Prompts taken from the top of the file.")] = 10,
@@ -164,6 +165,7 @@ def bench(
         spec, own_run_dir = ClusterSpec.load(cluster_file), None
     console = Console(width=max(Console().width, 280))
     started = datetime.now(UTC)
+    json_out = json_out or default_json(run_dir, started)
     if serving:
         plan = bench_serving.ServingSettings(mode_list or (spec.default_mode,), concurrency, repeats if ttft else 0,
                                              settings.options(), warmup, timeout)
@@ -362,3 +364,8 @@ def _run_all(runner: _Runner, settings: BenchSettings, prompts: list[Prompt], co
                 records.append(record)
                 progress.advance(task)
     return records
+
+
+def default_json(run_dir: Path, started: datetime) -> Path:
+    """Where a run given no ``--json`` saves its report: the cluster's run folder, one file per run."""
+    return run_dir / "bench" / f"bench-{started:%Y%m%d-%H%M%S}.json"

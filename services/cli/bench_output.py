@@ -99,6 +99,7 @@ def header(machine: dict[str, Any], started: datetime, command: str, spec: Clust
 
 def save(path: Path, payload: dict[str, Any]) -> None:
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2) + "\n")
     except OSError as exc:
         fail(f"cannot write {path}: {exc}")

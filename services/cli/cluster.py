@@ -55,6 +55,10 @@ def up(
     expand_leaves: Annotated[int, typer.Option(help="Leaves grown per level (grow).")] = _DEFAULTS.expand_leaves,
     grow_levels: Annotated[int, typer.Option(help="Levels grown per step (grow).")] = _DEFAULTS.grow_levels,
     pipedec_width: Annotated[int, typer.Option(help="Nodes per level in pipedec mode.")] = _DEFAULTS.pipedec_width,
+    max_prompt_tokens: Annotated[int, typer.Option(min=0, help="Refuse prompts longer than this many tokens "
+                                                              "(0: the model's context).")] = 0,
+    request_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds a request may run in the ring before it "
+                                                                 "fails (its deadline).")] = 600.0,
     api_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the OpenAI-compatible API on "
                                           "127.0.0.1:PORT beside a local cluster (0: no API).")] = 8000,
     run_dir: RunDir = DEFAULT_RUN_DIR,
@@ -85,7 +89,7 @@ def up(
         fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     _up_local(base, draft, draft_head, model, _stage_count(stages), layers, settings, run_dir, log_level,
               dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab,
-              row_invariant=row_invariant)
+              row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout)
 
 
 def _prepare_draft_vocab(draft_dir: Path, size: int) -> str:
@@ -111,7 +115,8 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
 
 def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
-              mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True) -> None:
+              mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True, max_prompt_tokens: int = 0,
+              request_timeout: float = 600.0) -> None:
     if model:
         from common.models.catalog import default_pair
 
@@ -140,7 +145,9 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
         default_mode = choice.mode if mode == "auto" else mode
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
                           draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
-        spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab, row_invariant=row_invariant)
+        spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab, row_invariant=row_invariant,
+                       admission=replace(spec.admission, max_prompt_tokens=max_prompt_tokens),
+                       timeouts=replace(spec.timeouts, request_timeout_s=request_timeout))
         drafting = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
         if draft_vocab:
             drafting += f" over {_prepare_draft_vocab(draft_dir, draft_vocab)}"

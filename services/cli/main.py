@@ -29,7 +29,7 @@ from services.cli import (
 )
 from services.cli.cluster import DEFAULT_RUN_DIR, RunDir
 from services.cli.errors import fail
-from services.client import Client, ClusterUnavailable
+from services.client import Client, ClusterUnavailable, fresh_seed
 from services.launcher import client_for
 from services.run_folder import RunFolder
 
@@ -61,7 +61,8 @@ def generate(
     # Checked by the scheduler before any work starts (services/scheduler/admission.py), in one line.
     max_new_tokens: Annotated[int, typer.Option()] = 64,
     temperature: Annotated[float, typer.Option()] = 0.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int | None, typer.Option(help="Repeat a sample with the same seed (default: a fresh one "
+                                                  "per request).", show_default=False)] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Tokenize the prompt as is (no chat template).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print text, token ids and stats as JSON.")] = False,
     stream: Annotated[bool, typer.Option("--stream", help="Print text as tokens are accepted.")] = False,
@@ -71,6 +72,7 @@ def generate(
 ) -> None:
     """Generate a completion on the running cluster (Ctrl-C cancels it there too); the speed follows on stderr."""
     spec = _cluster(run_dir)
+    seed = fresh_seed() if seed is None else seed
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "raw": raw, "mode": mode}
     try:
         with client_for(spec, timeout) as client:

@@ -49,7 +49,7 @@ def serve(
         scheduler_endpoint=spec.scheduler.endpoint(spec.scheduler.client_port), model_dir=spec.base,
         model_name=model_name or Path(spec.base).name, mode=mode, default_max_tokens=default_max_tokens,
         timeout_s=spec.timeouts.request_timeout_s, api_key=api_key,
-        scheduler_curve=client_curve(own_keys(spec), spec.scheduler),
+        scheduler_curve=client_curve(own_keys(spec), spec.scheduler), max_message_bytes=spec.max_message_bytes,
     )
     typer.echo(f"OpenAI-compatible API at http://{host}:{port}/v1 (model {settings.model_name}"
                f"{', API key required' if api_key else ''})")

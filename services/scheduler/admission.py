@@ -32,10 +32,14 @@ def kv_need_bytes(prompt_tokens: int, max_new_tokens: int, draft: DraftSettings,
     return (prompt_tokens + max_new_tokens + tree_nodes(draft)) * capacity.kv_bytes_per_token
 
 
-def invalid_reason(request: GenerateRequest, prompt_tokens: int, capacity: Capacity) -> str:
-    """Why ``request`` cannot run (one clear sentence), or "" when it can."""
+def invalid_reason(request: GenerateRequest, prompt_tokens: int, capacity: Capacity, max_prompt_tokens: int = 0) -> str:
+    """Why ``request`` cannot run (one clear sentence), or "" when it can; ``max_prompt_tokens``: the
+    operator's cap (0: none but the context)."""
     if prompt_tokens == 0:
         return "empty prompt: send prompt text or prompt_ids"
+    if max_prompt_tokens and prompt_tokens > max_prompt_tokens:
+        return (f"prompt of {prompt_tokens} tokens exceeds this cluster's limit of {max_prompt_tokens} tokens "
+                "(max_prompt_tokens)")
     if not math.isfinite(request.temperature) or request.temperature < 0:
         return f"temperature must be a finite number >= 0, not {request.temperature}"
     if request.max_new_tokens < 1:

@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from common.cluster.settings import Admission
 from common.models.text_stream import TextStream
@@ -33,7 +32,9 @@ from common.wire.ordering import OrderError, PruneLog
 from common.wire.reports import DraftReport, Fault, Ready, StageStats, Verdict, VerdictKind
 from services.scheduler.admission import MIB, Capacity, busy_reason, invalid_reason, kv_need_bytes
 from services.scheduler.attempts import attempt_id, request_id_of
+from services.scheduler.commands import CommandLog
 from services.scheduler.job import Job, TextCodec
+from services.scheduler.stats import request_stats
 
 Outbound = tuple[str, Message]
 CLIENT = "client:"  # destination prefix; the rest names the client connection
@@ -59,7 +60,7 @@ class SchedulerCore:
         self._prefill_chunk = prefill_chunk
         self._admission = admission or Admission()
         self._capacity = capacity or Capacity()
-        self._cmd_seq = dict.fromkeys(self._services, 0)
+        self._commands = CommandLog(self._services)
         self._ids = itertools.count(1)
         self._queue: deque[Job] = deque()  # admitted and valid, waiting for a slot (FIFO)
         self._jobs: dict[str, Job] = {}  # in the ring, by request id
@@ -92,7 +93,7 @@ class SchedulerCore:
             if self._codec is None:
                 return [(client, GenerateReply(ok=False, error="no tokenizer: send prompt_ids", code="invalid"))]
             prompt = tuple(self._codec.encode(request.prompt, request.raw))
-        error = invalid_reason(request, len(prompt), self._capacity)
+        error = invalid_reason(request, len(prompt), self._capacity, self._admission.max_prompt_tokens)
         kv_bytes = kv_need_bytes(len(prompt), request.max_new_tokens, self._draft, self._capacity)
         budget = int(self._admission.kv_budget_mib * MIB)
         if not error and budget and kv_bytes > budget:
@@ -112,6 +113,8 @@ class SchedulerCore:
         if isinstance(msg, Ready):
             self.ready[msg.service] = msg.pid
             return []
+        if isinstance(msg, Fault) and msg.lost:
+            return self._lost_commands(msg)
         job = self._jobs.get(getattr(msg, "request_id", ""))
         if job is None:
             return []  # a report of a cancelled or failed request still in flight
@@ -167,7 +170,7 @@ class SchedulerCore:
     def expire(self, now: float, timeout_s: float) -> list[Outbound]:
         """Fail every request that has been in the ring longer than ``timeout_s`` (its own deadline)."""
         late = [job.request_id for job in self._jobs.values() if now - job.started > timeout_s]
-        error = f"request timed out after {timeout_s:.0f} s"
+        error = f"request timed out after {timeout_s:g} s in the ring (this cluster's request_timeout_s)"
         return [out for request_id in late for out in self.fail(request_id, error, code="timeout")]
 
     def cancel(self, client: str) -> list[Outbound]:
@@ -237,12 +240,16 @@ class SchedulerCore:
             "prefill_chunk": self._prefill_chunk, "mode": request.mode, "link_mbps": request.link_mbps,
             "link_latency_ms": request.link_latency_ms, "trace": request.trace,
         }
-        return [(name, StartRequest(cmd_seq=self._next_seq(name), **start)) for name in self._services]
+        return [(name, StartRequest(cmd_seq=self._commands.next(name, job.request_id), **start))
+                for name in self._services]
 
-    def _next_seq(self, name: str) -> int:
-        seq = self._cmd_seq[name]
-        self._cmd_seq[name] = seq + 1
-        return seq
+    def _lost_commands(self, fault: Fault) -> list[Outbound]:
+        """A service found a gap in its commands: the requests the lost ones carried fail, no other."""
+        first, last = fault.lost[0], fault.lost[-1]
+        out: list[Outbound] = []
+        for request_id in self._commands.owners(fault.service, first, last):
+            out += self.fail(request_id, f"{fault.error}: a command of this request was lost")
+        return out
 
     def _decide(self, job: Job, verdict: Verdict) -> list[Outbound]:
         if verdict.kind is VerdictKind.NOOP:
@@ -276,14 +283,16 @@ class SchedulerCore:
             "accepted": accepted,
             "keep": keep, "new_tokens": new_tokens, "next_token": verdict.next_token, "known": len(job.tree),
         }
-        prunes = [Prune(cmd_seq=self._next_seq(name), **event) for name in self._services]  # one event, own cmd_seq
+        prunes = [Prune(cmd_seq=self._commands.next(name, job.request_id), **event)  # one event, own cmd_seq
+                  for name in self._services]
         job.log.record(prunes[0])  # the job's epoch and round move on with it
         out: list[Outbound] = list(zip(self._services, prunes, strict=True))
         job.tree = prune_tree(job.tree, keep) if keep else DraftTree((), (), ())
         return streamed + out + self._expand(job)
 
     def _expand(self, job: Job) -> list[Outbound]:
-        return [("drafter", Expand(request_id=job.request_id, cmd_seq=self._next_seq("drafter"), epoch=job.epoch))]
+        return [("drafter", Expand(request_id=job.request_id, cmd_seq=self._commands.next("drafter", job.request_id),
+                                    epoch=job.epoch))]
 
     def _stop(self, job: Job) -> bool:
         limit = job.request.max_new_tokens
@@ -319,7 +328,8 @@ class SchedulerCore:
 
     def _end_everywhere(self, job: Job, reason: str) -> list[Outbound]:
         return [
-            (name, EndRequest(request_id=job.request_id, cmd_seq=self._next_seq(name), reason=reason))
+            (name, EndRequest(request_id=job.request_id, cmd_seq=self._commands.next(name, job.request_id),
+                                reason=reason))
             for name in self._services
         ]
 
@@ -331,37 +341,6 @@ class SchedulerCore:
 
     def _reply(self, job: Job) -> list[Outbound]:
         assert job.reply is not None
-        reply = replace(job.reply, stats=self._stats(job))
+        reply = replace(job.reply, stats=request_stats(job))
         del self._jobs[job.request_id]
         return [(job.client, reply), *self._admit()]
-
-    def _stats(self, job: Job) -> dict[str, Any]:
-        spans = trace.finish(job.request_id)
-        prefilled = job.prefilled_at or job.finished_at
-        decode_s = max(job.finished_at - prefilled, 1e-9)
-        wall_s = job.finished_at - job.started
-        new = len(job.output)
-        return {
-            "request_id": request_id_of(job.request_id),
-            "replays": job.replays,
-            "mode": job.request.mode,
-            "prompt_tokens": len(job.prompt),
-            "new_tokens": new,
-            "steps": job.steps,
-            "noop_steps": job.noops,
-            "rounds": job.round,
-            "accepted_per_step": job.accepted / job.steps if job.steps else 0.0,
-            "tokens_per_step": job.step_tokens / job.steps if job.steps else 0.0,
-            "tokens_per_round": job.step_tokens / job.round if job.round else 0.0,
-            "prefill_ms": (prefilled - job.started) * 1e3,
-            "decode_ms": decode_s * 1e3,
-            "wall_ms": wall_s * 1e3,
-            "decode_tokens_per_s": (new - 1) / decode_s if new > 1 else 0.0,
-            "tokens_per_s": new / wall_s if wall_s > 0 else 0.0,
-            "drafter_ms_per_step": job.draft_ms / max(job.steps + job.noops, 1),
-            "drafter_busy_ms": job.draft_ms,
-            "services": {name: v for name, v in job.service_stats.items() if name != "drafter"},
-            # Base features sent to a draft head (0 without one), per verification step.
-            "feature_bytes_per_step": sum(s["feature_bytes"] for s in job.service_stats.values()) / max(job.steps, 1),
-            **({"trace": {**job.spans, "scheduler": spans}} if job.request.trace else {}),
-        }

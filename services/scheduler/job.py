@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class Job:
     request_id: str  # in the ring: the client's id, then "r3~1" ... once replayed (services/scheduler/replay.py)
     prompt: tuple[int, ...]
     kv_bytes: int  # admission's estimate of its KV need on the largest stage
+    submitted: float = field(default_factory=time.perf_counter)  # TTFT and latency count from here
     started: float = 0.0  # when it entered the ring; its deadline counts from here
     tree: DraftTree = field(default_factory=lambda: DraftTree((), (), ()))
     output: list[int] = field(default_factory=list)

@@ -33,7 +33,7 @@ from common.wire.client import (
     StatusRequest,
 )
 from common.wire.codec import Message, decode, encode
-from common.wire.commands import Expand, Prune, Shutdown, StartRequest
+from common.wire.commands import EndRequest, Expand, Prune, Shutdown, StartRequest
 from common.wire.curve import CLIENT as CLIENT_DOMAIN
 from common.wire.curve import HANDSHAKE_EVENTS, HandshakeRefusals, KeyPair, as_server, gatekeeper_of
 from common.wire.errors import ProtocolError
@@ -89,6 +89,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
     gate = gatekeeper_of(ctx)
     handshakes = HandshakeRefusals(gate.refusals, CLIENT_DOMAIN) if gate is not None else None
     reports = pull(ctx, me.endpoint(me.report_port), spec.max_message_bytes, own)
+    ring_names = [p.name for p in spec.ring]
     commands = {p.name: shaped_push(ctx, p.endpoint(p.cmd_port), f"scheduler->{p.name}", metrics.hop_observer(p.name),
                                     client_curve(own, p))
                 for p in spec.ring}
@@ -98,6 +99,8 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
     poller.register(monitor, zmq.POLLIN)
     log.info("service_ready", pid=os.getpid(), client_endpoint=me.endpoint(me.client_port))
 
+    links: dict[str, LinkSettings] = {}  # ring request id -> its emulated link, from its StartRequest on
+
     def dispatch(outs: list[tuple[str, Message]]) -> None:
         for dest, msg in outs:
             if dest.startswith(CLIENT):
@@ -106,10 +109,13 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
                 if isinstance(msg, GenerateReply):
                     _request_done(msg, metrics)
             else:
+                request_id = getattr(msg, "request_id", "")
                 if isinstance(msg, StartRequest):
-                    commands[dest].configure(msg.link_mbps, msg.link_latency_ms)
+                    links[request_id] = LinkSettings(msg.link_mbps, msg.link_latency_ms)
                 _count_command(dest, msg, metrics)
-                commands[dest].send(encode(msg))
+                commands[dest].send(encode(msg), links.get(request_id))
+                if isinstance(msg, EndRequest) and dest == ring_names[-1]:  # the last one of its EndRequests
+                    links.pop(request_id, None)
 
     # One poll interval at most between checks, and never longer than the liveness timeout allows.
     poll_ms = int(min(spec.timeouts.poll_interval_s, spec.timeouts.liveness_timeout_s / 3) * 1000)
@@ -257,10 +263,10 @@ def _request_done(reply: GenerateReply, metrics: SchedulerMetrics) -> None:
     """The canonical line of a finished request, and its latency metrics."""
     stats = reply.stats
     metrics.requests.labels("ok" if reply.ok else "error").inc()
-    if "wall_ms" in stats:
-        metrics.request_seconds.observe(stats["wall_ms"] / 1e3)
-    if reply.ok and "prefill_ms" in stats:
-        metrics.ttft_seconds.observe(stats["prefill_ms"] / 1e3)
+    if "latency_ms" in stats:
+        metrics.request_seconds.observe(stats["latency_ms"] / 1e3)
+    if reply.ok and "ttft_ms" in stats:
+        metrics.ttft_seconds.observe(stats["ttft_ms"] / 1e3)
     brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items() if k != "services"}
     busy = {f"{name}_busy_ms": round(s.get("busy_ms", 0.0), 1) for name, s in stats.get("services", {}).items()}
     log.info("request_done", ok=reply.ok, error=reply.error or None, **brief, **busy)

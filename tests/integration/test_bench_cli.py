@@ -172,3 +172,18 @@ def test_a_reduced_draft_vocabulary_is_refused_with_a_head(tmp_path):
     result = CliRunner().invoke(bench.app, ["--prompts", str(tmp_path / "p.jsonl"), "--json", str(tmp_path / "o.json"),
                                             "--pin", "--draft-head", "h", "--draft-vocab", "64"])
     assert result.exit_code == 1 and "--draft-vocab applies to a draft model" in result.output
+
+
+def test_bench_on_a_running_cluster_needs_no_json_option(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cluster.json").write_text(ClusterSpec(base="b", draft="d").to_json())
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    monkeypatch.setattr(bench, "client_for", lambda spec, timeout: _FakeClient())
+    result = CliRunner().invoke(bench.app, ["--prompts", str(prompts), "--modes", "ar", "--warmup", "0",
+                                            "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    (saved,) = (run_dir / "bench").glob("bench-*.json")
+    assert f"json: {saved}" in result.output
+    assert json.loads(saved.read_text())["summary"][0]["runs"] == len(PROMPTS)

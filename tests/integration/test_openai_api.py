@@ -257,3 +257,14 @@ def test_authorization_header_check():
 
     assert authorized("Bearer k1", "k1") and authorized("bearer  k1", "k1")
     assert not authorized("Bearer k2", "k1") and not authorized("k1", "k1") and not authorized("", "k1")
+
+
+def test_unseeded_samples_differ_and_seeded_ones_repeat(served):
+    _, _, url, _ = served
+
+    def sample(**seed) -> str:
+        answer = _oai(url).completions.create(model="tiny", prompt="abc", max_tokens=16, temperature=1.0, **seed)
+        return answer.choices[0].text
+
+    assert sample() != sample(), "two unseeded samples at temperature 1 were the same"
+    assert sample(seed=7) == sample(seed=7)

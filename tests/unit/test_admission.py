@@ -118,3 +118,25 @@ def test_each_request_has_its_own_deadline():
     assert second > first
     assert core.expire(second + 9.0, timeout_s=10.0) == [], "the queued one's deadline starts when it starts"
     assert _replies(core.expire(second + 11.0, timeout_s=10.0))[0][1].code == "timeout"
+
+
+def test_the_operators_prompt_cap_refuses_longer_prompts_in_one_line():
+    core = _core(max_prompt_tokens=3)
+    assert _starts(core.submit("client:a", _request(prompt_ids=(5, 6, 7)))) == ["r1"]
+    ((client, reply),) = _replies(core.submit("client:b", _request(prompt_ids=(5, 6, 7, 8))))
+    assert client == "client:b" and reply.code == "invalid" and "\n" not in reply.error
+    assert reply.error == "prompt of 4 tokens exceeds this cluster's limit of 3 tokens (max_prompt_tokens)"
+
+
+def test_up_sets_the_prompt_cap_and_the_deadline(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from services.cli import cluster
+    from services.cli.main import app
+
+    seen = {}
+    monkeypatch.setattr(cluster, "_up_local", lambda *args, **options: seen.update(options))
+    result = CliRunner().invoke(app, ["up", "--model", "smollm2", "--max-prompt-tokens", "2048",
+                                      "--request-timeout", "120", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (seen["max_prompt_tokens"], seen["request_timeout"]) == (2048, 120.0)

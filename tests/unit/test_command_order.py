@@ -21,3 +21,9 @@ from common.wire.ordering import CommandOrder
 def test_command_order(seqs: list[int], problems: list[str]) -> None:
     order = CommandOrder()
     assert [order.check(s) for s in seqs] == problems
+
+
+def test_a_gap_names_the_missing_numbers() -> None:
+    order = CommandOrder()
+    order.check(4)
+    assert order.check(9) == "lost" and order.gap == (5, 8)

@@ -50,7 +50,7 @@ CORPUS: dict[str, list[Message]] = {
     "draft_report": [DraftReport("r1", 2, 4, (5, 6), (0, 1), 2, 3.5)],
     "ready": [Ready("stage-1", 1234)],
     "heartbeat": [Heartbeat("stage-1", 1234, "board-2", 12.5, 1, 2**20, 4.25, {"messages_handled": 9})],
-    "fault": [Fault("verifier", "r1", "boom")],
+    "fault": [Fault("verifier", "r1", "boom"), Fault("stage-1", "", "commands #3..#5 lost", lost=(3, 5))],
     "stage_stats": [StageStats("stage-2", "r1", 12.5, 3, 40)],
     "generate": [GenerateRequest("hi", 8, 0.5, 1, True, (1, 2), "ar", 0.0, 0.0)],
     "generate_reply": [GenerateReply(True, "text", (1, 2), {"steps": 3, "services": {"s": {"busy_ms": 1.0}}}, "")],

@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgpack
 import pytest
@@ -151,9 +151,10 @@ def test_heartbeats_carry_vitals_and_counters(service):
 def test_command_sequence_gaps_and_repeats_are_rejected(service):
     service.command(_start("a", 0))
     service.command(_start("a", 0))  # repeated: dropped, nothing else happens
-    service.command(EndRequest("a", 5, "done"))  # commands 1..4 lost: the request fails
+    service.command(EndRequest("a", 5, "done"))  # commands 1..4 lost: reported, and this one still applies
     fault = service.report(Fault)
-    assert fault.request_id == "a" and "lost" in fault.error
+    assert fault.request_id == "" and fault.lost == (1, 4) and "#1..#4 lost" in fault.error
+    assert service.report(StageStats).request_id == "a", "the command that revealed the gap was applied"
     service.command(_start("b", 6))  # the stream resumes after the gap
     service.command(EndRequest("b", 7, "done"))
     assert service.report(StageStats).request_id == "b"
@@ -304,3 +305,18 @@ def test_every_message_that_arrived_is_handled_before_the_next_unit_of_work():
         finally:
             core.release.set()
     assert core.done[:6] == ["handle r0", "work", "handle r1", "handle r2", "handle r3", "work"]
+
+
+def test_each_request_keeps_its_own_emulated_link(service):
+    """A later StartRequest with another link does not reshape the requests already running."""
+    service.command(_start("fast", 0))
+    service.command(replace(_start("far", 1), link_latency_ms=1000.0))
+    sent = time.perf_counter()
+    service.command(EndRequest("fast", 2, "done"))
+    assert service.report(StageStats).request_id == "fast"
+    fast_s = time.perf_counter() - sent
+    sent = time.perf_counter()
+    service.command(EndRequest("far", 3, "done"))
+    assert service.report(StageStats).request_id == "far"
+    slow_s = time.perf_counter() - sent
+    assert fast_s < 0.5 and slow_s >= 1.0, (fast_s, slow_s)
