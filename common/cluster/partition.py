@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from common.models.kv_memory import kv_bytes_per_token
 
@@ -338,7 +339,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GiB"
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -60,7 +60,7 @@ def generate_shards(
         return done  # nothing left, or no time left: the model is not even loaded
     tokenizer = load_tokenizer(base_dir)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=settings.dtype, local_files_only=True)
-    model = model.to(settings.device).eval()
+    model = model.to(settings.device).eval()  # type: ignore[arg-type]  # transformers' wrapped `to` is typed as unbound
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     for index in range(done, len(batches)):
