@@ -17,14 +17,16 @@ WORK=${WORK:-.device/head-qwen-coder-1.5b}
 BUDGET_MIN=${BUDGET_MIN:-12}
 STOP_AFTER_MIN=${STOP_AFTER_MIN-8.5}
 OUT=${OUT:-.device/out}
+DEVICE=${DEVICE:-cuda}  # cpu: a smoke test of this script on a tiny base
+PYTHON=${PYTHON:-python3}
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-args=(--base "$BASE" --device cuda --out "$WORK" --time-budget-min "$BUDGET_MIN" --weights int8-rows)
+args=(--base "$BASE" --device "$DEVICE" --out "$WORK" --time-budget-min "$BUDGET_MIN" --weights int8-rows ${EXTRA:-})
 [ -n "$STOP_AFTER_MIN" ] && args+=(--stop-after-min "$STOP_AFTER_MIN")
 [ -d "$WORK/work" ] && args+=(--resume)
-LOG=$WORK.log  # every call's lines (\$OUT starts empty at each call)
+LOG=$WORK.log  # every call's lines: OUT starts empty at each call
 mkdir -p "$OUT" "$(dirname "$WORK")"
 [ -d "$WORK/work" ] || rm -f "$LOG"
-python3 -m services.cli.heads train "${args[@]}" 2>&1 | tr '\r' '\n' \
+"$PYTHON" -m services.cli.heads train "${args[@]}" 2>&1 | tr '\r' '\n' \
   | grep -v -E 'Loading weights|UNEXPECTED|^Key |^---|LOAD REPORT|can be ignored' | tee -a "$LOG" | tail -40
 cp "$LOG" "$OUT/train-log.txt"
 if [ -d "$WORK/work" ]; then

@@ -34,6 +34,7 @@ def train(
     max_prompts: Annotated[int, typer.Option(help="Most code instructions (offline corpus).")] = 20_000,
     max_prose: Annotated[int, typer.Option(help="Magpie requests the base writes itself (0: code only).")] = 8192,
     prose_share: Annotated[float, typer.Option(help="Share of the budget, at most, for writing them.")] = 0.1,
+    prose_max_new_tokens: Annotated[int, typer.Option(help="Longest request the base writes.")] = 128,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer generated.")] = 256,
     generate_batch: Annotated[int, typer.Option(help="Prompts answered per batch.")] = 256,
     intermediate_size: Annotated[int, typer.Option(help="Head MLP width (0: a quarter of the base's).")] = 0,
@@ -70,7 +71,8 @@ def train(
     settings = TrainSettings(
         base_dir=base_dir, out_dir=out or heads_dir() / base_dir.name, device=device, base_name=base_dir.name,
         prompts_file=prompts, time_budget_min=time_budget_min, generation_share=generation_share,
-        max_prompts=max_prompts, max_prose=max_prose, prose_share=prose_share, held_out=held_out, max_new_tokens=max_new_tokens, generate_batch=generate_batch,
+        max_prompts=max_prompts, max_prose=max_prose, prose_share=prose_share,
+        prose_max_new_tokens=prose_max_new_tokens, held_out=held_out, max_new_tokens=max_new_tokens, generate_batch=generate_batch,
         intermediate_size=intermediate_size, draft_vocab=draft_vocab, tokens_per_step=tokens_per_step,
         learning_rate=learning_rate, eval_depth=eval_depth, seed=seed, resume=resume,
         stop_after_min=stop_after_min, weights=weights, command=shlex.join(["flowring", "heads", *sys.argv[1:]]),

@@ -134,6 +134,7 @@ def pull(
 
 def _shipped_head_line(name: str, base_dir: Path) -> str:
     """What ``up`` will draft with for a pulled base that has a head shipped under its name ('' if none)."""
+    from common.models.modeling import ModelingError
     from common.speculation.heads.config import HeadMismatchError
     from common.speculation.heads.model import check_head
     from common.speculation.heads.shipped import SHIPPED_DIR
@@ -146,7 +147,7 @@ def _shipped_head_line(name: str, base_dir: Path) -> str:
         check_head(head, base_dir)
     except HeadMismatchError as exc:
         return f"{name}: the head shipped for it does not fit this base, up drafts with the draft model ({exc})"
-    except (OSError, ValueError) as exc:  # a base folder that cannot be read: the pull said so above
+    except (OSError, ValueError, ModelingError) as exc:  # a base folder that cannot be read
         return f"{name}: the shipped head could not be checked ({exc})"
     return f"{name}: draft head {head} ships for it and matches it ({acceptance_line(head)}); up drafts with it"
 

@@ -1,8 +1,9 @@
 """Training a draft head by self-distillation, within a time budget, checkpointed and resumable.
 
-Phases, each resumable from ``<out>/work``: prompts (saved once), generation (shards; see
-``distill``), training (``checkpoint.pt`` every few minutes), then the acceptance estimate on the
-held-apart samples and the head folder itself. Loss as EAGLE-1: smooth-L1 regression of the next
+Phases, each resumable from ``<out>/work``: prompts (the code corpus plus Magpie prose the base writes
+itself, saved once; see ``dataset``), generation (shards; see ``distill``), training (``checkpoint.pt``
+every few minutes), then the head folder in its stored format (``packing``: int8 rows by default) and
+the acceptance estimate per domain on the held-apart samples, of the trained head and of the stored one. Loss as EAGLE-1: smooth-L1 regression of the next
 feature plus 0.1 x cross-entropy of its logits against the base's next token, with small uniform noise
 on input features; only rows predicting answer tokens count.
 """
@@ -37,7 +38,7 @@ from common.speculation.heads.distill import (
 )
 from common.speculation.heads.evaluate import Acceptance, estimate_acceptance
 from common.speculation.heads.model import DraftHead, load_head, new_head, save_head
-from common.speculation.heads.packing import INT8_ROWS
+from common.speculation.heads.packing import INT8_ROWS, WEIGHT_FORMATS
 
 TOKEN_LOSS_WEIGHT = 0.1  # EAGLE-1's weight of the token cross-entropy beside the feature regression
 WARMUP_STEPS = 50
@@ -107,6 +108,8 @@ class TrainSummary:
 def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callable[..., object] | None = None) -> TrainSummary:
     """Run (or resume) every phase and write the head into ``settings.out_dir``."""
     work = settings.out_dir / "work"
+    if settings.weights not in WEIGHT_FORMATS:
+        raise TrainingError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not {settings.weights!r}")
     if work.exists() and not settings.resume:
         raise TrainingError(f"{settings.out_dir} holds an unfinished run: pass --resume or choose another --out")
     work.mkdir(parents=True, exist_ok=True)
