@@ -90,7 +90,7 @@ def generate_requests(
         n = min(batch_size, count - len(out))
         torch.manual_seed(seed * 1_000_003 + batch)
         rows = model.generate(
-            input_ids=ids.expand(n, -1), attention_mask=torch.ones_like(ids).expand(n, -1), do_sample=True,
+            input_ids=ids.repeat(n, 1), attention_mask=torch.ones_like(ids).repeat(n, 1), do_sample=True,
             temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=list(eos),
         )[:, ids.shape[1] :]
         for row in rows.tolist():

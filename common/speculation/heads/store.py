@@ -51,9 +51,9 @@ def acceptance_line(head_dir: Path) -> str:
         return "no acceptance recorded"
     acceptance = body.get("acceptance", {})
     if isinstance(acceptance.get("tokens_per_round"), int | float):  # a head of one domain, before prose
-        return f"{acceptance['tokens_per_round']:.2f} tokens per round (held apart)"
+        return f"{acceptance['tokens_per_round']:.2f} tokens per round held apart"
     per_domain = [(d, a.get("tokens_per_round")) for d, a in acceptance.items() if isinstance(a, dict)]
     per_domain = [(d, t) for d, t in per_domain if isinstance(t, int | float)]
     if not per_domain:
         return "no acceptance recorded"
-    return ", ".join(f"{d} {t:.2f}" for d, t in per_domain) + " tokens per round (held apart)"
+    return ", ".join(f"{d} {t:.2f}" for d, t in per_domain) + " tokens per round held apart"
