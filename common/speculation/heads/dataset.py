@@ -10,6 +10,7 @@ raise ``BenchmarkLeakError`` on an overlap, as before; Magpie requests that over
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class PromptPlan:
     batch_size: int = 256
     seed: int = 0
     prompts_file: Path | None = None  # MT-bench style prompts instead of both sources
+    prose_seconds: float = math.inf  # most time for sampling Magpie requests, from their first batch
 
 
 @dataclass
@@ -58,7 +60,8 @@ class PromptSet:
 
 
 def build_prompts(plan: PromptPlan, generator, deadline: float, log: Callable[[str], None]) -> PromptSet:
-    """The run's prompts; ``generator`` (``distill.Generator``, or None for code only) writes the prose."""
+    """The run's prompts; ``generator`` (``distill.Generator``, or None for code only) writes the prose
+    for ``plan.prose_seconds`` at most, and never past ``deadline`` (``time.monotonic()``)."""
     benchmarks = benchmark_texts()
     if plan.prompts_file is not None:
         texts = prompts_from_file(plan.prompts_file)[: plan.max_code]
@@ -79,7 +82,7 @@ def build_prompts(plan: PromptPlan, generator, deadline: float, log: Callable[[s
         raw = generate_requests(
             generator.model, generator.tokenizer, plan.max_prose, batch_size=plan.batch_size,
             max_new_tokens=plan.prose_max_new_tokens, eos=generator.eos, pad=generator.pad, seed=plan.seed,
-            deadline=deadline, on_batch=lambda n: log(f"magpie: {n} requests ({time.monotonic() - started:.0f} s)"),
+            deadline=min(started + plan.prose_seconds, deadline), on_batch=lambda n: log(f"magpie: {n} requests ({time.monotonic() - started:.0f} s)"),
         )
         requests, dropped = clean_requests(raw, benchmarks)
         code += [r.text for r in requests if r.domain == "code"]

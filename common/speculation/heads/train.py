@@ -121,8 +121,7 @@ def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callabl
     dtype = torch.bfloat16 if settings.device.startswith("cuda") else torch.float32
     generation = GenerationSettings(settings.device, settings.generate_batch, settings.max_new_tokens, dtype)
     gen_started = time.monotonic()
-    prompts, generator = _prompts(settings, generation, work, min(started + budget_s * settings.prose_share,
-                                                                  stop_at or math.inf), log)
+    prompts, generator = _prompts(settings, generation, work, stop_at or math.inf, log)
     generation_left = max(budget_s * settings.generation_share - progress.generation_s
                           - (time.monotonic() - gen_started), 0.0)
     shards = generate_shards(
@@ -194,7 +193,7 @@ def _prompts(settings: TrainSettings, generation: GenerationSettings, work: Path
         return PromptSet.load(saved), None
     plan = PromptPlan(settings.max_prompts, settings.max_prose if settings.prompts_file is None else 0,
                       settings.held_out, settings.prose_max_new_tokens, settings.generate_batch, settings.seed,
-                      settings.prompts_file)
+                      settings.prompts_file, prose_seconds=settings.time_budget_min * 60 * settings.prose_share)
     generator = load_generator(settings.base_dir, generation) if plan.max_prose else None
     prompts = build_prompts(plan, generator, deadline, log)
     log(f"{len(prompts.texts)} prompts: {prompts.recipe.get('prompts_per_domain')}, "
