@@ -8,10 +8,11 @@ import torch
 from typer.testing import CliRunner
 
 from common.speculation.drafting import TreeShape
-from common.speculation.heads import FeaturePairs, HeadTreeDrafter, load_head
+from common.speculation.heads import FeaturePairs, HeadTreeDrafter, dataset, load_head, magpie
 from common.speculation.heads import train as train_module
 from common.speculation.heads.distill import Sample
 from common.speculation.heads.model import new_head
+from common.speculation.heads.packing import INT8_ROWS
 from common.speculation.heads.train import TrainingError, TrainSettings, train_head
 from services.cli.heads import app
 
@@ -36,15 +37,39 @@ def _settings(base: Path, out: Path, prompts: Path, **kw) -> TrainSettings:
 def test_a_head_trains_on_cpu_and_drafts(tiny_base: Path, prompts_file: Path, tmp_path: Path) -> None:
     summary = train_head(_settings(tiny_base, tmp_path / "head", prompts_file), lambda _: None)
     assert summary.steps >= 1 and summary.samples >= 2
-    assert 0 <= summary.acceptance.mean_accepted <= 3 and summary.acceptance.starts > 0
+    code = summary.acceptance["code"]  # the prompts all ask for code
+    assert 0 <= code.mean_accepted <= 3 and code.starts > 0 and set(summary.before_packing) == {"code"}
     assert not (tmp_path / "head" / "work").exists()
     config = json.loads((tmp_path / "head" / "config.json").read_text())
     assert config["draft_vocab_size"] == 100 and config["training"]["steps"] == summary.steps
+    assert config["weights"] == "int8-rows" and config["acceptance"]["code"]["starts"] == code.starts
+    assert json.loads((tmp_path / "head" / "acceptance.json").read_text())["weights"] == "int8-rows"
+    assert len(json.loads((tmp_path / "head" / "training-prompts.json").read_text())["texts"]) == len(PROMPTS)
     head = load_head(tmp_path / "head", tiny_base, dtype=torch.float32)
     drafter = HeadTreeDrafter(head)
     drafter.extend_context(FeaturePairs(torch.randn(4, head.spec.hidden_size), (5, 6, 7, 8)))
     tree = drafter.draft(8, TreeShape(nodes=6, depth=3, top_k=2))
     assert len(tree) == 7 and set(tree.tokens[1:]) <= set(head.draft_ids.tolist())
+
+
+def test_a_head_trains_on_code_and_magpie_prose(tiny_base: Path, tmp_path: Path, monkeypatch) -> None:
+    """The default sources: the offline code corpus and requests the tiny base writes itself."""
+    monkeypatch.setattr(dataset, "code_instructions", lambda limit, seed: [
+        f"Write a Python function `f{i}(x)`. It should do this: return x plus {i}." for i in range(limit)])
+    monkeypatch.setattr(magpie, "MIN_CHARS", 1)  # a random base's requests are short bytes
+    settings = TrainSettings(
+        base_dir=tiny_base, out_dir=tmp_path / "head", device="cpu", time_budget_min=0.05, max_prompts=6,
+        max_prose=32, prose_max_new_tokens=48, held_out=2, max_new_tokens=8, generate_batch=32,
+        intermediate_size=32, draft_vocab=0, tokens_per_step=64, eval_depth=2, command="flowring heads train ...",
+    )
+    lines: list[str] = []
+    summary = train_head(settings, lines.append)
+    assert set(summary.acceptance) == {"code", "prose"}
+    assert all(a.starts > 0 for a in summary.acceptance.values())
+    assert any(line.startswith("magpie:") and "kept" in line for line in lines)
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert "Magpie" in config["data_recipe"]["prose"] and config["training"]["command"] == "flowring heads train ..."
+    assert config["data_recipe"]["held_apart_per_domain"] == {"code": 2, "prose": 2}
 
 
 def test_a_paused_run_resumes_from_its_checkpoint(tiny_base: Path, prompts_file: Path, tmp_path: Path) -> None:
@@ -115,8 +140,11 @@ def test_a_head_that_memorised_its_data_is_accepted_in_the_ring(tmp_path: Path) 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert estimate_acceptance(head.eval(), samples, depth=4, top_k=2).top1_agreement > 0.9
-    save_head(head, tmp_path / "head", dtype=torch.float32)
+    trained = estimate_acceptance(head.eval(), samples, depth=4, top_k=2)
+    assert trained.top1_agreement > 0.9
+    save_head(head, tmp_path / "head", weights=INT8_ROWS)  # the shipped format keeps what was learnt
+    packed = estimate_acceptance(load_head(tmp_path / "head", base, dtype=torch.float32), samples, depth=4, top_k=2)
+    assert packed.mean_accepted >= 0.95 * trained.mean_accepted
     trees = DraftSettings(top_k=2, fill_nodes=8, fill_depth=5, segment_cap=4, expand_nodes=4, expand_depth=3)
     ring = LocalRing(base, None, 2, settings=trees, draft_head=tmp_path / "head")
     for sample in samples:
