@@ -186,9 +186,14 @@ class Drafting:
 
 
 def choose_drafting(base_dir: Path, *, draft: str, draft_head: str, no_head: bool, fallback_draft: str) -> Drafting:
-    """``--draft-head``, else ``--draft``, else the head shipped for the base (unless ``no_head``), else
-    ``fallback_draft`` (the catalog pair's draft model). ``ValueError`` when nothing is left."""
-    from common.speculation.heads.shipped import head_for_base
+    """``--draft-head``, else ``--draft``, else the head shipped for the base (unless ``no_head``, and only if
+    its recorded acceptance earns the default: ``good_enough_for_default``), else ``fallback_draft`` (the
+    catalog pair's draft model). ``ValueError`` when nothing is left."""
+    from common.speculation.heads.shipped import (
+        DEFAULT_MIN_TOKENS_PER_ROUND,
+        good_enough_for_default,
+        head_for_base,
+    )
     from common.speculation.heads.store import acceptance_line
 
     if draft_head:
@@ -197,11 +202,18 @@ def choose_drafting(base_dir: Path, *, draft: str, draft_head: str, no_head: boo
     if draft:
         return Drafting(None, draft, f"the draft model {draft} (--draft)")
     head = None if no_head else head_for_base(base_dir)
-    if head is not None:
+    if head is not None and (good_enough_for_default(head) or not fallback_draft):
         other = f"--draft {fallback_draft}" if fallback_draft else "--draft MODEL"
         return Drafting(head.resolve(), "", f"the head {head.name} shipped for this base ({acceptance_line(head)}); "
                                             f"{other} or --no-head drafts with a draft model")
-    why = "--no-head" if no_head else "no head ships for this base"
+    if no_head:
+        why = "--no-head"
+    elif head is not None:
+        why = (f"the head shipped for this base records {acceptance_line(head)}, under the "
+               f"{DEFAULT_MIN_TOKENS_PER_ROUND} code tokens per round a default head needs; "
+               f"--draft-head {head} drafts with it")
+    else:
+        why = "no head ships for this base"
     if not fallback_draft:
         raise ValueError(f"{why}: name a drafter with --draft MODEL or --draft-head HEAD")
     return Drafting(None, fallback_draft, f"the draft model {fallback_draft} ({why})")

@@ -134,7 +134,11 @@ def _shipped_head_line(name: str, base_dir: Path) -> str:
     from common.models.modeling import ModelingError
     from common.speculation.heads.config import HeadMismatchError
     from common.speculation.heads.model import check_head
-    from common.speculation.heads.shipped import SHIPPED_DIR
+    from common.speculation.heads.shipped import (
+        DEFAULT_MIN_TOKENS_PER_ROUND,
+        SHIPPED_DIR,
+        good_enough_for_default,
+    )
     from common.speculation.heads.store import acceptance_line
 
     head = SHIPPED_DIR / name
@@ -146,6 +150,10 @@ def _shipped_head_line(name: str, base_dir: Path) -> str:
         return f"{name}: the head shipped for it does not fit this base, up drafts with the draft model ({exc})"
     except (OSError, ValueError, ModelingError) as exc:  # a base folder that cannot be read
         return f"{name}: the shipped head could not be checked ({exc})"
+    if not good_enough_for_default(head):
+        return (f"{name}: draft head {head} ships for it and matches it ({acceptance_line(head)}); under the "
+                f"{DEFAULT_MIN_TOKENS_PER_ROUND} code tokens per round a default head needs, so up drafts with the "
+                f"draft model (--draft-head {head} uses the head)")
     return f"{name}: draft head {head} ships for it and matches it ({acceptance_line(head)}); up drafts with it"
 
 

@@ -27,7 +27,7 @@ def bases(tmp_path_factory) -> tuple[Path, Path, Path]:
     other = make_tiny_model(root / "other-base", family="qwen2", num_layers=2, seed=5)
     head = new_head(base, intermediate_size=32, draft_ids=None, dtype=torch.float32, seed=1, base_name="tiny-base")
     save_head(head, root / "shipped" / "tiny-base", weights=INT8_ROWS,
-              extra={"acceptance": {"code": {"tokens_per_round": 3.25}, "prose": {"tokens_per_round": 2.5}}})
+              extra={"acceptance": {"code": {"tokens_per_round": 3.5}, "prose": {"tokens_per_round": 2.5}}})
     return base, other, root / "shipped"
 
 
@@ -48,7 +48,7 @@ def test_the_choice_of_drafter(bases, shipped_root) -> None:
     base, other, _ = bases
     chosen = choose_drafting(base, draft="", draft_head="", no_head=False, fallback_draft="small")
     assert chosen.head == (shipped_root / "tiny-base").resolve() and not chosen.draft
-    assert "shipped" in chosen.note and "code 3.25, prose 2.50" in chosen.note and "--no-head" in chosen.note
+    assert "shipped" in chosen.note and "code 3.50, prose 2.50" in chosen.note and "--no-head" in chosen.note
     assert choose_drafting(base, draft="", draft_head="", no_head=True, fallback_draft="small").draft == "small"
     assert choose_drafting(base, draft="mine", draft_head="", no_head=False, fallback_draft="small").draft == "mine"
     fallback = choose_drafting(other, draft="", draft_head="", no_head=False, fallback_draft="small")
@@ -80,7 +80,7 @@ def test_pull_says_whether_the_shipped_head_fits_the_pulled_base(bases, shipped_
     from services.cli.models import _shipped_head_line
 
     base, other, _ = bases
-    assert "ships for it and matches it (code 3.25, prose 2.50" in _shipped_head_line("tiny-base", base)
+    assert "ships for it and matches it (code 3.50, prose 2.50" in _shipped_head_line("tiny-base", base)
     assert "does not fit this base" in _shipped_head_line("tiny-base", other)
     assert _shipped_head_line("no-such-base", base) == ""
 
@@ -90,3 +90,25 @@ def test_the_default_mode_counts_a_head_drafter_as_one_core() -> None:
     assert choose_mode(5, 1, drafter="head").mode == "flowspec"
     assert choose_mode(5, 1, drafter="model").mode == "ar"
     assert "head" in choose_mode(2, 1, drafter="head").reason
+
+
+def test_a_shipped_head_under_the_default_bar_stays_one_flag_away(bases, tmp_path, monkeypatch) -> None:
+    import json
+    import shutil
+
+    base, _, root = bases
+    weak_root = tmp_path / "shipped"
+    shutil.copytree(root / "tiny-base", weak_root / "tiny-base")
+    config = weak_root / "tiny-base" / "config.json"
+    body = json.loads(config.read_text())
+    body["acceptance"] = {"code": {"tokens_per_round": 2.91}, "prose": {"tokens_per_round": 1.67}}
+    config.write_text(json.dumps(body))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", weak_root)
+    chosen = choose_drafting(base, draft="", draft_head="", no_head=False, fallback_draft="small")
+    assert chosen.head is None and chosen.draft == "small"
+    assert "code 2.91" in chosen.note and "--draft-head" in chosen.note
+    # with no draft model to fall back on, the head is still better than nothing
+    assert choose_drafting(base, draft="", draft_head="", no_head=False, fallback_draft="").head is not None
+    from services.cli.models import _shipped_head_line
+
+    assert "up drafts with the draft model" in _shipped_head_line("tiny-base", base)

@@ -22,6 +22,18 @@ from common.speculation.heads.config import (
 )
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+# A shipped head drafts by default only if training recorded at least this held-apart code acceptance (tokens
+# per round): the level of the first head measured to draft faster than the 0.5B draft model in the ring
+# (README, Results). A weaker head stays one flag away (--draft-head), so the default stays the faster drafter.
+DEFAULT_MIN_TOKENS_PER_ROUND = 3.4
+
+
+def good_enough_for_default(head_dir: Path) -> bool:
+    """Whether a shipped head's recorded acceptance earns it the place of default drafter."""
+    from common.speculation.heads.store import code_tokens_per_round
+
+    recorded = code_tokens_per_round(head_dir)
+    return recorded is not None and recorded >= DEFAULT_MIN_TOKENS_PER_ROUND
 
 
 def shipped_heads(root: Path | None = None) -> list[Path]:

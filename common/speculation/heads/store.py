@@ -57,3 +57,13 @@ def acceptance_line(head_dir: Path) -> str:
     if not per_domain:
         return "no acceptance recorded"
     return ", ".join(f"{d} {t:.2f}" for d, t in per_domain) + " tokens per round held apart"
+
+
+def code_tokens_per_round(head_dir: Path) -> float | None:
+    """The held-apart code acceptance (tokens per round) training recorded for a head; None if it recorded none."""
+    try:
+        acceptance = json.loads((Path(head_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("acceptance", {})
+    except (OSError, ValueError):
+        return None
+    value = acceptance.get("code", {}).get("tokens_per_round") if isinstance(acceptance.get("code"), dict) else None
+    return float(value) if isinstance(value, int | float) else None
