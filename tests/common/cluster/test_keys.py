@@ -15,7 +15,7 @@ from common.cluster.settings import ClusterSpec, Placement
 from common.wire.curve import CurveKeyError, load_key_pair
 from services.cli.main import app
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "infra" / "lan.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "infra" / "lan.example.toml"
 BOARDS = [f"board-{i}" for i in range(1, 6)]
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from common.models import cache as model_cache
 from common.models import store as model_store
 from common.models.catalog import UnknownModelError
 from common.models.errors import ModelNotPulledError
-from tests.catalog.fakes import FakeModel
+from tests.support.fake_catalog import FakeModel
 
 
 def test_folder_with_config_resolves_to_itself(tmp_path: Path) -> None:

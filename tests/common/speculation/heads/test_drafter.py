@@ -8,7 +8,7 @@ from common.speculation.drafting import TreeShape
 from common.speculation.heads import FeaturePairs, HeadTreeDrafter
 from common.speculation.heads.model import DraftHead, new_head
 from common.speculation.tree import single_root
-from tests.heads.conftest import HIDDEN
+from tests.common.speculation.heads.conftest import HIDDEN
 
 
 def _pairs(n: int, seed: int = 0) -> FeaturePairs:

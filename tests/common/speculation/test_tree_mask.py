@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from common.speculation.tree import ancestor_sets, plan_prune, prune_tree
 from common.speculation.tree_mask import TreeMask
-from tests.unit.strategies import next_tokens, root_paths, trees
+from tests.common.speculation.strategies import next_tokens, root_paths, trees
 
 
 def closure(parents) -> torch.Tensor:

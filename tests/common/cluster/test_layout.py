@@ -14,7 +14,7 @@ from common.cluster.layout import (
     service_bytes,
 )
 from common.cluster.partition import MIB, PartitionError, costs_from_shapes
-from tests.cluster.test_inventory import EXAMPLE
+from tests.common.cluster.test_inventory import EXAMPLE
 
 LAYERS = 12
 

@@ -19,7 +19,7 @@ from common.speculation.verification import (
     sample_token,
     target_probs,
 )
-from tests.unit.strategies import trees
+from tests.common.speculation.strategies import trees
 
 VOCAB = 6
 

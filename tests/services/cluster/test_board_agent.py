@@ -9,7 +9,7 @@ import tomllib
 
 from services.cluster import board_agent
 from services.cluster.bringup import _probe_problems
-from tests.cluster.test_inventory import EXAMPLE
+from tests.common.cluster.test_inventory import EXAMPLE
 
 
 def test_probe_reports_version_torch_memory_and_taken_ports():

@@ -25,7 +25,7 @@ from common.speculation.tree import (
 )
 from common.wire.commands import Prune
 from common.wire.ordering import PruneLog
-from tests.unit.strategies import (
+from tests.common.speculation.strategies import (
     next_tokens,
     path_to,
     renumber,

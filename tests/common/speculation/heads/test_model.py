@@ -9,7 +9,7 @@ from common.models.modeling import causal_attend
 from common.models.modeling.loader import read_embedding_and_head
 from common.speculation.heads import HeadMismatchError, load_head, save_head
 from common.speculation.heads.model import DraftHead, new_head
-from tests.heads.conftest import HIDDEN
+from tests.common.speculation.heads.conftest import HIDDEN
 from tests.support.tiny_models import make_tiny_model
 
 

@@ -28,7 +28,7 @@ from tests.support.processes import process_environment
 from tests.support.reference import assert_greedy_on_random_prompts, greedy_reference
 from tests.support.tiny_models import make_tiny_pair
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # A client of the scheduler at argv[1]: CURVE with server key argv[2] (none: plain) and the key pair in the file
 # argv[3] (none: a fresh pair, printed); it asks for the status once and says whether an answer came.
 KNOCK = """

@@ -10,7 +10,7 @@ import pytest
 
 from common.cluster.inventory import Inventory, InventoryError, load_inventory, parse_inventory
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "infra" / "lan.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "infra" / "lan.example.toml"
 
 
 def example() -> dict:

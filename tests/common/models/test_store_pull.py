@@ -17,7 +17,7 @@ from common.models import packages
 from common.models import store as model_store
 from common.models.catalog import PartSource, UnknownModelError
 from common.models.errors import DiskSpaceError, HashMismatchError, ModelNotPulledError, PackageInstallError
-from tests.catalog.fakes import FakeModel, RecordingSink, make_catalog_model, use_model
+from tests.support.fake_catalog import FakeModel, RecordingSink, make_catalog_model, use_model
 
 
 def leftovers(home: Path) -> list[str]:

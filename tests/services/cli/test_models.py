@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from services.cli.models import app
-from tests.catalog.fakes import FakeModel
+from tests.support.fake_catalog import FakeModel
 
 runner = CliRunner()
 
