@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[3]
 # argv[3] (none: a fresh pair, printed); it asks for the status once and says whether an answer came.
 KNOCK = """
 import sys, zmq, zmq.auth
-from common.wire import StatusRequest, encode
+from common.wire.client import StatusRequest
+from common.wire.codec import encode
 endpoint, server_key, key_file = sys.argv[1:4]
 sock = zmq.Context.instance().socket(zmq.DEALER)
 sock.linger = 0
