@@ -119,7 +119,8 @@ class VerifierCore:
             if req.request_id in failed:
                 continue
             try:
-                out.sends += self._decide(req)
+                with trace.bound(req.request_id):  # its verify spans
+                    out.sends += self._decide(req)
             except Exception as exc:  # a decision that cannot be made concerns its request only
                 out.fail([req.request_id], exc)
         return out
