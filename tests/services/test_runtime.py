@@ -22,6 +22,7 @@ from common.wire.commands import EndRequest, Shutdown, StartRequest
 from common.wire.link import shaped_push
 from common.wire.reports import Fault, Heartbeat, Ready, StageStats, Verdict
 from common.wire.ring import Segment
+from services.batch import Batched, Forward
 from services.runtime import CoreHooks, ServiceSockets, serve
 
 TIMEOUTS = Timeouts(poll_interval_s=0.05, heartbeat_interval_s=0.05)
@@ -225,18 +226,20 @@ class DraftingCore:
 
 
 @contextlib.contextmanager
-def _working_service(core: DraftingCore | RecordingCore, timeouts: Timeouts) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
-    """``core`` served with its work hooks in a thread: yields (its command socket's sender, the scheduler's
-    receiver), and shuts it down after."""
+def _working_service(core: DraftingCore | RecordingCore | BatchingCore, timeouts: Timeouts,
+                     hooks: CoreHooks | None = None,
+                     metrics: ServiceMetrics | None = None) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+    """``core`` served with its work hooks (or ``hooks``) in a thread: yields (its command socket's sender, the
+    scheduler's receiver), and shuts it down after."""
     ctx = zmq.Context.instance()
     scheduler = ctx.socket(zmq.PULL)
     scheduler.setsockopt(zmq.LINGER, 0)
     port = scheduler.bind_to_random_port("tcp://127.0.0.1")
     cmd_sock, cmd_endpoint = _bound_pull(ctx)
     routes = {"scheduler": shaped_push(ctx, f"tcp://127.0.0.1:{port}", "test->scheduler")}
-    hooks = CoreHooks(drop_request=lambda request_id: None, next_work=core.next_work, work=core.work)
+    hooks = hooks or CoreHooks(drop_request=lambda request_id: None, next_work=core.next_work, work=core.work)
     thread = threading.Thread(target=serve, args=(core, ServiceSockets(cmd_sock, None, routes), hooks),
-                              kwargs={"timeouts": timeouts})
+                              kwargs={"timeouts": timeouts, "metrics": metrics})
     thread.start()
     commands = _push(ctx, cmd_endpoint)
     try:
@@ -320,3 +323,60 @@ def test_each_request_keeps_its_own_emulated_link(service):
     assert service.report(StageStats).request_id == "far"
     slow_s = time.perf_counter() - sent
     assert fast_s < 0.5 and slow_s >= 1.0, (fast_s, slow_s)
+
+
+@dataclass
+class BatchingCore:
+    """Holds each started request for a shared forward; the first forward waits for ``release``. The request
+    named "bad" fails in it; every other one gets a StageStats."""
+
+    name: str = "stage-1"
+    held: list[str] = field(default_factory=list)
+    batches: list[list[str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    forwarding: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def handle(self, msg: Message) -> list[tuple[str, Message]]:
+        self.held.append(msg.request_id)
+        return []
+
+    def batch_ready(self) -> bool:
+        return bool(self.held)
+
+    def run_batch(self) -> Batched:
+        self.forwarding.set()
+        self.release.wait(10.0)
+        batch, self.held = self.held, []
+        self.batches.append(batch)
+        out = Batched(forwards=[Forward(len(batch), 3 * len(batch))])
+        out.fail([r for r in batch if r == "bad"], RuntimeError("bad rows"))
+        out.sends += [("scheduler", StageStats(self.name, r, 0.0, len(self.batches), 3)) for r in batch if r != "bad"]
+        return out
+
+
+def test_segments_that_arrive_during_a_forward_share_the_next_one_and_a_failure_stays_in_its_request():
+    core, metrics = BatchingCore(), ServiceMetrics()
+    hooks = CoreHooks(drop_request=core.dropped.append, batch_ready=core.batch_ready, run_batch=core.run_batch)
+    with _working_service(core, TIMEOUTS, hooks, metrics) as (commands, scheduler):
+        try:
+            commands.send_multipart(encode(_start("r0", 0)))
+            assert core.forwarding.wait(10.0)
+            for seq, request_id in ((1, "r1"), (2, "bad"), (3, "r3")):  # arrive while the first forward runs
+                commands.send_multipart(encode(_start(request_id, seq)))
+            time.sleep(0.5)  # loopback delivery into the service's queue
+            core.release.set()
+            reports = []
+            while len(reports) < 4 and scheduler.poll(10_000):
+                msg = decode(scheduler.recv_multipart())
+                if isinstance(msg, (StageStats, Fault)):
+                    reports.append(msg)
+        finally:
+            core.release.set()
+    assert core.batches == [["r0"], ["r1", "bad", "r3"]]
+    assert [(type(m).__name__, m.request_id) for m in reports] == [
+        ("StageStats", "r0"), ("Fault", "bad"), ("StageStats", "r1"), ("StageStats", "r3")]
+    assert "bad rows" in reports[1].error and core.dropped == ["bad"]
+    assert metrics.registry.get_sample_value("flowring_forward_requests_sum") == 4
+    assert metrics.registry.get_sample_value("flowring_forward_rows_sum") == 12
+    assert metrics.registry.get_sample_value("flowring_forward_requests_count") == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench.concurrency import ConcurrencyResult, Phase, TimedRun
+from services.bench.concurrency import ConcurrencyResult, Phase, TimedRun, percentile
 from services.bench.ttft import TtftResult
 from services.cli.bench_serving import ServingReport
 
@@ -27,9 +27,22 @@ def test_equal_slowdown_and_speedup_per_prompt():
     assert r.speedup == pytest.approx((8 / 2.0) / (10 / 4.0))
     assert [f.prompt_id for f in r.failures()] == ["c"]
     assert (together.ttft_median_ms, together.latency_max_ms) == (20.0, 800.0)
+    assert (together.ttft_p95_ms, together.latency_p95_ms) == (pytest.approx(24.5), pytest.approx(767.5))
+    assert SOLO.latency_p95_ms == pytest.approx(290.0)
+    assert r.p95_latency_ratio == pytest.approx(767.5 / 290.0)
     summary = r.to_json()
+    assert summary["concurrent"]["latency_ms_p95"] == pytest.approx(767.5)
     assert summary["equal_to_solo"] == {"equal": 1, "compared": 3}
     assert [q["slowdown"] for q in summary["requests"]][2] is None
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([], 95, 0.0), ([7.0], 95, 7.0), ([1.0, 2.0, 3.0, 4.0], 50, 2.5), ([4.0, 1.0, 3.0, 2.0], 95, 3.85),
+     ([1.0, 2.0, 3.0, 4.0], 100, 4.0), ([1.0, 2.0, 3.0, 4.0], 0, 1.0)],
+)
+def test_percentile_interpolates_between_the_nearest_ranks(values, q, expected):
+    assert percentile(values, q) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
+from common.speculation.budget import SpeculationBudget
 from common.speculation.drafting import TreeShape
 from common.speculation.growth import best_leaves
 from common.speculation.modes import DraftSettings
@@ -120,3 +123,30 @@ def test_without_a_credit_nothing_is_sent_however_much_is_drafted():
     core.handle(_prune(2, (0,), (1, 3, 4), known=7, next_token=101))
     assert core.next_work() is None, "one growth ahead at most"
     assert core.work("r1") == []
+
+
+def _fill_under_load(total_nodes: int, others: int) -> tuple[DrafterCore, list]:
+    """r1's fill with ``others`` ar requests in flight beside it, under a budget of ``total_nodes``."""
+    core = DrafterCore("drafter", ScriptedDrafters(), hops=3, budget=SpeculationBudget(total_nodes))
+    for i in range(others):
+        core.handle(StartRequest(f"ar{i}", 0, (1, 2), 50, draft=SETTINGS, mode="ar"))
+    core.handle(StartRequest("r1", 0, (1, 2, 3), 50, draft=SETTINGS, mode="flowspec"))
+    core.work(core.next_work())  # the prompt into the draft cache
+    core.handle(Prune("r1", 1, 1, 1, (), (), (10,), 10, known=0))
+    return core, core.handle(Expand("r1", 2, 1))
+
+
+@pytest.mark.parametrize(
+    ("total_nodes", "others", "fill"),
+    [
+        (128, 0, [10, 101, 102, 1011, 1012]),  # alone: the configured fill (4 nodes below the root)
+        (128, 2, [10, 101, 102, 1011, 1012]),  # a share of 42 holds it
+        (6, 2, [10, 101]),  # a share of 2 nodes: the root and its best child
+        (2, 2, [10]),  # a share of 1: the root alone, ar's work
+    ],
+)
+def test_a_fill_shrinks_to_the_request_share_of_the_budget(total_nodes, others, fill):
+    core, sent = _fill_under_load(total_nodes, others)
+    assert _nodes(sent) == fill
+    if len(fill) < 5:  # the tree is at its share: nothing is drafted ahead until a prune makes room
+        assert core.next_work() is None
