@@ -10,6 +10,7 @@ MODEL ?= qwen-coder
 STAGES ?= auto
 DTYPE ?= bfloat16
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 CLUSTER ?=
 
 .PHONY: up down test lint venv clean
@@ -39,9 +40,11 @@ down: venv
 	$(BIN)/flowring down
 
 # pytest exit 5 means "no tests ran": that must fail, not pass silently.
+# PYTEST_WORKERS pytest-xdist processes share the files, a whole file to one worker (its module-scoped rings and
+# models are built once); PYTEST_WORKERS=0 runs everything in this one process.
 test: venv
 	$(BIN)/flowring models pull smollm2
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The house rules: ruff, the layering contract of pyproject.toml (docs/layout.md) and mypy on common/ and the

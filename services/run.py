@@ -93,7 +93,7 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
         head = load_slice(Path(spec.base), (layers, layers), with_embedding=False, with_head=True, dtype=dtype,
                           device=device, row_invariant=spec.row_invariant)
         core = VerifierCore(name, head, features_to="drafter" if spec.draft_head else None)
-        return core, CoreHooks(core.drop_request)
+        return core, CoreHooks(core.drop_request, batch_ready=core.batch_ready, run_batch=core.run_batch)
     from services.stage.core import StageCore
 
     me = spec.placement(name)
@@ -101,7 +101,8 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
                        dtype=dtype, device=device, row_invariant=spec.row_invariant)
     log.info("slice_loaded", layers=list(me.layers), parameters=model.num_parameters)
     core = StageCore(name, model)
-    return core, CoreHooks(core.drop_request, kv_cache_bytes=lambda: core.kv_cache_bytes)
+    return core, CoreHooks(core.drop_request, kv_cache_bytes=lambda: core.kv_cache_bytes, batch_ready=core.batch_ready,
+                           run_batch=core.run_batch)
 
 
 def _drafter(spec: ClusterSpec, dtype: torch.dtype):

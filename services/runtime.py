@@ -9,8 +9,11 @@ What the loop refuses, each logged once, counted by reason and never fatal: an u
 or wrong-version frame; a message of a kind this socket does not take (``unknown_command``); a
 command whose ``cmd_seq`` is not the next one (``sequence``; a gap also fails the request it
 concerns). Any exception while a core handles a message fails that message's request with a Fault to
-the scheduler and leaves the service serving the next one. A core with work of its own between messages
-(the drafter drafting ahead) gets one step of it after every poll, and the poll then does not wait.
+the scheduler and leaves the service serving the next one. A core with a shared forward waiting (a stage
+or the verifier holding segments, :mod:`services.batch`) runs it once every arrived message is handled,
+so the segments of every request that arrived meanwhile share one forward; a core with work of its own
+between messages (the drafter drafting ahead) gets one step of it after every poll. The poll then does
+not wait.
 Every ``heartbeat_interval_s`` a thread
 beside the loop sends a Heartbeat, so a service busy in a long forward is still heard and only a dead or
 stopped process goes silent; no receive waits longer than that interval.
@@ -40,6 +43,7 @@ from common.wire.ordering import CommandOrder, OrderError
 from common.wire.reports import Fault, Heartbeat, Ready, StageStats
 from common.wire.ring import Features, Segment
 from common.wire.transport import recv
+from services.batch import Batched
 
 log = structlog.get_logger()
 
@@ -77,6 +81,8 @@ class CoreHooks:
     next_work: Callable[[], str | None] = lambda: None  # a request with work between messages, or None
     work: Callable[[str], list[tuple[str, Message]]] = lambda request_id: []  # one step of it: what to send
     kv_cache_bytes: Callable[[], int] = lambda: 0
+    batch_ready: Callable[[], bool] = lambda: False  # a shared forward waits (a stage's or the verifier's)
+    run_batch: Callable[[], Batched] = Batched  # run it: what to send, which requests failed, forwards run
 
 
 @dataclass
@@ -144,7 +150,8 @@ class _ServiceLoop:
 
     def _serve(self, poller: zmq.Poller, accepts: dict[zmq.Socket, tuple[type, ...]]) -> None:
         while True:
-            events = dict(poller.poll(0 if self.hooks.next_work() is not None else self.poll_ms))
+            busy = self.hooks.batch_ready() or self.hooks.next_work() is not None
+            events = dict(poller.poll(0 if busy else self.poll_ms))
             handled = 0
             # Every message that has arrived before the next unit of the core's own work: a drafter hears of
             # a credit or a prune now, not a draft level later. Bounded, so work is never starved.
@@ -161,6 +168,8 @@ class _ServiceLoop:
                         with trace.bound(getattr(msg, "request_id", "")):
                             self._handle(msg)
                 events = dict(poller.poll(0))
+            if self.hooks.batch_ready():
+                self._batch()
             request_id = self.hooks.next_work()
             if request_id is not None:
                 with trace.bound(request_id):
@@ -177,6 +186,30 @@ class _ServiceLoop:
                 self._fail_request(request_id, "work", exc)
                 return
             self.metrics.busy_seconds.inc(time.perf_counter() - started)
+
+    def _batch(self) -> None:
+        """The core's shared forward: send what it made, fail the requests it names, count rows and requests."""
+        started = time.perf_counter()
+        try:
+            outcome = self.hooks.run_batch()
+        except Exception as exc:  # cores name their failed requests; this is a core bug: fail all it holds
+            for request_id in list(self.vitals.in_flight):
+                self._fail_request(request_id, "batch", exc)
+            return
+        for request_id, exc in outcome.failed:
+            self._fail_request(request_id, "batch", exc)
+        for dest, out in outcome.sends:
+            with trace.bound(getattr(out, "request_id", "")):
+                self.sockets.send(dest, out)
+        elapsed_s = time.perf_counter() - started
+        self.metrics.busy_seconds.inc(elapsed_s)
+        for forward in outcome.forwards:
+            self.metrics.forward_rows.observe(forward.rows)
+            self.metrics.forward_requests.observe(forward.requests)
+        if outcome.forwards:
+            self.vitals.last_step_ms = elapsed_s * 1e3
+            log.debug("batch", forwards=[(f.requests, f.rows) for f in outcome.forwards], sent=len(outcome.sends),
+                      ms=round(elapsed_s * 1e3, 2))
 
     def _receive(self, sock: zmq.Socket, kinds: tuple[type, ...]) -> Message | None:
         """The next message if it may be handled; None when it was rejected."""
@@ -228,8 +261,6 @@ class _ServiceLoop:
             elapsed_s = time.perf_counter() - started
             self.metrics.busy_seconds.inc(elapsed_s)
             self.metrics.handled.labels(msg.KIND).inc()
-            if isinstance(msg, Segment):
-                self.vitals.last_step_ms = elapsed_s * 1e3
             if isinstance(msg, EndRequest):
                 self.vitals.in_flight.discard(request_id)
                 self.sockets.links.pop(request_id, None)

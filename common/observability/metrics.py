@@ -1,7 +1,8 @@
 """Prometheus series of the ring: one registry per service process, served as text over HTTP.
 
 Ring services export busy seconds (``rate()`` of it is the busy ratio: the pipeline bubbles made
-visible), messages handled and rejected, per-hop bytes and send latency. The scheduler exports the
+visible), messages handled and rejected, per-hop bytes and send latency; stages and the verifier also
+the rows per model forward and the requests whose rows shared it (batching across requests). The scheduler exports the
 spec-decode counters users know from vLLM (acceptance length = 1 + accepted tokens / drafts), request
 latency and time-to-first-token histograms, prune and expand counts and round restarts.
 """
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+REQUESTS_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 HOP_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -35,6 +38,10 @@ class ServiceMetrics:
                                           ["hop"], buckets=HOP_BUCKETS_S, registry=r)
         self.in_flight = Gauge("flowring_requests_in_flight", "Requests started and not ended here.", registry=r)
         self.kv_cache_bytes = Gauge("flowring_kv_cache_bytes", "Bytes held by KV caches.", registry=r)
+        self.forward_rows = Histogram("flowring_forward_rows", "Rows per model forward, every request's together.",
+                                      buckets=ROWS_BUCKETS, registry=r)
+        self.forward_requests = Histogram("flowring_forward_requests", "Requests whose rows shared one forward.",
+                                          buckets=REQUESTS_BUCKETS, registry=r)
 
     def hop_observer(self, hop: str) -> Callable[[int, float], None]:
         """A callback for one outbound hop: (bytes sent, seconds from send() to the socket)."""

@@ -4,7 +4,8 @@ Every generation streams, so each request's time to first token is seen as its c
 (from sending the request, queueing at the scheduler included). A *phase* is one pass over the
 prompts: solo (one after another on one connection) or concurrent (K workers, each with its own
 connection, each taking the next prompt when its last one ends). Aggregate tokens/s of a phase:
-new tokens of every request / wall time of the phase.
+new tokens of every request / wall time of the phase. Per phase, the median and the 95th percentile
+(linear between the two nearest ranks, as numpy's default) of time to first token and of latency.
 """
 
 from __future__ import annotations
@@ -56,8 +57,27 @@ class Phase:
         return statistics.median(done) if done else 0.0
 
     @property
+    def ttft_p95_ms(self) -> float:
+        return percentile([r.ttft_ms for r in self.runs if r.ok], 95)
+
+    @property
+    def latency_p95_ms(self) -> float:
+        return percentile([r.latency_ms for r in self.runs if r.ok], 95)
+
+    @property
     def latency_max_ms(self) -> float:
         return max((r.latency_ms for r in self.runs if r.ok), default=0.0)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of ``values``, linear between the two nearest ranks (0.0 when empty)."""
+    if not values:
+        return 0.0
+    ranked = sorted(values)
+    rank = (len(ranked) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ranked) - 1)
+    return ranked[low] + (ranked[high] - ranked[low]) * (rank - low)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +91,11 @@ class ConcurrencyResult:
     def speedup(self) -> float:
         """Concurrent aggregate tokens/s over solo aggregate tokens/s."""
         return self.together.tokens_per_s / self.solo.tokens_per_s if self.solo.tokens_per_s else 0.0
+
+    @property
+    def p95_latency_ratio(self) -> float:
+        """Concurrent p95 latency over solo p95 latency (what a user waits under load against alone)."""
+        return self.together.latency_p95_ms / self.solo.latency_p95_ms if self.solo.latency_p95_ms else 0.0
 
     def equal(self) -> list[bool]:
         """Per prompt: both runs succeeded with the same output tokens."""
@@ -88,7 +113,8 @@ class ConcurrencyResult:
     def to_json(self) -> dict[str, Any]:
         def phase(p: Phase) -> dict[str, Any]:
             return {"new_tokens": p.new_tokens, "wall_s": p.wall_s, "tokens_per_s": p.tokens_per_s,
-                    "ttft_ms_median": p.ttft_median_ms, "latency_ms_max": p.latency_max_ms}
+                    "ttft_ms_median": p.ttft_median_ms, "ttft_ms_p95": p.ttft_p95_ms,
+                    "latency_ms_p95": p.latency_p95_ms, "latency_ms_max": p.latency_max_ms}
 
         def run(r: TimedRun) -> dict[str, Any]:
             return {"ok": r.ok, "new_tokens": len(r.token_ids), "ttft_ms": r.ttft_ms, "latency_ms": r.latency_ms,
@@ -97,7 +123,7 @@ class ConcurrencyResult:
         equal = self.equal()
         return {
             "mode": self.mode, "concurrency": self.concurrency, "solo": phase(self.solo),
-            "concurrent": phase(self.together), "speedup": self.speedup,
+            "concurrent": phase(self.together), "speedup": self.speedup, "p95_latency_ratio": self.p95_latency_ratio,
             "equal_to_solo": {"equal": sum(equal), "compared": len(equal)},
             "requests": [{"prompt_id": a.prompt_id, "solo": run(a), "concurrent": run(b), "equal": same,
                           "slowdown": slow}

@@ -157,7 +157,7 @@ def bench(
         pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head, layers,
                                  draft_vocab)
         pinned = dataclasses.replace(pinned, row_invariant=row_invariant)
-        spec, own_run_dir = _start_pinned(pinned)
+        spec, own_run_dir = _start_pinned(pinned, in_flight=concurrency)
     else:
         cluster_file = RunFolder(run_dir).cluster
         if not cluster_file.exists():
@@ -270,8 +270,9 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
                          draft_vocab)
 
 
-def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
-    """Start the run's own cluster in a temporary run folder; returns its spec and that folder."""
+def _start_pinned(pinned: PinnedCluster, in_flight: int = 0) -> tuple[ClusterSpec, Path]:
+    """Start the run's own cluster in a temporary run folder, admitting at least ``in_flight`` requests at once;
+    returns its spec and that folder."""
     import tempfile
 
     from common.speculation.draft_vocab import draft_vocabulary
@@ -281,6 +282,8 @@ def _start_pinned(pinned: PinnedCluster) -> tuple[ClusterSpec, Path]:
                           threads=pinned.cores_per_service, draft_settings=pinned.draft_settings,
                           draft_head=Path(pinned.draft_head) if pinned.draft_head else None,
                           layer_ranges=list(pinned.layer_ranges) or None)
+        if in_flight > spec.admission.max_in_flight:  # --concurrency K measures K in the ring, none queued
+            spec = dataclasses.replace(spec, admission=dataclasses.replace(spec.admission, max_in_flight=in_flight))
         if pinned.draft_vocab:  # counted once here (and saved), so the drafter starts without counting
             draft_vocabulary(Path(pinned.draft), pinned.draft_vocab)
         spec = pin_services(dataclasses.replace(spec, draft_vocab=pinned.draft_vocab, row_invariant=pinned.row_invariant),

@@ -105,12 +105,14 @@ def _print_concurrency(console: Console, spec: ClusterSpec, r: ConcurrencyResult
                          f"{r.concurrency} in flight (admission: {a.max_in_flight} in flight, {a.max_queued} queued)",
                    box=box.SIMPLE_HEAD, caption="tok/s: new tokens of every request / wall time of the phase. "
                    "ttft, latency: from sending the request (queueing included).")
-    for header in ("phase", "ok/runs", "new tokens", "wall s", "tok/s", "median ttft ms", "max latency ms"):
+    for header in ("phase", "ok/runs", "new tokens", "wall s", "tok/s", "median ttft ms", "p95 ttft ms",
+                   "p95 latency ms", "max latency ms"):
         phases.add_column(header, justify="left" if header == "phase" else "right")
     for name, p in (("solo", r.solo), (f"{r.concurrency} in flight", r.together)):
         done = sum(run.ok for run in p.runs)
         phases.add_row(name, f"{done}/{len(p.runs)}", str(p.new_tokens), f"{p.wall_s:.2f}", f"{p.tokens_per_s:.2f}",
-                       f"{p.ttft_median_ms:.0f}", f"{p.latency_max_ms:.0f}")
+                       f"{p.ttft_median_ms:.0f}", f"{p.ttft_p95_ms:.0f}", f"{p.latency_p95_ms:.0f}",
+                       f"{p.latency_max_ms:.0f}")
     console.print(phases)
     requests = Table(title="per request", box=box.SIMPLE_HEAD, caption="slowdown: concurrent latency / solo latency.")
     for header in ("prompt", "tokens", "solo ttft ms", "solo latency ms", "ttft ms", "latency ms", "slowdown",
@@ -123,8 +125,8 @@ def _print_concurrency(console: Console, spec: ClusterSpec, r: ConcurrencyResult
     console.print(requests)
     equal = r.equal()
     console.print(f"aggregate tokens/s: solo {r.solo.tokens_per_s:.2f}, {r.concurrency} in flight "
-                  f"{r.together.tokens_per_s:.2f}, speed-up {r.speedup:.2f}x; outputs equal to solo: "
-                  f"{sum(equal)}/{len(equal)}")
+                  f"{r.together.tokens_per_s:.2f}, speed-up {r.speedup:.2f}x; p95 latency {r.p95_latency_ratio:.2f}x "
+                  f"solo; outputs equal to solo: {sum(equal)}/{len(equal)}")
     for run in r.failures():
         console.print(f"[red]failed[/]: prompt {escape(run.prompt_id)}: {escape(run.error)}")
 

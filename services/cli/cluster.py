@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +31,8 @@ def up(
     draft_head: Annotated[str, typer.Option(help="Draft with this head (folder, or name in the heads cache) "
                                                  "instead of a draft model.")] = "",
     model: Annotated[str, typer.Option(help="A catalog pair (qwen-coder, smollm2) instead of --base/--draft.")] = "",
+    no_head: Annotated[bool, typer.Option("--no-head", help="Draft with the draft model even where a head ships "
+                                                             "for the base.")] = False,
     draft_vocab: Annotated[int, typer.Option(min=0, help="The draft model proposes only its N most frequent tokens "
                                                          "(counted offline, saved beside it); 0: every token.")] = 0,
     stages: Annotated[str, typer.Option(help="Pipeline stages the base model is split into, or auto.")] = "auto",
@@ -71,9 +73,9 @@ def up(
     if running(run_dir):
         fail(f"a cluster is already running from {run_dir}: run `flowring down` first")
     if cluster is not None:
-        if base or draft or draft_head or model or layers or draft_vocab:
+        if base or draft or draft_head or model or layers or draft_vocab or no_head:
             fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head, "
-                 "--draft-vocab and --layers")
+                 "--no-head, --draft-vocab and --layers")
         _up_boards(cluster, run_dir, log_level, keys_dir)
         return
     if problem := model_dtype_problem(dtype):
@@ -87,7 +89,8 @@ def up(
         fail(f"--mode must be auto or one of {', '.join(MODES)}, not {mode}")
     if draft_vocab and draft_head:
         fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
-    _up_local(base, draft, draft_head, model, _stage_count(stages), layers, settings, run_dir, log_level,
+    _up_local(base, draft, draft_head, model, no_head or bool(draft_vocab), _stage_count(stages), layers, settings,
+              run_dir, log_level,
               dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab,
               row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout)
 
@@ -113,19 +116,20 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
     typer.echo(f"stopped {len(stopped)} service(s)" if stopped else "no cluster running")
 
 
-def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: int, layers: str,
+def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
               mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True, max_prompt_tokens: int = 0,
               request_timeout: float = 600.0) -> None:
+    pair_draft = ""
     if model:
         from common.models.catalog import default_pair
 
         try:
-            base, draft = default_pair(model)
+            base, pair_draft = default_pair(model)
         except (KeyError, ValueError) as exc:
             fail(str(exc))
-    if not base or not (draft or draft_head):
-        fail("give --model NAME, or --base with --draft or --draft-head (or --cluster FILE)")
+    if not base:
+        fail("give --model NAME, or --base (with --draft or --draft-head to choose the drafter), or --cluster FILE")
     from common.cluster.machine_defaults import choose_mode
     from common.cluster.partition import explicit_ranges
     from common.models.catalog import ModelStoreError
@@ -135,23 +139,26 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
 
     try:
         base_dir = resolve(base)
-        head_dir = _head_dir(draft_head, base_dir) if draft_head else None
-        draft_dir = None if head_dir else resolve(draft)
+        drafting = choose_drafting(base_dir, draft=draft, draft_head=draft_head, no_head=no_head,
+                                   fallback_draft=pair_draft)
+        head_dir = drafting.head
+        draft_dir = None if head_dir else resolve(drafting.draft)
         if draft_dir:
             check_same_tokenizer(base_dir, draft_dir)
         ranges = explicit_ranges(layers, load_model_spec(base_dir).num_layers) if layers else None
         stage_count = len(ranges) if ranges else stage_count
-        choice = choose_mode(os.cpu_count() or 1, stage_count)
+        choice = choose_mode(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model")
         default_mode = choice.mode if mode == "auto" else mode
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
                           draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
         spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab, row_invariant=row_invariant,
                        admission=replace(spec.admission, max_prompt_tokens=max_prompt_tokens),
                        timeouts=replace(spec.timeouts, request_timeout_s=request_timeout))
-        drafting = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
+        drafting_text = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
         if draft_vocab:
-            drafting += f" over {_prepare_draft_vocab(draft_dir, draft_vocab)}"
-        typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting} ...")
+            drafting_text += f" over {_prepare_draft_vocab(draft_dir, draft_vocab)}"
+        typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting_text} ...")
+        typer.echo(f"drafting with {drafting.note}")
         typer.echo(f"default mode: {default_mode} " + (f"({choice.reason})" if mode == "auto" else "(--mode)"))
         start(spec, run_dir, log_level=log_level)
         api = start_api(spec, run_dir, api_port) if api_port else ""
@@ -167,6 +174,49 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, stage_count: i
     typer.echo("  status:    .venv/bin/flowring status")
     typer.echo(f"  logs:      tail -f {RunFolder(run_dir).logs}/*.log")
     typer.echo("  stop:      .venv/bin/flowring down")
+
+
+@dataclass(frozen=True)
+class Drafting:
+    """What a local cluster drafts with: a head folder, else a draft model reference; and why, for people."""
+
+    head: Path | None
+    draft: str
+    note: str
+
+
+def choose_drafting(base_dir: Path, *, draft: str, draft_head: str, no_head: bool, fallback_draft: str) -> Drafting:
+    """``--draft-head``, else ``--draft``, else the head shipped for the base (unless ``no_head``, and only if
+    its recorded acceptance earns the default: ``good_enough_for_default``), else ``fallback_draft`` (the
+    catalog pair's draft model). ``ValueError`` when nothing is left."""
+    from common.speculation.heads.shipped import (
+        DEFAULT_MIN_TOKENS_PER_ROUND,
+        good_enough_for_default,
+        head_for_base,
+    )
+    from common.speculation.heads.store import acceptance_line
+
+    if draft_head:
+        head = _head_dir(draft_head, base_dir)
+        return Drafting(head, "", f"the head {head.name} (--draft-head)")
+    if draft:
+        return Drafting(None, draft, f"the draft model {draft} (--draft)")
+    head = None if no_head else head_for_base(base_dir)
+    if head is not None and (good_enough_for_default(head) or not fallback_draft):
+        other = f"--draft {fallback_draft}" if fallback_draft else "--draft MODEL"
+        return Drafting(head.resolve(), "", f"the head {head.name} shipped for this base ({acceptance_line(head)}); "
+                                            f"{other} or --no-head drafts with a draft model")
+    if no_head:
+        why = "--no-head"
+    elif head is not None:
+        why = (f"the head shipped for this base records {acceptance_line(head)}, under the "
+               f"{DEFAULT_MIN_TOKENS_PER_ROUND} code tokens per round a default head needs; "
+               f"--draft-head {head} drafts with it")
+    else:
+        why = "no head ships for this base"
+    if not fallback_draft:
+        raise ValueError(f"{why}: name a drafter with --draft MODEL or --draft-head HEAD")
+    return Drafting(None, fallback_draft, f"the draft model {fallback_draft} ({why})")
 
 
 def _head_dir(ref: str, base_dir: Path) -> Path:

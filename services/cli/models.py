@@ -6,6 +6,7 @@ import importlib.util
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -123,6 +124,37 @@ def pull(
                 f"{done.message} ({_size(done.size_bytes)}; install {done.install_s:.1f} s, "
                 f"join+hash {done.join_s:.1f} s, convert {done.convert_s:.1f} s)"
             )
+        line = _shipped_head_line(done.name, done.path)
+        if line:
+            typer.echo(line)
+
+
+def _shipped_head_line(name: str, base_dir: Path) -> str:
+    """What ``up`` will draft with for a pulled base that has a head shipped under its name ('' if none)."""
+    from common.models.modeling import ModelingError
+    from common.speculation.heads.config import HeadMismatchError
+    from common.speculation.heads.model import check_head
+    from common.speculation.heads.shipped import (
+        DEFAULT_MIN_TOKENS_PER_ROUND,
+        SHIPPED_DIR,
+        good_enough_for_default,
+    )
+    from common.speculation.heads.store import acceptance_line
+
+    head = SHIPPED_DIR / name
+    if not head.is_dir():
+        return ""
+    try:
+        check_head(head, base_dir)
+    except HeadMismatchError as exc:
+        return f"{name}: the head shipped for it does not fit this base, up drafts with the draft model ({exc})"
+    except (OSError, ValueError, ModelingError) as exc:  # a base folder that cannot be read
+        return f"{name}: the shipped head could not be checked ({exc})"
+    if not good_enough_for_default(head):
+        return (f"{name}: draft head {head} ships for it and matches it ({acceptance_line(head)}); under the "
+                f"{DEFAULT_MIN_TOKENS_PER_ROUND} code tokens per round a default head needs, so up drafts with the "
+                f"draft model (--draft-head {head} uses the head)")
+    return f"{name}: draft head {head} ships for it and matches it ({acceptance_line(head)}); up drafts with it"
 
 
 @app.command("list")

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from common.observability import trace
 from common.speculation import tree_policy
+from common.speculation.budget import SpeculationBudget
 from common.speculation.drafting import TreeShape
 from common.speculation.growth import Drafter
 from common.speculation.modes import DraftSettings, Mode
@@ -76,10 +77,11 @@ class Drafters(Protocol):
 
 
 class DrafterCore:
-    def __init__(self, name: str, drafters: Drafters, hops: int) -> None:
+    def __init__(self, name: str, drafters: Drafters, hops: int, budget: SpeculationBudget | None = None) -> None:
         self.name = name
         self._drafters = drafters
         self._hops = hops  # stages + verifier: segments a fill keeps in flight
+        self._budget = budget or SpeculationBudget()  # draft nodes of all the requests in flight together
         self._requests: RequestTable[_Request] = RequestTable()
         self._turn = 0  # round-robin over requests with work
 
@@ -229,9 +231,9 @@ class DrafterCore:
         if settings.adaptive:
             depth = max(req.tree.depths())
             req.shape = tree_policy.growth_shape(req.acceptance, base, self._hops, depth, len(req.tree),
-                                                 settings.node_cap)
+                                                 self._node_share(req))
         else:
-            fits = len(req.tree) + base.levels * base.width <= settings.node_cap
+            fits = len(req.tree) + base.levels * base.width <= self._node_share(req)
             req.shape = base if fits else None
         req.levels_grown = 0
 
@@ -295,8 +297,15 @@ class DrafterCore:
                 tree = req.drafter.grow_level(tree, settings.pipedec_width, settings.top_k)
                 sizes.append(len(tree) - before + (1 if before == 1 else 0))
             return tree, sizes
-        tree = req.drafter.draft(req.root, TreeShape(settings.fill_nodes, settings.fill_depth, settings.top_k))
+        nodes = self._budget.fill_nodes(len(self._requests.active), settings.node_cap, settings.fill_nodes)
+        if nodes == 0:  # no speculation this round: the root alone, as ar sends it
+            return single_root(req.root), [1]
+        tree = req.drafter.draft(req.root, TreeShape(nodes, settings.fill_depth, settings.top_k))
         return tree, segment_sizes(len(tree), count, settings.segment_cap)
+
+    def _node_share(self, req: _Request) -> int:
+        """The most nodes ``req``'s tree may hold now: its share of the budget, within its own node cap."""
+        return self._budget.share(len(self._requests.active), req.draft.node_cap)
 
     def _grow(self, req: _Request) -> DraftTree:
         """The running round's tree after one expansion (nodes appended at the end).

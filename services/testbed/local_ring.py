@@ -2,7 +2,8 @@
 
 Messages are delivered in a seeded random interleaving that respects each link's FIFO order, as a
 network of PUSH/PULL sockets would, and the drafter's work between messages (drafting ahead) takes
-random turns among them: this exercises the epoch logic under arbitrary timing, fast and
+random turns among them, as do the stages' and the verifier's shared forwards (every request's waiting
+segments in one forward, :mod:`services.batch`): this exercises the epoch logic under arbitrary timing, fast and
 reproducibly, with the very cores the real services run. ``after_each`` (if set) sees the ring after
 every delivery and every drafting step.
 """
@@ -28,6 +29,7 @@ from common.wire.client import GenerateReply, GenerateRequest
 from common.wire.codec import Message, decode, encode
 from common.wire.errors import ProtocolError
 from common.wire.reports import Fault, Ready
+from services.batch import Forward
 from services.drafter.core import DrafterCore
 from services.scheduler.admission import Capacity
 from services.scheduler.core import CLIENT, SchedulerCore
@@ -81,6 +83,7 @@ class LocalRing:
         self._random = random.Random(interleave_seed)
         self._wire = wire  # round-trip every message through the codec, as the sockets do
         self.delivered = 0
+        self.forwards: dict[str, list[Forward]] = {c.name: [] for c in (*self.stages, self.verifier)}  # shared ones
         self.after_each: Callable[[LocalRing], None] | None = None
         self.received: dict[str, list[Message]] = {}  # client -> chunks and replies, in order
         self._clients = itertools.count()
@@ -115,10 +118,11 @@ class LocalRing:
     def deliver(self, until: Callable[[], bool]) -> None:
         """Deliver messages in a random FIFO-respecting interleaving until ``until()`` or the ring is quiet."""
         while not until():
-            busy: list[tuple[str, str] | None] = [link for link, queue in self._links.items() if queue]
+            busy: list[tuple[str, str] | str | None] = [link for link, queue in self._links.items() if queue]
             drafting = self.drafter.next_work()
             if drafting is not None:
                 busy.append(None)  # the drafter's turn to draft ahead
+            busy += [name for name in self.forwards if self._cores[name].batch_ready()]  # a shared forward's turn
             if not busy:  # what the scheduler's request deadline does in a real cluster
                 self._route("scheduler", self.scheduler.expire(float("inf"), 0.0))
                 return
@@ -126,6 +130,9 @@ class LocalRing:
             if link is None:
                 self._route("drafter", self.drafter.work(drafting))
                 self._observe()
+                continue
+            if isinstance(link, str):
+                self._batch(link)
                 continue
             src, dst = link
             msg = self._links[(src, dst)].popleft()
@@ -142,6 +149,22 @@ class LocalRing:
                 outs = [("scheduler", Fault(dst, getattr(msg, "request_id", ""), str(exc)))]
             self._route(dst, outs)
             self._observe()
+
+    def _batch(self, name: str) -> None:
+        """What services/runtime.py does with a core's shared forward: fail the named requests, send the rest."""
+        core = self._cores[name]
+        outcome = core.run_batch()
+        self.forwards[name] += outcome.forwards
+        faults: list[tuple[str, Message]] = []
+        for request_id, exc in outcome.failed:
+            core.drop_request(request_id)
+            faults.append(("scheduler", Fault(name, request_id, f"{type(exc).__name__}: {exc}")))
+        self._route(name, faults + outcome.sends)
+        self._observe()
+
+    def batched(self, name: str) -> int:
+        """Forwards of ``name`` that carried the rows of more than one request."""
+        return sum(f.requests > 1 for f in self.forwards[name])
 
     def _observe(self) -> None:
         if self.after_each is not None:

@@ -1,8 +1,11 @@
 """The verifier: the base model's final norm and lm_head, and the acceptance decision.
 
-Logits are computed as soon as a segment arrives (the costly part, overlapping the drafter's
-expansion); the decision waits only for the prune event that the previous verdict caused, so that
-the segment's nodes are numbered as the scheduler's tree is. For a draft head it also sends the
+Logits are computed soon after a segment arrives (the costly part, overlapping the drafter's
+expansion): once the service loop has handled every message that arrived, :meth:`VerifierCore.run_batch`
+computes them for every waiting segment of every request in one head call (greedy requests' argmax ids
+in one, sampling requests' logits in another; the head's rows are row-invariant, so each row is bitwise
+what it is alone). The decision waits only for the prune event that the previous verdict caused, so
+that the segment's nodes are numbered as the scheduler's tree is. For a draft head it also sends the
 drafter the final-normed hidden states of the prompt and of every accepted path (``Features``).
 """
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from common.models.modeling import ModelSlice
-from common.observability.trace import span
+from common.observability import trace
 from common.speculation.modes import Mode
 from common.speculation.verification import accept_greedy_ids, accept_sampling, sample_token
 from common.wire.codec import Message
@@ -24,8 +27,21 @@ from common.wire.ordering import OrderError, PruneLog, SequenceCheck
 from common.wire.reports import StageStats, Verdict, VerdictKind
 from common.wire.request_table import RequestTable
 from common.wire.ring import Features, Phase, Segment
+from services.batch import Batched, Forward, Outbound
 
-Outbound = tuple[str, Message]
+
+@dataclass
+class _Waiting:
+    """An arrived segment, the hidden rows the head needs for it, and then its verdict input."""
+
+    seg: Segment
+    rows: torch.Tensor | None  # [n, H]: all its rows, a last prefill chunk's last; None: nothing to compute
+    logits: torch.Tensor | None = None  # argmax ids [n] when greedy, else logits [n, vocab]
+
+    @property
+    def pending(self) -> bool:
+        """Whether its rows wait for the next head call."""
+        return self.rows is not None and self.logits is None
 
 
 @dataclass
@@ -35,11 +51,11 @@ class _Request:
     generator: torch.Generator
     log: PruneLog = field(default_factory=PruneLog)
     segments: SequenceCheck = field(default_factory=lambda: SequenceCheck("segment"))
-    waiting: deque[tuple[Segment, torch.Tensor | None]] = field(default_factory=deque)
+    waiting: deque[_Waiting] = field(default_factory=deque)
     awaiting_epoch: int = 0  # the epoch the last verdict will create; decide nothing before it
     mode: Mode = Mode.FLOWSPEC
     gathered: list[tuple[Segment, torch.Tensor]] = field(default_factory=list)  # chunk mode: the round's tree
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # feature norms, and its share of the head calls it rode in, by rows
     forwards: int = 0
     rows: int = 0
     features: list[Outbound] = field(default_factory=list)  # Features to send with the next decisions
@@ -79,42 +95,71 @@ class VerifierCore:
             req.log.record(msg)
         elif isinstance(msg, Segment):
             req.segments.check(msg.seq)
-            req.waiting.append((msg, self._logits(req, msg)))
+            req.waiting.append(_Waiting(msg, _head_rows(msg)))
             if msg.phase is Phase.PREFILL and msg.rows:
                 self._send_features(req, msg.positions[0], msg.hidden)
         else:
             raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
         return self._decide(req)
 
-    def _logits(self, req: _Request, seg: Segment) -> torch.Tensor | None:
-        """The head's verdict input per row: argmax ids [rows] when greedy, else logits [rows, vocab]."""
-        if seg.rows == 0 or (seg.phase is Phase.PREFILL and not seg.last_prefill):
-            return None
-        if seg.hidden is None:
-            raise OrderError("the verifier received a segment without hidden states")
-        started = time.perf_counter()
-        hidden = seg.hidden[-1:] if seg.phase is Phase.PREFILL else seg.hidden
-        with span("forward"):  # acceptance and its RNG run on the CPU: only what they need leaves the device
-            if req.temperature > 0:
-                logits = self._head.logits(hidden).cpu()  # [rows, vocab]
-            else:
-                logits = self._head.greedy_tokens(hidden).cpu()  # [rows]
-        req.busy_s += time.perf_counter() - started
-        req.forwards += 1
-        req.rows += hidden.shape[0]
-        return logits
+    def batch_ready(self) -> bool:
+        """Whether a segment waits for its logits."""
+        return any(entry.pending for req in self._requests.active.values() for entry in req.waiting)
+
+    def run_batch(self) -> Batched:
+        """The logits of every waiting segment, one head call per kind (greedy ids, sampling logits); decisions."""
+        out = Batched()
+        todo: dict[bool, list[tuple[_Request, _Waiting]]] = {False: [], True: []}
+        for req in self._requests.active.values():
+            todo[req.temperature > 0] += [(req, entry) for entry in req.waiting if entry.pending]
+        for sampling, items in todo.items():
+            if items:
+                self._head_call(items, sampling, out)
+        failed = {request_id for request_id, _ in out.failed}
+        for req in list(self._requests.active.values()):
+            if req.request_id in failed:
+                continue
+            try:
+                with trace.bound(req.request_id):  # its verify spans
+                    out.sends += self._decide(req)
+            except Exception as exc:  # a decision that cannot be made concerns its request only
+                out.fail([req.request_id], exc)
+        return out
+
+    def _head_call(self, items: list[tuple[_Request, _Waiting]], sampling: bool, out: Batched) -> None:
+        """One call of the head over the rows of ``items``; each entry gets its own rows' result."""
+        started, started_ns = time.perf_counter(), trace.now_ns()
+        requests = list(dict.fromkeys(req.request_id for req, _ in items))
+        try:  # acceptance and its RNG run on the CPU: only what they need leaves the device
+            hidden = torch.cat([entry.rows.to(self._head.device, self._head.dtype) for _, entry in items])  # [N, H]
+            result = (self._head.logits(hidden) if sampling else self._head.greedy_tokens(hidden)).cpu()
+        except Exception as exc:  # a failed head call: none of its requests can go on
+            out.fail(requests, exc)
+            return
+        elapsed, ended_ns = time.perf_counter() - started, trace.now_ns()
+        total, start = hidden.shape[0], 0
+        for req, entry in items:
+            n = entry.rows.shape[0]
+            entry.logits = result[start : start + n]
+            start += n
+            trace.record("forward", req.request_id, started_ns, ended_ns)
+            req.busy_s += elapsed * n / total
+            req.forwards += 1
+            req.rows += n
+        out.forwards.append(Forward(len(requests), total))
 
     def _decide(self, req: _Request) -> list[Outbound]:
         out: list[Outbound] = []
         while req.waiting:
-            seg, logits = req.waiting[0]
-            if req.log.epoch < max(seg.epoch, req.awaiting_epoch):
+            entry = req.waiting[0]
+            seg = entry.seg
+            if entry.pending or req.log.epoch < max(seg.epoch, req.awaiting_epoch):
                 break
             req.waiting.popleft()
             if seg.round < req.log.round:
                 continue  # in flight when its round ended: nobody waits for it
-            with span("verify"):
-                verdict = self._verdict(req, seg, logits)
+            with trace.span("verify"):
+                verdict = self._verdict(req, seg, entry.logits)
             if verdict is not None:
                 out.append(("scheduler", verdict))
         out, req.features = [*req.features, *out], []
@@ -177,3 +222,12 @@ class VerifierCore:
         req.busy_s += time.perf_counter() - started
         req.feature_bytes += normed.numel() * normed.element_size()
         req.features.append((self._features_to, Features(req.request_id, position, normed)))
+
+
+def _head_rows(seg: Segment) -> torch.Tensor | None:
+    """The hidden rows whose head output decides ``seg`` (a last prefill chunk: its last row), or None."""
+    if seg.rows == 0 or (seg.phase == "prefill" and not seg.last_prefill):
+        return None
+    if seg.hidden is None:
+        raise OrderError("the verifier received a segment without hidden states")
+    return seg.hidden[-1:] if seg.phase == "prefill" else seg.hidden

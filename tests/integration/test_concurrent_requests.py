@@ -58,6 +58,7 @@ def test_concurrent_greedy_outputs_equal_each_solo_run(models, stages, interleav
         assert list(reply.token_ids) == greedy_reference(base, list(request.prompt_ids), request.max_new_tokens)
         assert reply.stats["mode"] == request.mode
     assert most >= 2, "segments of several requests were in one stage at once"
+    assert ring.batched(ring.stages[-1].name) > 0 and ring.batched("verifier") > 0, "no forward was shared"
     ring.deliver(lambda: False)  # let every EndRequest land
     _no_state_left(ring)
 

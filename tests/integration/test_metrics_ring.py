@@ -66,6 +66,11 @@ def test_metrics_endpoints_of_every_service(pair, tmp_path):
     assert accepted >= sum(r.stats["accepted_per_step"] * r.stats["steps"] for r in replies) - 1e-6
     stage = samples["stage-1"]
     assert total(stage, "flowring_busy_seconds_total") > 0
+    for ring_service in (stage, samples["verifier"]):  # every forward counted: its rows, its requests (>= 1)
+        forwards = total(ring_service, "flowring_forward_requests_count")
+        assert forwards > 0 and total(ring_service, "flowring_forward_rows_count") == forwards
+        assert total(ring_service, "flowring_forward_rows_sum") >= total(ring_service, "flowring_forward_requests_sum")
+        assert total(ring_service, "flowring_forward_requests_sum") >= forwards
     assert total(stage, "flowring_messages_handled_total", kind="segment") > 0
     assert total(stage, "flowring_messages_handled_total", kind="prune") == steps
     assert total(stage, "flowring_hop_bytes_sent_total", hop="stage-2") > 0

@@ -88,17 +88,25 @@ class Attention(nn.Module):
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, attend: Tensor | None, cache: KVCache, layer: int
     ) -> Tensor:
+        q, k, v = self.project(x, cos, sin)
+        keys, values = cache.extend(layer, k, v)  # [Hkv, T, D] each
+        return self.output(self.attention(q, keys, values, attend))
+
+    def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries ``[Hq, L, D]``, keys and values ``[Hkv, L, D]`` of rows ``x`` ``[L, H]``, RoPE applied."""
         n = x.shape[0]
         linear = invariant.linear if self.row_invariant else _apply
         q = linear(self.q_proj, x).view(n, self.num_heads, self.head_dim).transpose(0, 1)  # [Hq, L, D]
         k = linear(self.k_proj, x).view(n, self.num_kv_heads, self.head_dim).transpose(0, 1)  # [Hkv, L, D]
         v = linear(self.v_proj, x).view(n, self.num_kv_heads, self.head_dim).transpose(0, 1)  # [Hkv, L, D]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        keys, values = cache.extend(layer, k, v)  # [Hkv, T, D] each
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+    def attention(self, q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | None) -> Tensor:
+        """Attention of queries ``[Hq, L, D]`` over keys and values ``[Hkv, T, D]``: ``[L, Hq * D]``."""
+        n = q.shape[1]
         if self.row_invariant:
             out = invariant.attention(q, keys, values, attend)  # [Hq, L, D]
-            return linear(self.o_proj, out.transpose(0, 1).reshape(n, self.num_heads * self.head_dim))
+            return out.transpose(0, 1).reshape(n, self.num_heads * self.head_dim)
         out = F.scaled_dot_product_attention(
             q.unsqueeze(0),  # [1, Hq, L, D]
             keys.unsqueeze(0),  # [1, Hkv, T, D]
@@ -106,7 +114,11 @@ class Attention(nn.Module):
             attn_mask=attend,  # [L, T] or None: every key
             enable_gqa=self.num_heads != self.num_kv_heads,
         )  # [1, Hq, L, D]
-        return self.o_proj(out[0].transpose(0, 1).reshape(n, self.num_heads * self.head_dim))
+        return out[0].transpose(0, 1).reshape(n, self.num_heads * self.head_dim)
+
+    def output(self, mixed: Tensor) -> Tensor:
+        """The output projection of attended rows ``[L, Hq * D]``."""
+        return (invariant.linear if self.row_invariant else _apply)(self.o_proj, mixed)
 
 
 class MLP(nn.Module):
@@ -266,8 +278,20 @@ class ModelSlice(nn.Module):
         row must attend to at least one key. ``None`` (one row only): the row sees every key.
         Returns hidden states ``[L, H]`` before the final norm.
         """
-        x = self._embed(inputs)  # [L, H]
-        n = x.shape[0]
+        x = self.embed(inputs)  # [L, H]
+        attend = self.check_rows(x.shape[0], positions, attend, cache)
+        cos, sin = self.rope(positions)  # [L, D] each
+        try:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, cos, sin, attend, cache, i)
+        except BaseException:
+            cache.rollback()
+            raise
+        cache.advance(x.shape[0])
+        return x
+
+    def check_rows(self, n: int, positions: Tensor, attend: Tensor | None, cache: KVCache) -> Tensor | None:
+        """Check the arguments of a forward of ``n`` rows (see :meth:`forward`); ``attend`` on the device."""
         if positions.shape != (n,):
             raise ValueError(f"positions must be [{n}], got {tuple(positions.shape)}")
         total = cache.length + n
@@ -279,21 +303,15 @@ class ModelSlice(nn.Module):
             raise ValueError(f"attend may be omitted only for a single row, not {n}")
         if cache.num_layers != len(self.layers):
             raise ValueError(f"cache has {cache.num_layers} layers, slice has {len(self.layers)}")
-        if attend is not None:
-            attend = attend.to(self.device)
+        return None if attend is None else attend.to(self.device)
+
+    def rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """RoPE cosines and sines ``[L, D]`` in the compute dtype for ``positions`` ``[L]``."""
         if self._inv_freq.device != self.device:
             self._inv_freq = self._inv_freq.to(self.device)
         freqs = positions.to(self.device, torch.float32)[:, None] * self._inv_freq[None, :]  # [L, D/2]
         angles = torch.cat((freqs, freqs), dim=-1)  # [L, D]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # [L, D] each
-        try:
-            for i, layer in enumerate(self.layers):
-                x = layer(x, cos, sin, attend, cache, i)
-        except BaseException:
-            cache.rollback()
-            raise
-        cache.advance(n)
-        return x
+        return angles.cos().to(self.dtype), angles.sin().to(self.dtype)
 
     @torch.no_grad()
     def greedy_tokens(self, hidden: Tensor) -> Tensor:
@@ -317,7 +335,8 @@ class ModelSlice(nn.Module):
         normed = self.norm(hidden.to(self.device, self.dtype))
         return invariant.linear(self.lm_head, normed) if self._row_invariant else self.lm_head(normed)
 
-    def _embed(self, inputs: Tensor) -> Tensor:
+    def embed(self, inputs: Tensor) -> Tensor:
+        """Rows ``[L, H]`` in the compute dtype: token ids embedded, or hidden states converted."""
         if self.embed_tokens is not None:
             if inputs.dim() != 1 or inputs.dtype != torch.long:
                 raise ValueError(f"expected int64 token ids [L], got {inputs.dtype} {tuple(inputs.shape)}")

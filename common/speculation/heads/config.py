@@ -45,6 +45,8 @@ class HeadConfig:
     intermediate_size: int  # the head layer's MLP width
     draft_vocab_size: int  # lm_head rows the head drafts over (== vocab_size: the full vocabulary)
     base_name: str = ""  # for people: the base it was trained from
+    weights: str = "bfloat16"  # how the tensors are stored (common.speculation.heads.packing.WEIGHT_FORMATS)
+    weight_files: tuple[tuple[str, str], ...] = ()  # (file name, sha256) of every weight file; () : unchecked
 
     def layer_spec(self, base_spec: ModelSpec) -> ModelSpec:
         """The base's spec narrowed to one decoder layer of the head's MLP width."""
@@ -58,6 +60,8 @@ class HeadConfig:
             "base_embedding_sha256": self.base.embedding_sha256,
             "intermediate_size": self.intermediate_size,
             "draft_vocab_size": self.draft_vocab_size,
+            "weights": self.weights,
+            "weight_files": dict(self.weight_files),
         }
         return json.dumps(body | (extra or {}), indent=2) + "\n"
 
@@ -74,6 +78,8 @@ class HeadConfig:
                 intermediate_size=int(body["intermediate_size"]),
                 draft_vocab_size=int(body["draft_vocab_size"]),
                 base_name=str(body.get("base_name", "")),
+                weights=str(body.get("weights", "bfloat16")),
+                weight_files=tuple(sorted((str(k), str(v)) for k, v in body.get("weight_files", {}).items())),
             )
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise HeadMismatchError(f"cannot read head config {path}: {exc}") from exc

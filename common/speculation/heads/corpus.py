@@ -13,9 +13,12 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import os
 import random
+import re
 import sysconfig
-from collections.abc import Iterable, Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from common.prompts import HUMANEVAL, PromptFileError, humaneval_path, load_prompts
@@ -25,6 +28,7 @@ BENCHMARK_DIRS = frozenset({"human_eval", "humaneval", "mt_bench", "mtbench", "g
 MAX_FILE_BYTES = 200_000
 PER_FILE = 4  # instructions taken from one file at most, so that no package dominates
 MIN_SUMMARY, MAX_SUMMARY = 20, 400
+BENCHMARKS_ENV = "FLOWRING_BENCHMARKS"
 
 
 class BenchmarkLeakError(ValueError):
@@ -92,17 +96,85 @@ def humaneval_entry_points() -> frozenset[str]:
 
 
 def benchmark_texts() -> list[str]:
-    """Benchmark prompts available on this machine: HumanEval's, when its package is installed."""
-    return [row["prompt"].strip() for row in _humaneval_rows()]
+    """Benchmark prompts available on this machine: HumanEval's, when its package is installed, and every
+    turn of every benchmark file (``benchmark_files``)."""
+    texts = [row["prompt"].strip() for row in _humaneval_rows()]
+    for path in benchmark_files():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):  # unreadable: nothing of it to compare with
+            continue
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            turns = row.get("turns", []) if isinstance(row, dict) else []
+            texts += [t.strip() for t in turns if isinstance(t, str) and t.strip()]
+    return texts
 
 
-def check_excludes_benchmarks(instructions: Iterable[str], benchmarks: Iterable[str]) -> None:
-    """Raise ``BenchmarkLeakError`` if an instruction contains a benchmark prompt or its function name."""
+def benchmark_files() -> list[Path]:
+    """JSONL benchmark prompt files (MT-bench, GSM8K ...): those in ``shared/data`` beside or inside the
+    checkout, and those named in ``FLOWRING_BENCHMARKS`` (separated by the path separator)."""
+    repo = Path(__file__).resolve().parents[3]
+    folders = [repo / "shared" / "data", repo.parent / "shared" / "data"]
+    found = [f for folder in folders if folder.is_dir() for f in sorted(folder.glob("*.jsonl"))]
+    found += [Path(p) for p in os.environ.get(BENCHMARKS_ENV, "").split(os.pathsep) if p]
+    return [f for f in dict.fromkeys(found) if f.is_file()]
+
+
+def check_excludes_benchmarks(instructions: Iterable[str], benchmarks: Sequence[str]) -> None:
+    """Raise ``BenchmarkLeakError`` if an instruction names a benchmark's function or overlaps a benchmark
+    prompt (``BenchmarkGuard``)."""
     names = {_entry_name(text) for text in benchmarks} - {""}
-    bodies = [text for text in benchmarks if text]
+    guard = BenchmarkGuard(benchmarks)
     for instruction in instructions:
-        if _instruction_name(instruction) in names or any(body in instruction for body in bodies):
+        if _instruction_name(instruction) in names or guard.overlaps(instruction):
             raise BenchmarkLeakError(f"training prompt overlaps a benchmark prompt: {instruction[:80]!r}")
+
+
+class BenchmarkGuard:
+    """Whether a text overlaps a benchmark prompt: one contains the other (same words, any case and
+    punctuation), or their word sets are 70% the same (Jaccard). Indexed, so that tens of thousands of
+    texts are checked against thousands of prompts in seconds."""
+
+    JACCARD = 0.7
+    GRAM = 4  # words; shorter texts are not compared
+    RARE = 50  # a word in at most this many prompts finds the prompts to compare word sets with
+
+    def __init__(self, benchmarks: Sequence[str]) -> None:
+        self._bodies: list[str] = []
+        self._sets: list[frozenset[str]] = []
+        self._first: dict[tuple[str, ...], list[int]] = defaultdict(list)  # first gram -> prompts
+        self._grams: dict[tuple[str, ...], list[int]] = defaultdict(list)  # any gram -> prompts
+        postings: dict[str, list[int]] = defaultdict(list)
+        for text in benchmarks:
+            found = words(text)
+            if len(found) < self.GRAM:
+                continue
+            i = len(self._bodies)
+            self._bodies.append(" ".join(found))
+            self._sets.append(frozenset(found))
+            self._first[tuple(found[: self.GRAM])].append(i)
+            for gram in {tuple(found[j : j + self.GRAM]) for j in range(len(found) - self.GRAM + 1)}:
+                self._grams[gram].append(i)
+            for word in self._sets[-1]:
+                postings[word].append(i)
+        self._rare = {w: ids for w, ids in postings.items() if len(ids) <= self.RARE}
+
+    def overlaps(self, text: str) -> bool:
+        found = words(text)
+        if len(found) < self.GRAM:
+            return False
+        joined, mine = " ".join(found), frozenset(found)
+        grams = [tuple(found[j : j + self.GRAM]) for j in range(len(found) - self.GRAM + 1)]
+        if any(self._bodies[i] in joined for g in grams for i in self._first.get(g, ())):
+            return True  # a benchmark prompt inside the text
+        if any(joined in self._bodies[i] for i in self._grams.get(grams[0], ())):
+            return True  # the text inside a benchmark prompt
+        near = {i for w in mine for i in self._rare.get(w, ())}
+        return any(len(mine & self._sets[i]) / len(mine | self._sets[i]) >= self.JACCARD for i in near)
 
 
 def _humaneval_rows() -> list[dict]:
@@ -163,3 +235,7 @@ def _entry_name(benchmark: str) -> str:
 def _instruction_name(instruction: str) -> str:
     head = instruction.split("`", 2)
     return head[1].split("(")[0] if len(head) == 3 else ""
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())

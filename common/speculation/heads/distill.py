@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +30,7 @@ class Sample:
     features: Tensor
     prompt_length: int
     held_out: bool
+    domain: str = "code"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,26 @@ class GenerationSettings:
     dtype: torch.dtype
 
 
+@dataclass(frozen=True)
+class Generator:
+    """The base as transformers runs it, with its tokenizer, end tokens and padding token."""
+
+    model: Any
+    tokenizer: Any
+    eos: list[int]
+    pad: int
+
+
+def load_generator(base_dir: Path, settings: GenerationSettings) -> Generator:
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=settings.dtype, local_files_only=True)
+    model = model.to(settings.device).eval()
+    eos = _eos_ids(model, tokenizer)
+    return Generator(model, tokenizer, eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0])
+
+
 def generate_shards(
     base_dir: Path,
     instructions: Sequence[str],
@@ -47,28 +69,27 @@ def generate_shards(
     settings: GenerationSettings,
     deadline: float,
     on_batch: Callable[[int], None] = lambda _: None,
+    *,
+    domains: Sequence[str] | None = None,
+    generator: Generator | None = None,
 ) -> int:
-    """Answer ``instructions`` in order (the first ``held_out`` are held apart) until done or ``deadline``
-    (``time.monotonic()``). Batches already on disk are skipped. Returns the shards on disk."""
-    from transformers import AutoModelForCausalLM
-
+    """Answer ``instructions`` in order (the first ``held_out`` are held apart; ``domains`` labels each)
+    until done or ``deadline`` (``time.monotonic()``). Batches already on disk are skipped. Returns the
+    shards on disk. ``generator``: the base already loaded (else loaded here when there is work)."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     done = len(list(shard_dir.glob(SHARD_GLOB)))
     batches = _batches(len(instructions), held_out, settings.batch_size)
     must = sum(1 for b in batches if b.start < held_out) + 1  # the held-apart batches and one to train on
     if done >= len(batches) or (done >= must and time.monotonic() >= deadline):
         return done  # nothing left, or no time left: the model is not even loaded
-    tokenizer = load_tokenizer(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=settings.dtype, local_files_only=True)
-    model = model.to(settings.device).eval()  # type: ignore[arg-type]  # transformers' wrapped `to` is typed as unbound
-    eos = _eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    g = generator or load_generator(base_dir, settings)
     for index in range(done, len(batches)):
         if time.monotonic() >= deadline and index >= must:
             break
         rows = batches[index]
-        prompts = [encode_prompt(tokenizer, instructions[i], raw=False) for i in rows]
-        samples = _answer(model, prompts, settings, eos, pad, [i < held_out for i in rows])
+        prompts = [encode_prompt(g.tokenizer, instructions[i], raw=False) for i in rows]
+        labels = [domains[i] if domains else "code" for i in rows]
+        samples = _answer(g.model, prompts, settings, g.eos, g.pad, [i < held_out for i in rows], labels)
         partial = shard_dir / f"shard-{index:05d}.partial"
         torch.save([vars(s) for s in samples], partial)
         partial.replace(shard_dir / f"shard-{index:05d}.pt")  # a killed run never leaves half a shard
@@ -88,13 +109,14 @@ def load_shards(shard_dir: Path, device: str) -> list[Sample]:
     samples = []
     for path in sorted(shard_dir.glob(SHARD_GLOB)):
         for row in torch.load(path, map_location="cpu"):
-            samples.append(Sample(row["tokens"].to(device), row["features"].to(device), row["prompt_length"], row["held_out"]))
+            samples.append(Sample(row["tokens"].to(device), row["features"].to(device), row["prompt_length"],
+                                  row["held_out"], row.get("domain", "code")))
     return samples
 
 
 @torch.no_grad()
 def _answer(model, prompts: list[list[int]], settings: GenerationSettings, eos: list[int], pad: int,
-            held_out: list[bool]) -> list[Sample]:
+            held_out: list[bool], domains: list[str]) -> list[Sample]:
     ids, mask = _left_pad(prompts, pad, settings.device)
     out = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, do_sample=False,
@@ -109,7 +131,7 @@ def _answer(model, prompts: list[list[int]], settings: GenerationSettings, eos: 
     for b, seq in enumerate(sequences):
         features = hidden[b, ids.shape[1] - len(seq) :].to(torch.bfloat16).cpu()
         tokens = torch.tensor(seq, dtype=torch.int32)
-        samples.append(Sample(tokens, features, len(prompts[b]), held_out[b]))
+        samples.append(Sample(tokens, features, len(prompts[b]), held_out[b], domains[b]))
     return samples
 
 

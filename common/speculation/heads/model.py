@@ -9,12 +9,11 @@ and stay frozen; with a reduced draft vocabulary the lm_head keeps only ``draft_
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from common.models.modeling import KVCache, ModelSpec, load_model_spec, rope_inv_freq
@@ -27,9 +26,7 @@ from common.speculation.heads.config import (
     base_fingerprint,
     check_base,
 )
-
-WEIGHTS_FILE = "head.safetensors"
-DRAFT_IDS = "draft_ids"  # int64 [draft_vocab]: full-vocabulary id of every lm_head row
+from common.speculation.heads.packing import DRAFT_IDS, decode, encode, read_shards, write_shards
 
 
 class DraftHead(nn.Module):
@@ -136,17 +133,16 @@ def new_head(
     return DraftHead(config, spec, embedding, lm_head, draft_ids=draft_ids, dtype=dtype, device=device)
 
 
-def save_head(head: DraftHead, head_dir: Path, *, dtype: torch.dtype = torch.bfloat16,
+def save_head(head: DraftHead, head_dir: Path, *, weights: str = "bfloat16", dtype: torch.dtype | None = None,
               extra: dict[str, Any] | None = None) -> None:
-    """Write ``head.safetensors`` (trainable tensors in ``dtype``) and ``config.json`` into ``head_dir``."""
+    """Write the trainable tensors in format ``weights`` (``dtype``, if given, names a plain one) as shards,
+    and ``config.json`` with their sha256, into ``head_dir``."""
     head_dir = Path(head_dir)
     head_dir.mkdir(parents=True, exist_ok=True)
-    state = {
-        name: (t if name == DRAFT_IDS else t.to(dtype)).contiguous().cpu()
-        for name, t in head.trainable_state().items()
-    }
-    save_file(state, str(head_dir / WEIGHTS_FILE))
-    (head_dir / CONFIG_FILE).write_text(head.config.to_json(extra), encoding="utf-8")
+    weights = str(dtype).removeprefix("torch.") if dtype is not None else weights
+    files = write_shards(encode(head.trainable_state(), weights), head_dir)
+    config = dataclasses.replace(head.config, weights=weights, weight_files=tuple(sorted(files.items())))
+    (head_dir / CONFIG_FILE).write_text(config.to_json(extra), encoding="utf-8")
 
 
 def check_head(head_dir: Path, base_dir: Path) -> HeadConfig:
@@ -164,18 +160,15 @@ def load_head(head_dir: Path, base_dir: Path, *, dtype: torch.dtype, device: str
     spec = load_model_spec(base_dir)
     embedding, lm_head = read_embedding_and_head(base_dir)
     check_base(config.base, base_fingerprint(spec, embedding), head_dir, Path(base_dir))
-    try:
-        state = load_file(str(head_dir / WEIGHTS_FILE))
-    except (OSError, SafetensorError) as exc:
-        raise HeadMismatchError(f"cannot read {head_dir / WEIGHTS_FILE}: {exc}") from exc
+    state = decode(read_shards(head_dir, dict(config.weight_files)), config.weights)
     draft_ids = state.pop(DRAFT_IDS, None)
     head = DraftHead(config, spec, embedding, lm_head, draft_ids=draft_ids, dtype=dtype, device=device)
     expected = {name for name in head.trainable_state() if name != DRAFT_IDS}
     if set(state) != expected:
-        raise HeadMismatchError(f"{head_dir / WEIGHTS_FILE} holds other tensors than a head of its config")
+        raise HeadMismatchError(f"{head_dir} holds other tensors than a head of its config")
     try:
         head.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a shape that disagrees with config.json
-        raise HeadMismatchError(f"{head_dir / WEIGHTS_FILE} does not fit its config: {exc}") from exc
+        raise HeadMismatchError(f"the weights in {head_dir} do not fit its config: {exc}") from exc
     head.requires_grad_(False)
     return head

@@ -1,8 +1,9 @@
 """Training a draft head by self-distillation, within a time budget, checkpointed and resumable.
 
-Phases, each resumable from ``<out>/work``: prompts (saved once), generation (shards; see
-``distill``), training (``checkpoint.pt`` every few minutes), then the acceptance estimate on the
-held-apart samples and the head folder itself. Loss as EAGLE-1: smooth-L1 regression of the next
+Phases, each resumable from ``<out>/work``: prompts (the code corpus plus Magpie prose the base writes
+itself, saved once; see ``dataset``), generation (shards; see ``distill``), training (``checkpoint.pt``
+every few minutes), then the head folder in its stored format (``packing``: int8 rows by default) and
+the acceptance estimate per domain on the held-apart samples, of the trained head and of the stored one. Loss as EAGLE-1: smooth-L1 regression of the next
 feature plus 0.1 x cross-entropy of its logits against the base's next token, with small uniform noise
 on input features; only rows predicting answer tokens count.
 """
@@ -26,20 +27,25 @@ from torch import Tensor
 
 from common.models.modeling import KVCache, load_model_spec
 from common.speculation.draft_vocab import most_frequent_ids
-from common.speculation.heads.corpus import (
-    benchmark_texts,
-    check_excludes_benchmarks,
-    code_instructions,
-    prompts_from_file,
+from common.speculation.heads.config import CONFIG_FILE, HeadConfig
+from common.speculation.heads.dataset import PROMPTS_FILE, PromptPlan, PromptSet, build_prompts
+from common.speculation.heads.distill import (
+    GenerationSettings,
+    Generator,
+    Sample,
+    generate_shards,
+    load_generator,
+    load_shards,
 )
-from common.speculation.heads.distill import GenerationSettings, Sample, generate_shards, load_shards
 from common.speculation.heads.evaluate import Acceptance, estimate_acceptance
-from common.speculation.heads.model import DraftHead, new_head, save_head
+from common.speculation.heads.model import DraftHead, load_head, new_head, save_head
+from common.speculation.heads.packing import INT8_ROWS, WEIGHT_FORMATS
 
 TOKEN_LOSS_WEIGHT = 0.1  # EAGLE-1's weight of the token cross-entropy beside the feature regression
 WARMUP_STEPS = 50
 EVAL_SHARE = 0.05  # of the budget, set aside for the acceptance estimate and saving
 IGNORE = -100
+TRAINING_PROMPTS = "training-prompts.json"  # beside the head: every prompt of the run, for later checks
 
 
 class TrainingError(RuntimeError):
@@ -55,8 +61,11 @@ class TrainSettings:
     prompts_file: Path | None = None
     time_budget_min: float = 15.0
     generation_share: float = 0.4  # of the budget, for answering prompts
-    max_prompts: int = 20_000
-    held_out: int = 64  # prompts answered first and never trained on
+    max_prompts: int = 20_000  # code instructions at most
+    max_prose: int = 8192  # Magpie requests sampled (0: code only)
+    prose_share: float = 0.1  # of the budget, at most, for sampling Magpie requests (part of generation_share)
+    prose_max_new_tokens: int = 128  # longest Magpie request
+    held_out: int = 32  # prompts of each domain answered first and never trained on
     max_new_tokens: int = 256
     generate_batch: int = 256
     intermediate_size: int = 0  # 0: a quarter of the base's (a bf16 head of the 1.5B base: ~39 MiB)
@@ -70,6 +79,8 @@ class TrainSettings:
     seed: int = 0
     resume: bool = False
     stop_after_min: float | None = None  # pause (checkpointed) once this invocation has run this long
+    weights: str = INT8_ROWS  # how the head folder stores its tensors (packing.WEIGHT_FORMATS)
+    command: str = ""  # the command line that started the run, recorded in config.json
 
 
 @dataclass
@@ -91,7 +102,8 @@ class TrainSummary:
     steps: int
     generation_s: float
     train_s: float
-    acceptance: Acceptance | None  # None: paused by stop_after_min, resume to finish
+    acceptance: dict[str, Acceptance] | None  # per domain, of the stored head; None: paused, resume to finish
+    before_packing: dict[str, Acceptance] | None = None  # per domain, of the trained float32 head
 
 
 class ProgressBar(Protocol):
@@ -109,6 +121,8 @@ class ProgressBar(Protocol):
 def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callable[..., ProgressBar] | None = None) -> TrainSummary:
     """Run (or resume) every phase and write the head into ``settings.out_dir``."""
     work = settings.out_dir / "work"
+    if settings.weights not in WEIGHT_FORMATS:
+        raise TrainingError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not {settings.weights!r}")
     if work.exists() and not settings.resume:
         raise TrainingError(f"{settings.out_dir} holds an unfinished run: pass --resume or choose another --out")
     work.mkdir(parents=True, exist_ok=True)
@@ -117,16 +131,21 @@ def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callabl
     stop_at = None if settings.stop_after_min is None else started + settings.stop_after_min * 60
     progress = _read_progress(work)
     prior_wall = progress.wall_s
-    instructions = _prompts(settings, work, log)
-    generation_left = max(budget_s * settings.generation_share - progress.generation_s, 0.0)
-    gen_started = time.monotonic()
     dtype = torch.bfloat16 if settings.device.startswith("cuda") else torch.float32
+    generation = GenerationSettings(settings.device, settings.generate_batch, settings.max_new_tokens, dtype)
+    gen_started = time.monotonic()
+    prompts, generator = _prompts(settings, generation, work, stop_at or math.inf, log)
+    generation_left = max(budget_s * settings.generation_share - progress.generation_s
+                          - (time.monotonic() - gen_started), 0.0)
     shards = generate_shards(
-        settings.base_dir, instructions, min(settings.held_out, len(instructions) // 2), work / "shards",
-        GenerationSettings(settings.device, settings.generate_batch, settings.max_new_tokens, dtype),
-        deadline=min(gen_started + generation_left, stop_at or math.inf),
+        settings.base_dir, prompts.texts, prompts.held_out, work / "shards", generation,
+        deadline=min(time.monotonic() + generation_left, stop_at or math.inf),
         on_batch=lambda n: log(f"answered {n} prompts ({time.monotonic() - gen_started:.0f} s)"),
+        domains=prompts.domains, generator=generator,
     )
+    del generator
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     progress.generation_s += time.monotonic() - gen_started
     samples = load_shards(work / "shards", settings.device)
     train = [s for s in samples if not s.held_out]
@@ -147,36 +166,53 @@ def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callabl
         return TrainSummary(settings.out_dir, len(train), train_tokens, progress.step, progress.generation_s,
                             progress.train_s, None)
     head.eval()
-    acceptance = estimate_acceptance(head, held or train[:8], settings.eval_depth, settings.eval_top_k)
+    before = _acceptance(head, held or train[:8], settings)
     extra = {
         "training": {
             "samples": len(train), "held_apart": len(held), "tokens": train_tokens, "steps": progress.step,
             "generation_s": round(progress.generation_s, 1), "train_s": round(progress.train_s, 1),
+            "command": settings.command,
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
         },
-        "acceptance": acceptance.as_dict(),
+        "data_recipe": prompts.recipe,
     }
-    save_head(head, settings.out_dir, extra=extra)
-    (settings.out_dir / "acceptance.json").write_text(json.dumps(acceptance.as_dict(), indent=2) + "\n")
+    save_head(head, settings.out_dir, weights=settings.weights, extra=extra)
+    del head
+    stored = load_head(settings.out_dir, settings.base_dir, dtype=torch.float32, device=settings.device)
+    acceptance = _acceptance(stored, held or train[:8], settings)
+    body = {"weights": settings.weights, **{d: a.as_dict() for d, a in acceptance.items()},
+            "before_packing": {d: a.as_dict() for d, a in before.items()}}
+    config = HeadConfig.read(settings.out_dir)  # as saved, with its weight files: now with the acceptance too
+    (settings.out_dir / CONFIG_FILE).write_text(config.to_json(extra | {"acceptance": body}), encoding="utf-8")
+    (settings.out_dir / "acceptance.json").write_text(json.dumps(body, indent=2) + "\n")
+    (work / PROMPTS_FILE).replace(settings.out_dir / TRAINING_PROMPTS)  # kept: what the head was trained on
     shutil.rmtree(work)
     return TrainSummary(settings.out_dir, len(train), train_tokens, progress.step, progress.generation_s,
-                        progress.train_s, acceptance)
+                        progress.train_s, acceptance, before)
 
 
-def _prompts(settings: TrainSettings, work: Path, log: Callable[[str], None]) -> list[str]:
-    """The run's instructions, fixed in ``work/prompts.json`` at the first start."""
-    saved = work / "prompts.json"
+def _acceptance(head: DraftHead, held: Sequence[Sample], settings: TrainSettings) -> dict[str, Acceptance]:
+    """The acceptance estimate on each domain's held-apart samples."""
+    domains = sorted({s.domain for s in held})
+    return {d: estimate_acceptance(head, [s for s in held if s.domain == d], settings.eval_depth, settings.eval_top_k)
+            for d in domains}
+
+
+def _prompts(settings: TrainSettings, generation: GenerationSettings, work: Path, deadline: float,
+             log: Callable[[str], None]) -> tuple[PromptSet, Generator | None]:
+    """The run's prompts, fixed in ``work/prompts.json`` at the first start; the base, if loaded for them."""
+    saved = work / PROMPTS_FILE
     if saved.is_file():
-        return json.loads(saved.read_text(encoding="utf-8"))
-    if settings.prompts_file is not None:
-        instructions = prompts_from_file(settings.prompts_file)[: settings.max_prompts]
-    else:
-        instructions = code_instructions(settings.max_prompts, seed=settings.seed)
-    check_excludes_benchmarks(instructions, benchmark_texts())
-    random.Random(settings.seed).shuffle(instructions)
-    log(f"{len(instructions)} prompts ({'from ' + str(settings.prompts_file) if settings.prompts_file else 'code corpus'})")
-    saved.write_text(json.dumps(instructions), encoding="utf-8")
-    return instructions
+        return PromptSet.load(saved), None
+    plan = PromptPlan(settings.max_prompts, settings.max_prose if settings.prompts_file is None else 0,
+                      settings.held_out, settings.prose_max_new_tokens, settings.generate_batch, settings.seed,
+                      settings.prompts_file, prose_seconds=settings.time_budget_min * 60 * settings.prose_share)
+    generator = load_generator(settings.base_dir, generation) if plan.max_prose else None
+    prompts = build_prompts(plan, generator, deadline, log)
+    log(f"{len(prompts.texts)} prompts: {prompts.recipe.get('prompts_per_domain')}, "
+        f"{prompts.held_out} held apart")
+    prompts.save(saved)
+    return prompts, generator
 
 
 def _head(settings: TrainSettings, train: Sequence[Sample], work: Path) -> DraftHead:

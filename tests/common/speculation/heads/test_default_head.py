@@ -1,0 +1,114 @@
+"""`flowring up` drafts with the head shipped for its base, says so, and keeps the draft model one flag away."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from common.cluster.machine_defaults import choose_mode
+from common.speculation.heads import shipped
+from common.speculation.heads.model import new_head, save_head
+from common.speculation.heads.packing import INT8_ROWS
+from common.speculation.heads.shipped import head_for_base, shipped_heads
+from services.cli import cluster
+from services.cli.cluster import choose_drafting
+from services.cli.main import app
+from tests.support.tiny_models import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A base with a shipped head (in a shipped folder of its own), and another base."""
+    root = tmp_path_factory.mktemp("default-head")
+    base = make_tiny_model(root / "tiny-base", family="qwen2", num_layers=2, seed=4)
+    other = make_tiny_model(root / "other-base", family="qwen2", num_layers=2, seed=5)
+    head = new_head(base, intermediate_size=32, draft_ids=None, dtype=torch.float32, seed=1, base_name="tiny-base")
+    save_head(head, root / "shipped" / "tiny-base", weights=INT8_ROWS,
+              extra={"acceptance": {"code": {"tokens_per_round": 3.5}, "prose": {"tokens_per_round": 2.5}}})
+    return base, other, root / "shipped"
+
+
+@pytest.fixture
+def shipped_root(bases, monkeypatch) -> Path:
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", bases[2])
+    return bases[2]
+
+
+def test_the_head_shipped_for_a_base_is_found_and_no_other(bases, shipped_root) -> None:
+    base, other, _ = bases
+    assert shipped_heads(shipped_root) == [shipped_root / "tiny-base"]
+    assert head_for_base(base) == shipped_root / "tiny-base"
+    assert head_for_base(other) is None  # same architecture fields, another embedding
+
+
+def test_the_choice_of_drafter(bases, shipped_root) -> None:
+    base, other, _ = bases
+    chosen = choose_drafting(base, draft="", draft_head="", no_head=False, fallback_draft="small")
+    assert chosen.head == (shipped_root / "tiny-base").resolve() and not chosen.draft
+    assert "shipped" in chosen.note and "code 3.50, prose 2.50" in chosen.note and "--no-head" in chosen.note
+    assert choose_drafting(base, draft="", draft_head="", no_head=True, fallback_draft="small").draft == "small"
+    assert choose_drafting(base, draft="mine", draft_head="", no_head=False, fallback_draft="small").draft == "mine"
+    fallback = choose_drafting(other, draft="", draft_head="", no_head=False, fallback_draft="small")
+    assert fallback.head is None and fallback.draft == "small" and "no head" in fallback.note
+    with pytest.raises(ValueError, match="--draft"):
+        choose_drafting(other, draft="", draft_head="", no_head=False, fallback_draft="")
+
+
+def test_up_drafts_with_the_shipped_head_and_says_so(bases, shipped_root, tmp_path, monkeypatch) -> None:
+    base, _, _ = bases
+    started = []
+    monkeypatch.setattr(cluster, "start", lambda spec, run_dir, log_level: started.append(spec))
+    result = CliRunner().invoke(app, ["up", "--base", str(base), "--stages", "1", "--api-port", "0",
+                                      "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert started[0].draft_head == str((shipped_root / "tiny-base").resolve()) and not started[0].draft
+    assert "drafting with the head tiny-base shipped for this base" in result.output
+    other = bases[1]
+    result = CliRunner().invoke(app, ["up", "--base", str(base), "--draft", str(other), "--stages", "1",
+                                      "--api-port", "0", "--run-dir", str(tmp_path / "run2")])
+    assert result.exit_code == 0, result.output
+    assert started[-1].draft == str(other.resolve()) and started[-1].draft_head == ""
+    result = CliRunner().invoke(app, ["up", "--base", str(base), "--no-head", "--stages", "1", "--api-port", "0",
+                                      "--run-dir", str(tmp_path / "run3")])
+    assert result.exit_code == 1 and "--draft" in result.output and len(started) == 2
+
+
+def test_pull_says_whether_the_shipped_head_fits_the_pulled_base(bases, shipped_root) -> None:
+    from services.cli.models import _shipped_head_line
+
+    base, other, _ = bases
+    assert "ships for it and matches it (code 3.50, prose 2.50" in _shipped_head_line("tiny-base", base)
+    assert "does not fit this base" in _shipped_head_line("tiny-base", other)
+    assert _shipped_head_line("no-such-base", base) == ""
+
+
+def test_the_default_mode_counts_a_head_drafter_as_one_core() -> None:
+    assert choose_mode(2, 1, drafter="head").mode == "ar"
+    assert choose_mode(5, 1, drafter="head").mode == "flowspec"
+    assert choose_mode(5, 1, drafter="model").mode == "ar"
+    assert "head" in choose_mode(2, 1, drafter="head").reason
+
+
+def test_a_shipped_head_under_the_default_bar_stays_one_flag_away(bases, tmp_path, monkeypatch) -> None:
+    import json
+    import shutil
+
+    base, _, root = bases
+    weak_root = tmp_path / "shipped"
+    shutil.copytree(root / "tiny-base", weak_root / "tiny-base")
+    config = weak_root / "tiny-base" / "config.json"
+    body = json.loads(config.read_text())
+    body["acceptance"] = {"code": {"tokens_per_round": 2.91}, "prose": {"tokens_per_round": 1.67}}
+    config.write_text(json.dumps(body))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", weak_root)
+    chosen = choose_drafting(base, draft="", draft_head="", no_head=False, fallback_draft="small")
+    assert chosen.head is None and chosen.draft == "small"
+    assert "code 2.91" in chosen.note and "--draft-head" in chosen.note
+    # with no draft model to fall back on, the head is still better than nothing
+    assert choose_drafting(base, draft="", draft_head="", no_head=False, fallback_draft="").head is not None
+    from services.cli.models import _shipped_head_line
+
+    assert "up drafts with the draft model" in _shipped_head_line("tiny-base", base)
