@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.launcher import client_for, plan_local, start, stop  # noqa: E402
-from tests.support.local_ring import LocalRing  # noqa: E402
-from tests.support.tiny_models import make_perturbed_copy, make_tiny_pair  # noqa: E402
+from services.testbed.local_ring import LocalRing  # noqa: E402
+from services.testbed.tiny_models import make_perturbed_copy, make_tiny_pair  # noqa: E402
 
 
 def main() -> int:

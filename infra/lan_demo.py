@@ -1,5 +1,5 @@
 """A LAN bring-up on one machine, end to end through the CLI: three network-namespace boards, each with its
-own address and OpenSSH server (tests/support/netns.py), SmolLM2-135M split across them.
+own address and OpenSSH server (services/testbed/netns.py), SmolLM2-135M split across them.
 
 Runs `up --cluster`, `status`, `generate`, `logs --request`, `logs -f` (interrupted as Ctrl-C does), `down`,
 a second `up` (which should ship nothing), `down`; writes what each printed, the time each `up` took and
@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.netns import NetnsLan, unavailable  # noqa: E402
+from services.testbed.netns import NetnsLan, unavailable  # noqa: E402
 
 MODEL = Path.home() / ".cache" / "flowring" / "models" / "smollm2-135m"
 PROMPT = "The three primary colours are"

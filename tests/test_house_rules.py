@@ -102,8 +102,6 @@ def test_no_module_is_longer_than_the_limit():
     assert long == {}, f"split these modules (over {MAX_LINES} lines): {long}"
 
 
-@pytest.mark.xfail(strict=True, reason="infra/cuda_check.py and infra/lan_demo.py still import tests.support "
-                   "(LocalRing, tiny models, the netns LAN): they need a home outside tests/ first")
 def test_infra_imports_nothing_from_tests():
     offenders = []
     for path in sorted((ROOT / "infra").rglob("*.py")):

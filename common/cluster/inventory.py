@@ -177,17 +177,17 @@ def _boards(raw: object, problems: list[str]) -> list[Board]:
             value = entry.get(key)
             if not isinstance(value, str) or not _SAFE_PATH.fullmatch(value):
                 problems.append(f"{label}: {key} must be an absolute path of letters, digits and ._/+-, got {value!r}")
-        values = {
-            "ssh_port": _integer(entry, "ssh_port", 22, 1, 65535, problems, label),
-            "cores": _integer(entry, "cores", None, 1, 4096, problems, label),
-            "memory_mib": _integer(entry, "memory_mib", None, 1, 1 << 30, problems, label),
-            "speed": _number(entry, "speed", 0.0, problems, label),
-        }
+        ssh_port = _integer(entry, "ssh_port", 22, 1, 65535, problems, label)
+        cores = _integer(entry, "cores", None, 1, 4096, problems, label)
+        memory_mib = _integer(entry, "memory_mib", None, 1, 1 << 30, problems, label)
+        speed = _number(entry, "speed", 0.0, problems, label)
         if any(b.name == name for b in boards):
             problems.append(f"{label} appears twice")
-        if len(problems) == before:
+        # A bad name is counted before `before`: any problem at all fails the whole file (see `load`).
+        if len(problems) == before and isinstance(name, str) and isinstance(address, str) and isinstance(user, str):
             boards.append(Board(name=name, address=address, user=user, python=entry["python"],
-                                workdir=entry["workdir"], home=entry["home"], **values))
+                                workdir=entry["workdir"], home=entry["home"], ssh_port=ssh_port, cores=cores,
+                                memory_mib=memory_mib, speed=speed))
     return boards
 
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from common.models.kv_memory import kv_bytes_per_token
 
@@ -178,9 +179,8 @@ def layer_costs(model_dir: Path, dtype_bytes: int) -> LayerCosts:
     return costs_from_shapes(shapes, spec.num_layers, dtype_bytes, spec.num_kv_heads * spec.head_dim)
 
 
-def costs_from_shapes(
-    shapes: Mapping[str, Sequence[int]], num_layers: int, dtype_bytes: int, kv_dim: int
-) -> LayerCosts:
+def costs_from_shapes(shapes: Mapping[str, Sequence[int]], num_layers: int, dtype_bytes: int,
+                      kv_dim: int) -> LayerCosts:
     """Costs from Hugging Face tensor names and shapes; a missing ``lm_head`` means the head is tied."""
     layer_elems = [0] * num_layers
     layer_macs = [0] * num_layers
@@ -338,7 +338,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GiB"
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -77,7 +77,7 @@ def locate_parts(model: CatalogModel) -> list[Path]:
             raise PackageInstallError(f"package {part.requirement} is not installed") from None
         if dist.version != part.version:
             raise PackageInstallError(f"package {part.dist_name} is {dist.version}, need {part.version}")
-        path = Path(dist.locate_file(f"{part.module}/{part.relpath}"))
+        path = Path(str(dist.locate_file(f"{part.module}/{part.relpath}")))  # typed as a SimplePath
         if not path.is_file():
             raise PackageInstallError(f"package {part.requirement} lacks {part.module}/{part.relpath}")
         paths.append(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -69,7 +69,7 @@ class DraftLogits:
     """The draft model's final norm and lm_head over every token, or over the rows of ``draft_ids`` only."""
 
     def __init__(self, model: ModelSlice, draft_ids: Tensor | None = None) -> None:
-        assert model.with_head, "the draft model needs its head"
+        assert model.with_head and model.lm_head is not None, "the draft model needs its head"
         self._model = model
         self.draft_ids = None if draft_ids is None else draft_ids.to(model.device, torch.long)
         self._weight = None if draft_ids is None else model.lm_head.weight[self.draft_ids].contiguous()  # [V', H]
@@ -79,9 +79,10 @@ class DraftLogits:
         if self._weight is None:
             return self._model.logits(hidden)
         model = self._model
+        assert model.norm is not None, "the draft model needs its head"
         with torch.no_grad():
             return F.linear(model.norm(hidden.to(model.device, model.dtype)), self._weight).float()
 
-    def token_ids(self, rows: Tensor) -> Sequence[Sequence[int]]:
+    def token_ids(self, rows: Tensor) -> list[list[int]]:
         """Full-vocabulary token ids of lm_head rows ``[F, k]``."""
         return (rows if self.draft_ids is None else self.draft_ids[rows.to(self.draft_ids.device)]).tolist()

@@ -124,7 +124,7 @@ class TreeDrafter(FrontierGrowth):
         self._forward(rest, wanted)
         values, tokens = self._proposals(self._hidden(wanted), top_k + 1)  # one spare for a known child
         existing = {(p, t) for p, t in zip(tree.parents, tree.tokens, strict=True)}
-        candidates = []
+        candidates: list[tuple[float, int, int, int]] = []
         for f, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
             fresh = [(v, t) for v, t in zip(row_values, row_tokens, strict=True) if (f, t) not in existing][:top_k]
             for value, token in fresh:

@@ -158,7 +158,9 @@ def merge_trees(tree: DraftTree, fresh: DraftTree) -> tuple[DraftTree, int]:
     assert len(tree) and len(fresh) and tree.tokens[0] == fresh.tokens[0], "trees must share the root"
     by_edge = {(p, t): i for i, (p, t) in enumerate(zip(tree.parents, tree.tokens, strict=True)) if i}
     where = [0] * len(fresh)  # fresh index -> merged index
-    tokens, parents, scores = [], [], []
+    tokens: list[int] = []
+    parents: list[int] = []
+    scores: list[float] = []
     n = len(tree)
     for j in range(1, len(fresh)):
         parent = where[fresh.parents[j]]
@@ -221,7 +223,9 @@ class Renumbering:
 
     def remap(self, first: int, parents: Sequence[int]) -> RemappedRows:
         """Rows ``first .. first+len(parents)-1`` as they stand after the event (see :func:`remap_rows`)."""
-        rows, new_parents, new_first = [], [], 0
+        rows: list[int] = []
+        new_parents: list[int] = []
+        new_first = 0
         for r, p in enumerate(parents):
             new = self.new_index(first + r, p)
             if new < 0:

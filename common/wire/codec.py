@@ -53,7 +53,7 @@ Message = (
 )
 
 
-_TYPES: dict[str, type] = {
+_TYPES: dict[str, type[Message]] = {
     t.KIND: t
     for t in (
         Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready,
@@ -78,7 +78,7 @@ def _tensor_frame(t: torch.Tensor) -> memoryview:
     if t.numel() == 0:
         return memoryview(b"")
     # bfloat16 has no numpy dtype: ship its bytes; the header keeps the real dtype name.
-    return memoryview(t.view(torch.uint8).numpy() if t.dtype == torch.bfloat16 else t.numpy()).cast("B")
+    return (t.view(torch.uint8).numpy() if t.dtype == torch.bfloat16 else t.numpy()).data.cast("B")
 
 
 def encode(msg: Message) -> list[bytes | memoryview]:
@@ -93,7 +93,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
                 raise ProtocolError(f"cannot send tensor of dtype {value.dtype}")
             specs.append([f.name, _DTYPE_NAMES[value.dtype], list(value.shape)])
             frames.append(_tensor_frame(value))
-        elif dataclasses.is_dataclass(value):
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields[f.name] = dataclasses.asdict(value)
         elif str(f.type) in _NESTED_TUPLES:
             fields[f.name] = [dataclasses.asdict(v) for v in value]
@@ -145,7 +145,7 @@ def decode(frames: list[Any], max_bytes: int = 0) -> Message:
         raise ProtocolError(f"{cls.KIND}: malformed fields: {exc}") from exc
 
 
-def _build(cls: type, fields: dict[str, Any]) -> Any:
+def _build(cls: type[Message], fields: dict[str, Any]) -> Any:
     """Checked construction of ``cls`` from decoded fields (nested dataclasses rebuilt first)."""
     declared = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     for name, value in list(fields.items()):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 import zmq
+import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 

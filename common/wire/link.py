@@ -39,6 +39,10 @@ Frame = bytes | memoryview | zmq.Frame
 SendObserver = Callable[[int, float], None]  # (bytes, seconds from send() until handed to the socket)
 
 
+def _nbytes(frame: Frame) -> int:
+    return frame.buffer.nbytes if isinstance(frame, zmq.Frame) else memoryview(frame).nbytes
+
+
 class LinkError(ValueError):
     """Link settings that no link can have (negative, infinite or not a number)."""
 
@@ -125,7 +129,7 @@ class ShapedSender:
         """Queue one multipart message for delivery at its emulated arrival time; ``settings``: this
         message's own link (its request's), instead of the sender's."""
         now = time.perf_counter()
-        nbytes = sum(memoryview(f).nbytes for f in frames)
+        nbytes = sum(_nbytes(f) for f in frames)
         with self._lock:
             if self._closed:
                 raise LinkClosedError(f"link {self.name or '?'} is closed")
@@ -190,7 +194,7 @@ class HopMeasurement:
 
 def measure_hop(settings: LinkSettings, nbytes: int, repeats: int = 5) -> HopMeasurement:
     """Send ``nbytes`` ``repeats`` times over TCP loopback through a ShapedSender; time each arrival."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     receiver = ctx.socket(zmq.PULL)
     receiver.setsockopt(zmq.LINGER, 0)
     port = receiver.bind_to_random_port("tcp://127.0.0.1")

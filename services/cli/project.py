@@ -122,7 +122,7 @@ def project_command(
         "--validate", help="Predict each of RUNS from each comparable one (itself included), beside the measured.")] = False,
     drafter_loop: Annotated[str, typer.Option(
         help="flowspec's drafter between draft levels: 'measured' (as the run did), 'drain' (every arrived "
-             "message, as now) or 'one' (one per level, as before 2026-12-01c).")] = "measured",
+             "message, as now) or 'one' (one per level, the older drafter loop).")] = "measured",
 ) -> None:
     """Print predicted decode tokens/s per mode for each stage count, beside the measured figure where there is one."""
     if validate:

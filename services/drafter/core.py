@@ -173,6 +173,7 @@ class DrafterCore:
 
     def _observe(self, req: _Request, event: Prune) -> None:
         """Fold one verification into the acceptance averages (before the tree is renumbered)."""
+        assert req.tree is not None, "observed only while a round's tree stands"
         last = event.accepted[-1]
         full = last not in req.tree.parents  # the accepted path ran to a leaf
         req.acceptance = tree_policy.observe(req.acceptance, len(event.accepted) - 1, full, bool(event.keep))
@@ -226,6 +227,7 @@ class DrafterCore:
 
     def _start_growth(self, req: _Request) -> None:
         """Choose the next growth's shape (None at the node cap: the next prune makes room)."""
+        assert req.tree is not None, "a growth starts on a round's tree"
         settings = req.draft
         base = tree_policy.GrowthShape(settings.grow_levels, settings.expand_leaves, settings.expand_nodes)
         if settings.adaptive:
@@ -240,6 +242,7 @@ class DrafterCore:
     def _grow_level(self, req: _Request) -> None:
         """One draft forward: children of the best leaves (the pending context rides along)."""
         shape = req.shape
+        assert req.tree is not None and shape is not None, "a level grows only while a growth runs"
         pending, req.pending = req.pending, []
         before = len(req.tree)
         with self._drafting(req):
@@ -313,6 +316,7 @@ class DrafterCore:
         pipedec adds one level; flowspec "redraft" merges in a fresh draft from the root. (flowspec "grow"
         drafts ahead instead, in ``work``; chunk and ar end their round at every verdict, so never grow.)
         """
+        assert req.tree is not None, "an expansion grows a round's tree"
         settings = req.draft
         if req.mode.grows_by_level:
             pending, req.pending = req.pending, []  # they ride in the growth's one draft forward
@@ -328,6 +332,7 @@ class DrafterCore:
     def _send(self, req: _Request, sizes: list[int]) -> list[Outbound]:
         """The report of the tree's unsent nodes, then those nodes cut into segments of ``sizes``."""
         tree, first = req.tree, req.sent
+        assert tree is not None, "only a round's tree is sent"
         assert sum(sizes) == len(tree) - first, "segments must cover exactly the unsent nodes"
         depths = tree.depths()
         root_pos = req.context_length - 1

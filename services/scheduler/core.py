@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from common.cluster.settings import Admission
 from common.models.text_stream import TextStream
@@ -233,7 +234,7 @@ class SchedulerCore:
         self._jobs[job.request_id] = job
         if request.trace:
             trace.start(job.request_id)
-        start = {  # the committed context: the prompt, and the output so far when replayed
+        start: dict[str, Any] = {  # the committed context: the prompt, and the output so far when replayed
             "request_id": job.request_id, "prompt": (*job.prompt, *job.output),
             "max_new_tokens": request.max_new_tokens - len(job.output),
             "temperature": request.temperature, "seed": request.seed, "draft": self._draft,
@@ -278,7 +279,7 @@ class SchedulerCore:
         streamed = self._stream(job, final=stop)
         if stop:
             return streamed + self._finish(job)
-        event = {
+        event: dict[str, Any] = {
             "request_id": job.request_id, "epoch": job.epoch + 1, "round": job.round + (0 if keep else 1),
             "accepted": accepted,
             "keep": keep, "new_tokens": new_tokens, "next_token": verdict.next_token, "known": len(job.tree),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -28,6 +29,12 @@ from common.wire.reports import StageStats, Verdict, VerdictKind
 from common.wire.request_table import RequestTable
 from common.wire.ring import Features, Phase, Segment
 from services.batch import Batched, Forward, Outbound
+
+
+def _present(t: torch.Tensor | None) -> torch.Tensor:
+    """``t``, where the verifier's own bookkeeping guarantees it was set."""
+    assert t is not None, "a tensor the verifier computed or received is missing"
+    return t
 
 
 @dataclass
@@ -82,8 +89,8 @@ class VerifierCore:
     def handle(self, msg: Message) -> list[Outbound]:
         if isinstance(msg, StartRequest):
             generator = torch.Generator().manual_seed(msg.seed)
-            req = _Request(msg.request_id, msg.temperature, generator, mode=msg.mode)
-            return [out for early in self._requests.start(msg.request_id, req) for out in self.handle(early)]
+            new = _Request(msg.request_id, msg.temperature, generator, mode=msg.mode)
+            return [out for early in self._requests.start(msg.request_id, new) for out in self.handle(early)]
         req = self._requests.route(msg)
         if req is None:
             return []
@@ -131,7 +138,7 @@ class VerifierCore:
         started, started_ns = time.perf_counter(), trace.now_ns()
         requests = list(dict.fromkeys(req.request_id for req, _ in items))
         try:  # acceptance and its RNG run on the CPU: only what they need leaves the device
-            hidden = torch.cat([entry.rows.to(self._head.device, self._head.dtype) for _, entry in items])  # [N, H]
+            hidden = torch.cat([_present(entry.rows).to(self._head.device, self._head.dtype) for _, entry in items])  # [N, H]
             result = (self._head.logits(hidden) if sampling else self._head.greedy_tokens(hidden)).cpu()
         except Exception as exc:  # a failed head call: none of its requests can go on
             out.fail(requests, exc)
@@ -139,7 +146,7 @@ class VerifierCore:
         elapsed, ended_ns = time.perf_counter() - started, trace.now_ns()
         total, start = hidden.shape[0], 0
         for req, entry in items:
-            n = entry.rows.shape[0]
+            n = _present(entry.rows).shape[0]
             entry.logits = result[start : start + n]
             start += n
             trace.record("forward", req.request_id, started_ns, ended_ns)
@@ -166,17 +173,19 @@ class VerifierCore:
         return out
 
     def _verdict(self, req: _Request, seg: Segment, logits: torch.Tensor | None) -> Verdict | None:
-        base = {"request_id": req.request_id, "seq": seg.seq, "round": req.log.round, "epoch": req.log.epoch}
+        base: dict[str, Any] = {"request_id": req.request_id, "seq": seg.seq, "round": req.log.round,
+                                "epoch": req.log.epoch}
         if seg.phase is Phase.PREFILL:
             if not seg.last_prefill:
                 return None
             req.awaiting_epoch = req.log.epoch + 1
-            last = logits[-1]
+            last = _present(logits)[-1]
             token = sample_token(last, req.temperature, req.generator) if req.temperature > 0 else int(last)
             return Verdict(**base, kind=VerdictKind.PREFILL, next_token=token, rows=seg.rows)
         now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
         if not now.rows:
             return Verdict(**base, kind=VerdictKind.NOOP)
+        logits = _present(logits)  # a segment with rows to verify had them computed
         if req.mode.verifies_whole_tree:  # Chunk-PP: gather the round's segments, verify the tree whole
             req.gathered.append((seg, logits))
             if not seg.closes_tree:
@@ -184,7 +193,7 @@ class VerifierCore:
             parts, req.gathered = req.gathered, []
             seg = replace(parts[0][0], tokens=sum((p.tokens for p, _ in parts), ()),
                           parents=sum((p.parents for p, _ in parts), ()),
-                          hidden=None if parts[0][0].hidden is None else torch.cat([p.hidden for p, _ in parts]),
+                          hidden=None if parts[0][0].hidden is None else torch.cat([_present(p.hidden) for p, _ in parts]),
                           positions=sum((p.positions for p, _ in parts), ()))
             logits = torch.cat([lg for _, lg in parts])
             now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
@@ -217,6 +226,7 @@ class VerifierCore:
             raise OrderError("the verifier received a segment without hidden states")
         hidden = hidden if rows is None else hidden[rows]
         started = time.perf_counter()
+        assert self._head.norm is not None, "the verifier's slice has the head"
         with torch.no_grad():
             normed = self._head.norm(hidden.to(self._head.device, self._head.dtype)).cpu()  # [rows, H]
         req.busy_s += time.perf_counter() - started

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -48,7 +49,7 @@ def forward_many(model: ModelSlice, parts: Sequence[Rows]) -> list[Tensor]:
     x = torch.cat(xs)  # [N, H], N = sum L_i
     cos, sin = model.rope(torch.cat([p.positions for p in parts]))  # [N, D] each
     try:
-        for i, layer in enumerate(model.layers):
+        for i, layer in enumerate(cast(Sequence[DecoderLayer], model.layers)):  # typed as plain Modules
             x = _layer(layer, i, x, cos, sin, sizes, attends, caches)
     except BaseException:
         for cache in caches:

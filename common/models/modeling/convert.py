@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,12 +95,14 @@ def _strip_quantization(model: torch.nn.Module) -> None:
             delattr(model, attr)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.is_quantized = False
+    model.is_quantized = False  # type: ignore[assignment]  # a transformers flag; torch types Module attributes as Tensor | Module
 
 
 def _fix_special_tokens(model: torch.nn.Module, info: GgufTokenInfo) -> None:
     """Make config and generation config carry the GGUF's bos/eos/pad ids; generation also stops at eot."""
-    config, generation = model.config, model.generation_config
+    # transformers' PretrainedConfig and GenerationConfig; torch types Module attributes as Tensor | Module.
+    config: Any = model.config
+    generation: Any = model.generation_config
     if info.bos_token_id is not None:
         config.bos_token_id = generation.bos_token_id = info.bos_token_id
     if info.pad_token_id is not None:

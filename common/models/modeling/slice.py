@@ -9,6 +9,8 @@ and values in a ``KVCache`` we can compact.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +142,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, spec: ModelSpec, *, dtype: torch.dtype, row_invariant: bool) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype=dtype)
+        self.input_layernorm: RMSNorm | nn.Identity = RMSNorm(  # a draft head's is Identity
+            spec.hidden_size, spec.rms_norm_eps, dtype=dtype)
         self.self_attn = Attention(spec, dtype=dtype, row_invariant=row_invariant)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, dtype=dtype)
         self.mlp = MLP(spec, dtype=dtype, row_invariant=row_invariant)
@@ -199,7 +202,7 @@ class ModelSlice(nn.Module):
             )
         self.to_empty(device=device)
         # Tie only now: `to_empty` would give each user of a shared meta parameter its own storage.
-        if with_head and with_embedding and spec.tie_word_embeddings:
+        if self.lm_head is not None and self.embed_tokens is not None and spec.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.requires_grad_(False)
         # A plain attribute, not a buffer: `Module.to(dtype)` would otherwise round it to half precision.
@@ -215,7 +218,7 @@ class ModelSlice(nn.Module):
     def use_row_invariant(self, flag: bool) -> None:
         """Switch the numerics of every layer and the head: row-invariant (True) or fused kernels."""
         self._row_invariant = flag
-        for layer in self.layers:
+        for layer in cast(Iterable[DecoderLayer], self.layers):  # a ModuleList yields plain Modules to mypy
             layer.self_attn.row_invariant = flag
             layer.mlp.row_invariant = flag
 
@@ -328,6 +331,7 @@ class ModelSlice(nn.Module):
         return self._head(hidden).float()
 
     def _head(self, hidden: Tensor) -> Tensor:
+        assert self.norm is not None and self.lm_head is not None, "callers check with_head"
         normed = self.norm(hidden.to(self.device, self.dtype))
         return invariant.linear(self.lm_head, normed) if self._row_invariant else self.lm_head(normed)
 

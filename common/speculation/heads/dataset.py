@@ -103,7 +103,10 @@ def build_prompts(plan: PromptPlan, generator, deadline: float, log: Callable[[s
 def _assemble(by_domain: dict[str, list[str]], plan: PromptPlan, recipe: dict) -> PromptSet:
     """Held-apart prompts of each domain first, then the rest alternating between domains."""
     seen: set[str] = set()
-    unique = {d: [t for t in texts if not (t in seen or seen.add(t))] for d, texts in by_domain.items()}
+    unique: dict[str, list[str]] = {}
+    for d, texts in by_domain.items():  # a text counts once, in the first domain that has it
+        unique[d] = [t for t in dict.fromkeys(texts) if t not in seen]
+        seen.update(unique[d])
     held = {d: texts[: min(plan.held_out_per_domain, len(texts) // 2)] for d, texts in unique.items() if texts}
     unique = {d: texts for d, texts in unique.items() if texts}
     texts, domains = [], []

@@ -56,7 +56,7 @@ def load_generator(base_dir: Path, settings: GenerationSettings) -> Generator:
 
     tokenizer = load_tokenizer(base_dir)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=settings.dtype, local_files_only=True)
-    model = model.to(settings.device).eval()
+    model = model.to(settings.device).eval()  # type: ignore[arg-type]  # transformers' wrapped `to` is typed as unbound
     eos = _eos_ids(model, tokenizer)
     return Generator(model, tokenizer, eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0])
 

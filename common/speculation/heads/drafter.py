@@ -106,7 +106,7 @@ class HeadTreeDrafter(FrontierGrowth):
         paths = tree_paths(tree)
         logp, tokens = self._proposals(self._features([paths[i] for i in frontier]), top_k + 1)  # one spare
         existing = set(zip(tree.parents, tree.tokens, strict=True))
-        candidates = []
+        candidates: list[tuple[float, int, int, int]] = []
         for f, values, ids in zip(frontier, logp, tokens, strict=True):
             fresh = [(v, t) for v, t in zip(values, ids, strict=True) if (f, t) not in existing][:top_k]
             for value, token in fresh:
@@ -136,7 +136,9 @@ class HeadTreeDrafter(FrontierGrowth):
             attend[r, past + r] = True
             for d in range(1, len(path)):
                 attend[r, self._nodes[path[:d]][0]] = True
-        inputs = torch.stack([self._root_feature if len(p) == 1 else self._nodes[p[:-1]][1] for p in level])
+        root = self._root_feature
+        assert root is not None, "the head has no context yet"
+        inputs = torch.stack([root if len(p) == 1 else self._nodes[p[:-1]][1] for p in level])
         ids = torch.tensor([p[-1] for p in level], dtype=torch.long)
         position = len(self._committed) - 1 + len(level[0])
         out = self._head(inputs, ids, torch.full((n,), position, dtype=torch.long), attend, self._cache)

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,19 @@ class TrainSummary:
     before_packing: dict[str, Acceptance] | None = None  # per domain, of the trained float32 head
 
 
-def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callable[..., object] | None = None) -> TrainSummary:
+class ProgressBar(Protocol):
+    """What training needs of a progress bar (tqdm's, as the CLI passes it)."""
+
+    n: float
+
+    def update(self, n: float = 1) -> object: ...
+
+    def set_postfix(self, **kwargs: object) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callable[..., ProgressBar] | None = None) -> TrainSummary:
     """Run (or resume) every phase and write the head into ``settings.out_dir``."""
     work = settings.out_dir / "work"
     if settings.weights not in WEIGHT_FORMATS:
@@ -220,7 +233,7 @@ def _draft_vocabulary(train: Sequence[Sample], size: int, vocab: int, work: Path
     saved = work / "draft_ids.pt"
     if saved.is_file():
         return torch.load(saved)
-    counts = Counter()
+    counts: Counter[int] = Counter()
     for s in train:
         counts.update(s.tokens.tolist())
     draft_ids = most_frequent_ids(counts, size, vocab)
@@ -242,7 +255,7 @@ class _Clock:
 
 
 def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sample], settings: TrainSettings,
-           progress: _Progress, train_s: float, work: Path, bar: Callable[..., object] | None, clock: _Clock) -> bool:
+           progress: _Progress, train_s: float, work: Path, bar: Callable[..., ProgressBar] | None, clock: _Clock) -> bool:
     """Steps until ``progress.train_s`` reaches ``train_s`` (one at least), or a pause; checkpoints every few
     minutes and at the end. True when training is complete."""
     rms = torch.stack([s.features.float().pow(2).mean() for s in train[:256]]).mean().sqrt()
@@ -286,7 +299,9 @@ def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sa
 
 
 def _packs(train: Sequence[Sample], order: list[int], budget: int) -> list[list[Sample]]:
-    packs, current, used = [], [], 0
+    packs: list[list[Sample]] = []
+    current: list[Sample] = []
+    used = 0
     for i in order:
         n = min(train[i].tokens.numel() - 1, budget)
         if current and used + n > budget:
