@@ -20,6 +20,7 @@ from common.speculation.drafting import ModelDrafters
 from common.wire.curve import KeyPair
 from common.wire.link import shaped_push
 from common.wire.transport import pull
+from services.run_folder import RunFolder
 from services.runtime import CoreHooks, ServiceSockets, serve
 
 log = structlog.get_logger()
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             from services.scheduler.main import serve as serve_scheduler
 
             serve_metrics(metrics, spec.scheduler.host, spec.scheduler.metrics_port)
-            serve_scheduler(spec, metrics, own)
+            serve_scheduler(spec, metrics, own, journal_path=RunFolder(args.cluster.parent).journal)
         else:
             run_ring_service(spec, args.service, metrics, own)
     finally:

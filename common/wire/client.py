@@ -58,6 +58,15 @@ class CancelRequest:
 
 
 @dataclass(frozen=True)
+class ResumeRequest:
+    """After a scheduler restart: this client (its fixed ZeroMQ routing id) still waits for its request, and
+    has ``received`` of its output tokens in chunks; the restarted scheduler sends the rest, then the reply."""
+
+    KIND: ClassVar[str] = "resume"
+    received: int = 0
+
+
+@dataclass(frozen=True)
 class StatusRequest:
     KIND: ClassVar[str] = "status"
 
