@@ -77,10 +77,11 @@ def build_core(spec: ClusterSpec, first_cmd_seq: int = 0) -> SchedulerCore:
 
 
 def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPair | None = None,
-          journal_path: Path | None = None) -> None:
+          journal_path: Path | None = None, resume: bool = False) -> None:
     """Serve until a client asks for shutdown; with ``own`` keys every socket is CURVE (common.wire.curve).
-    With ``journal_path`` requests are journaled there, and the unfinished ones found there resumed."""
-    journal = Journal(journal_path) if journal_path is not None else None
+    With ``journal_path`` requests are journaled there; with ``resume`` too (a restart) the unfinished ones
+    found there are resumed, else the file starts anew."""
+    journal = Journal(journal_path, resume=resume) if journal_path is not None else None
     core = build_core(spec, ((journal.boot - 1) << CMD_SEQ_SHIFT) if journal else 0)
     orphans = Orphans(max(spec.timeouts.recovery_timeout_s, 10.0),
                       core.codec.decode if core.codec else None)  # type: ignore[arg-type]
