@@ -45,6 +45,7 @@ from common.wire.link import LinkError, LinkSettings, close_all, shaped_push
 from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict, VerdictKind
 from common.wire.transport import pull, recv
 from services.scheduler.admission import Capacity
+from services.scheduler.attempts import attempt_id
 from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
 from services.scheduler.journal import CMD_SEQ_SHIFT, Journal
@@ -114,7 +115,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
     links: dict[str, LinkSettings] = {}  # ring request id -> its emulated link, from its StartRequest on
 
     def dispatch(outs: list[tuple[str, Message]]) -> None:
-        if journal is not None and outs:  # write-ahead: committed tokens are on disk before anything says so
+        if journal is not None:  # write-ahead (a queued request too): on file before anything says so
             journal.sync((*core.waiting, *core.jobs.values()))
         for dest, msg in outs:
             if dest.startswith(CLIENT):
@@ -174,8 +175,12 @@ def _restore(core: SchedulerCore, journal: Journal, replays: Replays, orphans: O
     for u, job in zip(recovered.unfinished, jobs, strict=True):
         orphans.add(u, now)
         log.warning("request_restored", request_id=u.request_id, ring_id=u.ring_id, committed=len(u.output))
+        dispatch(core.interrupt(job.request_id, "scheduler restarted"))  # its attempt ends on every service
+        # Booked under a fresh attempt id at once: the dead attempt's reports still in flight touch nothing.
+        old, job.replays = job.request_id, job.replays + 1
+        job.request_id = attempt_id(old, job.replays)
+        core.jobs[job.request_id] = core.jobs.pop(old)
         replays.interrupted(job.request_id, Outage("scheduler", f"restarted (boot {journal.boot})", now))
-        dispatch(core.interrupt(job.request_id, "scheduler restarted"))
 
 
 def _connection_events(monitor: zmq.Socket, connections: ClientConnections, handshakes: HandshakeRefusals | None,

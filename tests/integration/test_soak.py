@@ -1,5 +1,5 @@
 """Soak: many requests back to back and concurrently (random prompts, temperatures, token limits) on the
-real process ring, with a stage SIGKILLed midway: none is lost, greedy ones equal the base model's own
+real process ring, with a stage SIGKILLed midway and the scheduler SIGKILLed at three quarters: none is lost, greedy ones equal the base model's own
 output, sampled ones stop only at EOS or their limit, and the cluster serves afterwards."""
 
 from __future__ import annotations
@@ -68,11 +68,15 @@ def test_soak_with_a_stage_killed_midway(pair, tmp_path):
     try:
         with client_for(spec, 60) as admin:
             victim = next(s.pid for s in admin.status().services if s.name == "stage-1")
+            scheduler = next(s.pid for s in admin.status().services if s.name == "scheduler")
             with ThreadPoolExecutor(CLIENTS) as pool:
                 work = [pool.submit(send, list(range(c, count, CLIENTS))) for c in range(CLIENTS)]
                 with done:
                     done.wait_for(lambda: len(replies) >= count // 2 or any(w.done() for w in work))
                 os.kill(victim, signal.SIGKILL)  # midway, with requests in flight and queued
+                with done:
+                    done.wait_for(lambda: len(replies) >= 3 * count // 4 or any(w.done() for w in work))
+                os.kill(scheduler, signal.SIGKILL)  # its journal resumes what was in flight and queued
                 for w in work:
                     w.result()
             after = admin.generate("", prompt_ids=asks[0].prompt, max_new_tokens=8)
@@ -91,9 +95,10 @@ def test_soak_with_a_stage_killed_midway(pair, tmp_path):
             assert 1 <= len(tokens) <= ask.max_new_tokens and all(0 <= t < 320 for t in tokens)
             assert len(tokens) == ask.max_new_tokens or tokens[-1] == EOS_ID
     replayed = [e for e in _events(run / "logs" / "scheduler.log") if e["event"] == "request_replayed"]
-    assert replayed and {e["service"] for e in replayed} == {"stage-1"}
-    restarts = [e for e in _events(run / "logs" / "stage-1-supervisor.log") if e["event"] == "service_restarted"]
-    assert len(restarts) == 1
+    assert replayed and {e["service"] for e in replayed} == {"stage-1", "scheduler"}
+    for name in ("stage-1", "scheduler"):
+        restarts = [e for e in _events(run / "logs" / f"{name}-supervisor.log") if e["event"] == "service_restarted"]
+        assert len(restarts) == 1
 
 
 def _events(path):
