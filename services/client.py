@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import zmq
 
 from common.wire.client import (
+    NOT_ADMITTED,
     CancelRequest,
     GenerateChunk,
     GenerateReply,
@@ -94,6 +95,9 @@ class Client:
                 msg = self._receive(self.timeout_s, resume=ResumeRequest(received=received))
                 if not isinstance(msg, GenerateChunk | GenerateReply):
                     raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
+                if isinstance(msg, GenerateReply) and msg.error == NOT_ADMITTED and not received:
+                    self._sock.send_multipart(encode(request), copy=False)  # lost with a scheduler: again
+                    continue
                 finished = isinstance(msg, GenerateReply)
                 if isinstance(msg, GenerateChunk):
                     received += len(msg.token_ids)

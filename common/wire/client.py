@@ -23,6 +23,7 @@ class GenerateRequest:
 
 
 REPLY_CODES = ("", "invalid", "busy", "cancelled", "timeout", "failed")
+NOT_ADMITTED = "the scheduler restarted and holds no request of this client"  # a client with no output resends
 
 
 """``GenerateReply.code``: "" on success; else why it failed (``busy``: retry after ``retry_after_s``)."""

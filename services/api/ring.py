@@ -10,7 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import zmq
 import zmq.asyncio
 
-from common.wire.client import CancelRequest, GenerateChunk, GenerateReply, GenerateRequest, ResumeRequest
+from common.wire.client import (
+    NOT_ADMITTED,
+    CancelRequest,
+    GenerateChunk,
+    GenerateReply,
+    GenerateRequest,
+    ResumeRequest,
+)
 from common.wire.codec import decode, encode
 from common.wire.curve import ClientCurve, as_client
 from common.wire.errors import ProtocolError
@@ -56,10 +63,13 @@ async def exchange(
                 msg = decode(await sock.recv_multipart(), max_bytes)
                 if not isinstance(msg, GenerateChunk | GenerateReply):
                     raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
+                heard = loop.time()
+                if isinstance(msg, GenerateReply) and msg.error == NOT_ADMITTED and not received:
+                    await sock.send_multipart(encode(request))  # lost with a scheduler before admitted: again
+                    continue
                 finished = isinstance(msg, GenerateReply)
                 if isinstance(msg, GenerateChunk):
                     received += len(msg.token_ids)
-                heard = loop.time()
                 yield msg
             elif loop.time() > deadline:
                 raise ClusterUnavailable(f"no answer from the scheduler at {endpoint} within {timeout_s:.0f} s")

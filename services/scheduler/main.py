@@ -84,8 +84,8 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
     found there are resumed, else the file starts anew."""
     journal = Journal(journal_path, resume=resume) if journal_path is not None else None
     core = build_core(spec, ((journal.boot - 1) << CMD_SEQ_SHIFT) if journal else 0)
-    orphans = Orphans(max(spec.timeouts.recovery_timeout_s, 10.0),
-                      core.codec.decode if core.codec else None)  # type: ignore[arg-type]
+    orphans = Orphans(max(spec.timeouts.recovery_timeout_s, 10.0), core.codec.decode if core.codec else None,  # type: ignore[arg-type]
+                      restarted_at=time.perf_counter() if resume else None)
     metrics = metrics or SchedulerMetrics()
     started = time.perf_counter()
     liveness = Liveness([p.name for p in spec.ring], spec.timeouts.liveness_timeout_s)
@@ -218,7 +218,8 @@ def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, conn
     elif isinstance(request, CancelRequest):
         dispatch(core.cancel(client))
     elif isinstance(request, ResumeRequest):  # after a restart; to a scheduler that did not restart, nothing
-        dispatch(orphans.resume(client, request))
+        known = any(job.client == client for job in (*core.waiting, *core.jobs.values()))
+        dispatch(orphans.resume(client, request, time.perf_counter(), known))
     elif isinstance(request, GenerateRequest):
         try:
             LinkSettings(request.link_mbps, request.link_latency_ms)

@@ -10,7 +10,9 @@ Its client does not know the scheduler restarted: it keeps waiting and, after a 
 ResumeRequest with the number of output tokens it received (services/client.py). Until then the
 request is an orphan: whatever the scheduler sends its client is held. The ResumeRequest attaches it:
 the tokens journaled but never received go out in one chunk, then the held messages, in order. An orphan
-no client claims within the bound is cancelled.
+no client claims within the bound is cancelled. A client the restarted scheduler does not know (its
+request was lost with the last scheduler before it was journaled) is told so (NOT_ADMITTED); a client
+that has no output yet sends its request again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from common.models.text_stream import TextStream
-from common.wire.client import GenerateChunk, ResumeRequest
+from common.wire.client import NOT_ADMITTED, GenerateChunk, GenerateReply, ResumeRequest
 from common.wire.codec import Message
 from services.scheduler.job import Job, TextCodec
 from services.scheduler.journal import Unfinished
@@ -57,10 +59,13 @@ class Orphan:
 class Orphans:
     """Restored requests whose client has not yet resumed: their messages are held."""
 
-    def __init__(self, bound_s: float, decode: Callable[[list[int]], str] | None) -> None:
+    def __init__(self, bound_s: float, decode: Callable[[list[int]], str] | None,
+                 restarted_at: float | None = None) -> None:
         self.bound_s = bound_s
+        self.restarted_at = restarted_at  # None: this scheduler is a cluster's first
         self._decode = decode
         self._by_client: dict[str, Orphan] = {}
+        self._told: set[str] = set()  # clients told NOT_ADMITTED
 
     def add(self, u: Unfinished, now: float) -> None:
         self._by_client[u.client] = Orphan(u.request_id, now, tuple(u.output), u.request.stream)
@@ -73,15 +78,23 @@ class Orphans:
         orphan.held.append(msg)
         return True
 
-    def resume(self, client: str, resume: ResumeRequest) -> list[Outbound]:
-        """The client is back: what it missed, then what was held; nothing for a client not orphaned."""
+    def resume(self, client: str, resume: ResumeRequest, now: float, known: bool = False) -> list[Outbound]:
+        """The client is back: what it missed, then what was held. A client with no orphan gets nothing from
+        a first scheduler (its request is running or its reply on the way), and from a restarted one, within
+        the bound, NOT_ADMITTED once: its request died with the last scheduler before it was journaled.
+        ``known``: the client has a request here (sent again, or new): nothing."""
         orphan = self._by_client.pop(client, None)
         if orphan is None:
-            return []
+            late = self.restarted_at is None or now - self.restarted_at > self.bound_s
+            if late or known or client in self._told:  # its other ResumeRequests, queued while away
+                return []
+            self._told.add(client)
+            log.warning("client_not_admitted", client=client, received=resume.received)
+            return [(client, GenerateReply(ok=False, error=NOT_ADMITTED, code="failed"))]
         received = min(max(resume.received, 0), len(orphan.committed))
         out: list[Outbound] = []
-        gap = orphan.committed[received:]
-        if orphan.stream and gap:
+        gap = orphan.committed[received:] if orphan.stream else ()  # a reply carries every token anyway
+        if gap:
             out.append((client, GenerateChunk(request_id=orphan.request_id, token_ids=gap, text=self._gap_text(
                 orphan.committed, received))))
         log.info("client_resumed", request_id=orphan.request_id, received=received, resent=len(gap),

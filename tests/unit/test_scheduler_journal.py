@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from common.speculation.modes import DraftSettings
-from common.wire.client import GenerateChunk, GenerateReply, GenerateRequest, ResumeRequest
+from common.wire.client import NOT_ADMITTED, GenerateChunk, GenerateReply, GenerateRequest, ResumeRequest
 from common.wire.commands import StartRequest
 from common.wire.reports import Verdict
 from services.scheduler.admission import Capacity
@@ -101,8 +101,17 @@ def test_an_orphan_gets_what_it_missed_then_what_was_held() -> None:
     orphans.add(u, now=0.0)
     later = GenerateChunk(request_id="r1", token_ids=(ord("w"),), text="w")
     assert orphans.hold("client:aa", later) and not orphans.hold("client:bb", later)
-    out = orphans.resume("client:aa", ResumeRequest(received=1))
+    out = orphans.resume("client:aa", ResumeRequest(received=1), now=1.0)
     assert [m for _, m in out] == [GenerateChunk(request_id="r1", token_ids=(ord("y"), ord("z")), text="yz"), later]
-    assert orphans.resume("client:aa", ResumeRequest(received=1)) == []  # once attached, a repeat is nothing
+    assert orphans.resume("client:aa", ResumeRequest(received=1), now=1.0) == []  # a first scheduler: nothing
     orphans.add(u, now=0.0)
     assert orphans.expired(5.0) == [] and orphans.expired(11.0) == ["client:aa"]
+
+
+def test_a_restarted_scheduler_tells_a_client_it_does_not_know_within_the_bound() -> None:
+    orphans = Orphans(10.0, None, restarted_at=0.0)
+    ((client, reply),) = orphans.resume("client:dd", ResumeRequest(received=0), now=1.0)
+    assert client == "client:dd" and not reply.ok and reply.error == NOT_ADMITTED
+    assert orphans.resume("client:dd", ResumeRequest(received=0), now=2.0) == []  # told once
+    assert orphans.resume("client:ee", ResumeRequest(received=0), now=2.0, known=True) == []  # it has one here
+    assert orphans.resume("client:ff", ResumeRequest(received=0), now=11.0) == []  # past the bound
