@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import time
 from collections.abc import Iterator
 
 import zmq
 
 from common.wire.client import (
+    NOT_ADMITTED,
     CancelRequest,
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
+    ResumeRequest,
     StatusReply,
     StatusRequest,
 )
@@ -22,6 +26,13 @@ from common.wire.errors import ProtocolError
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20  # as ClusterSpec.max_message_bytes; a cluster's own limit is passed in
 CANCEL_LINGER_MS = 1000  # how long a closing socket may still try to deliver a CancelRequest
+RESUME_AFTER_S = 1.0  # a generation silent this long says ResumeRequest (heard only by a restarted scheduler)
+
+
+def routing_id() -> bytes:
+    """A fixed ZeroMQ identity for one DEALER: a restarted scheduler still knows whom a request belongs to
+    (the first byte is never 0, which ZeroMQ reserves)."""
+    return b"c" + secrets.token_bytes(15)
 
 
 def fresh_seed() -> int:
@@ -74,14 +85,22 @@ class Client:
         self._ask(Shutdown(cmd_seq=-1), timeout_s)
 
     def _exchange(self, request: GenerateRequest) -> Iterator[GenerateChunk | GenerateReply]:
+        """Across a scheduler restart too: the socket reconnects by itself under the same identity, and each
+        silence of RESUME_AFTER_S says how many tokens arrived, so the restarted scheduler sends the rest."""
         self._sock.send_multipart(encode(request), copy=False)
         finished = False
+        received = 0
         try:
             while not finished:
-                msg = self._receive(self.timeout_s)
+                msg = self._receive(self.timeout_s, resume=ResumeRequest(received=received))
                 if not isinstance(msg, GenerateChunk | GenerateReply):
                     raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
+                if isinstance(msg, GenerateReply) and msg.error == NOT_ADMITTED and not received:
+                    self._sock.send_multipart(encode(request), copy=False)  # lost with a scheduler: again
+                    continue
                 finished = isinstance(msg, GenerateReply)
+                if isinstance(msg, GenerateChunk):
+                    received += len(msg.token_ids)
                 yield msg
         finally:  # interrupted, timed out, or the caller stopped reading: free the ring
             if not finished:
@@ -91,8 +110,14 @@ class Client:
         self._sock.send_multipart(encode(msg), copy=False)
         return self._receive(timeout_s)
 
-    def _receive(self, timeout_s: float) -> Message:
-        if not self._sock.poll(int(timeout_s * 1000)):
+    def _receive(self, timeout_s: float, resume: ResumeRequest | None = None) -> Message:
+        deadline = time.monotonic() + timeout_s
+        while resume is not None and not self._sock.poll(int(RESUME_AFTER_S * 1000)):
+            if time.monotonic() >= deadline:
+                break
+            with contextlib.suppress(zmq.Again):  # queued while the scheduler is away, sent on reconnecting
+                self._sock.send_multipart(encode(resume), flags=zmq.NOBLOCK, copy=False)
+        if not self._sock.poll(max(int((deadline - time.monotonic()) * 1000), 0)):
             # The DEALER would deliver a late answer to the next question: start over with a new socket.
             self._sock.close(0)
             self._sock = self._connect()
@@ -110,6 +135,7 @@ class Client:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.ROUTING_ID, routing_id())
         as_client(sock, self._curve)
         sock.connect(self.endpoint)
         return sock

@@ -3,9 +3,10 @@
 The run folder holds ``cluster.json`` (every service's settings), ``pids.json`` and ``logs/NAME.log``
 (each service's JSON log lines); a cluster of boards (services/cluster/) records ``boards.json`` instead
 of ``pids.json``. ``cluster.json`` exists exactly while a cluster is up, so commands never wait on a
-stopped one. Each ring service runs under its supervisor (services/supervisor.py, log
-``logs/NAME-supervisor.log``), which restarts it when a signal kills it; ``pids.json`` records the
-supervisor's pid (the scheduler's own for the scheduler), each the leader of its process group.
+stopped one. Every service, the scheduler and the OpenAI API included, runs under its supervisor
+(services/supervisor.py, log ``logs/NAME-supervisor.log``), which restarts it when a signal kills it;
+``pids.json`` records the supervisors' pids, each the leader of its process group. The scheduler
+journals its requests in ``journal.jsonl`` (services/scheduler/journal.py), removed when a cluster starts.
 """
 
 from __future__ import annotations
@@ -116,13 +117,14 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
         raise LaunchError(f"a cluster is already running from {run_dir}: run `flowring down` first")
     logs = RunFolder(run_dir).logs
     logs.mkdir(parents=True, exist_ok=True)
+    RunFolder(run_dir).journal.unlink(missing_ok=True)  # a new cluster resumes nothing of an older one
     RunFolder(run_dir).cluster.write_text(spec.to_json())
     pids: dict[str, int] = {}
     for place in (spec.scheduler, *spec.ring):
         cmd = [sys.executable, "-m", "services.run", "--cluster", str(RunFolder(run_dir).cluster),
                "--service", place.name, "--log-level", log_level, "--log-file", str(logs / f"{place.name}.log")]
-        if place is not spec.scheduler:  # the scheduler holds every request's state: a restart could not resume
-            cmd = supervised(place.name, cmd, sys.executable, logs / f"{place.name}-supervisor.log", log_level)
+        # The scheduler too: a restarted one resumes every unfinished request from its journal.
+        cmd = supervised(place.name, cmd, sys.executable, logs / f"{place.name}-supervisor.log", log_level)
         if place.cpus:
             cmd = ["taskset", "-c", place.cpus, *cmd]
         env = {**os.environ, **thread_environment(bool(place.cpus), os.environ)}
@@ -148,6 +150,7 @@ def start_api(spec: ClusterSpec, run_dir: Path, port: int, timeout_s: float = 60
 
     cmd = [sys.executable, "-m", "services.cli.main", "serve", "--run-dir", str(run_dir), "--host", "127.0.0.1",
            "--port", str(port)]
+    cmd = supervised("api", cmd, sys.executable, RunFolder(run_dir).logs / "api-supervisor.log", "info")
     pids = _read_pids(run_dir)
     pids["api"] = _spawn(cmd, RunFolder(run_dir).logs / "api.out")
     RunFolder(run_dir).pids.write_text(json.dumps(pids))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import structlog
@@ -20,7 +21,9 @@ from common.speculation.drafting import ModelDrafters
 from common.wire.curve import KeyPair
 from common.wire.link import shaped_push
 from common.wire.transport import pull
+from services.run_folder import RunFolder
 from services.runtime import CoreHooks, ServiceSockets, serve
+from services.supervisor import RESTART_ENV
 
 log = structlog.get_logger()
 
@@ -49,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
             from services.scheduler.main import serve as serve_scheduler
 
             serve_metrics(metrics, spec.scheduler.host, spec.scheduler.metrics_port)
-            serve_scheduler(spec, metrics, own)
+            # Only a restarted scheduler takes up the journal: a first start begins a new one.
+            serve_scheduler(spec, metrics, own, journal_path=RunFolder(args.cluster.parent).journal,
+                            resume=RESTART_ENV in os.environ)
         else:
             run_ring_service(spec, args.service, metrics, own)
     finally:

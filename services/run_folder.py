@@ -2,7 +2,8 @@
 
 ``cluster.json`` (every service's settings) exists exactly while a cluster is up; ``pids.json`` holds a local
 cluster's process ids, ``boards.json`` a cluster of boards' record (services/cluster/bringup.py), ``logs/``
-every service's log. The default folder is ``run`` under the cache root (FLOWRING_HOME, resolved only by
+every service's log, ``journal.jsonl`` the scheduler's
+request journal. The default folder is ``run`` under the cache root (FLOWRING_HOME, resolved only by
 common.models.cache).
 """
 
@@ -16,6 +17,7 @@ from common.models.cache import cache_root
 CLUSTER_FILE = "cluster.json"
 PIDS_FILE = "pids.json"
 BOARDS_FILE = "boards.json"
+JOURNAL_FILE = "journal.jsonl"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class RunFolder:
     @property
     def boards(self) -> Path:
         return self.path / BOARDS_FILE
+
+    @property
+    def journal(self) -> Path:
+        """The scheduler's request journal (services/scheduler/journal.py)."""
+        return self.path / JOURNAL_FILE
 
     @property
     def logs(self) -> Path:

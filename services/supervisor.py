@@ -5,7 +5,8 @@ killed by a signal (SIGKILL, the OOM killer, a segfault) is started again after 
 from ``first_backoff_s`` up to ``max_backoff_s``; past ``max_restarts`` restarts within ``window_s``
 the supervisor gives up and exits. A child that exits by itself is not restarted: status 0 is a
 shutdown, any other status an error that restarting cannot fix (a missing model, a port taken), and
-the supervisor exits with that status. SIGTERM, SIGINT or SIGHUP to the supervisor stop the child and
+the supervisor exits with that status. A restarted child finds ``FLOWRING_RESTART`` (the restart's
+number; absent on the first start) in its environment: the scheduler resumes its journal only then. SIGTERM, SIGINT or SIGHUP to the supervisor stop the child and
 the supervisor, and no restart follows. Every decision is one structlog line. The same supervisor runs
 every ring service of a local cluster (services/launcher.py) and of a cluster of boards (started over
 SSH in the service's place, services/cluster/bringup.py).
@@ -30,6 +31,7 @@ from common.observability.logs import configure
 
 log = structlog.get_logger()
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+RESTART_ENV = "FLOWRING_RESTART"  # set in a restarted child's environment: the restart's number
 CHILD_STOP_GRACE_S = 10.0  # after a stop signal, the child gets this long before SIGKILL
 
 
@@ -76,7 +78,7 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until the child ends for good; returns the supervisor's exit status."""
         restarts: deque[float] = deque()
-        self.child = self._spawn()
+        self.child = self._spawn(0)
         log.info("service_started", pid=self.child.pid, command=self.command[:4])
         while True:
             returncode = self._wait()
@@ -95,12 +97,13 @@ class Supervisor:
                 log.info("supervisor_stopped", returncode=returncode)
                 return 0
             restarts.append(time.monotonic())
-            self.child = self._spawn()
+            self.child = self._spawn(len(restarts))
             log.warning("service_restarted", pid=self.child.pid, restart=len(restarts),
                         after_s=round(time.monotonic() - began, 3))
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, stdin=subprocess.DEVNULL)  # stdout and stderr: the supervisor's
+    def _spawn(self, restart: int) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if k != RESTART_ENV} | ({RESTART_ENV: str(restart)} if restart else {})
+        return subprocess.Popen(self.command, stdin=subprocess.DEVNULL, env=env)  # stdout, stderr: the supervisor's
 
     def _wait(self) -> int:
         """The child's return code; once stopping, a child still running after its grace is killed."""

@@ -23,6 +23,7 @@ class GenerateRequest:
 
 
 REPLY_CODES = ("", "invalid", "busy", "cancelled", "timeout", "failed")
+NOT_ADMITTED = "the scheduler restarted and holds no request of this client"  # a client with no output resends
 
 
 """``GenerateReply.code``: "" on success; else why it failed (``busy``: retry after ``retry_after_s``)."""
@@ -55,6 +56,15 @@ class CancelRequest:
     """The client gives up every request it has running or queued; their state is freed everywhere."""
 
     KIND: ClassVar[str] = "cancel"
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    """After a scheduler restart: this client (its fixed ZeroMQ routing id) still waits for its request, and
+    has ``received`` of its output tokens in chunks; the restarted scheduler sends the rest, then the reply."""
+
+    KIND: ClassVar[str] = "resume"
+    received: int = 0
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from common.wire.client import (
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
+    ResumeRequest,
     ServiceHealth,
     StatusReply,
     StatusRequest,
@@ -39,7 +40,7 @@ from common.wire.errors import ProtocolError
 from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
 from common.wire.ring import Features, Segment
 
-PROTOCOL_VERSION = 4  # 2: Heartbeat; StatusReply carries ServiceHealth rows. 3: Prune.known. 4: Fault.lost
+PROTOCOL_VERSION = 5  # 2: Heartbeat; StatusReply carries ServiceHealth rows. 3: Prune.known. 4: Fault.lost. 5: ResumeRequest
 
 
 _DTYPES = {name: torch_dtype(name) for name in DTYPE_BYTES}  # the one table (common.models.dtypes), looked up
@@ -48,7 +49,7 @@ _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 Message = (
     Segment | Features | StartRequest | Prune | Expand | EndRequest | Shutdown | Verdict | DraftReport | Ready
-    | Heartbeat | Fault | StageStats | GenerateRequest | GenerateReply | GenerateChunk | CancelRequest
+    | Heartbeat | Fault | StageStats | GenerateRequest | GenerateReply | GenerateChunk | CancelRequest | ResumeRequest
     | StatusRequest | StatusReply
 )
 
@@ -57,7 +58,7 @@ _TYPES: dict[str, type[Message]] = {
     t.KIND: t
     for t in (
         Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready,
-        Heartbeat, Fault, StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest,
+        Heartbeat, Fault, StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, ResumeRequest, StatusRequest,
         StatusReply,
     )
 }

@@ -1,18 +1,33 @@
-"""The HTTP API's way to the scheduler: one asyncio DEALER per HTTP request."""
+"""The HTTP API's way to the scheduler: one asyncio DEALER per HTTP request, under a fixed ZeroMQ identity;
+a silence says ResumeRequest, so a request outlives a scheduler restart (services/scheduler/restore.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import zmq
 import zmq.asyncio
 
-from common.wire.client import CancelRequest, GenerateChunk, GenerateReply, GenerateRequest
+from common.wire.client import (
+    NOT_ADMITTED,
+    CancelRequest,
+    GenerateChunk,
+    GenerateReply,
+    GenerateRequest,
+    ResumeRequest,
+)
 from common.wire.codec import decode, encode
 from common.wire.curve import ClientCurve, as_client
 from common.wire.errors import ProtocolError
-from services.client import CANCEL_LINGER_MS, DEFAULT_MAX_MESSAGE_BYTES, ClusterUnavailable
+from services.client import (
+    CANCEL_LINGER_MS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    RESUME_AFTER_S,
+    ClusterUnavailable,
+    routing_id,
+)
 
 POLL_INTERVAL_S = 0.25  # how often a waiting request checks that its HTTP client is still there
 
@@ -32,12 +47,15 @@ async def exchange(
     sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+    sock.setsockopt(zmq.ROUTING_ID, routing_id())  # a restarted scheduler still knows this request's client
     as_client(sock, curve)
     sock.connect(endpoint)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     next_check = loop.time() + POLL_INTERVAL_S
     finished = False
+    received = 0
+    heard = loop.time()
     try:
         await sock.send_multipart(encode(request))
         while not finished:
@@ -45,10 +63,20 @@ async def exchange(
                 msg = decode(await sock.recv_multipart(), max_bytes)
                 if not isinstance(msg, GenerateChunk | GenerateReply):
                     raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
+                heard = loop.time()
+                if isinstance(msg, GenerateReply) and msg.error == NOT_ADMITTED and not received:
+                    await sock.send_multipart(encode(request))  # lost with a scheduler before admitted: again
+                    continue
                 finished = isinstance(msg, GenerateReply)
+                if isinstance(msg, GenerateChunk):
+                    received += len(msg.token_ids)
                 yield msg
             elif loop.time() > deadline:
                 raise ClusterUnavailable(f"no answer from the scheduler at {endpoint} within {timeout_s:.0f} s")
+            elif loop.time() - heard > RESUME_AFTER_S:  # heard only by a scheduler restarted meanwhile
+                heard = loop.time()
+                with contextlib.suppress(zmq.Again):
+                    await sock.send_multipart(encode(ResumeRequest(received=received)), flags=zmq.NOBLOCK)
             if not finished and loop.time() >= next_check:  # also while chunks keep coming
                 next_check = loop.time() + POLL_INTERVAL_S
                 if await client_gone():

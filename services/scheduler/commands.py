@@ -13,8 +13,8 @@ from collections.abc import Iterable
 class CommandLog:
     KEEP = 4096
 
-    def __init__(self, services: Iterable[str]) -> None:
-        self._next = dict.fromkeys(services, 0)
+    def __init__(self, services: Iterable[str], first: int = 0) -> None:
+        self._next = dict.fromkeys(services, first)  # a restarted scheduler starts past its predecessor
         self._owner: dict[str, dict[int, str]] = {name: {} for name in self._next}
 
     def next(self, service: str, request_id: str) -> int:

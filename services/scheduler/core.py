@@ -52,6 +52,7 @@ class SchedulerCore:
         admission: Admission | None = None,
         capacity: Capacity | None = None,
         default_mode: str = "flowspec",
+        first_cmd_seq: int = 0,
     ) -> None:
         self._services = list(services)  # every ring service; "drafter" among them
         self._default_mode = default_mode  # a request that names no mode gets the cluster's
@@ -61,7 +62,7 @@ class SchedulerCore:
         self._prefill_chunk = prefill_chunk
         self._admission = admission or Admission()
         self._capacity = capacity or Capacity()
-        self._commands = CommandLog(self._services)
+        self._commands = CommandLog(self._services, first_cmd_seq)
         self._ids = itertools.count(1)
         self._queue: deque[Job] = deque()  # admitted and valid, waiting for a slot (FIFO)
         self._jobs: dict[str, Job] = {}  # in the ring, by request id
@@ -79,6 +80,23 @@ class SchedulerCore:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def waiting(self) -> tuple[Job, ...]:
+        """Admitted requests waiting for a slot, oldest first."""
+        return tuple(self._queue)
+
+    @property
+    def codec(self) -> TextCodec | None:
+        return self._codec
+
+    def adopt(self, jobs: Sequence[Job], last_id: int) -> None:
+        """Requests a restarted scheduler recovered from its journal join the ring's books (to be interrupted
+        and resumed); new request ids continue past ``last_id``."""
+        self._ids = itertools.count(last_id + 1)
+        for job in jobs:
+            job.kv_bytes = kv_need_bytes(len(job.prompt), job.request.max_new_tokens, self._draft, self._capacity)
+            self._jobs[job.request_id] = job
 
     @property
     def running(self) -> tuple[str, ...]:
@@ -258,6 +276,12 @@ class SchedulerCore:
             return self._expand(job)
         if verdict.epoch != job.epoch or verdict.round != job.round:
             raise OrderError(f"verdict for epoch {verdict.epoch} while the tree is at epoch {job.epoch}")
+        if verdict.kind is VerdictKind.PREFILL and job.expect is not None:  # resumed from the journal
+            expected, job.expect = job.expect, None
+            if verdict.next_token != expected:
+                return self._finish(job, error=(
+                    f"request {request_id_of(job.request_id)} failed: after the scheduler restarted, the ring "
+                    f"re-derived token {verdict.next_token} where the journal committed {expected}"))
         if verdict.kind is VerdictKind.PREFILL:
             job.prefilled_at = job.prefilled_at or time.perf_counter()
             accepted: tuple[int, ...] = ()

@@ -50,6 +50,7 @@ class Job:
     streamed: int = 0  # output tokens already sent in chunks
     text: TextStream | None = None  # streamed requests with a tokenizer
     replays: int = 0  # times it was resumed from its committed context after a ring service died
+    expect: int | None = None  # after a scheduler restart: the journal's last token, which the ring must re-derive
 
     @property
     def epoch(self) -> int:

@@ -5,6 +5,8 @@ emulated link when its StartRequest is dispatched; replies to clients are never 
 heartbeat to the report socket. A service silent for ``liveness_timeout_s``, or back under a new pid,
 interrupts every request in the ring; each is replayed from its committed context once the ring is
 whole again, or fails, naming the service, after ``recovery_timeout_s`` (services/scheduler/replay.py).
+With a journal (services/scheduler/journal.py) every request's committed tokens are written ahead of
+what is sent; a restarted scheduler resumes the unfinished ones (services/scheduler/restore.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 import zmq
@@ -28,6 +31,7 @@ from common.wire.client import (
     CancelRequest,
     GenerateReply,
     GenerateRequest,
+    ResumeRequest,
     ServiceHealth,
     StatusReply,
     StatusRequest,
@@ -41,17 +45,20 @@ from common.wire.link import LinkError, LinkSettings, close_all, shaped_push
 from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict, VerdictKind
 from common.wire.transport import pull, recv
 from services.scheduler.admission import Capacity
+from services.scheduler.attempts import attempt_id
 from services.scheduler.connections import ClientConnections
 from services.scheduler.core import CLIENT, SchedulerCore, TextCodec
+from services.scheduler.journal import CMD_SEQ_SHIFT, Journal
 from services.scheduler.liveness import Liveness, describe
-from services.scheduler.replay import Replays, recover, restarted
+from services.scheduler.replay import Outage, Replays, recover, restarted
+from services.scheduler.restore import Orphans, restore_job
 
 log = structlog.get_logger()
 Dispatch = Callable[[list[tuple[str, Message]]], None]
 REPORTS = (Verdict, DraftReport, Ready, Heartbeat, Fault, StageStats)  # what ring services send the scheduler
 
 
-def build_core(spec: ClusterSpec) -> SchedulerCore:
+def build_core(spec: ClusterSpec, first_cmd_seq: int = 0) -> SchedulerCore:
     if spec.draft:  # a draft head shares the base's own embedding and lm_head: nothing to compare
         check_same_tokenizer(spec.base, spec.draft)
     tokenizer = load_tokenizer(spec.base)
@@ -67,12 +74,18 @@ def build_core(spec: ClusterSpec) -> SchedulerCore:
     )
     return SchedulerCore([p.name for p in spec.ring], codec, model.eos_token_ids, spec.draft_settings,
                          spec.prefill_chunk, admission=spec.admission, capacity=capacity,
-                         default_mode=spec.default_mode)
+                         default_mode=spec.default_mode, first_cmd_seq=first_cmd_seq)
 
 
-def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPair | None = None) -> None:
-    """Serve until a client asks for shutdown; with ``own`` keys every socket is CURVE (common.wire.curve)."""
-    core = build_core(spec)
+def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPair | None = None,
+          journal_path: Path | None = None, resume: bool = False) -> None:
+    """Serve until a client asks for shutdown; with ``own`` keys every socket is CURVE (common.wire.curve).
+    With ``journal_path`` requests are journaled there; with ``resume`` too (a restart) the unfinished ones
+    found there are resumed, else the file starts anew."""
+    journal = Journal(journal_path, resume=resume) if journal_path is not None else None
+    core = build_core(spec, ((journal.boot - 1) << CMD_SEQ_SHIFT) if journal else 0)
+    orphans = Orphans(max(spec.timeouts.recovery_timeout_s, 10.0), core.codec.decode if core.codec else None,  # type: ignore[arg-type]
+                      restarted_at=time.perf_counter() if resume else None)
     metrics = metrics or SchedulerMetrics()
     started = time.perf_counter()
     liveness = Liveness([p.name for p in spec.ring], spec.timeouts.liveness_timeout_s)
@@ -102,12 +115,16 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
     links: dict[str, LinkSettings] = {}  # ring request id -> its emulated link, from its StartRequest on
 
     def dispatch(outs: list[tuple[str, Message]]) -> None:
+        if journal is not None:  # write-ahead (a queued request too): on file before anything says so
+            journal.sync((*core.waiting, *core.jobs.values()))
         for dest, msg in outs:
             if dest.startswith(CLIENT):
-                identity = bytes.fromhex(dest[len(CLIENT):])
-                clients.send_multipart([identity, *encode(msg)], copy=False)
                 if isinstance(msg, GenerateReply):
                     _request_done(msg, metrics)
+                if orphans.hold(dest, msg):
+                    continue
+                identity = bytes.fromhex(dest[len(CLIENT):])
+                clients.send_multipart([identity, *encode(msg)], copy=False)
             else:
                 request_id = getattr(msg, "request_id", "")
                 if isinstance(msg, StartRequest):
@@ -117,6 +134,9 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
                 if isinstance(msg, EndRequest) and dest == ring_names[-1]:  # the last one of its EndRequests
                     links.pop(request_id, None)
 
+    if journal is not None and journal.recovered.unfinished:
+        _restore(core, journal, replays, orphans, dispatch)
+
     # One poll interval at most between checks, and never longer than the liveness timeout allows.
     poll_ms = int(min(spec.timeouts.poll_interval_s, spec.timeouts.liveness_timeout_s / 3) * 1000)
     while True:
@@ -124,6 +144,8 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
         now = time.perf_counter()
         dispatch(core.expire(now, spec.timeouts.request_timeout_s))
         dispatch(recover(core, liveness, replays, now))
+        for client in orphans.expired(now):
+            dispatch(core.cancel(client))
         if monitor in events or clients in events:
             # Every connection event so far, before any client message: the monitor queues an accept before
             # the first message on that connection, so a reused descriptor is always seen as new in time.
@@ -133,12 +155,32 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
             if msg is not None:
                 dispatch(_on_report(msg, core, liveness, replays, metrics))
         if clients in events and not _on_client(core, spec, clients, connections, liveness, started, metrics,
-                                                dispatch):
+                                                orphans, dispatch):
             for sender in commands.values():
                 sender.send(encode(Shutdown(cmd_seq=-1)))
             close_all(commands.values())
+            if journal is not None:
+                journal.close()
             log.info("service_shutdown")
             return
+
+
+def _restore(core: SchedulerCore, journal: Journal, replays: Replays, orphans: Orphans, dispatch: Dispatch) -> None:
+    """Take up the unfinished requests of the journal: each ends its old attempt on every ring service, and
+    waits to be replayed once the ring is whole; its client's messages are held until it resumes."""
+    now = time.perf_counter()
+    recovered = journal.recovered
+    jobs = [restore_job(u, core.codec) for u in recovered.unfinished]
+    core.adopt(jobs, recovered.last_id)
+    for u, job in zip(recovered.unfinished, jobs, strict=True):
+        orphans.add(u, now)
+        log.warning("request_restored", request_id=u.request_id, ring_id=u.ring_id, committed=len(u.output))
+        dispatch(core.interrupt(job.request_id, "scheduler restarted"))  # its attempt ends on every service
+        # Booked under a fresh attempt id at once: the dead attempt's reports still in flight touch nothing.
+        old, job.replays = job.request_id, job.replays + 1
+        job.request_id = attempt_id(old, job.replays)
+        core.jobs[job.request_id] = core.jobs.pop(old)
+        replays.interrupted(job.request_id, Outage("scheduler", f"restarted (boot {journal.boot})", now))
 
 
 def _connection_events(monitor: zmq.Socket, connections: ClientConnections, handshakes: HandshakeRefusals | None,
@@ -159,7 +201,8 @@ def _connection_events(monitor: zmq.Socket, connections: ClientConnections, hand
 
 
 def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, connections: ClientConnections,
-               liveness: Liveness, started: float, metrics: SchedulerMetrics, dispatch: Dispatch) -> bool:
+               liveness: Liveness, started: float, metrics: SchedulerMetrics, orphans: Orphans,
+               dispatch: Dispatch) -> bool:
     """Handle one client message; False when it asks the cluster to shut down."""
     identity, *frames = clients.recv_multipart(copy=False)
     client = CLIENT + identity.bytes.hex()
@@ -174,6 +217,9 @@ def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, conn
         dispatch([(client, _status(spec, core, liveness, started))])
     elif isinstance(request, CancelRequest):
         dispatch(core.cancel(client))
+    elif isinstance(request, ResumeRequest):  # after a restart; to a scheduler that did not restart, nothing
+        known = any(job.client == client for job in (*core.waiting, *core.jobs.values()))
+        dispatch(orphans.resume(client, request, time.perf_counter(), known))
     elif isinstance(request, GenerateRequest):
         try:
             LinkSettings(request.link_mbps, request.link_latency_ms)

@@ -88,3 +88,20 @@ def test_a_failing_service_is_not_restarted_and_its_status_is_kept(tmp_path) -> 
     proc, log = _supervise(tmp_path, sys.executable, "-c", "raise SystemExit(3)")
     assert proc.wait(timeout=30) == 3
     assert _events(log, "service_not_restarted", 1)[0]["reason"] == "exited with status 3"
+
+
+def test_a_restarted_child_knows_it_is_a_restart(tmp_path) -> None:
+    marks = tmp_path / "marks"
+    proc, log = _supervise(tmp_path, "sh", "-c", f'echo "${{FLOWRING_RESTART:-first}}" >> {marks}; exec sleep 60')
+    try:
+        os.kill(_events(log, "service_started", 1)[0]["pid"], signal.SIGKILL)
+        restarted = _events(log, "service_restarted", 1)[0]
+        deadline = time.monotonic() + 30
+        while marks.read_text().split() != ["first", "1"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marks.read_text().split() == ["first", "1"]  # the scheduler resumes its journal only then
+        os.kill(restarted["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -18,6 +18,7 @@ from common.wire.client import (
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
+    ResumeRequest,
     ServiceHealth,
     StatusReply,
     StatusRequest,
@@ -116,6 +117,7 @@ messages = st.one_of(
               code=st.sampled_from(REPLY_CODES), retry_after_s=floats),
     st.builds(GenerateChunk, request_id=texts, token_ids=int_tuples, text=texts),
     st.just(CancelRequest()),
+    st.builds(ResumeRequest, received=st.integers(0, 2**31)),
     st.just(StatusRequest()),
     st.builds(Heartbeat, service=texts, pid=ints, host=texts, uptime_s=floats, in_flight=ints, kv_cache_bytes=ints,
               last_step_ms=floats, counters=st.dictionaries(texts, ints, max_size=4)),
@@ -158,7 +160,8 @@ def test_every_message_type_is_covered() -> None:
 
     covered = {
         Segment, Features, StartRequest, Prune, Expand, EndRequest, Shutdown, Verdict, DraftReport, Ready, Heartbeat,
-        Fault, StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, StatusRequest, StatusReply,
+        Fault, StageStats, GenerateRequest, GenerateReply, GenerateChunk, CancelRequest, ResumeRequest, StatusRequest,
+        StatusReply,
     }
     assert set(_TYPES.values()) == covered
 

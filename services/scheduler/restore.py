@@ -1,0 +1,116 @@
+"""A restarted scheduler takes up its predecessor's unfinished requests (from services/scheduler/journal.py).
+
+Each comes back as a Job under its last ring id, is interrupted (its attempt ends on every ring service)
+and waits in the replay book (services/scheduler/replay.py) until the ring is whole, then runs again from
+its committed context. A greedy request runs from the prompt and its output less the last token, and the
+first token the ring re-derives must equal the journal's last (``Job.expect``), else it fails in one line.
+A sampled one runs from its whole committed output, as a ring-service replay does.
+
+Its client does not know the scheduler restarted: it keeps waiting and, after a silence, sends a
+ResumeRequest with the number of output tokens it received (services/client.py). Until then the
+request is an orphan: whatever the scheduler sends its client is held. The ResumeRequest attaches it:
+the tokens journaled but never received go out in one chunk, then the held messages, in order. An orphan
+no client claims within the bound is cancelled. A client the restarted scheduler does not know (its
+request was lost with the last scheduler before it was journaled) is told so (NOT_ADMITTED); a client
+that has no output yet sends its request again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from common.models.text_stream import TextStream
+from common.wire.client import NOT_ADMITTED, GenerateChunk, GenerateReply, ResumeRequest
+from common.wire.codec import Message
+from services.scheduler.job import Job, TextCodec
+from services.scheduler.journal import Unfinished
+
+log = structlog.get_logger()
+Outbound = tuple[str, Message]
+
+
+def restore_job(u: Unfinished, codec: TextCodec | None) -> Job:
+    """The Job of an unfinished request, as its committed output leaves it."""
+    job = Job(u.client, u.request, u.ring_id, u.prompt, kv_bytes=0, replays=u.attempt,
+              started=time.perf_counter())  # its deadline and latency count again from the restart
+    job.output = list(u.output)
+    if u.output and u.request.temperature == 0:  # greedy: the ring must re-derive the last token
+        job.expect = job.output.pop()
+    job.streamed = len(u.output)
+    if u.request.stream and codec is not None:
+        job.text = TextStream(codec.decode)
+        job.text.push(u.output)
+    return job
+
+
+@dataclass
+class Orphan:
+    request_id: str
+    since: float
+    committed: tuple[int, ...]  # the output the journal held at the restart
+    stream: bool
+    held: list[Message] = field(default_factory=list)
+
+
+class Orphans:
+    """Restored requests whose client has not yet resumed: their messages are held."""
+
+    def __init__(self, bound_s: float, decode: Callable[[list[int]], str] | None,
+                 restarted_at: float | None = None) -> None:
+        self.bound_s = bound_s
+        self.restarted_at = restarted_at  # None: this scheduler is a cluster's first
+        self._decode = decode
+        self._by_client: dict[str, Orphan] = {}
+        self._told: set[str] = set()  # clients told NOT_ADMITTED
+
+    def add(self, u: Unfinished, now: float) -> None:
+        self._by_client[u.client] = Orphan(u.request_id, now, tuple(u.output), u.request.stream)
+
+    def hold(self, client: str, msg: Message) -> bool:
+        """Whether ``msg`` to ``client`` was held (its client has not resumed yet)."""
+        orphan = self._by_client.get(client)
+        if orphan is None:
+            return False
+        orphan.held.append(msg)
+        return True
+
+    def resume(self, client: str, resume: ResumeRequest, now: float, known: bool = False) -> list[Outbound]:
+        """The client is back: what it missed, then what was held. A client with no orphan gets nothing from
+        a first scheduler (its request is running or its reply on the way), and from a restarted one, within
+        the bound, NOT_ADMITTED once: its request died with the last scheduler before it was journaled.
+        ``known``: the client has a request here (sent again, or new): nothing."""
+        orphan = self._by_client.pop(client, None)
+        if orphan is None:
+            late = self.restarted_at is None or now - self.restarted_at > self.bound_s
+            if late or known or client in self._told:  # its other ResumeRequests, queued while away
+                return []
+            self._told.add(client)
+            log.warning("client_not_admitted", client=client, received=resume.received)
+            return [(client, GenerateReply(ok=False, error=NOT_ADMITTED, code="failed"))]
+        received = min(max(resume.received, 0), len(orphan.committed))
+        out: list[Outbound] = []
+        gap = orphan.committed[received:] if orphan.stream else ()  # a reply carries every token anyway
+        if gap:
+            out.append((client, GenerateChunk(request_id=orphan.request_id, token_ids=gap, text=self._gap_text(
+                orphan.committed, received))))
+        log.info("client_resumed", request_id=orphan.request_id, received=received, resent=len(gap),
+                 held=len(orphan.held))
+        return out + [(client, msg) for msg in orphan.held]
+
+    def expired(self, now: float) -> list[str]:
+        """Clients that did not resume within the bound (forgotten here; the caller cancels their requests)."""
+        late = [c for c, o in self._by_client.items() if now - o.since > self.bound_s]
+        for client in late:
+            log.warning("client_not_resumed", request_id=self._by_client.pop(client).request_id,
+                        bound_s=self.bound_s)
+        return late
+
+    def _gap_text(self, committed: tuple[int, ...], received: int) -> str:
+        if self._decode is None:
+            return ""
+        before, after = self._decode(list(committed[:received])), self._decode(list(committed))
+        return after[len(before):] if after.startswith(before) else ""
