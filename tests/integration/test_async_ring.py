@@ -52,7 +52,7 @@ def in_flight(ring: LocalRing, request_id: str, round_: int) -> int:
     queued = [m for q in ring._links.values() for m in q]
     waiting = [s for stage in ring.stages if request_id in stage.requests for s in stage.requests[request_id].waiting]
     if request_id in ring.verifier.requests:
-        waiting += [s for s, _ in ring.verifier.requests[request_id].waiting]
+        waiting += [entry.seg for entry in ring.verifier.requests[request_id].waiting]
     return sum(1 for m in queued + waiting if isinstance(m, Segment) and m.request_id == request_id
                and m.phase == "tree" and m.round == round_)
 

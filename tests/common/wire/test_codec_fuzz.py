@@ -23,6 +23,7 @@ from common.wire.client import (
     GenerateChunk,
     GenerateReply,
     GenerateRequest,
+    ResumeRequest,
     ServiceHealth,
     StatusReply,
     StatusRequest,
@@ -63,6 +64,7 @@ CORPUS: dict[str, list[Message]] = {
     "features": [Features("r1", 5, torch.randn(2, 4)), Features("r2", 0, torch.ones(1, 3, dtype=torch.bfloat16))],
     "generate_chunk": [GenerateChunk("r1", (5, 6), "ab")],
     "cancel": [CancelRequest()],
+    "resume": [ResumeRequest(), ResumeRequest(received=7)],
     "status_reply": [StatusReply(True, (ServiceHealth("stage", "stage-1", "h", 1, ("tcp://h:1",), (0, 4), True),),
                                  True)],
 }
