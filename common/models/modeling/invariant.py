@@ -66,14 +66,7 @@ def probe_row_blocks(out_features: int, in_features: int, dtype: torch.dtype, de
     all but a few elements in ten thousand. ``threads`` is in the key: a path may depend on it.
     """
     assert threads == torch.get_num_threads(), "probe under the thread count it is keyed by"
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(out_features, 1, generator=generator).to(dtype).expand(-1, in_features)
-    weight = weight.contiguous().to(device)
-    x = torch.randn(LARGEST_BLOCK_ROWS, in_features, generator=generator)
-    for row in x:
-        first, second = torch.randperm(in_features, generator=generator)[:2].tolist()
-        row[first], row[second] = _HUGE, -_HUGE
-    x = x.to(dtype).to(device)
+    weight, x = _probe_inputs(out_features, in_features, LARGEST_BLOCK_ROWS, dtype, device, seed=0)
     sizes = [1 << i for i in range(LARGEST_BLOCK_ROWS.bit_length())]
     results = {
         size: torch.cat([F.linear(x[s : s + size], weight) for s in range(0, LARGEST_BLOCK_ROWS, size)])
@@ -97,14 +90,7 @@ def probe_widest_block(out_features: int, in_features: int, dtype: torch.dtype, 
     """The largest block, doubling from 32 up to ``WIDEST_BLOCK_ROWS`` rows, whose rows equal those of
     blocks of 32 rows; probed (like ``probe_row_blocks``) only once a forward has more than 32 rows."""
     assert threads == torch.get_num_threads(), "probe under the thread count it is keyed by"
-    generator = torch.Generator().manual_seed(1)
-    weight = torch.randn(out_features, 1, generator=generator).to(dtype).expand(-1, in_features)
-    weight = weight.contiguous().to(device)
-    x = torch.randn(WIDEST_BLOCK_ROWS, in_features, generator=generator)
-    for row in x:
-        first, second = torch.randperm(in_features, generator=generator)[:2].tolist()
-        row[first], row[second] = _HUGE, -_HUGE
-    x = x.to(dtype).to(device)
+    weight, x = _probe_inputs(out_features, in_features, WIDEST_BLOCK_ROWS, dtype, device, seed=1)
     step = LARGEST_BLOCK_ROWS
     reference, size = [F.linear(x[:step], weight)], step
     while size < WIDEST_BLOCK_ROWS:
@@ -230,3 +216,15 @@ def _rows_alone(q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | None) 
             enable_gqa=heads != kv_heads,
         )[0, :, 0]
     return out.transpose(0, 1)  # [Hq, L, D]
+
+
+def _probe_inputs(out_features: int, in_features: int, rows: int, dtype: torch.dtype, device: str,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A probe's weight ``u 1ᵀ`` and ``rows`` rows, each with a cancelling pair ``±2^30`` among small values."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, 1, generator=generator).to(dtype).expand(-1, in_features)
+    x = torch.randn(rows, in_features, generator=generator)
+    for row in x:
+        first, second = torch.randperm(in_features, generator=generator)[:2].tolist()
+        row[first], row[second] = _HUGE, -_HUGE
+    return weight.contiguous().to(device), x.to(dtype).to(device)
