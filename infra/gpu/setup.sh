@@ -16,3 +16,13 @@ convert() {
 }
 convert base qwen-coder-1.5b & convert draft qwen-coder-0.5b & wait
 ls -la /root/models/*
+# The catalog names resolve on this machine too (bench --draft-head and the shipped head look the base up by name):
+# each converted folder gets its manifest and a link under $FLOWRING_HOME/models.
+export FLOWRING_HOME=${FLOWRING_HOME:-/root/fh}
+mkdir -p "$FLOWRING_HOME/models"
+for name in qwen-coder-1.5b qwen-coder-0.5b; do
+  python3 -c "from pathlib import Path; from common.models.cache import _write_manifest
+_write_manifest(Path('/root/models/$name'), name='$name', source={'kind': 'gguf', 'description': '/root/gguf'}, dtype='bfloat16')"
+  ln -sfn "/root/models/$name" "$FLOWRING_HOME/models/$name"
+done
+ls -la "$FLOWRING_HOME/models"
