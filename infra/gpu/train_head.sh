@@ -20,7 +20,7 @@ MODE=${MODE:-run}
 BASE=${BASE:-/root/models/qwen-coder-1.5b}
 WORK=${WORK:-.device/head-qwen-coder-1.5b}
 BUDGET_MIN=${BUDGET_MIN:-15}
-RESERVE_MIN=${RESERVE_MIN:-0.75}
+RESERVE_MIN=${RESERVE_MIN:-1}
 STOP_AFTER_MIN=${STOP_AFTER_MIN-8.5}
 CPUS=${CPUS-12-15}  # MODE=start pins the run to these cores (empty: no pinning)
 OUT=${OUT:-.device/out}
