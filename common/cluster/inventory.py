@@ -23,6 +23,7 @@ from common.models.dtypes import MODEL_DTYPES
 from common.speculation.modes import DraftSettings
 
 DEVICES = ("cpu", "cuda")
+SHIPPED_HEAD = "shipped"  # models.draft_head: the head shipped with flowring for the base (by its fingerprint)
 TOP_LEVEL = frozenset({"models", "placement", "ports", "resources", "tree", "ssh", "timeouts", "boards"})
 BOARD_FIELDS = frozenset({"name", "address", "user", "ssh_port", "cores", "memory_mib", "speed", "python",
                           "workdir", "home"})
@@ -72,7 +73,7 @@ class Inventory:
 
     boards: tuple[Board, ...]
     base: str  # catalog name or path on the head
-    draft: str
+    draft: str  # the draft model ("" when a head drafts)
     scheduler: str  # board names
     drafter: str
     verifier: str
@@ -87,6 +88,7 @@ class Inventory:
     tree: DraftSettings = field(default_factory=DraftSettings)
     ssh: SshOptions = field(default_factory=SshOptions)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    draft_head: str = ""  # a head drafts instead of a draft model: SHIPPED_HEAD, or a head folder on the head
 
     def board(self, name: str) -> Board:
         for board in self.boards:
@@ -119,14 +121,14 @@ def parse_inventory(data: Mapping[str, Any]) -> Inventory:
     boards = _boards(data.get("boards"), problems)
     models, placement = _table(data, "models", problems), _table(data, "placement", problems)
     ports, resources = _table(data, "ports", problems), _table(data, "resources", problems)
-    _known(models, "models", {"base", "draft", "dtype", "device"}, problems)
+    _known(models, "models", {"base", "draft", "draft_head", "dtype", "device"}, problems)
     _known(placement, "placement", {"scheduler", "drafter", "verifier", "stages", "layers"}, problems)
     _known(ports, "ports", {"base"}, problems)
     _known(resources, "resources", {"threads", "overhead_mib", "kv_tokens"}, problems)
     names = _board_names(data.get("boards"))
     fields: dict[str, Any] = {
         "base": _text(models, "models.base", problems),
-        "draft": _text(models, "models.draft", problems),
+        **_drafter(models, problems),
         "dtype": _choice(models, "dtype", MODEL_DTYPES, "bfloat16", problems),
         "device": _choice(models, "device", DEVICES, "cpu", problems),
         "threads": _integer(resources, "threads", 0, 0, 1024, problems, "resources"),
@@ -218,6 +220,20 @@ def _text(table: Mapping[str, Any], label: str, problems: list[str]) -> str:
         problems.append(f"{label} must name a model (catalog name or path on the head)")
         return ""
     return value
+
+
+def _drafter(models: Mapping[str, Any], problems: list[str]) -> dict[str, str]:
+    """``models.draft`` (a draft model) or ``models.draft_head`` (a head: ``shipped`` or a folder), one of them."""
+    head = models.get("draft_head", "")
+    if not isinstance(head, str):
+        problems.append("models.draft_head must be \"shipped\" (the head shipped for the base) or a head folder")
+        head = ""
+    if head and "draft" in models:
+        problems.append("models: give draft (a draft model) or draft_head (a head), not both")
+        return {"draft": "", "draft_head": head}
+    if head:
+        return {"draft": "", "draft_head": head}
+    return {"draft": _text(models, "models.draft", problems), "draft_head": ""}
 
 
 def _choice(table: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str,

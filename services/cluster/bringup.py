@@ -44,6 +44,7 @@ from common.cluster.slices import SliceFolder, build_slice, service_tensors
 from common.models.dtypes import dtype_bytes
 from services.client import ClusterUnavailable
 from services.cluster.board_agent import flowring_version
+from services.cluster.head_drafter import head_costs, head_drafter_parts, resolve_head
 from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
 from services.launcher import LaunchError, client_for, supervised
 from services.run_folder import RunFolder
@@ -112,16 +113,22 @@ def plan(inv: Inventory, keys: ClusterKeys) -> Bringup:
     from common.models.modeling.tokenizer import check_same_tokenizer
     from common.models.store import resolve
 
-    base_dir, draft_dir = resolve(inv.base), resolve(inv.draft)
-    check_same_tokenizer(base_dir, draft_dir)
+    base_dir = resolve(inv.base)
     base_costs = layer_costs(base_dir, dtype_bytes(inv.dtype))
-    draft_costs = layer_costs(draft_dir, dtype_bytes(inv.dtype))
+    head_dir = resolve_head(inv.draft_head, base_dir) if inv.draft_head else None
+    if head_dir is None:
+        draft_dir = resolve(inv.draft)
+        check_same_tokenizer(base_dir, draft_dir)
+        draft_costs = layer_costs(draft_dir, dtype_bytes(inv.dtype))
+    else:
+        draft_costs = head_costs(head_dir, base_costs)
     ranges = layer_ranges(inv, base_costs, draft_costs)
     needs = board_bytes(inv, service_bytes(inv, ranges, base_costs, draft_costs))
     problems = memory_problems(inv, needs)
     if problems:
         raise LaunchError("\n".join(problems))
-    spec = with_keys(cluster_spec(inv, str(base_dir), str(draft_dir), ranges), dict(inv.services()), keys)
+    spec = cluster_spec(inv, str(base_dir), "" if head_dir else str(draft_dir), ranges)
+    spec = with_keys(dataclasses.replace(spec, draft_head=str(head_dir or "")), dict(inv.services()), keys)
     services = tuple(ServicePlan(name, inv.board(board), ()) for name, board in inv.services())
     return Bringup(inv, spec, services, needs, keys)
 
@@ -132,14 +139,20 @@ def build_slices(bringup: Bringup, store: Path) -> Bringup:
     from common.models.modeling.loader import checkpoint_tensor_names
 
     spec, dtype = bringup.spec, bringup.inventory.dtype
-    base_dir, draft_dir = Path(spec.base), Path(spec.draft)
-    base_names, draft_names = checkpoint_tensor_names(base_dir), checkpoint_tensor_names(draft_dir)
+    base_dir = Path(spec.base)
+    base_names = checkpoint_tensor_names(base_dir)
     tied = load_model_spec(base_dir).tie_word_embeddings
     parts: dict[str, tuple[SliceFolder, ...]] = {
-        "scheduler": (build_slice(base_dir, (), dtype, store), build_slice(draft_dir, (), dtype, store)),
-        "drafter": (build_slice(draft_dir, service_tensors("drafter", draft_names), dtype, store),),
+        "scheduler": (build_slice(base_dir, (), dtype, store),),
         "verifier": (build_slice(base_dir, service_tensors("verifier", base_names, tied=tied), dtype, store),),
     }
+    if spec.draft_head:  # the base's embedding (and lm_head) as stored, then the head's folder
+        parts["drafter"] = head_drafter_parts(base_dir, Path(spec.draft_head), store)
+    else:
+        draft_dir = Path(spec.draft)
+        parts["scheduler"] += (build_slice(draft_dir, (), dtype, store),)
+        parts["drafter"] = (build_slice(draft_dir, service_tensors("drafter", checkpoint_tensor_names(draft_dir)),
+                                        dtype, store),)
     for i, place in enumerate(spec.stages):
         tensors = service_tensors(place.name, base_names, layers=place.layers, first_stage=i == 0)
         parts[place.name] = (build_slice(base_dir, tensors, dtype, store),)
@@ -151,8 +164,11 @@ def service_spec(bringup: Bringup, service: ServicePlan) -> ClusterSpec:
     """The cluster file ``service`` reads on its board: every real address, model paths to its own slices, its
     board's key pair."""
     folders = [posixpath.join(service.board.home, "slices", part.digest) for part in service.parts]
-    # Only the scheduler reads both models (their tokenizers); every other service reads one folder.
     curve = dataclasses.replace(bringup.spec.curve, key_file=service.key_file)
+    if bringup.spec.draft_head:  # every service knows a head drafts; the drafter reads it from its second folder
+        head = folders[-1] if service.name == "drafter" else bringup.spec.draft_head
+        return dataclasses.replace(bringup.spec, base=folders[0], draft="", draft_head=head, curve=curve)
+    # Only the scheduler reads both models (their tokenizers); every other service reads one folder.
     return dataclasses.replace(bringup.spec, base=folders[0], draft=folders[-1], curve=curve)
 
 

@@ -81,7 +81,8 @@ def inventory_toml(inv: Inventory, notes: Sequence[str] = ()) -> str:
     """``inv`` as the TOML of ``infra/lan.example.toml`` (tree and timeouts at their defaults are left out);
     ``notes`` become comment lines at the top."""
     lines = [f"# {note}" for note in notes]
-    lines += ["", "[models]", f"base = {_q(inv.base)}", f"draft = {_q(inv.draft)}", f"dtype = {_q(inv.dtype)}",
+    lines += ["", "[models]", f"base = {_q(inv.base)}",
+              f"draft_head = {_q(inv.draft_head)}" if inv.draft_head else f"draft = {_q(inv.draft)}", f"dtype = {_q(inv.dtype)}",
               f"device = {_q(inv.device)}", "", "[placement]", f"scheduler = {_q(inv.scheduler)}",
               f"drafter = {_q(inv.drafter)}", f"stages = [{', '.join(_q(s) for s in inv.stages)}]",
               f"verifier = {_q(inv.verifier)}", f"layers = {_q(inv.layers)}", "", "[ports]",

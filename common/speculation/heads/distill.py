@@ -74,8 +74,10 @@ def generate_shards(
     generator: Generator | None = None,
 ) -> int:
     """Answer ``instructions`` in order (the first ``held_out`` are held apart; ``domains`` labels each)
-    until done or ``deadline`` (``time.monotonic()``). Batches already on disk are skipped. Returns the
-    shards on disk. ``generator``: the base already loaded (else loaded here when there is work)."""
+    until done or ``deadline`` (``time.monotonic()``): a batch starts only if one as slow as the slowest so
+    far still ends by then (the held-apart batches and one training batch always run). Batches already on
+    disk are skipped. Returns the shards on disk. ``generator``: the base already loaded (else loaded here
+    when there is work)."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     done = len(list(shard_dir.glob(SHARD_GLOB)))
     batches = _batches(len(instructions), held_out, settings.batch_size)
@@ -83,9 +85,11 @@ def generate_shards(
     if done >= len(batches) or (done >= must and time.monotonic() >= deadline):
         return done  # nothing left, or no time left: the model is not even loaded
     g = generator or load_generator(base_dir, settings)
+    longest = 0.0  # the slowest batch so far: a batch starts only if one as slow still ends by the deadline
     for index in range(done, len(batches)):
-        if time.monotonic() >= deadline and index >= must:
+        if index >= must and time.monotonic() + longest >= deadline:
             break
+        started = time.monotonic()
         rows = batches[index]
         prompts = [encode_prompt(g.tokenizer, instructions[i], raw=False) for i in rows]
         labels = [domains[i] if domains else "code" for i in rows]
@@ -93,6 +97,7 @@ def generate_shards(
         partial = shard_dir / f"shard-{index:05d}.partial"
         torch.save([vars(s) for s in samples], partial)
         partial.replace(shard_dir / f"shard-{index:05d}.pt")  # a killed run never leaves half a shard
+        longest = max(longest, time.monotonic() - started)
         on_batch(len(rows))
         done = index + 1
     return done

@@ -75,8 +75,9 @@ def generate_requests(
     deadline: float,
     on_batch: Callable[[int], None] = lambda _: None,
 ) -> list[str]:
-    """Up to ``count`` raw requests, sampled in batches (one steering line per batch) until ``deadline``
-    (at least one batch, at most ``MAX_BATCHES_PER_COUNT`` times the batches ``count`` needs).
+    """Up to ``count`` raw requests, sampled in batches (one steering line per batch) while a batch as slow
+    as the slowest so far still ends by ``deadline`` (at least one batch, at most ``MAX_BATCHES_PER_COUNT``
+    times the batches ``count`` needs).
 
     A request is the decoded continuation up to the first end token; one cut off by ``max_new_tokens``
     is dropped (it is not what a user would have sent).
@@ -84,7 +85,9 @@ def generate_requests(
     out: list[str] = []
     device = next(model.parameters()).device
     batch, most = 0, MAX_BATCHES_PER_COUNT * -(-count // batch_size)
-    while len(out) < count and batch < most and (batch == 0 or time.monotonic() < deadline):
+    longest = 0.0  # the slowest batch so far: another starts only if one as slow still ends by the deadline
+    while len(out) < count and batch < most and (batch == 0 or time.monotonic() + longest < deadline):
+        started = time.monotonic()
         opening = user_turn_opening(tokenizer, STEERING[batch % len(STEERING)])
         ids = tokenizer(opening, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
         n = min(batch_size, count - len(out))
@@ -98,6 +101,7 @@ def generate_requests(
             if ends:
                 out.append(tokenizer.decode(row[: ends[0]], skip_special_tokens=True))
         batch += 1
+        longest = max(longest, time.monotonic() - started)
         on_batch(len(out))
     return out
 

@@ -159,13 +159,16 @@ def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callabl
     _load_checkpoint(work, head, optimizer)
     train_left = budget_s * (1 - EVAL_SHARE) - prior_wall - (time.monotonic() - started)
     train_s = progress.train_s + max(train_left, 0.0)  # the run's whole training time, all invocations
-    clock = _Clock(started, prior_wall, stop_at)
+    clock = _Clock(started, prior_wall, stop_at, train_end_wall_s=budget_s * (1 - EVAL_SHARE))
+    log(f"training for {max(train_left, 0.0):.0f} s (the run's wall clock so far {clock.wall_s():.0f} s of "
+        f"{budget_s:.0f} s)")
     train_tokens = sum(s.tokens.numel() for s in train)
     if not _train(head, optimizer, train, settings, progress, train_s, work, bar, clock):
         log(f"paused after {progress.step} steps ({progress.train_s:.0f} s of training): run again with --resume")
         return TrainSummary(settings.out_dir, len(train), train_tokens, progress.step, progress.generation_s,
                             progress.train_s, None)
     head.eval()
+    log(f"trained: {progress.step} steps in {progress.train_s:.0f} s, loss {progress.loss:.3f} (wall {clock.wall_s():.0f} s)")
     before = _acceptance(head, held or train[:8], settings)
     extra = {
         "training": {
@@ -187,6 +190,7 @@ def train_head(settings: TrainSettings, log: Callable[[str], None], bar: Callabl
     (settings.out_dir / "acceptance.json").write_text(json.dumps(body, indent=2) + "\n")
     (work / PROMPTS_FILE).replace(settings.out_dir / TRAINING_PROMPTS)  # kept: what the head was trained on
     shutil.rmtree(work)
+    log(f"acceptance estimated and head stored (wall {clock.wall_s():.0f} s of the {budget_s:.0f} s budget)")
     return TrainSummary(settings.out_dir, len(train), train_tokens, progress.step, progress.generation_s,
                         progress.train_s, acceptance, before)
 
@@ -246,6 +250,7 @@ class _Clock:
     started: float  # this invocation's start (time.monotonic)
     prior_wall_s: float  # earlier invocations' wall-clock time
     stop_at: float | None  # when this invocation pauses
+    train_end_wall_s: float = math.inf  # the run's wall clock (all invocations) at which training ends
 
     def wall_s(self) -> float:
         return self.prior_wall_s + time.monotonic() - self.started
@@ -253,18 +258,22 @@ class _Clock:
     def must_stop(self) -> bool:
         return self.stop_at is not None and time.monotonic() >= self.stop_at
 
+    def training_over(self) -> bool:
+        """Past the wall-clock end of training: steps are timed, but checkpoints and packing take time too."""
+        return self.wall_s() >= self.train_end_wall_s
+
 
 def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sample], settings: TrainSettings,
            progress: _Progress, train_s: float, work: Path, bar: Callable[..., ProgressBar] | None, clock: _Clock) -> bool:
-    """Steps until ``progress.train_s`` reaches ``train_s`` (one at least), or a pause; checkpoints every few
-    minutes and at the end. True when training is complete."""
+    """Steps until ``progress.train_s`` reaches ``train_s`` or the clock's end of training (one step at
+    least), or a pause; checkpoints every few minutes and at the end. True when training is complete."""
     rms = torch.stack([s.features.float().pow(2).mean() for s in train[:256]]).mean().sqrt()
     row_of = _row_map(head)
     rng = random.Random(settings.seed + progress.step)
     last_save = time.monotonic()
     meter = bar(total=int(train_s), initial=int(progress.train_s), unit="s", desc="training") if bar else None
     first = True
-    while first or progress.train_s < train_s:
+    while first or (progress.train_s < train_s and not clock.training_over()):
         first = False
         order = list(range(len(train)))
         rng.shuffle(order)
@@ -284,18 +293,18 @@ def _train(head: DraftHead, optimizer: torch.optim.Optimizer, train: Sequence[Sa
             progress.train_s += elapsed
             if meter is not None and int(progress.train_s) > meter.n:
                 meter.update(int(progress.train_s) - meter.n)  # whole seconds: a readable bar
-                meter.set_postfix(loss=f"{progress.loss:.3f}", step=progress.step)
+                meter.set_postfix(loss=f"{progress.loss:.3f}", step=progress.step, refresh=False)
             if time.monotonic() - last_save >= settings.checkpoint_every_min * 60:
                 _save_checkpoint(work, head, optimizer, progress, clock)
                 last_save = time.monotonic()
-            if progress.train_s >= train_s or clock.must_stop():
+            if progress.train_s >= train_s or clock.must_stop() or clock.training_over():
                 break
         if clock.must_stop():
             break
     if meter is not None:
         meter.close()
     _save_checkpoint(work, head, optimizer, progress, clock)
-    return progress.train_s >= train_s
+    return progress.train_s >= train_s or clock.training_over()
 
 
 def _packs(train: Sequence[Sample], order: list[int], budget: int) -> list[list[Sample]]:

@@ -82,3 +82,22 @@ def test_unreadable_and_malformed_files_are_errors(tmp_path):
     bad.write_text("[models\n")
     with pytest.raises(InventoryError, match="not valid TOML"):
         load_inventory(bad)
+
+
+def test_the_example_drafts_with_the_shipped_head_and_a_draft_model_still_parses():
+    inv = load_inventory(EXAMPLE)
+    assert (inv.draft_head, inv.draft) == ("shipped", "")
+    data = example()
+    data["models"].pop("draft_head")
+    data["models"]["draft"] = "qwen-coder-0.5b"
+    assert (parse_inventory(data).draft, parse_inventory(data).draft_head) == ("qwen-coder-0.5b", "")
+
+
+@pytest.mark.parametrize(("models", "expected"), [
+    ({"draft": "qwen-coder-0.5b"}, "models: give draft (a draft model) or draft_head (a head), not both"),
+    ({"draft_head": 3}, "models.draft_head must be \"shipped\""),
+    ({"draft_head": ""}, "models.draft must name a model"),
+])
+def test_a_drafter_is_a_draft_model_or_a_head(models, expected):
+    lines = _broken(lambda d: d["models"].update(models))
+    assert any(line.startswith(expected) for line in lines), lines

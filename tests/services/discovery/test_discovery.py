@@ -78,6 +78,10 @@ def test_the_written_inventory_reads_back_as_drafted():
     assert text.startswith("# written by a test\n")
     assert "[timeouts]" not in text and "known_hosts" not in text  # defaults are left out
     assert parse_inventory(tomllib.loads(text)) == drafted
+    with_head = dataclasses.replace(drafted, draft="", draft_head="shipped")
+    text = inventory_toml(with_head)
+    assert 'draft_head = "shipped"' in text and "\ndraft = " not in text
+    assert parse_inventory(tomllib.loads(text)) == with_head
 
 
 def test_only_the_boards_used_are_written():

@@ -112,3 +112,36 @@ def test_a_shipped_head_under_the_default_bar_stays_one_flag_away(bases, tmp_pat
     from services.cli.models import _shipped_head_line
 
     assert "up drafts with the draft model" in _shipped_head_line("tiny-base", base)
+
+
+def test_a_trained_head_copied_into_shipped_is_all_it_takes(bases, tmp_path, monkeypatch) -> None:
+    """What training writes (collected as infra/gpu/train_head.sh does) replaces the shipped folder; the gate
+    then reads the code acceptance training recorded, both ways."""
+    import json
+    import shutil
+
+    from common.speculation.heads.store import code_tokens_per_round
+    from common.speculation.heads.train import TrainSettings, train_head
+
+    base, _, root = bases
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question_id": i, "turns": [f"Write a Python function number {i}."]}) + "\n"
+                               for i in range(6)))
+    train_head(TrainSettings(base_dir=base, out_dir=tmp_path / "trained", device="cpu", prompts_file=prompts,
+                             time_budget_min=0.02, held_out=2, max_new_tokens=8, generate_batch=2, intermediate_size=32,
+                             draft_vocab=100, tokens_per_step=64, eval_depth=3), lambda _: None)
+    shipped_root = tmp_path / "shipped"
+    shutil.copytree(root / "tiny-base", shipped_root / "tiny-base")  # the head shipped before
+    shutil.rmtree(shipped_root / "tiny-base")  # replaced as docs/draft-head.md says: the folder, not file by file
+    (shipped_root / "tiny-base").mkdir()
+    for pattern in ("config.json", "acceptance.json", "head-*-of-*.safetensors"):  # what MODE=collect copies
+        for path in (tmp_path / "trained").glob(pattern):
+            shutil.copy(path, shipped_root / "tiny-base" / path.name)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", shipped_root)
+    recorded = code_tokens_per_round(shipped_root / "tiny-base")
+    assert recorded is not None and recorded >= 1.0
+    monkeypatch.setattr(shipped, "DEFAULT_MIN_TOKENS_PER_ROUND", recorded)
+    chosen = choose_drafting(base, draft="", draft_head="", no_head=False, fallback_draft="small")
+    assert chosen.head == (shipped_root / "tiny-base").resolve()
+    monkeypatch.setattr(shipped, "DEFAULT_MIN_TOKENS_PER_ROUND", recorded + 0.01)
+    assert choose_drafting(base, draft="", draft_head="", no_head=False, fallback_draft="small").draft == "small"

@@ -99,3 +99,32 @@ def test_a_code_instruction_that_overlaps_a_benchmark_stops_the_run(monkeypatch)
     monkeypatch.setattr(dataset, "benchmark_texts", lambda: [MT_BENCH_LIKE])
     with pytest.raises(BenchmarkLeakError):
         build_prompts(PromptPlan(max_code=5, max_prose=0, held_out_per_domain=1), None, time.monotonic(), print)
+
+
+class _SlowModel(torch.nn.Module):
+    """Writes one token and the end token per row; each batch advances a fake clock by its duration."""
+
+    def __init__(self, clock: list[float], seconds: list[float], eos: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.clock, self.seconds, self.eos, self.batches = clock, seconds, eos, 0
+
+    def generate(self, input_ids, **_) -> torch.Tensor:
+        self.clock[0] += self.seconds[min(self.batches, len(self.seconds) - 1)]
+        self.batches += 1
+        n = input_ids.shape[0]
+        return torch.cat((input_ids, torch.full((n, 1), 70 + self.batches), torch.full((n, 1), self.eos)), dim=1)
+
+
+def test_a_batch_starts_only_if_one_as_slow_as_the_slowest_ends_by_the_deadline(monkeypatch) -> None:
+    from common.speculation.heads import magpie
+
+    clock = [0.0]
+    monkeypatch.setattr(magpie.time, "monotonic", lambda: clock[0])
+    tokenizer = make_tiny_tokenizer()
+    eos = tokenizer.eos_token_id
+    model = _SlowModel(clock, [4.0, 1.0, 1.0], eos)  # a slow first batch, then fast ones
+    out = generate_requests(model, tokenizer, 100, batch_size=2, max_new_tokens=4, eos=[eos], pad=eos, seed=0,
+                            deadline=10.0)
+    # after 4 and 5 s a batch as slow as the slowest (4 s) still ends before 10 s; after 6 s it would not
+    assert model.batches == 3 and len(out) == 6 and clock[0] == 6.0

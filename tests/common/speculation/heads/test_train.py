@@ -152,3 +152,25 @@ def test_a_head_that_memorised_its_data_is_accepted_in_the_ring(tmp_path: Path) 
         reply = ring.generate(prompt, max_new_tokens=len(answer), mode="chunk")
         assert list(reply.token_ids) == answer.tolist()
         assert reply.stats["tokens_per_step"] > 3  # an untrained head accepts about nothing
+
+
+def test_answering_starts_a_batch_only_if_one_as_slow_as_the_slowest_ends_by_the_deadline(tmp_path, monkeypatch) -> None:
+    from common.speculation.heads import distill
+
+    clock = [0.0]
+    durations = iter([1.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+    def answer(model, prompts, settings, eos, pad, held_out, domains):
+        clock[0] += next(durations)
+        return [Sample(torch.tensor([1, 2, 3]), torch.zeros(3, 4), 2, h, d) for h, d in zip(held_out, domains, strict=True)]
+
+    monkeypatch.setattr(distill.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(distill, "_answer", answer)
+    monkeypatch.setattr(distill, "encode_prompt", lambda tokenizer, text, raw: [1, 2])
+    generator = distill.Generator(model=None, tokenizer=None, eos=[0], pad=0)
+    settings = distill.GenerationSettings("cpu", 2, 4, torch.float32)
+    shards = distill.generate_shards(tmp_path, [f"p{i}" for i in range(14)], 2, tmp_path / "shards", settings,
+                                     deadline=8.0, generator=generator)
+    # held apart (1 s) and one training batch (3 s) always run; after 4 s a batch as slow as the slowest (3 s)
+    # ends before 8 s, after 5 s it would not
+    assert shards == 3 and clock[0] == 5.0
