@@ -25,6 +25,7 @@ class Placement:
     cpus: str = ""  # optional taskset CPU list, e.g. "0-3"
     metrics_port: int = 0  # Prometheus text endpoint over HTTP (0: off)
     public_key: str = ""  # LAN cluster: Z85 CURVE public key of its board, the server key of the sockets it binds
+    device: str = ""  # torch device of this service (cpu, cuda, cuda:N); "": the cluster's device
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.host}:{port}"
@@ -107,6 +108,10 @@ class ClusterSpec:
             if p.name == name:
                 return p
         raise KeyError(f"no service named {name!r} in this cluster")
+
+    def device_of(self, name: str) -> str:
+        """The torch device service ``name`` runs on: its own, else the cluster's."""
+        return self.placement(name).device or self.device
 
     def successor(self, name: str) -> Placement | None:
         ring = self.ring
