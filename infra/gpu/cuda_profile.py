@@ -93,7 +93,8 @@ def summarise(name: str, events, steps: int, wall_ms: float, top: int) -> Result
     spans = [(e.time_range.start, e.time_range.end) for e in events if e.name == STEP]
     inside = [e for e in events if e.name != STEP and any(s <= e.time_range.start < t for s, t in spans)]
     cpu_self = sum(e.self_cpu_time_total for e in inside)
-    cuda_self = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) for e in inside)
+    device_time = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    cuda_self = sum(getattr(e, device_time) for e in inside)
     names: dict[str, int] = defaultdict(int)
     ops: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for e in inside:
