@@ -65,7 +65,7 @@ def prepare_device(device: str) -> None:
         raise DeviceError(problem)
     if device.startswith("cuda"):
         deterministic_cuda()
-        torch.cuda.set_device(torch.device(device))
+        torch.cuda.set_device(gpu_index(device))  # "cuda" alone is GPU 0 (set_device refuses a device without index)
 
 
 def deterministic_cuda() -> None:

@@ -36,8 +36,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from common.models.devices import prepare_device  # noqa: E402
-from common.models.modeling import causal_attend, load_model_spec, load_slice  # noqa: E402
-from common.models.modeling import invariant  # noqa: E402
+from common.models.modeling import causal_attend, invariant, load_model_spec, load_slice  # noqa: E402
 from common.speculation.drafting import TreeShape  # noqa: E402
 from common.speculation.heads.drafter import FeaturePairs, HeadTreeDrafter  # noqa: E402
 from common.speculation.verification import accept_greedy_ids  # noqa: E402

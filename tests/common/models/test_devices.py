@@ -51,3 +51,29 @@ def test_prepare_refuses_a_gpu_this_machine_lacks(monkeypatch):
         prepare_device("cuda:3")
     prepare_device("cpu")  # nothing to check, nothing changed
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_prepare_on_cuda_makes_torch_deterministic_and_picks_the_gpu(monkeypatch):
+    import os
+
+    import torch
+    import torch.utils.deterministic
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+              torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        prepare_device("cuda")
+        prepare_device("cuda:1")
+        assert chosen == [0, 1] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32, torch.utils.deterministic.fill_uninitialized_memory) = before
