@@ -7,6 +7,7 @@ Steps profiled, each one as its service runs it (2 stages: stage 1 holds the fir
   stage-ar-{inv,fused}    a stage forward of 1 row (an autoregressive step) over a context, hidden states
                           then copied to the host as the wire does; row-invariant numerics, then fused kernels;
   stage-tree-{inv,fused}  the same with 16 rows of a draft tree (tree attention mask);
+  stage-tree-inv-nodet    stage-tree-inv with torch's deterministic algorithms off (their cost on CUDA);
   head-extend             the head drafter taking 3 committed pairs (a verdict's accepted tokens);
   head-fill               the head drafting a new round's tree (24 nodes, 5 levels, top 4);
   head-grow               the head growing one level (children of the 4 best leaves, 12 kept);
@@ -140,7 +141,22 @@ def stage_steps(base: Path, dtype: torch.dtype, device: torch.device, context: i
     for numerics, flag in (("inv", True), ("fused", False)):
         yield f"stage-ar-{numerics}", lambda: None, forward(1, flag)
         yield f"stage-tree-{numerics}", lambda: None, forward(16, flag)
-    model.use_row_invariant(True)
+    # What the deterministic settings of a CUDA service cost: the same 16 rows with torch's defaults.
+    yield "stage-tree-inv-nodet", lambda: None, nondeterministic(forward(16, True))
+
+
+def nondeterministic(step: Callable[[object], object]) -> Callable[[object], object]:
+    """``step`` with torch's deterministic algorithms off (as they were before a service's start)."""
+
+    def run(state: object) -> object:
+        was, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(False)
+        try:
+            return step(state)
+        finally:
+            torch.use_deterministic_algorithms(was, warn_only=warn)
+
+    return run
 
 
 def verify_steps(base: Path, dtype: torch.dtype, device: torch.device, rng: random.Random):
@@ -256,7 +272,7 @@ def main() -> int:
     print(f"\n{'step':<18}{'wall ms':>9}{'CPU self ms':>13}{'CUDA self ms':>14}{'syncs':>7}{'copies':>8}"
           f"{'.item()':>9}{'nonzero':>9}")
     for r in results:
-        print(f"{r.name:<18}{r.wall_ms:9.2f}{r.cpu_self_ms:13.2f}{r.cuda_self_ms:14.2f}{r.syncs:7.1f}"
+        print(f"{r.name:<22}{r.wall_ms:9.2f}{r.cpu_self_ms:13.2f}{r.cuda_self_ms:14.2f}{r.syncs:7.1f}"
               f"{r.copies:8.1f}{r.items:9.1f}{r.nonzeros:9.1f}")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
