@@ -31,17 +31,17 @@ def row(label: str, path: Path) -> str:
     drafter = next((s["drafter_ms_per_step"] for s in data["summary"] if s["mode"] == "flowspec"), 0.0)
     cells = [f"{rates[m]:7.1f}" if m in rates else f"{'-':>7}" for m in MODES]
     return (f"{label:<22} {' '.join(cells)} {ratio['ar']:>8} {ratio['flowspec']:>8}   "
-            f"{equal[0]:>5} {equal[1]:>5} {equal[2]:>5} {drafter:8.1f} {failures:5d}")
+            f"{equal[0]:>7} {equal[1]:>7} {equal[2]:>7} {drafter:8.1f} {failures:5d}")
 
 
 def main(argv: list[str]) -> int:
     print(f"{'run':<22} {'local':>7} {'ar':>7} {'chunk':>7} {'flowsp':>7} {'ar/loc':>8} {'fs/loc':>8}   "
-          f"{'=ar: chunk':>5} {'fs':>5} {'local':>5} {'draft ms':>8} {'fail':>5}")
+          f"{'=ar:ch':>7} {'=ar:fs':>7} {'=ar:loc':>7} {'draft ms':>8} {'fail':>5}")
     for arg in argv:
         label, _, path = arg.partition("=")
         print(row(label, Path(path)))
-    print("decode tok/s; '=ar': prompts whose greedy output equals the ring's own ar; draft ms: the drafter's "
-          "ms per verification step in flowspec")
+    print("decode tok/s; =ar:ch/fs/loc: prompts whose greedy output in chunk / flowspec / local equals the ring's "
+          "own ar; draft ms: the drafter's ms per verification step in flowspec")
     return 0
 
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -91,7 +92,10 @@ def measure(name: str, setup: Callable[[], object], step: Callable[[object], obj
 def summarise(name: str, events, steps: int, wall_ms: float, top: int) -> Result:
     """Totals of the events that began inside a step, per step."""
     spans = [(e.time_range.start, e.time_range.end) for e in events if e.name == STEP]
-    inside = [e for e in events if e.name != STEP and any(s <= e.time_range.start < t for s, t in spans)]
+    # Host-side events only (ops and CUDA runtime calls): a kernel's time is counted once, on the runtime call
+    # that launched it, and the device events' own entries (on the GPU's clock) are left out.
+    inside = [e for e in events if e.name != STEP and e.device_type == DeviceType.CPU
+              and any(s <= e.time_range.start < t for s, t in spans)]
     cpu_self = sum(e.self_cpu_time_total for e in inside)
     device_time = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     cuda_self = sum(getattr(e, device_time) for e in inside)
@@ -269,7 +273,7 @@ def main() -> int:
         print(f"\n{r.name}: top CPU ops per step (self ms, calls)")
         for op, ms, calls in r.top_ops:
             print(f"  {op[:60]:<60} {ms:8.3f} {calls:6.1f}")
-    print(f"\n{'step':<18}{'wall ms':>9}{'CPU self ms':>13}{'CUDA self ms':>14}{'syncs':>7}{'copies':>8}"
+    print(f"\n{'step':<22}{'wall ms':>9}{'CPU self ms':>13}{'CUDA self ms':>14}{'syncs':>7}{'copies':>8}"
           f"{'.item()':>9}{'nonzero':>9}")
     for r in results:
         print(f"{r.name:<22}{r.wall_ms:9.2f}{r.cpu_self_ms:13.2f}{r.cuda_self_ms:14.2f}{r.syncs:7.1f}"
