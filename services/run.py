@@ -67,7 +67,7 @@ def run_ring_service(spec: ClusterSpec, name: str, metrics: ServiceMetrics, own:
     """Serve ring service ``name``; with ``own`` keys every socket is CURVE (the caller runs the ZAP handler)."""
     me = spec.placement(name)
     serve_metrics(metrics, me.host, me.metrics_port)
-    prepare_device(spec.device_of(name))  # DeviceError: "cuda:3 requested, 1 GPU present"; CUDA made deterministic
+    prepare_device(spec.device_of(name), spec.deterministic)  # DeviceError: "cuda:3 requested, 1 GPU present"; CUDA made deterministic
     core, hooks = _build(spec, name, torch_dtype(spec.dtype))
     ctx = zmq.Context.instance()
     limit = spec.max_message_bytes

@@ -86,6 +86,8 @@ class ClusterSpec:
     # Stages and verifier compute each row as if alone (common.models.modeling.invariant): greedy output is
     # then bitwise the same in every mode and under any timing; False: fused kernels, faster segments.
     row_invariant: bool = True
+    # On CUDA: torch's deterministic algorithms and settings at each service's start (common.models.devices).
+    deterministic: bool = True
     drafter: Placement = field(default_factory=lambda: Placement("drafter"))
     stages: tuple[Placement, ...] = ()
     verifier: Placement = field(default_factory=lambda: Placement("verifier"))

@@ -52,8 +52,9 @@ def presence_problem(device: str, gpus: int) -> str | None:
     return f"{device} requested, {present} present"
 
 
-def prepare_device(device: str) -> None:
-    """Check that ``device`` exists here and, on CUDA, make torch's numerics reproducible run to run.
+def prepare_device(device: str, deterministic: bool = True) -> None:
+    """Check that ``device`` exists here and, on CUDA (unless ``deterministic`` is off), make torch's numerics
+    reproducible run to run.
 
     Called once at a service's start, before any CUDA work: ``CUBLAS_WORKSPACE_CONFIG`` must be set
     before cuBLAS starts. What torch still cannot make deterministic is listed in docs/gpu.md.
@@ -64,7 +65,8 @@ def prepare_device(device: str) -> None:
     if problem is not None:
         raise DeviceError(problem)
     if device.startswith("cuda"):
-        deterministic_cuda()
+        if deterministic:
+            deterministic_cuda()
         torch.cuda.set_device(gpu_index(device))  # "cuda" alone is GPU 0 (set_device refuses a device without index)
 
 

@@ -8,7 +8,7 @@
 #    3 held-out code prompts x 48 tokens, T = 0, modes local,ar,chunk,flowspec (row-invariant numerics);
 # 3. infra/gpu/cuda_profile.py: stage forward of 1 and 16 rows, head extend/fill/grow, verifier decision;
 # 4. the bench of 2 again with --fused-numerics;
-# 5. if time is left: infra/cuda_check.py at 4 stages.
+# 5. if time is left: that bench with --nondeterministic (torch's defaults), then infra/cuda_check.py at 4 stages.
 # Prints one table last (infra/gpu/bench_table.py); writes under $OUT: gpu-*.txt (each step's output),
 # gpu-bench-*.json (bench records), gpu-bench-*-trace.json.gz, gpu-profile.json, gpu-logs-*/ (service logs).
 # CPU dry run of the logic: DEVICE=cpu DTYPE=float32 BASE=tiny-folder HEAD=tiny-head CHECK=0 OUT=/tmp/o bash ...
@@ -76,10 +76,12 @@ bench invariant 90 150
 step profile 120 python3 infra/gpu/cuda_profile.py --base "$BASE" --head "$HEAD" --device "$DEVICE" --dtype "$DTYPE" \
   --steps "$STEPS" --json "$OUT/gpu-profile.json" ${PROFILE_ARGS:-}
 bench fused 90 150 --fused-numerics
+# What torch's deterministic settings cost the ring, only while a whole bench still fits.
+if (($(left) >= 200)); then bench fused-nondet 90 150 --fused-numerics --nondeterministic; fi
 if ((CHECK)); then step check-4stages 90 python3 infra/cuda_check.py --stages 4 --prompts 8; fi
 echo "gpu_bench.sh done in $((SECONDS - started)) s" | tee "$OUT/gpu-done.txt"
 echo
 grep -h -E "greedy-equal|^device:" "$OUT"/gpu-check-*.txt 2>/dev/null
 if [[ -f "$OUT/gpu-profile.txt" ]]; then sed -n '/^step .*wall ms/,$p' "$OUT/gpu-profile.txt"; fi
 python3 infra/gpu/bench_table.py "row-invariant=$OUT/gpu-bench-invariant.json" "fused=$OUT/gpu-bench-fused.json" \
-  | tee "$OUT/gpu-table.txt"
+  "fused-nondeterministic=$OUT/gpu-bench-fused-nondet.json" | tee "$OUT/gpu-table.txt"

@@ -45,6 +45,8 @@ def up(
                                               "(drafter with the first stage, verifier with the last); "
                                               "overrides --device.")] = "",
     threads: Annotated[int, typer.Option(help="Torch threads per service (0: torch default).")] = 0,
+    deterministic: Annotated[bool, typer.Option("--deterministic/--nondeterministic", help="On CUDA: torch's "
+                                                "deterministic algorithms in every service (docs/gpu.md).")] = True,
     row_invariant: Annotated[bool, typer.Option("--row-invariant/--fused-numerics", help="Each row of a segment computed bitwise as it would be alone "
                                                      "(reproducible greedy output in every mode); --fused-numerics: "
                                                      "the faster fused kernels.")] = True,
@@ -97,7 +99,7 @@ def up(
               run_dir, log_level,
               dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab,
               row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout,
-              devices=devices)
+              devices=devices, deterministic=deterministic)
 
 
 def _check_devices(device: str, devices: str) -> None:
@@ -141,7 +143,7 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
 def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
               mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True, max_prompt_tokens: int = 0,
-              request_timeout: float = 600.0, devices: str = "") -> None:
+              request_timeout: float = 600.0, devices: str = "", deterministic: bool = True) -> None:
     pair_draft = ""
     if model:
         from common.models.catalog import default_pair
@@ -174,6 +176,7 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
                           draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
         spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab, row_invariant=row_invariant,
+                       deterministic=deterministic,
                        admission=replace(spec.admission, max_prompt_tokens=max_prompt_tokens),
                        timeouts=replace(spec.timeouts, request_timeout_s=request_timeout))
         if devices:

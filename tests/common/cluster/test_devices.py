@@ -39,3 +39,11 @@ def test_placement_devices_survive_the_cluster_file():
     again = ClusterSpec.from_json(placed.to_json())
     assert again == placed and again.device_of("stage-2") == "cuda:1"
     assert ClusterSpec.from_json(spec(2).to_json()).device_of("verifier") == "cpu"  # no own device: the cluster's
+
+
+def test_determinism_is_on_unless_the_cluster_file_turns_it_off():
+    import dataclasses
+
+    assert spec(1).deterministic
+    off = dataclasses.replace(spec(1), deterministic=False)
+    assert not ClusterSpec.from_json(off.to_json()).deterministic

@@ -77,3 +77,12 @@ def test_prepare_on_cuda_makes_torch_deterministic_and_picks_the_gpu(monkeypatch
         torch.use_deterministic_algorithms(False)
         (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
          torch.backends.cudnn.allow_tf32, torch.utils.deterministic.fill_uninitialized_memory) = before
+
+
+def test_prepare_on_cuda_leaves_torch_alone_when_not_deterministic(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    prepare_device("cuda:0", deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled()
