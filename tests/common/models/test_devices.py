@@ -59,24 +59,26 @@ def test_prepare_on_cuda_makes_torch_deterministic_and_picks_the_gpu(monkeypatch
     import torch
     import torch.utils.deterministic
 
-    chosen = []
+    chosen, modes = [], []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    # The real call takes tens of seconds on a loaded CPU machine (it imports torch's compiler settings).
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on, warn_only: modes.append((on, warn_only)))
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-              torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.utils.deterministic.fill_uninitialized_memory)
+    for name in ("benchmark", "deterministic", "allow_tf32"):
+        monkeypatch.setattr(torch.backends.cudnn, name, getattr(torch.backends.cudnn, name))
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    tf32 = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module: restored by hand
     try:
         prepare_device("cuda")
         prepare_device("cuda:1")
-        assert chosen == [0, 1] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
-        assert not torch.utils.deterministic.fill_uninitialized_memory
-        assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.deterministic
+        assert not torch.backends.cuda.matmul.allow_tf32
     finally:
-        torch.use_deterministic_algorithms(False)
-        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
-         torch.backends.cudnn.allow_tf32, torch.utils.deterministic.fill_uninitialized_memory) = before
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert chosen == [0, 1] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert modes == [(True, True)] * 2 and not torch.utils.deterministic.fill_uninitialized_memory
+    assert torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
 
 
 def test_prepare_on_cuda_leaves_torch_alone_when_not_deterministic(monkeypatch):
@@ -84,5 +86,5 @@ def test_prepare_on_cuda_leaves_torch_alone_when_not_deterministic(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda *args, **kwargs: pytest.fail("called"))
     prepare_device("cuda:0", deterministic=False)
-    assert not torch.are_deterministic_algorithms_enabled()
