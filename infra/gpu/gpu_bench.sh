@@ -21,7 +21,6 @@ PROMPTS=${PROMPTS:-infra/data/code_prompts.jsonl} NUM_PROMPTS=${NUM_PROMPTS:-3} 
 STEPS=${STEPS:-10} CHECK=${CHECK:-1} BUDGET_S=${BUDGET_S:-530}  # PROFILE_ARGS: more cuda_profile.py flags
 RUN=$(mktemp -d /tmp/flowring-gpu-XXXX)
 started=$SECONDS
-flowring() { python3 -m services.cli.main "$@"; }
 filter() { grep -v -E 'Loading weights|UNEXPECTED|^Key |^---|LOAD REPORT|can be ignored|USDT' || true; }
 left() { echo $((BUDGET_S - (SECONDS - started))); }
 step() {  # NAME LIMIT_S COMMAND...: run with timeout min(LIMIT_S, time left); skipped under 30 s left
