@@ -12,6 +12,7 @@ import zmq
 
 from common.cluster.keys import client_curve, own_keys, start_gatekeeper
 from common.cluster.settings import ClusterSpec
+from common.models.devices import prepare_device
 from common.models.dtypes import torch_dtype
 from common.models.modeling import load_model_spec, load_slice
 from common.observability.logs import configure
@@ -66,6 +67,7 @@ def run_ring_service(spec: ClusterSpec, name: str, metrics: ServiceMetrics, own:
     """Serve ring service ``name``; with ``own`` keys every socket is CURVE (the caller runs the ZAP handler)."""
     me = spec.placement(name)
     serve_metrics(metrics, me.host, me.metrics_port)
+    prepare_device(spec.device_of(name), spec.deterministic)  # DeviceError: "cuda:3 requested, 1 GPU present"; CUDA made deterministic
     core, hooks = _build(spec, name, torch_dtype(spec.dtype))
     ctx = zmq.Context.instance()
     limit = spec.max_message_bytes
@@ -85,7 +87,7 @@ def run_ring_service(spec: ClusterSpec, name: str, metrics: ServiceMetrics, own:
 
 
 def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
-    device = spec.device
+    device = spec.device_of(name)
     if name == "drafter":
         from services.drafter.core import DrafterCore
 
@@ -116,12 +118,12 @@ def _drafter(spec: ClusterSpec, dtype: torch.dtype):
         from common.speculation.heads import load_head
         from common.speculation.heads.context import HeadDrafters
 
-        head = load_head(Path(spec.draft_head), Path(spec.base), dtype=dtype, device=spec.device)
+        head = load_head(Path(spec.draft_head), Path(spec.base), dtype=dtype, device=spec.device_of("drafter"))
         log.info("head_loaded", head=spec.draft_head, draft_vocab=head.config.draft_vocab_size)
         return HeadDrafters(head)
     # Draft numerics change which tokens are proposed, never the output: the faster fused kernels suffice.
-    model = load_slice(Path(spec.draft), None, with_embedding=True, with_head=True, dtype=dtype, device=spec.device,
-                       row_invariant=False)
+    model = load_slice(Path(spec.draft), None, with_embedding=True, with_head=True, dtype=dtype,
+                       device=spec.device_of("drafter"), row_invariant=False)
     draft_ids = draft_vocabulary(Path(spec.draft), spec.draft_vocab) if spec.draft_vocab else None
     log.info("draft_loaded", draft=spec.draft, draft_vocab=model.spec.vocab_size if draft_ids is None else len(draft_ids))
     return ModelDrafters(model, draft_ids)

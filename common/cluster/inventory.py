@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from common.cluster.settings import Timeouts
+from common.models.devices import DeviceError, parse_device
 from common.models.dtypes import MODEL_DTYPES
 from common.speculation.modes import DraftSettings
 
-DEVICES = ("cpu", "cuda")
 SHIPPED_HEAD = "shipped"  # models.draft_head: the head shipped with flowring for the base (by its fingerprint)
 TOP_LEVEL = frozenset({"models", "placement", "ports", "resources", "tree", "ssh", "timeouts", "boards"})
 BOARD_FIELDS = frozenset({"name", "address", "user", "ssh_port", "cores", "memory_mib", "speed", "python",
-                          "workdir", "home"})
+                          "workdir", "home", "device"})
 # Board paths travel to ssh and scp; plain absolute paths keep them unambiguous for both.
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -51,6 +51,7 @@ class Board:
     home: str  # FLOWRING_HOME on the board
     ssh_port: int = 22
     speed: float = 0.0  # layer-forwards per second (`flowring plan --measure`); 0: use `cores`
+    device: str = ""  # torch device of the services on this board (cpu, cuda, cuda:N); "": models.device
 
     @property
     def relative_speed(self) -> float:
@@ -130,7 +131,7 @@ def parse_inventory(data: Mapping[str, Any]) -> Inventory:
         "base": _text(models, "models.base", problems),
         **_drafter(models, problems),
         "dtype": _choice(models, "dtype", MODEL_DTYPES, "bfloat16", problems),
-        "device": _choice(models, "device", DEVICES, "cpu", problems),
+        "device": _device(models, "device", "cpu", "models.device", problems),
         "threads": _integer(resources, "threads", 0, 0, 1024, problems, "resources"),
         "base_port": _integer(ports, "base", 7700, 1024, 65000, problems, "ports"),
         "overhead_mib": _number(resources, "overhead_mib", 300.0, problems, "resources"),
@@ -183,13 +184,14 @@ def _boards(raw: object, problems: list[str]) -> list[Board]:
         cores = _integer(entry, "cores", None, 1, 4096, problems, label)
         memory_mib = _integer(entry, "memory_mib", None, 1, 1 << 30, problems, label)
         speed = _number(entry, "speed", 0.0, problems, label)
+        device = _device(entry, "device", "", f"{label}: device", problems)
         if any(b.name == name for b in boards):
             problems.append(f"{label} appears twice")
         # A bad name is counted before `before`: any problem at all fails the whole file (see `load`).
         if len(problems) == before and isinstance(name, str) and isinstance(address, str) and isinstance(user, str):
             boards.append(Board(name=name, address=address, user=user, python=entry["python"],
                                 workdir=entry["workdir"], home=entry["home"], ssh_port=ssh_port, cores=cores,
-                                memory_mib=memory_mib, speed=speed))
+                                memory_mib=memory_mib, speed=speed, device=device))
     return boards
 
 
@@ -243,6 +245,17 @@ def _choice(table: Mapping[str, Any], key: str, choices: tuple[str, ...], defaul
         problems.append(f"models.{key} must be one of {', '.join(choices)}, got {value!r}")
         return default
     return value
+
+
+def _device(table: Mapping[str, Any], key: str, default: str, label: str, problems: list[str]) -> str:
+    value = table.get(key, default)
+    if value == default:
+        return default
+    try:
+        return parse_device(value) if isinstance(value, str) else parse_device(repr(value))
+    except DeviceError as exc:
+        problems.append(f"{label}: {exc}")
+        return default
 
 
 def _integer(table: Mapping[str, Any], key: str, default: int | None, low: int, high: int,

@@ -85,16 +85,20 @@ def cluster_spec(inv: Inventory, base_dir: str, draft_dir: str, ranges: list[tup
     def address(board: str) -> str:
         return inv.board(board).address
 
+    def device(board: str) -> str:
+        return inv.board(board).device
+
     scheduler = Placement("scheduler", address(inv.scheduler), report_port=take(inv.scheduler),
                           client_port=take(inv.scheduler), metrics_port=take(inv.scheduler))
-    drafter = Placement("drafter", address(inv.drafter), cmd_port=take(inv.drafter), metrics_port=take(inv.drafter))
+    drafter = Placement("drafter", address(inv.drafter), cmd_port=take(inv.drafter), metrics_port=take(inv.drafter),
+                        device=device(inv.drafter))
     stages = tuple(
         Placement(f"stage-{i + 1}", address(board), data_port=take(board), cmd_port=take(board), layers=r,
-                  metrics_port=take(board))
+                  metrics_port=take(board), device=device(board))
         for i, (board, r) in enumerate(zip(inv.stages, ranges, strict=True))
     )
     verifier = Placement("verifier", address(inv.verifier), data_port=take(inv.verifier),
-                         cmd_port=take(inv.verifier), metrics_port=take(inv.verifier))
+                         cmd_port=take(inv.verifier), metrics_port=take(inv.verifier), device=device(inv.verifier))
     return ClusterSpec(base=base_dir, draft=draft_dir, dtype=inv.dtype, device=inv.device, threads=inv.threads,
                        drafter=drafter, stages=stages, verifier=verifier, scheduler=scheduler,
                        draft_settings=inv.tree, timeouts=inv.timeouts)

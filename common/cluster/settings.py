@@ -25,6 +25,7 @@ class Placement:
     cpus: str = ""  # optional taskset CPU list, e.g. "0-3"
     metrics_port: int = 0  # Prometheus text endpoint over HTTP (0: off)
     public_key: str = ""  # LAN cluster: Z85 CURVE public key of its board, the server key of the sockets it binds
+    device: str = ""  # torch device of this service (cpu, cuda, cuda:N); "": the cluster's device
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.host}:{port}"
@@ -85,6 +86,8 @@ class ClusterSpec:
     # Stages and verifier compute each row as if alone (common.models.modeling.invariant): greedy output is
     # then bitwise the same in every mode and under any timing; False: fused kernels, faster segments.
     row_invariant: bool = True
+    # On CUDA: torch's deterministic algorithms and settings at each service's start (common.models.devices).
+    deterministic: bool = True
     drafter: Placement = field(default_factory=lambda: Placement("drafter"))
     stages: tuple[Placement, ...] = ()
     verifier: Placement = field(default_factory=lambda: Placement("verifier"))
@@ -107,6 +110,10 @@ class ClusterSpec:
             if p.name == name:
                 return p
         raise KeyError(f"no service named {name!r} in this cluster")
+
+    def device_of(self, name: str) -> str:
+        """The torch device service ``name`` runs on: its own, else the cluster's."""
+        return self.placement(name).device or self.device
 
     def successor(self, name: str) -> Placement | None:
         ring = self.ring

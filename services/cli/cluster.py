@@ -40,8 +40,13 @@ def up(
                                            "pipedec, flowspec, or auto (chosen from the machine's cores).")] = "auto",
     layers: Annotated[str, typer.Option(help="Explicit layer ranges per stage, e.g. 0-10,10-20,20-28.")] = "",
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "bfloat16",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: where every service runs.")] = "cpu",
+    devices: Annotated[str, typer.Option(help="Spread the stages over these devices in order, e.g. cuda:0,cuda:1 "
+                                              "(drafter with the first stage, verifier with the last); "
+                                              "overrides --device.")] = "",
     threads: Annotated[int, typer.Option(help="Torch threads per service (0: torch default).")] = 0,
+    deterministic: Annotated[bool, typer.Option("--deterministic/--nondeterministic", help="On CUDA: torch's "
+                                                "deterministic algorithms in every service (docs/gpu.md).")] = True,
     row_invariant: Annotated[bool, typer.Option("--row-invariant/--fused-numerics", help="Each row of a segment computed bitwise as it would be alone "
                                                      "(reproducible greedy output in every mode); --fused-numerics: "
                                                      "the faster fused kernels.")] = True,
@@ -80,6 +85,7 @@ def up(
         return
     if problem := model_dtype_problem(dtype):
         fail(f"--{problem}")
+    _check_devices(device, devices)
     if expansion not in ("grow", "redraft"):
         fail(f"--expansion must be grow or redraft, not {expansion}")
     settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth, expand_nodes=expand_nodes,
@@ -92,7 +98,25 @@ def up(
     _up_local(base, draft, draft_head, model, no_head or bool(draft_vocab), _stage_count(stages), layers, settings,
               run_dir, log_level,
               dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab,
-              row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout)
+              row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout,
+              devices=devices, deterministic=deterministic)
+
+
+def _check_devices(device: str, devices: str) -> None:
+    """Fail in one line on a bad device name or a GPU this machine does not have."""
+    from common.models.devices import DeviceError, parse_device, parse_devices, presence_problem
+
+    try:
+        names = parse_devices(devices) if devices else (parse_device(device),)
+    except DeviceError as exc:
+        fail(f"--devices: {exc}" if devices else f"--device: {exc}")
+    if any(name.startswith("cuda") for name in names):
+        import torch
+
+        gpus = torch.cuda.device_count()
+        for name in names:
+            if problem := presence_problem(name, gpus):
+                fail(problem)
 
 
 def _prepare_draft_vocab(draft_dir: Path, size: int) -> str:
@@ -119,7 +143,7 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
 def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
               mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True, max_prompt_tokens: int = 0,
-              request_timeout: float = 600.0) -> None:
+              request_timeout: float = 600.0, devices: str = "", deterministic: bool = True) -> None:
     pair_draft = ""
     if model:
         from common.models.catalog import default_pair
@@ -152,8 +176,14 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
                           draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
         spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab, row_invariant=row_invariant,
+                       deterministic=deterministic,
                        admission=replace(spec.admission, max_prompt_tokens=max_prompt_tokens),
                        timeouts=replace(spec.timeouts, request_timeout_s=request_timeout))
+        if devices:
+            from common.cluster.devices import device_table, spread_text
+
+            spec = spread_text(devices, spec)
+            typer.echo("devices: " + ", ".join(f"{name} {dev}" for name, dev in device_table(spec)))
         drafting_text = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
         if draft_vocab:
             drafting_text += f" over {_prepare_draft_vocab(draft_dir, draft_vocab)}"

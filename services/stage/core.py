@@ -70,9 +70,13 @@ class _Part:
 
 
 class StageCore:
-    def __init__(self, name: str, model: ModelSlice) -> None:
+    """``reserve_kv`` (default: on any device but the CPU): a request's cache gets room at its start for its
+    prompt, its new tokens and the largest draft tree, so no forward reallocates it."""
+
+    def __init__(self, name: str, model: ModelSlice, reserve_kv: bool | None = None) -> None:
         self.name = name
         self._model = model
+        self._reserve_kv = model.device.type != "cpu" if reserve_kv is None else reserve_kv
         self._requests: RequestTable[_Request] = RequestTable()
         self._caches = CachePool(model.new_cache)  # reused across requests: no reallocation per request
 
@@ -93,7 +97,10 @@ class StageCore:
     def handle(self, msg: Message) -> list[Outbound]:
         """Take a message; segments wait for :meth:`run_batch`."""
         if isinstance(msg, StartRequest):
-            early = self._requests.start(msg.request_id, _Request(msg.request_id, self._caches.take()))
+            cache = self._caches.take()
+            if self._reserve_kv:
+                cache.reserve(len(msg.prompt) + msg.max_new_tokens + msg.draft.node_cap + msg.draft.segment_cap)
+            early = self._requests.start(msg.request_id, _Request(msg.request_id, cache))
             return [out for m in early for out in self.handle(m)]
         req = self._requests.route(msg)
         if req is None:

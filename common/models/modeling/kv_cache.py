@@ -100,6 +100,13 @@ class KVCache:
         self._pending[layer] = new
         return self._keys[layer][:, :end], self._values[layer][:, :end]
 
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows now (capacity doubled past it), so that no forward up to there grows
+        the buffers: on a GPU a growth is an allocation and a copy of every layer in the middle of a step."""
+        self._check_no_pending("reserve")
+        if rows > self._capacity:
+            self._grow(rows)
+
     def advance(self, rows: int) -> None:
         """Commit ``rows`` new rows, which every layer must have received through ``extend``."""
         if any(p != rows for p in self._pending):

@@ -159,4 +159,6 @@ class HeadTreeDrafter(FrontierGrowth):
         """Top-``k`` log-probabilities and full-vocabulary token ids per feature row."""
         logp = torch.log_softmax(self._head.logits(features), dim=-1)  # [F, draft_vocab]
         top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-        return top.values.tolist(), self._head.full_ids(top.indices).tolist()
+        # One copy to the host per level (a GPU waits once): float64 holds the float32 scores and the ids exactly.
+        both = torch.stack((top.values.double(), self._head.full_ids(top.indices).double())).cpu()  # [2, F, k]
+        return both[0].tolist(), both[1].long().tolist()

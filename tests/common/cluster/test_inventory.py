@@ -101,3 +101,24 @@ def test_the_example_drafts_with_the_shipped_head_and_a_draft_model_still_parses
 def test_a_drafter_is_a_draft_model_or_a_head(models, expected):
     lines = _broken(lambda d: d["models"].update(models))
     assert any(line.startswith(expected) for line in lines), lines
+
+
+def test_a_board_may_name_its_own_device():
+    from common.cluster.layout import cluster_spec
+
+    data = example()
+    data["models"]["device"] = "cuda"
+    data["boards"][2]["device"] = "cuda:1"
+    inv = parse_inventory(data)
+    assert inv.board("board-3").device == "cuda:1" and inv.board("board-2").device == ""
+    spec = cluster_spec(inv, "/m/base", "/m/draft", [(0, 4), (4, 8), (8, 12)])
+    assert [spec.device_of(p.name) for p in spec.ring] == ["cuda", "cuda", "cuda:1", "cuda", "cuda"]
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda d: d["boards"][2].update(device="gpu1"), "board board-3: device: device 'gpu1' is not cpu, cuda"),
+    (lambda d: d["models"].update(device="cuda:x"), "models.device: device 'cuda:x' is not cpu, cuda"),
+])
+def test_a_bad_device_is_one_line(edit, expected):
+    lines = _broken(edit)
+    assert any(line.startswith(expected) for line in lines), lines

@@ -99,3 +99,15 @@ def test_plain_generate_prints_the_speed_after_the_text_on_stderr(tmp_path, monk
     assert result.stderr == "8 tokens in 2.00 s: 4.0 tokens/s (5.0 after the prompt)\n"
     as_json = runner.invoke(app, ["generate", "hi", "--json", "--run-dir", str(run_dir)])
     assert json.loads(as_json.stdout)["text"] == "a ring of text" and as_json.stderr == ""
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--device", "gpu"], "--device: device 'gpu' is not cpu, cuda or cuda:N"),
+    (["--devices", "cuda:0,tpu"], "--devices: device 'tpu' is not cpu, cuda or cuda:N"),
+    (["--devices", "cuda:0,cuda:3"], "requested, "),  # cuda:0 too when this machine has no GPU
+    (["--nondeterministic", "--devices", "cpu,cuda:x"], "--devices: device 'cuda:x' is not cpu, cuda or cuda:N"),
+])
+def test_up_refuses_a_bad_device_in_one_line_before_starting_anything(tmp_path, flags, expected):
+    result = runner.invoke(app, ["up", "--model", "smollm2", *flags, "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1 and expected in result.output, result.output
+    assert not (tmp_path / "run").exists()

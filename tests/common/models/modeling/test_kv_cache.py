@@ -182,3 +182,19 @@ def test_keep_with_a_start_leaves_the_prefix_and_compacts_the_rest():
     assert values[0, :4, 0].tolist() == [100.0, 101.0, 103.0, 105.0]
     with pytest.raises(ValueError):
         cache.keep(torch.tensor([1]), start=2)
+
+
+def test_reserve_makes_room_once_and_keeps_contents() -> None:
+    cache = KVCache(LAYERS, HEADS, DIM, dtype=torch.float32, initial_capacity=4)
+    _append(cache, 3)
+    cache.reserve(2)  # already room: nothing reallocated
+    assert cache.capacity == 4
+    cache.reserve(9)
+    assert cache.capacity == 16
+    buffers = [id(t) for t in cache._keys]
+    _append(cache, 13)  # 16 rows: within the reservation, the same buffers
+    assert cache.capacity == 16 and [id(t) for t in cache._keys] == buffers
+    _check_rows(cache, list(range(16)))
+    cache.extend(0, _rows(16, 1, 0), _rows(16, 1, 0, sign=-1.0))
+    with pytest.raises(RuntimeError, match="reserve"):
+        cache.reserve(64)

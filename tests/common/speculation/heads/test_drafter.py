@@ -136,3 +136,13 @@ def test_rows_of_the_kept_subtree_are_reused(head) -> None:
     grown = drafter.grow(kept, [1, 2], width=4, top_k=2)
     assert drafter._cache.length == length + 1  # the kept nodes' features were cached
     assert len(grown) == 7
+
+
+@pytest.mark.parametrize("draft_ids", [None, torch.arange(3, 200, 2)])
+def test_proposals_leave_the_device_in_one_copy_and_keep_every_bit(tiny_base, draft_ids) -> None:
+    head = new_head(tiny_base, intermediate_size=48, draft_ids=draft_ids, dtype=torch.float32, seed=2)
+    features = torch.randn(5, HIDDEN, generator=torch.Generator().manual_seed(4))
+    top = torch.topk(torch.log_softmax(head.logits(features), dim=-1), 4, dim=-1)
+    values, ids = HeadTreeDrafter(head)._proposals(features, 4)
+    assert values == top.values.tolist() and ids == head.full_ids(top.indices).tolist()
+    assert all(type(t) is int for row in ids for t in row) and all(type(v) is float for row in values for v in row)
