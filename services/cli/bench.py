@@ -41,6 +41,7 @@ from common.observability.bench_report import (
 )
 from common.prompts import Prompt, PromptFileError, load_prompts
 from common.speculation.modes import MODES, DraftSettings
+from common.speculation.tree_options import TREE_HELP, parse_tree_options
 from common.wire.errors import ProtocolError
 from common.wire.link import LinkError, LinkSettings
 from services.bench.local_baseline import BaselineError, BaselineWorker
@@ -124,7 +125,7 @@ def bench(
     dtype: Annotated[str, typer.Option(help="--pin: float32 or bfloat16.")] = "bfloat16",
     row_invariant: Annotated[bool, typer.Option("--row-invariant/--fused-numerics", help="--pin: rows computed "
                                                 "bitwise as alone (reproducible), or the faster fused kernels.")] = True,
-    tree: Annotated[str, typer.Option(help="--pin: draft-tree settings as JSON, e.g. '{\"grow_levels\": 2}'.")] = "{}",
+    tree: Annotated[list[str] | None, typer.Option("--tree", help=f"--pin: {TREE_HELP}")] = None,
     concurrency: Annotated[int, typer.Option(min=0, help="Instead of comparing modes: run the prompts one at a "
                                                           "time, then with this many in flight at once.")] = 0,
     ttft: Annotated[bool, typer.Option("--ttft", help="Instead of comparing modes: time to first streamed token "
@@ -154,7 +155,7 @@ def bench(
     settings = BenchSettings(prompts, mode_list, len(prompt_list), max_new_tokens, temperature, seed, link_mbps,
                              link_latency_ms, warmup, timeout, trace_out is not None)
     if pin:
-        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head, layers,
+        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree or [], draft_head, layers,
                                  draft_vocab)
         pinned = dataclasses.replace(pinned, row_invariant=row_invariant)
         spec, own_run_dir = _start_pinned(pinned, in_flight=concurrency)
@@ -246,7 +247,7 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "host": platform.node()}
 
 
-def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: str,
+def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: list[str],
                     draft_head: str, layers: str = "", draft_vocab: int = 0) -> PinnedCluster:
     from common.cluster.partition import explicit_ranges
     from common.models.catalog import ModelStoreError, default_pair
@@ -258,7 +259,7 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
     if draft_vocab and draft_head:
         fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     try:
-        settings = DraftSettings(**json.loads(tree))
+        settings = parse_tree_options(tree)
         if not (base and draft):
             base, draft = default_pair(model)
         base_dir, draft_dir = resolve(base), resolve(draft)

@@ -12,6 +12,7 @@ import typer
 
 from common.models.dtypes import model_dtype_problem
 from common.speculation.modes import MODES, DraftSettings
+from common.speculation.tree_options import TREE_HELP, TreeSettingsError, parse_tree_options
 from services.cli.errors import fail
 from services.launcher import LaunchError, plan_local, running, start, start_api, stop
 from services.run_folder import RunFolder, default_run_dir
@@ -20,7 +21,6 @@ RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", he
 CLUSTER_HELP = "TOML inventory of boards (see infra/lan.example.toml): start the ring on them over SSH."
 KEYS_HELP = "CURVE keys of the --cluster inventory (`flowring keys create`; default: FLOWRING_HOME/keys/<file stem>)."
 KeysDir = Annotated[Path | None, typer.Option("--keys-dir", help=KEYS_HELP)]
-_DEFAULTS = DraftSettings()
 DEFAULT_RUN_DIR = default_run_dir()
 
 
@@ -45,18 +45,7 @@ def up(
     row_invariant: Annotated[bool, typer.Option("--row-invariant/--fused-numerics", help="Each row of a segment computed bitwise as it would be alone "
                                                      "(reproducible greedy output in every mode); --fused-numerics: "
                                                      "the faster fused kernels.")] = True,
-    top_k: Annotated[int, typer.Option(help="Children per drafted node.")] = _DEFAULTS.top_k,
-    fill_nodes: Annotated[int, typer.Option(help="Draft nodes in a new round's tree.")] = _DEFAULTS.fill_nodes,
-    fill_depth: Annotated[int, typer.Option(help="Levels of a new round's tree.")] = _DEFAULTS.fill_depth,
-    expand_nodes: Annotated[int, typer.Option(help="Draft nodes per expansion.")] = _DEFAULTS.expand_nodes,
-    expand_depth: Annotated[int, typer.Option(help="Levels per expansion.")] = _DEFAULTS.expand_depth,
-    segment_cap: Annotated[int, typer.Option(help="Most nodes per segment.")] = _DEFAULTS.segment_cap,
-    expansion: Annotated[str, typer.Option(help="flowspec expansion: grow (one draft forward) or redraft.")] = (
-        _DEFAULTS.expansion
-    ),
-    expand_leaves: Annotated[int, typer.Option(help="Leaves grown per level (grow).")] = _DEFAULTS.expand_leaves,
-    grow_levels: Annotated[int, typer.Option(help="Levels grown per step (grow).")] = _DEFAULTS.grow_levels,
-    pipedec_width: Annotated[int, typer.Option(help="Nodes per level in pipedec mode.")] = _DEFAULTS.pipedec_width,
+    tree: Annotated[list[str] | None, typer.Option("--tree", help=TREE_HELP)] = None,
     max_prompt_tokens: Annotated[int, typer.Option(min=0, help="Refuse prompts longer than this many tokens "
                                                               "(0: the model's context).")] = 0,
     request_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds a request may run in the ring before it "
@@ -73,18 +62,17 @@ def up(
     if running(run_dir):
         fail(f"a cluster is already running from {run_dir}: run `flowring down` first")
     if cluster is not None:
-        if base or draft or draft_head or model or layers or draft_vocab or no_head:
-            fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head, "
-                 "--no-head, --draft-vocab and --layers")
+        if base or draft or draft_head or model or layers or draft_vocab or no_head or tree:
+            fail("--cluster takes the models, layers and tree from the file; drop --model, --base, --draft, "
+                 "--draft-head, --no-head, --draft-vocab, --layers and --tree")
         _up_boards(cluster, run_dir, log_level, keys_dir)
         return
     if problem := model_dtype_problem(dtype):
         fail(f"--{problem}")
-    if expansion not in ("grow", "redraft"):
-        fail(f"--expansion must be grow or redraft, not {expansion}")
-    settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth, expand_nodes=expand_nodes,
-                             expand_depth=expand_depth, segment_cap=segment_cap, expansion=expansion,
-                             expand_leaves=expand_leaves, pipedec_width=pipedec_width, grow_levels=grow_levels)
+    try:
+        settings = parse_tree_options(tree or ())
+    except TreeSettingsError as exc:
+        fail(str(exc))
     if mode != "auto" and mode not in MODES:
         fail(f"--mode must be auto or one of {', '.join(MODES)}, not {mode}")
     if draft_vocab and draft_head:
