@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from common.cluster.settings import Admission, Timeouts
+from common.cluster.spec_builder import ClusterRequest
 from common.models.dtypes import model_dtype_problem
 from common.speculation.modes import MODES, DraftSettings
 from common.speculation.tree_options import TREE_HELP, TreeSettingsError, parse_tree_options
 from services.cli.errors import fail
-from services.launcher import LaunchError, plan_local, running, start, start_api, stop
+from services.launcher import LaunchError, local_spec, running, start, start_api, stop
 from services.run_folder import RunFolder, default_run_dir
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
@@ -137,11 +139,12 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         stage_count = len(ranges) if ranges else stage_count
         choice = choose_mode(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model")
         default_mode = choice.mode if mode == "auto" else mode
-        spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
-                          draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
-        spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab, row_invariant=row_invariant,
-                       admission=replace(spec.admission, max_prompt_tokens=max_prompt_tokens),
-                       timeouts=replace(spec.timeouts, request_timeout_s=request_timeout))
+        asked = ClusterRequest(base=str(base_dir), draft=str(draft_dir or ""), draft_head=str(head_dir or ""),
+                               draft_vocab=draft_vocab, dtype=dtype, device=device, threads=threads,
+                               row_invariant=row_invariant, draft_settings=settings,
+                               timeouts=Timeouts(request_timeout_s=request_timeout),
+                               admission=Admission(max_prompt_tokens=max_prompt_tokens), default_mode=default_mode)
+        spec = local_spec(asked, stage_count, ranges)
         drafting_text = f"head {head_dir.name}" if head_dir else f"draft {draft_dir.name}"
         if draft_vocab:
             drafting_text += f" over {_prepare_draft_vocab(draft_dir, draft_vocab)}"
