@@ -181,8 +181,13 @@ class Launcher(Protocol):
     """Services being started: local processes (:class:`LocalProcesses`) or services on boards over SSH
     (services/cluster/bringup.py). :func:`wait_ready` is the one loop that waits for either."""
 
-    check_interval_s: float  # how often ``check_started`` may run (an SSH round trip costs; a local check not)
-    logs: str  # where a person looks when the services never got ready
+    @property
+    def check_interval_s(self) -> float:
+        """How often ``check_started`` may run (an SSH round trip costs; a local check does not)."""
+
+    @property
+    def logs(self) -> str:
+        """Where a person looks when the services never got ready."""
 
     def check_started(self) -> None:
         """Raise :class:`LaunchError` naming a service that exited while starting, and its last error."""
