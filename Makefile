@@ -52,7 +52,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check common services tests
 	$(BIN)/lint-imports
-	$(BIN)/mypy common services/drafter/core.py services/stage/core.py services/verifier/core.py services/scheduler/core.py
+	$(BIN)/mypy common services/drafter/core.py services/stage/core.py services/verifier/core.py services/scheduler/core.py services/cores.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

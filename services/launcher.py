@@ -19,12 +19,15 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from common.cluster.keys import client_curve, own_keys
 from common.cluster.machine_defaults import thread_environment
 from common.cluster.partition import even_split
-from common.cluster.settings import ClusterSpec, Placement, Timeouts
+from common.cluster.settings import ClusterSpec, Timeouts
+from common.cluster.spec_builder import ClusterRequest, build_spec, ports_needed
 from common.models.modeling import load_model_spec
 from common.speculation.modes import DraftSettings
 from services.client import Client, ClusterUnavailable
@@ -74,29 +77,26 @@ def plan_local(
     timeouts: Timeouts | None = None,
     draft_head: Path | None = None,
 ) -> ClusterSpec:
-    """Every service on ``host`` with freshly chosen ports; layers split evenly unless given."""
-    layers = load_model_spec(base).num_layers
+    """Every service on ``host`` with freshly chosen ports; layers split evenly unless given (the tests' short
+    form of :func:`local_spec`)."""
+    asked = ClusterRequest(base=str(base), draft=str(draft or ""), draft_head=str(draft_head or ""), dtype=dtype,
+                           device=device, threads=threads, draft_settings=draft_settings or DraftSettings(),
+                           timeouts=timeouts or Timeouts())
+    return local_spec(asked, stages, layer_ranges, host)
+
+
+def local_spec(asked: ClusterRequest, stages: int, layer_ranges: list[tuple[int, int]] | None = None,
+               host: str = "127.0.0.1") -> ClusterSpec:
+    """``asked`` placed on ``host`` with freshly chosen ports; ``stages`` stages, layers split evenly unless
+    ``layer_ranges`` gives them."""
+    layers = load_model_spec(Path(asked.base)).num_layers
     ranges = layer_ranges or even_split(layers, stages)
     if len(ranges) != stages or ranges[0][0] != 0 or ranges[-1][1] != layers or any(
         a[1] != b[0] for a, b in zip(ranges, ranges[1:], strict=False)
     ):
         raise LaunchError(f"layer ranges {ranges} do not cover the base model's {layers} layers in order")
-    ports = iter(free_ports(host, 3 * stages + 8))  # data, command, client and report ports; one metrics port each
-    return ClusterSpec(
-        base=str(base), draft=str(draft or ""), draft_head=str(draft_head or ""), dtype=dtype, device=device,
-        threads=threads,
-        drafter=Placement("drafter", host, cmd_port=next(ports), metrics_port=next(ports)),
-        stages=tuple(
-            Placement(f"stage-{i + 1}", host, data_port=next(ports), cmd_port=next(ports), layers=r,
-                      metrics_port=next(ports))
-            for i, r in enumerate(ranges)
-        ),
-        verifier=Placement("verifier", host, data_port=next(ports), cmd_port=next(ports), metrics_port=next(ports)),
-        scheduler=Placement("scheduler", host, report_port=next(ports), client_port=next(ports),
-                            metrics_port=next(ports)),
-        draft_settings=draft_settings or DraftSettings(),
-        timeouts=timeouts or Timeouts(),
-    )
+    ports = iter(free_ports(host, ports_needed(stages)))
+    return build_spec(asked, ranges, lambda _: host, lambda _: next(ports))
 
 
 def client_for(spec: ClusterSpec, timeout_s: float | None = None) -> Client:
@@ -131,7 +131,7 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
         pids[place.name] = _spawn(cmd, logs / f"{place.name}.out", env)
     RunFolder(run_dir).pids.write_text(json.dumps(pids))
     try:
-        wait_ready(spec, run_dir, pids)
+        wait_ready(spec, LocalProcesses(pids, run_dir))
     except LaunchError:
         stop(run_dir)
         raise
@@ -177,20 +177,59 @@ def _spawn(cmd: list[str], output: Path, env: dict[str, str] | None = None) -> i
     return proc.pid
 
 
-def wait_ready(spec: ClusterSpec, run_dir: Path, pids: dict[str, int]) -> None:
-    deadline = time.monotonic() + spec.timeouts.ready_timeout_s
+class Launcher(Protocol):
+    """Services being started: local processes (:class:`LocalProcesses`) or services on boards over SSH
+    (services/cluster/bringup.py). :func:`wait_ready` is the one loop that waits for either."""
+
+    @property
+    def check_interval_s(self) -> float:
+        """How often ``check_started`` may run (an SSH round trip costs; a local check does not)."""
+
+    @property
+    def logs(self) -> str:
+        """Where a person looks when the services never got ready."""
+
+    def check_started(self) -> None:
+        """Raise :class:`LaunchError` naming a service that exited while starting, and its last error."""
+
+
+@dataclass(frozen=True)
+class LocalProcesses:
+    """Services started by :func:`start` on this machine, one process (group) each."""
+
+    pids: dict[str, int]
+    run_dir: Path
+    check_interval_s: float = 0.0
+
+    @property
+    def logs(self) -> str:
+        return str(RunFolder(self.run_dir).logs)
+
+    def check_started(self) -> None:
+        dead = [name for name, pid in self.pids.items() if not _alive({name: pid})]
+        if dead:
+            raise LaunchError(f"{dead[0]} exited while starting: "
+                              f"{_last_error(RunFolder(self.run_dir).logs / f'{dead[0]}.out')}")
+
+
+def wait_ready(spec: ClusterSpec, launcher: Launcher) -> None:
+    """Return once ``spec``'s scheduler reports every service ready; raise :class:`LaunchError` when one of
+    ``launcher``'s services exits first, or after ``spec.timeouts.ready_timeout_s``."""
+    timeout_s = spec.timeouts.ready_timeout_s
+    deadline = time.monotonic() + timeout_s
+    next_check = time.monotonic() + launcher.check_interval_s
     with client_for(spec) as client:
         while time.monotonic() < deadline:
-            dead = [name for name, pid in pids.items() if not _alive({name: pid})]
-            if dead:
-                raise LaunchError(f"{dead[0]} exited while starting: {_last_error(RunFolder(run_dir).logs / f'{dead[0]}.out')}")
+            if time.monotonic() >= next_check:
+                launcher.check_started()
+                next_check = time.monotonic() + launcher.check_interval_s
             try:
                 if client.status(timeout_s=2.0).ready:
                     return
             except ClusterUnavailable:
-                pass
+                pass  # the scheduler is still loading
             time.sleep(0.2)
-    raise LaunchError(f"services not ready after {spec.timeouts.ready_timeout_s:.0f} s; see {RunFolder(run_dir).logs}")
+    raise LaunchError(f"services not ready after {timeout_s:.0f} s; see {launcher.logs}")
 
 
 def stop(run_dir: Path, grace_s: float = 10.0) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import torch
@@ -13,18 +14,17 @@ import zmq
 from common.cluster.keys import client_curve, own_keys, start_gatekeeper
 from common.cluster.settings import ClusterSpec
 from common.models.devices import prepare_device
-from common.models.dtypes import torch_dtype
-from common.models.modeling import load_model_spec, load_slice
 from common.observability.logs import configure
 from common.observability.metrics import SchedulerMetrics, ServiceMetrics, serve_metrics
-from common.speculation.draft_vocab import draft_vocabulary
-from common.speculation.drafting import ModelDrafters
 from common.wire.curve import KeyPair
 from common.wire.link import shaped_push
 from common.wire.transport import pull
 from services.run_folder import RunFolder
 from services.runtime import CoreHooks, ServiceSockets, serve
 from services.supervisor import RESTART_ENV
+
+if TYPE_CHECKING:
+    from services.cores import RingCore
 
 log = structlog.get_logger()
 
@@ -67,8 +67,11 @@ def run_ring_service(spec: ClusterSpec, name: str, metrics: ServiceMetrics, own:
     """Serve ring service ``name``; with ``own`` keys every socket is CURVE (the caller runs the ZAP handler)."""
     me = spec.placement(name)
     serve_metrics(metrics, me.host, me.metrics_port)
+    from services.cores import build_core  # the scheduler's process loads no model code
+
     prepare_device(spec.device_of(name), spec.deterministic)  # DeviceError: "cuda:3 requested, 1 GPU present"; CUDA made deterministic
-    core, hooks = _build(spec, name, torch_dtype(spec.dtype))
+    core = build_core(spec, name)
+    hooks = _hooks(core)
     ctx = zmq.Context.instance()
     limit = spec.max_message_bytes
     data = pull(ctx, me.endpoint(me.data_port), limit, own) if me.data_port else None
@@ -86,47 +89,18 @@ def run_ring_service(spec: ClusterSpec, name: str, metrics: ServiceMetrics, own:
     serve(core, sockets, hooks, timeouts=spec.timeouts, metrics=metrics, max_message_bytes=limit)
 
 
-def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
-    device = spec.device_of(name)
-    if name == "drafter":
-        from services.drafter.core import DrafterCore
+def _hooks(core: RingCore) -> CoreHooks:
+    """What the runtime calls on ``core`` besides ``handle``."""
+    from services.drafter.core import DrafterCore
+    from services.verifier.core import VerifierCore
 
-        core = DrafterCore(name, _drafter(spec, dtype), hops=len(spec.stages) + 1)
-        return core, CoreHooks(core.drop_request, next_work=core.next_work, work=core.work)
-    if name == "verifier":
-        from services.verifier.core import VerifierCore
-
-        layers = load_model_spec(Path(spec.base)).num_layers
-        head = load_slice(Path(spec.base), (layers, layers), with_embedding=False, with_head=True, dtype=dtype,
-                          device=device, row_invariant=spec.row_invariant)
-        core = VerifierCore(name, head, features_to="drafter" if spec.draft_head else None)
-        return core, CoreHooks(core.drop_request, batch_ready=core.batch_ready, run_batch=core.run_batch)
-    from services.stage.core import StageCore
-
-    me = spec.placement(name)
-    model = load_slice(Path(spec.base), me.layers, with_embedding=me is spec.stages[0], with_head=False,
-                       dtype=dtype, device=device, row_invariant=spec.row_invariant)
-    log.info("slice_loaded", layers=list(me.layers), parameters=model.num_parameters)
-    core = StageCore(name, model)
-    return core, CoreHooks(core.drop_request, kv_cache_bytes=lambda: core.kv_cache_bytes, batch_ready=core.batch_ready,
-                           run_batch=core.run_batch)
-
-
-def _drafter(spec: ClusterSpec, dtype: torch.dtype):
-    """Per-request drafters of a draft model, or of a draft head fed by the verifier's features."""
-    if spec.draft_head:
-        from common.speculation.heads import load_head
-        from common.speculation.heads.context import HeadDrafters
-
-        head = load_head(Path(spec.draft_head), Path(spec.base), dtype=dtype, device=spec.device_of("drafter"))
-        log.info("head_loaded", head=spec.draft_head, draft_vocab=head.config.draft_vocab_size)
-        return HeadDrafters(head)
-    # Draft numerics change which tokens are proposed, never the output: the faster fused kernels suffice.
-    model = load_slice(Path(spec.draft), None, with_embedding=True, with_head=True, dtype=dtype,
-                       device=spec.device_of("drafter"), row_invariant=False)
-    draft_ids = draft_vocabulary(Path(spec.draft), spec.draft_vocab) if spec.draft_vocab else None
-    log.info("draft_loaded", draft=spec.draft, draft_vocab=model.spec.vocab_size if draft_ids is None else len(draft_ids))
-    return ModelDrafters(model, draft_ids)
+    if isinstance(core, DrafterCore):
+        return CoreHooks(core.drop_request, next_work=core.next_work, work=core.work)
+    if isinstance(core, VerifierCore):
+        return CoreHooks(core.drop_request, batch_ready=core.batch_ready, run_batch=core.run_batch)
+    stage = core
+    return CoreHooks(stage.drop_request, kv_cache_bytes=lambda: stage.kv_cache_bytes, batch_ready=stage.batch_ready,
+                     run_batch=stage.run_batch)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from common.cluster.settings import Timeouts
 from common.models.devices import DeviceError, parse_device
 from common.models.dtypes import MODEL_DTYPES
 from common.speculation.modes import DraftSettings
+from common.speculation.tree_options import TreeSettingsError, tree_settings
 
 SHIPPED_HEAD = "shipped"  # models.draft_head: the head shipped with flowring for the base (by its fingerprint)
 TOP_LEVEL = frozenset({"models", "placement", "ports", "resources", "tree", "ssh", "timeouts", "boards"})
@@ -145,7 +146,7 @@ def parse_inventory(data: Mapping[str, Any]) -> Inventory:
     if measured and measured != set(fields["stages"]) - {""}:
         problems.append("speed must be given on every stage board or on none (measured speeds and core counts "
                         "do not compare)")
-    fields["tree"] = _dataclass(DraftSettings, data, "tree", problems)
+    fields["tree"] = _tree(data, problems)
     fields["ssh"] = _dataclass(SshOptions, data, "ssh", problems)
     fields["timeouts"] = _dataclass(Timeouts, data, "timeouts", problems)
     if problems:
@@ -303,6 +304,15 @@ def _stages(value: object, names: set[str], problems: list[str]) -> tuple[str, .
     if repeated:
         problems.append(f"placement.stages: board {repeated[0]} holds two stages; give each stage its own board")
     return stages
+
+
+def _tree(data: Mapping[str, Any], problems: list[str]) -> DraftSettings:
+    """The [tree] table, read by the same rules as ``--tree key=value`` (common.speculation.tree_options)."""
+    try:
+        return tree_settings(_table(data, "tree", problems))
+    except TreeSettingsError as exc:
+        problems.extend(f"[tree]: {line}" for line in str(exc).splitlines())
+        return DraftSettings()
 
 
 def _dataclass(cls: type, data: Mapping[str, Any], key: str, problems: list[str]) -> Any:

@@ -17,7 +17,8 @@ from common.cluster.partition import (
     human_bytes,
     plan_partition,
 )
-from common.cluster.settings import ClusterSpec, Placement
+from common.cluster.settings import ClusterSpec
+from common.cluster.spec_builder import ClusterRequest, build_spec
 from common.models.kv_memory import kv_cache_bytes
 
 
@@ -72,36 +73,27 @@ def memory_problems(inv: Inventory, totals: dict[str, int]) -> list[str]:
     ]
 
 
+def cluster_request(inv: Inventory, base_dir: str, draft_dir: str) -> ClusterRequest:
+    """What an inventory asks of its cluster: its models, numerics, tree and timeouts."""
+    return ClusterRequest(base=base_dir, draft=draft_dir, dtype=inv.dtype, device=inv.device, threads=inv.threads,
+                          draft_settings=inv.tree, timeouts=inv.timeouts)
+
+
 def cluster_spec(inv: Inventory, base_dir: str, draft_dir: str, ranges: list[tuple[int, int]]) -> ClusterSpec:
-    """The ClusterSpec every service reads: each service at its board's address with its ports."""
+    """The ClusterSpec every service reads: each service at its board's address, taking consecutive ports of
+    its board from ``base_port``."""
     if len(ranges) != len(inv.stages):
         raise InventoryError(f"{len(ranges)} layer ranges for {len(inv.stages)} stages")
+    board_of = dict(inv.services())
     next_port = {b.name: inv.base_port for b in inv.boards}
 
-    def take(board: str) -> int:
-        next_port[board] += 1
-        return next_port[board] - 1
+    def take(service: str) -> int:
+        next_port[board_of[service]] += 1
+        return next_port[board_of[service]] - 1
 
-    def address(board: str) -> str:
-        return inv.board(board).address
-
-    def device(board: str) -> str:
-        return inv.board(board).device
-
-    scheduler = Placement("scheduler", address(inv.scheduler), report_port=take(inv.scheduler),
-                          client_port=take(inv.scheduler), metrics_port=take(inv.scheduler))
-    drafter = Placement("drafter", address(inv.drafter), cmd_port=take(inv.drafter), metrics_port=take(inv.drafter),
-                        device=device(inv.drafter))
-    stages = tuple(
-        Placement(f"stage-{i + 1}", address(board), data_port=take(board), cmd_port=take(board), layers=r,
-                  metrics_port=take(board), device=device(board))
-        for i, (board, r) in enumerate(zip(inv.stages, ranges, strict=True))
-    )
-    verifier = Placement("verifier", address(inv.verifier), data_port=take(inv.verifier),
-                         cmd_port=take(inv.verifier), metrics_port=take(inv.verifier), device=device(inv.verifier))
-    return ClusterSpec(base=base_dir, draft=draft_dir, dtype=inv.dtype, device=inv.device, threads=inv.threads,
-                       drafter=drafter, stages=stages, verifier=verifier, scheduler=scheduler,
-                       draft_settings=inv.tree, timeouts=inv.timeouts)
+    return build_spec(cluster_request(inv, base_dir, draft_dir), ranges,
+                      lambda service: inv.board(board_of[service]).address, take,
+                      lambda service: inv.board(board_of[service]).device)
 
 
 def ports_of(spec: ClusterSpec, name: str) -> list[int]:

@@ -1,36 +1,22 @@
-"""Emulating a LAN of boards on one many-core host: every service on cores of its own (taskset)."""
+"""Emulating a LAN of boards on one many-core host: every service on cores of its own (taskset).
+
+The cores are handed out where the spec is built (common.cluster.spec_builder), from the :class:`Pinning`
+that ``bench --pin`` asks for.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import os
 
 from common.cluster.settings import ClusterSpec
+from common.cluster.spec_builder import PinError, Pinning
+
+__all__ = ["PinError", "Pinning", "pinning_for", "stage_cpus"]
 
 
-class PinError(ValueError):
-    """The host has too few cores to give every service its own."""
-
-
-def pin_services(spec: ClusterSpec, cores_per_service: int, host_cores: int) -> ClusterSpec:
-    """Give the drafter, each stage and the verifier ``cores_per_service`` consecutive cores, in ring order.
-
-    The scheduler shares the verifier's cores: it only routes small messages. Torch threads per service
-    follow the cores each has.
-    """
-    ring = spec.ring
-    needed = len(ring) * cores_per_service
-    if needed > host_cores:
-        raise PinError(f"{len(ring)} services x {cores_per_service} cores need {needed} cores; this host has "
-                       f"{host_cores}")
-    cpus = {p.name: f"{i * cores_per_service}-{(i + 1) * cores_per_service - 1}" for i, p in enumerate(ring)}
-    return replace(
-        spec,
-        threads=cores_per_service,
-        drafter=replace(spec.drafter, cpus=cpus[spec.drafter.name]),
-        stages=tuple(replace(s, cpus=cpus[s.name]) for s in spec.stages),
-        verifier=replace(spec.verifier, cpus=cpus[spec.verifier.name]),
-        scheduler=replace(spec.scheduler, cpus=cpus[spec.verifier.name]),
-    )
+def pinning_for(cores_per_service: int) -> Pinning:
+    """Every ring service on ``cores_per_service`` cores of this host's own."""
+    return Pinning(cores_per_service, os.cpu_count() or 1)
 
 
 def stage_cpus(spec: ClusterSpec) -> str:

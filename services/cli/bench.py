@@ -30,7 +30,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from common.cluster.settings import ClusterSpec
+from common.cluster.settings import Admission, ClusterSpec
+from common.cluster.spec_builder import ClusterRequest
 from common.models.dtypes import model_dtype_problem
 from common.observability import trace
 from common.observability.bench_report import (
@@ -41,10 +42,11 @@ from common.observability.bench_report import (
 )
 from common.prompts import Prompt, PromptFileError, load_prompts
 from common.speculation.modes import MODES, DraftSettings
+from common.speculation.tree_options import TREE_HELP, parse_tree_options
 from common.wire.errors import ProtocolError
 from common.wire.link import LinkError, LinkSettings
 from services.bench.local_baseline import BaselineError, BaselineWorker
-from services.bench.pinning import PinError, pin_services, stage_cpus
+from services.bench.pinning import PinError, pinning_for, stage_cpus
 from services.bench.ttft import TtftError
 from services.cli import bench_serving
 from services.cli.bench_output import (
@@ -62,7 +64,7 @@ from services.cli.bench_output import (
 from services.cli.bench_plot import PlotError, write_plot, write_timeline
 from services.cli.errors import fail
 from services.client import Client, ClusterUnavailable
-from services.launcher import LaunchError, client_for, plan_local, start, stop
+from services.launcher import LaunchError, client_for, local_spec, start, stop
 from services.run_folder import RunFolder, default_run_dir
 
 WARMUP_MAX_NEW_TOKENS = 16
@@ -124,7 +126,7 @@ def bench(
     dtype: Annotated[str, typer.Option(help="--pin: float32 or bfloat16.")] = "bfloat16",
     row_invariant: Annotated[bool, typer.Option("--row-invariant/--fused-numerics", help="--pin: rows computed "
                                                 "bitwise as alone (reproducible), or the faster fused kernels.")] = True,
-    tree: Annotated[str, typer.Option(help="--pin: draft-tree settings as JSON, e.g. '{\"grow_levels\": 2}'.")] = "{}",
+    tree: Annotated[list[str] | None, typer.Option("--tree", help=f"--pin: {TREE_HELP}")] = None,
     concurrency: Annotated[int, typer.Option(min=0, help="Instead of comparing modes: run the prompts one at a "
                                                           "time, then with this many in flight at once.")] = 0,
     ttft: Annotated[bool, typer.Option("--ttft", help="Instead of comparing modes: time to first streamed token "
@@ -154,9 +156,8 @@ def bench(
     settings = BenchSettings(prompts, mode_list, len(prompt_list), max_new_tokens, temperature, seed, link_mbps,
                              link_latency_ms, warmup, timeout, trace_out is not None)
     if pin:
-        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree, draft_head, layers,
-                                 draft_vocab)
-        pinned = dataclasses.replace(pinned, row_invariant=row_invariant)
+        pinned = _pinned_cluster(model, base, draft, stages, cores_per_service, dtype, tree or [], draft_head, layers,
+                                 draft_vocab, row_invariant)
         spec, own_run_dir = _start_pinned(pinned, in_flight=concurrency)
     else:
         cluster_file = RunFolder(run_dir).cluster
@@ -246,8 +247,9 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "host": platform.node()}
 
 
-def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: str,
-                    draft_head: str, layers: str = "", draft_vocab: int = 0) -> PinnedCluster:
+def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, dtype: str, tree: list[str],
+                    draft_head: str, layers: str = "", draft_vocab: int = 0,
+                    row_invariant: bool = True) -> PinnedCluster:
     from common.cluster.partition import explicit_ranges
     from common.models.catalog import ModelStoreError, default_pair
     from common.models.modeling import load_model_spec
@@ -258,7 +260,7 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
     if draft_vocab and draft_head:
         fail("--draft-vocab applies to a draft model; a head's vocabulary was chosen when it was trained")
     try:
-        settings = DraftSettings(**json.loads(tree))
+        settings = parse_tree_options(tree)
         if not (base and draft):
             base, draft = default_pair(model)
         base_dir, draft_dir = resolve(base), resolve(draft)
@@ -267,7 +269,7 @@ def _pinned_cluster(model: str, base: str, draft: str, stages: int, cores: int, 
         fail(str(exc))
     head = str(Path(draft_head).resolve()) if draft_head else ""
     return PinnedCluster(str(base_dir), str(draft_dir), len(ranges) or stages, cores, dtype, settings, head, ranges,
-                         draft_vocab)
+                         draft_vocab, row_invariant)
 
 
 def _start_pinned(pinned: PinnedCluster, in_flight: int = 0) -> tuple[ClusterSpec, Path]:
@@ -277,18 +279,16 @@ def _start_pinned(pinned: PinnedCluster, in_flight: int = 0) -> tuple[ClusterSpe
 
     from common.speculation.draft_vocab import draft_vocabulary
 
+    # --concurrency K measures K in the ring, none queued
+    admission = Admission(max_in_flight=max(in_flight, Admission().max_in_flight))
+    asked = ClusterRequest(base=pinned.base, draft=pinned.draft, draft_head=pinned.draft_head,
+                           draft_vocab=pinned.draft_vocab, dtype=pinned.dtype, threads=pinned.cores_per_service,
+                           row_invariant=pinned.row_invariant, draft_settings=pinned.draft_settings,
+                           admission=admission, pinning=pinning_for(pinned.cores_per_service))
     try:
-        spec = plan_local(Path(pinned.base), Path(pinned.draft), pinned.stages, dtype=pinned.dtype,
-                          threads=pinned.cores_per_service, draft_settings=pinned.draft_settings,
-                          draft_head=Path(pinned.draft_head) if pinned.draft_head else None,
-                          layer_ranges=list(pinned.layer_ranges) or None)
-        if in_flight > spec.admission.max_in_flight:  # --concurrency K measures K in the ring, none queued
-            spec = dataclasses.replace(spec, admission=dataclasses.replace(spec.admission, max_in_flight=in_flight))
+        spec = local_spec(asked, pinned.stages, list(pinned.layer_ranges) or None)
         if pinned.draft_vocab:  # counted once here (and saved), so the drafter starts without counting
             draft_vocabulary(Path(pinned.draft), pinned.draft_vocab)
-        spec = pin_services(dataclasses.replace(spec, draft_vocab=pinned.draft_vocab, row_invariant=pinned.row_invariant),
-                            pinned.cores_per_service,
-                            os.cpu_count() or 1)
         run_dir = Path(tempfile.mkdtemp(prefix="flowring-bench-")) / "run"
         typer.echo(f"starting {pinned.stages} stage(s), every service on {pinned.cores_per_service} core(s) of its "
                    f"own: {', '.join(f'{p.name} {p.cpus}' for p in spec.ring)}")

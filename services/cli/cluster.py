@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from common.cluster.settings import Admission, Timeouts
+from common.cluster.spec_builder import ClusterRequest
 from common.models.dtypes import model_dtype_problem
 from common.speculation.modes import MODES, DraftSettings
+from common.speculation.tree_options import TREE_HELP, TreeSettingsError, parse_tree_options
 from services.cli.errors import fail
-from services.launcher import LaunchError, plan_local, running, start, start_api, stop
+from services.launcher import LaunchError, local_spec, running, start, start_api, stop
 from services.run_folder import RunFolder, default_run_dir
 
 RunDir = Annotated[Path, typer.Option("--run-dir", envvar="FLOWRING_RUN_DIR", help="Where the cluster keeps state.")]
 CLUSTER_HELP = "TOML inventory of boards (see infra/lan.example.toml): start the ring on them over SSH."
 KEYS_HELP = "CURVE keys of the --cluster inventory (`flowring keys create`; default: FLOWRING_HOME/keys/<file stem>)."
 KeysDir = Annotated[Path | None, typer.Option("--keys-dir", help=KEYS_HELP)]
-_DEFAULTS = DraftSettings()
 DEFAULT_RUN_DIR = default_run_dir()
 
 
@@ -50,18 +52,7 @@ def up(
     row_invariant: Annotated[bool, typer.Option("--row-invariant/--fused-numerics", help="Each row of a segment computed bitwise as it would be alone "
                                                      "(reproducible greedy output in every mode); --fused-numerics: "
                                                      "the faster fused kernels.")] = True,
-    top_k: Annotated[int, typer.Option(help="Children per drafted node.")] = _DEFAULTS.top_k,
-    fill_nodes: Annotated[int, typer.Option(help="Draft nodes in a new round's tree.")] = _DEFAULTS.fill_nodes,
-    fill_depth: Annotated[int, typer.Option(help="Levels of a new round's tree.")] = _DEFAULTS.fill_depth,
-    expand_nodes: Annotated[int, typer.Option(help="Draft nodes per expansion.")] = _DEFAULTS.expand_nodes,
-    expand_depth: Annotated[int, typer.Option(help="Levels per expansion.")] = _DEFAULTS.expand_depth,
-    segment_cap: Annotated[int, typer.Option(help="Most nodes per segment.")] = _DEFAULTS.segment_cap,
-    expansion: Annotated[str, typer.Option(help="flowspec expansion: grow (one draft forward) or redraft.")] = (
-        _DEFAULTS.expansion
-    ),
-    expand_leaves: Annotated[int, typer.Option(help="Leaves grown per level (grow).")] = _DEFAULTS.expand_leaves,
-    grow_levels: Annotated[int, typer.Option(help="Levels grown per step (grow).")] = _DEFAULTS.grow_levels,
-    pipedec_width: Annotated[int, typer.Option(help="Nodes per level in pipedec mode.")] = _DEFAULTS.pipedec_width,
+    tree: Annotated[list[str] | None, typer.Option("--tree", help=TREE_HELP)] = None,
     max_prompt_tokens: Annotated[int, typer.Option(min=0, help="Refuse prompts longer than this many tokens "
                                                               "(0: the model's context).")] = 0,
     request_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds a request may run in the ring before it "
@@ -78,19 +69,18 @@ def up(
     if running(run_dir):
         fail(f"a cluster is already running from {run_dir}: run `flowring down` first")
     if cluster is not None:
-        if base or draft or draft_head or model or layers or draft_vocab or no_head:
-            fail("--cluster takes the models and layers from the file; drop --model, --base, --draft, --draft-head, "
-                 "--no-head, --draft-vocab and --layers")
+        if base or draft or draft_head or model or layers or draft_vocab or no_head or tree:
+            fail("--cluster takes the models, layers and tree from the file; drop --model, --base, --draft, "
+                 "--draft-head, --no-head, --draft-vocab, --layers and --tree")
         _up_boards(cluster, run_dir, log_level, keys_dir)
         return
     if problem := model_dtype_problem(dtype):
         fail(f"--{problem}")
     _check_devices(device, devices)
-    if expansion not in ("grow", "redraft"):
-        fail(f"--expansion must be grow or redraft, not {expansion}")
-    settings = DraftSettings(top_k=top_k, fill_nodes=fill_nodes, fill_depth=fill_depth, expand_nodes=expand_nodes,
-                             expand_depth=expand_depth, segment_cap=segment_cap, expansion=expansion,
-                             expand_leaves=expand_leaves, pipedec_width=pipedec_width, grow_levels=grow_levels)
+    try:
+        settings = parse_tree_options(tree or ())
+    except TreeSettingsError as exc:
+        fail(str(exc))
     if mode != "auto" and mode not in MODES:
         fail(f"--mode must be auto or one of {', '.join(MODES)}, not {mode}")
     if draft_vocab and draft_head:
@@ -173,12 +163,12 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         stage_count = len(ranges) if ranges else stage_count
         choice = choose_mode(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model")
         default_mode = choice.mode if mode == "auto" else mode
-        spec = plan_local(base_dir, draft_dir, stage_count, dtype=dtype, device=device, threads=threads,
-                          draft_settings=settings, layer_ranges=ranges, draft_head=head_dir)
-        spec = replace(spec, default_mode=default_mode, draft_vocab=draft_vocab, row_invariant=row_invariant,
-                       deterministic=deterministic,
-                       admission=replace(spec.admission, max_prompt_tokens=max_prompt_tokens),
-                       timeouts=replace(spec.timeouts, request_timeout_s=request_timeout))
+        asked = ClusterRequest(base=str(base_dir), draft=str(draft_dir or ""), draft_head=str(head_dir or ""),
+                               draft_vocab=draft_vocab, dtype=dtype, device=device, threads=threads,
+                               row_invariant=row_invariant, deterministic=deterministic, draft_settings=settings,
+                               timeouts=Timeouts(request_timeout_s=request_timeout),
+                               admission=Admission(max_prompt_tokens=max_prompt_tokens), default_mode=default_mode)
+        spec = local_spec(asked, stage_count, ranges)
         if devices:
             from common.cluster.devices import device_table, spread_text
 

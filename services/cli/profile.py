@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from common.models.dtypes import model_dtype_problem, torch_dtype
+from common.speculation.tree_options import TREE_HELP
 from services.cli.errors import fail
 
 app = typer.Typer(add_completion=False, help="Measure forward costs on this machine.")
@@ -88,7 +89,7 @@ def draft(
     draft_vocab: Annotated[int, typer.Option(min=0, help="Reduced draft vocabulary to compare (0: none).")] = 32768,
     prompt: Annotated[str, typer.Option(help="Prompt text, as one chat user turn (default: a code review, "
                                              "~200 tokens).")] = "",
-    tree: Annotated[str, typer.Option(help="Draft-tree settings as JSON, e.g. '{\"grow_levels\": 2}'.")] = "{}",
+    tree: Annotated[list[str] | None, typer.Option("--tree", help=TREE_HELP)] = None,
     steps: Annotated[int, typer.Option(min=1, help="Decode steps timed per configuration.")] = 24,
     accept: Annotated[int, typer.Option(min=0, help="Nodes accepted per step (then one next token).")] = 2,
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "bfloat16",
@@ -96,8 +97,6 @@ def draft(
     cpus: Annotated[str, typer.Option(help="Pin this process to these cores, e.g. 0-1 (empty: no pinning).")] = "",
 ) -> None:
     """Draft ms per tree level: re-forwarding tree nodes vs keeping their KV rows, full vs reduced vocabulary."""
-    import json
-
     import torch
 
     from common.models.catalog import ModelStoreError
@@ -105,12 +104,12 @@ def draft(
     from common.models.modeling.tokenizer import encode_prompt, load_tokenizer
     from common.models.store import resolve
     from common.speculation.draft_vocab import draft_vocabulary
-    from common.speculation.modes import DraftSettings
+    from common.speculation.tree_options import parse_tree_options
     from services.bench.draft import DEFAULT_PROMPT, DraftConfig, profile_draft
 
     _pin_process(dtype, cpus, threads)
     try:
-        settings = DraftSettings(**json.loads(tree))
+        settings = parse_tree_options(tree or ())
         draft_dir = resolve(draft_model)
         ids = encode_prompt(load_tokenizer(draft_dir), prompt or DEFAULT_PROMPT, raw=False)
         reduced = draft_vocabulary(draft_dir, draft_vocab) if draft_vocab else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +45,7 @@ from services.client import ClusterUnavailable
 from services.cluster.board_agent import flowring_version
 from services.cluster.head_drafter import head_costs, head_drafter_parts, resolve_head
 from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
-from services.launcher import LaunchError, client_for, supervised
+from services.launcher import LaunchError, client_for, supervised, wait_ready
 from services.run_folder import RunFolder
 
 PROBE_TIMEOUT_S = 60.0  # the probe imports torch, slow on a small board
@@ -274,7 +273,7 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
             result = _must(ssh.run(board, started, timeout_s=COMMAND_TIMEOUT_S), board, f"starting {service.name}")
             pids[service.name] = _pid(result, board, service.name)
             _record(run_dir, bringup, pids)
-        _wait_ready(bringup, ssh, pids)
+        wait_ready(bringup.spec, _BoardProcesses(bringup, ssh, pids))
     except LaunchError as exc:
         if pids:
             down(run_dir, ssh_for=lambda _: ssh)
@@ -322,22 +321,18 @@ def _record(run_dir: Path, bringup: Bringup, pids: dict[str, int]) -> None:
     RunFolder(run_dir).boards.write_text(json.dumps(record, indent=2))
 
 
-def _wait_ready(bringup: Bringup, ssh: Ssh, pids: dict[str, int]) -> None:
-    timeout_s = bringup.spec.timeouts.ready_timeout_s
-    deadline = time.monotonic() + timeout_s
-    next_check = time.monotonic() + ALIVE_CHECK_INTERVAL_S
-    with client_for(bringup.spec) as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.status(timeout_s=2.0).ready:
-                    return
-            except ClusterUnavailable:
-                pass  # the scheduler is still loading
-            if time.monotonic() >= next_check:
-                _check_alive(bringup, ssh, pids)
-                next_check = time.monotonic() + ALIVE_CHECK_INTERVAL_S
-            time.sleep(0.2)
-    raise LaunchError(f"services not ready after {timeout_s:.0f} s; see run/logs/ under each board's home")
+@dataclass(frozen=True)
+class _BoardProcesses:
+    """Services started on boards over SSH, as the one ready-wait (services.launcher.wait_ready) sees them."""
+
+    bringup: Bringup
+    ssh: Ssh
+    pids: dict[str, int]
+    check_interval_s: float = ALIVE_CHECK_INTERVAL_S
+    logs: str = "run/logs/ under each board's home"
+
+    def check_started(self) -> None:
+        _check_alive(self.bringup, self.ssh, self.pids)
 
 
 def _check_alive(bringup: Bringup, ssh: Ssh, pids: dict[str, int]) -> None:

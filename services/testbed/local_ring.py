@@ -20,23 +20,20 @@ import torch
 
 from common.cluster.partition import even_split
 from common.cluster.settings import Admission
-from common.models.modeling import load_model_spec, load_slice
-from common.speculation.drafting import ModelDrafters
-from common.speculation.heads import load_head
-from common.speculation.heads.context import HeadDrafters
+from common.cluster.spec_builder import ClusterRequest, build_spec
+from common.models.dtypes import dtype_name
+from common.models.modeling import load_model_spec
 from common.speculation.modes import DraftSettings
 from common.wire.client import GenerateReply, GenerateRequest
 from common.wire.codec import Message, decode, encode
 from common.wire.errors import ProtocolError
 from common.wire.reports import Fault, Ready
 from services.batch import Forward
-from services.drafter.core import DrafterCore
+from services.cores import build_core
 from services.scheduler.admission import Capacity
 from services.scheduler.core import CLIENT, SchedulerCore
 from services.scheduler.liveness import Liveness
 from services.scheduler.replay import Replays, recover, restarted
-from services.stage.core import StageCore
-from services.verifier.core import VerifierCore
 
 
 class LocalRing:
@@ -58,24 +55,17 @@ class LocalRing:
     ) -> None:
         """``draft_head``: draft with this head (fed by the verifier's features) instead of ``draft``;
         ``draft_ids``: the draft model's reduced vocabulary."""
-        spec = load_model_spec(base)
-        ranges = even_split(spec.num_layers, stages)
-        self.stages = [
-            StageCore(f"stage-{i + 1}", load_slice(base, r, with_embedding=i == 0, with_head=False, dtype=dtype,
-                                                   device=device))
-            for i, r in enumerate(ranges)
-        ]
-        head = load_slice(base, (spec.num_layers, spec.num_layers), with_embedding=False, with_head=True, dtype=dtype,
-                          device=device)
-        self.verifier = VerifierCore("verifier", head, features_to="drafter" if draft_head else None)
-        if draft_head is not None:
-            drafters = HeadDrafters(load_head(draft_head, base, dtype=dtype, device=device))
-        else:
-            drafters = ModelDrafters(load_slice(draft, None, with_embedding=True, with_head=True, dtype=dtype,
-                                                device=device), draft_ids)
-        self.drafter = DrafterCore("drafter", drafters, hops=stages + 1)
+        model = load_model_spec(base)
+        asked = ClusterRequest(base=str(base), draft=str(draft or ""), draft_head=str(draft_head or ""),
+                               dtype=dtype_name(dtype), device=device, draft_settings=settings or DraftSettings(),
+                               admission=admission or Admission())
+        # The services' own construction (services/cores.py) from the spec they would read; no ports: no sockets.
+        self.spec = build_spec(asked, even_split(model.num_layers, stages), lambda _: "local", lambda _: 0)
+        self.stages = [build_core(self.spec, place.name) for place in self.spec.stages]
+        self.verifier = build_core(self.spec, "verifier")
+        self.drafter = build_core(self.spec, "drafter", draft_ids=draft_ids)
         names = ["drafter", *(s.name for s in self.stages), "verifier"]
-        self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings(),
+        self.scheduler = SchedulerCore(names, None, model.eos_token_ids, self.spec.draft_settings,
                                        admission=admission, capacity=capacity)
         self._cores = {c.name: c for c in (self.drafter, *self.stages, self.verifier)}
         self._next = dict(zip(names[:-1], names[1:], strict=True))

@@ -75,7 +75,7 @@ def test_concurrency_reports_both_phases_latencies_and_equality(models, cluster,
 def test_ttft_on_a_cluster_started_for_the_run(models, tmp_path, monkeypatch):
     """--pin's own cluster and API server; pinning itself is left out (this host may have too few cores)."""
     base, draft, prompts = models
-    monkeypatch.setattr(bench, "pin_services", lambda spec, cores, host_cores: spec)
+    monkeypatch.setattr(bench, "pinning_for", lambda cores: None)
     out = tmp_path / "t.json"
     result = _bench(prompts, out, "--ttft", "--repeats", "2", "--pin", "--base", str(base), "--draft", str(draft),
                     "--layers", "0-1,1-4", "--cores-per-service", "1", "--dtype", "float32",

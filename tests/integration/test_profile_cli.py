@@ -49,7 +49,8 @@ def test_draft_table_compares_reforwarding_kept_rows_and_a_reduced_vocabulary(tm
     draft_vocabulary(draft, 64, corpus_chars=20_000)  # saved beside the model: the command reads it
     result = CliRunner().invoke(app, ["profile", "draft", "--draft", str(draft), "--draft-vocab", "64", "--prompt",
                                       "def add(a, b):", "--steps", "4", "--dtype", "float32",
-                                      "--tree", '{"fill_nodes": 8, "fill_depth": 3, "expand_nodes": 4}'])
+                                      "--tree", "fill_nodes=8", "--tree", "fill_depth=3",
+                                      "--tree", "expand_nodes=4"])
     assert result.exit_code == 0, result.output
     rows = re.findall(r"\| ([^|]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|-) \| ([\d.]+) \|",
                       result.output)
@@ -58,5 +59,5 @@ def test_draft_table_compares_reforwarding_kept_rows_and_a_reduced_vocabulary(tm
     assert all(float(r[2]) > 0 for r in rows)
     assert rows[0][6] == rows[1][6]  # kept rows replay the very decode that re-forwarding does
     assert float(rows[1][4]) < float(rows[0][4])  # ... forwarding fewer rows per growth
-    bad = CliRunner().invoke(app, ["profile", "draft", "--draft", str(draft), "--tree", '{"depth": 3}'])
-    assert bad.exit_code == 1 and "depth" in bad.output
+    bad = CliRunner().invoke(app, ["profile", "draft", "--draft", str(draft), "--tree", "depth=3"])
+    assert bad.exit_code == 1 and "unknown tree setting 'depth'" in bad.output

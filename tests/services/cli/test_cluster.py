@@ -111,3 +111,25 @@ def test_up_refuses_a_bad_device_in_one_line_before_starting_anything(tmp_path, 
     result = runner.invoke(app, ["up", "--model", "smollm2", *flags, "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 1 and expected in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_up_tree_names_a_bad_key_and_the_known_ones(tmp_path):
+    result = runner.invoke(app, ["up", "--model", "smollm2", "--tree", "depth=3", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "unknown tree setting 'depth'; known: top_k" in result.output and "starting" not in result.output
+
+
+def test_up_tree_settings_reach_every_service(tmp_path, monkeypatch):
+    from services.cli import cluster
+    from tests.support.tiny_models import make_tiny_pair
+
+    base, draft = make_tiny_pair(tmp_path)
+    started: list[ClusterSpec] = []
+    monkeypatch.setattr(cluster, "start", lambda spec, run_dir, log_level: started.append(spec))
+    result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--stages", "2", "--mode", "ar",
+                                 "--dtype", "float32", "--api-port", "0", "--tree", "node_cap=64", "--tree",
+                                 "expansion=redraft", "--tree", "adaptive=false", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    tree = started[0].draft_settings
+    assert (tree.node_cap, tree.expansion, tree.adaptive) == (64, "redraft", False)
+    assert started[0].default_mode == "ar" and len(started[0].stages) == 2
