@@ -63,6 +63,9 @@ def up(
                                                                  "fails (its deadline).")] = 600.0,
     api_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the OpenAI-compatible API on "
                                           "127.0.0.1:PORT beside a local cluster (0: no API).")] = 8000,
+    scheduler_standby: Annotated[float, typer.Option(min=0.0, help="Keep a warm standby scheduler, started this "
+                                                     "many seconds after the scheduler, to take over at once if it "
+                                                     "dies (0: none, a cold restart).")] = 5.0,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     log_level: Annotated[str, typer.Option(help="debug, info or warning.")] = "info",
     keys_dir: KeysDir = None,
@@ -92,7 +95,8 @@ def up(
     _up_local(base, draft, draft_head, model, no_head or bool(draft_vocab), _stage_count(stages), layers, settings,
               run_dir, log_level,
               dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab,
-              row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout)
+              row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout,
+              scheduler_standby=scheduler_standby)
 
 
 def _prepare_draft_vocab(draft_dir: Path, size: int) -> str:
@@ -119,7 +123,7 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
 def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
               mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True, max_prompt_tokens: int = 0,
-              request_timeout: float = 600.0) -> None:
+              request_timeout: float = 600.0, scheduler_standby: float = 0.0) -> None:
     pair_draft = ""
     if model:
         from common.models.catalog import default_pair
@@ -160,7 +164,7 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting_text} ...")
         typer.echo(f"drafting with {drafting.note}")
         typer.echo(f"default mode: {default_mode} " + (f"({choice.reason})" if mode == "auto" else "(--mode)"))
-        start(spec, run_dir, log_level=log_level)
+        start(spec, run_dir, log_level=log_level, scheduler_standby_s=scheduler_standby or None)
         api = start_api(spec, run_dir, api_port) if api_port else ""
     except (LaunchError, ModelStoreError, ValueError, OSError) as exc:
         if running(run_dir):
