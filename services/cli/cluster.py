@@ -59,8 +59,8 @@ def up(
     pipedec_width: Annotated[int, typer.Option(help="Nodes per level in pipedec mode.")] = _DEFAULTS.pipedec_width,
     max_prompt_tokens: Annotated[int, typer.Option(min=0, help="Refuse prompts longer than this many tokens "
                                                               "(0: the model's context).")] = 0,
-    request_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds a request may run in the ring before it "
-                                                                 "fails (its deadline).")] = 600.0,
+    request_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds from a request's submission (queue "
+                                                                 "time included) until it fails (its deadline).")] = 600.0,
     api_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the OpenAI-compatible API on "
                                           "127.0.0.1:PORT beside a local cluster (0: no API).")] = 8000,
     scheduler_standby: Annotated[float, typer.Option(min=0.0, help="Keep a warm standby scheduler, started this "

@@ -71,7 +71,7 @@ def test_scheduler_killed_with_api_streams_running_and_api_killed(pair, tmp_path
     killed_at: list[float] = []
     kill = threading.Event()
     try:
-        url = start_api(spec, run, port=_free_port())
+        url = start_api(spec, run, port=_free_port(), timeout_s=180)  # beside the standby's start, on 2 cores
         api = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
         model = api.models.list().data[0].id
         wait_for(lambda: "standby_ready" in (run / "logs" / "scheduler.out").read_text(), 180)  # warm
@@ -106,7 +106,7 @@ def test_scheduler_killed_with_api_streams_running_and_api_killed(pair, tmp_path
         wait_for(lambda: child_of(pids["api"]) != child
                  and urllib.request.urlopen(f"{url}/models", timeout=2).status == 200)
     finally:
-        assert len(stop(run)) == 5
+        assert len(stop(run)) == 6  # 4 ring services, the scheduler, the API
     recovery = []
     for (text, arrivals), want in zip(results, undisturbed, strict=True):
         assert want.ok and text == want.text  # nothing sent twice, nothing lost
