@@ -46,6 +46,8 @@ class _Request:
     drafter: Drafter  # the shared draft model (or head) over this request's own context cache
     root: int = -1
     pending: list[int] = field(default_factory=list)  # committed tokens not yet in the draft cache
+    prompt_left: int = 0  # prompt tokens not yet in the draft cache: taken a chunk per work turn
+    prefill_chunk: int = 64
     tree: DraftTree | None = None  # None between rounds; nodes past ``sent`` are pre-drafted
     mode: Mode = Mode.FLOWSPEC
     context_length: int = 0  # prompt and output tokens, the root included
@@ -135,8 +137,8 @@ class DrafterCore:
         if req is None or not self._has_work(req):
             return []
         if req.tree is None:
-            with self._drafting(req):
-                self._extend_context(req)
+            with self._drafting(req):  # a long prompt one chunk per turn: other requests draft in between
+                self._extend_context(req, req.prefill_chunk if req.prompt_left else None)
             return []
         self._grow_level(req)
         return self._spend_credit(req)
@@ -157,6 +159,7 @@ class DrafterCore:
             last = start + msg.prefill_chunk >= len(prompt)
             out.append(("next", self._segment(req, Phase.PREFILL, start, chunk, (), range(start, start + len(chunk)), last)))
         req.pending = prompt  # drafted into the cache while the base model prefills
+        req.prompt_left, req.prefill_chunk = len(prompt), max(msg.prefill_chunk, 1)
         return out, early
 
     def _on_prune(self, req: _Request, event: Prune) -> None:
@@ -264,10 +267,13 @@ class DrafterCore:
         req.unreported_s += elapsed
 
     # ---------------------------------------------------------------------- drafting on a credit (others)
-    def _extend_context(self, req: _Request) -> None:
+    def _extend_context(self, req: _Request, most: int | None = None) -> None:
+        """The pending tokens into the draft cache: all of them, or at most ``most`` (a turn of the prompt's)."""
         if req.pending and req.mode.drafts:
-            req.drafter.extend_context(req.pending)
-            req.pending = []
+            take = len(req.pending) if most is None else min(most, len(req.pending))
+            req.drafter.extend_context(req.pending[:take])
+            req.pending = req.pending[take:]
+            req.prompt_left = max(req.prompt_left - take, 0)
 
     def _expand(self, req: _Request) -> list[Outbound]:
         """Draft now (a new round's fill, or a growth in the modes that do not draft ahead) and send it."""
