@@ -55,6 +55,7 @@ class LocalRing:
         device: str = "cpu",
         draft_head: Path | None = None,
         draft_ids: torch.Tensor | None = None,
+        prefill_chunk: int = 64,
     ) -> None:
         """``draft_head``: draft with this head (fed by the verifier's features) instead of ``draft``;
         ``draft_ids``: the draft model's reduced vocabulary."""
@@ -75,7 +76,7 @@ class LocalRing:
                                                 device=device), draft_ids)
         self.drafter = DrafterCore("drafter", drafters, hops=stages + 1)
         names = ["drafter", *(s.name for s in self.stages), "verifier"]
-        self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings(),
+        self.scheduler = SchedulerCore(names, None, spec.eos_token_ids, settings or DraftSettings(), prefill_chunk,
                                        admission=admission, capacity=capacity)
         self._cores = {c.name: c for c in (self.drafter, *self.stages, self.verifier)}
         self._next = dict(zip(names[:-1], names[1:], strict=True))
