@@ -111,8 +111,11 @@ def running(run_dir: Path) -> bool:
     return RunFolder(run_dir).boards.exists() or (RunFolder(run_dir).pids.exists() and _alive(_read_pids(run_dir)))
 
 
-def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
-    """Spawn every service in the background and return once the scheduler reports all ready."""
+def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info", scheduler_standby_s: float | None = None
+          ) -> None:
+    """Spawn every service in the background and return once the scheduler reports all ready. With
+    ``scheduler_standby_s`` the scheduler's supervisor keeps a warm standby scheduler, started that many seconds
+    after the scheduler, which takes over at once when the scheduler dies (services/supervisor.py)."""
     if running(run_dir):
         raise LaunchError(f"a cluster is already running from {run_dir}: run `flowring down` first")
     logs = RunFolder(run_dir).logs
@@ -124,7 +127,8 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
         cmd = [sys.executable, "-m", "services.run", "--cluster", str(RunFolder(run_dir).cluster),
                "--service", place.name, "--log-level", log_level, "--log-file", str(logs / f"{place.name}.log")]
         # The scheduler too: a restarted one resumes every unfinished request from its journal.
-        cmd = supervised(place.name, cmd, sys.executable, logs / f"{place.name}-supervisor.log", log_level)
+        standby = scheduler_standby_s if place is spec.scheduler else None
+        cmd = supervised(place.name, cmd, sys.executable, logs / f"{place.name}-supervisor.log", log_level, standby)
         if place.cpus:
             cmd = ["taskset", "-c", place.cpus, *cmd]
         env = {**os.environ, **thread_environment(bool(place.cpus), os.environ)}
@@ -137,10 +141,13 @@ def start(spec: ClusterSpec, run_dir: Path, *, log_level: str = "info") -> None:
         raise
 
 
-def supervised(name: str, cmd: list[str], python: str, log_file: Path | str, log_level: str) -> list[str]:
-    """``cmd`` run under services.supervisor, which restarts it when a signal kills it."""
+def supervised(name: str, cmd: list[str], python: str, log_file: Path | str, log_level: str,
+               standby_s: float | None = None) -> list[str]:
+    """``cmd`` run under services.supervisor, which restarts it when a signal kills it (from a warm standby
+    started ``standby_s`` after it, if given)."""
+    standby = ["--standby", f"{standby_s:g}"] if standby_s is not None else []
     return [python, "-m", "services.supervisor", "--name", name, "--log-level", log_level, "--log-file",
-            str(log_file), "--", *cmd]
+            str(log_file), *standby, "--", *cmd]
 
 
 def start_api(spec: ClusterSpec, run_dir: Path, port: int, timeout_s: float = 60.0) -> str:

@@ -21,7 +21,7 @@ from common.wire.link import shaped_push
 from common.wire.transport import pull
 from services.run_folder import RunFolder
 from services.runtime import CoreHooks, ServiceSockets, serve
-from services.supervisor import RESTART_ENV
+from services.supervisor import RESTART_ENV, STANDBY_ENV, await_takeover
 
 if TYPE_CHECKING:
     from services.cores import RingCore
@@ -37,10 +37,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-file", type=Path, default=None,
                         help="Write JSON log lines here, rotated (default: stderr).")
     args = parser.parse_args(argv)
-    configure(args.log_level, service=args.service, log_file=args.log_file)
+    standby = STANDBY_ENV in os.environ  # a warm copy kept by the supervisor: its log file begins at the takeover
+    configure(args.log_level, service=args.service, log_file=None if standby else args.log_file)
     spec = ClusterSpec.load(args.cluster)
     if spec.threads:
         torch.set_num_threads(spec.threads)
+    prepared = None
+    if args.service == "scheduler":
+        from services.scheduler.main import prepare
+
+        prepared = prepare(spec)  # the slow part (tokenizer, model spec): a standby has it done before its takeover
+    if standby:
+        log.info("standby_ready", pid=os.getpid())  # on stderr: the supervisor's output
+        restart = await_takeover()
+        configure(args.log_level, service=args.service, log_file=args.log_file)
+        log.info("standby_took_over", pid=os.getpid(), restart=restart)
     own = own_keys(spec)
     metrics = SchedulerMetrics() if args.service == "scheduler" else ServiceMetrics()
     # A LAN cluster: every peer of this process's sockets is checked against the authorized keys.
@@ -55,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             serve_metrics(metrics, spec.scheduler.host, spec.scheduler.metrics_port)
             # Only a restarted scheduler takes up the journal: a first start begins a new one.
             serve_scheduler(spec, metrics, own, journal_path=RunFolder(args.cluster.parent).journal,
-                            resume=RESTART_ENV in os.environ)
+                            resume=RESTART_ENV in os.environ, prepared=prepared)
         else:
             run_ring_service(spec, args.service, metrics, own)
     finally:

@@ -46,7 +46,7 @@ class Timeouts:
     poll_interval_s: float = 1.0  # every receive waits at most this long, then the loop checks in
     heartbeat_interval_s: float = 0.5  # a ring service reports to the scheduler this often
     liveness_timeout_s: float = 3.0  # a service not heard from for this long is unhealthy
-    request_timeout_s: float = 600.0  # a request still running after this fails with a clear error
+    request_timeout_s: float = 600.0  # from submission: a request queued or running after this fails
     ready_timeout_s: float = 600.0  # `flowring up` gives the services this long to load
     recovery_timeout_s: float = 30.0  # a request waits this long for a dead service's restart, then fails
 

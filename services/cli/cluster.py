@@ -55,10 +55,13 @@ def up(
     tree: Annotated[list[str] | None, typer.Option("--tree", help=TREE_HELP)] = None,
     max_prompt_tokens: Annotated[int, typer.Option(min=0, help="Refuse prompts longer than this many tokens "
                                                               "(0: the model's context).")] = 0,
-    request_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds a request may run in the ring before it "
-                                                                 "fails (its deadline).")] = 600.0,
+    request_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds from a request's submission (queue "
+                                                                 "time included) until it fails (its deadline).")] = 600.0,
     api_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve the OpenAI-compatible API on "
                                           "127.0.0.1:PORT beside a local cluster (0: no API).")] = 8000,
+    scheduler_standby: Annotated[float, typer.Option(min=0.0, help="Keep a warm standby scheduler, started this "
+                                                     "many seconds after the scheduler, to take over at once if it "
+                                                     "dies (0: none, a cold restart).")] = 5.0,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     log_level: Annotated[str, typer.Option(help="debug, info or warning.")] = "info",
     keys_dir: KeysDir = None,
@@ -89,7 +92,7 @@ def up(
               run_dir, log_level,
               dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab,
               row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout,
-              devices=devices, deterministic=deterministic)
+              devices=devices, deterministic=deterministic, scheduler_standby=scheduler_standby)
 
 
 def _check_devices(device: str, devices: str) -> None:
@@ -133,7 +136,8 @@ def down(run_dir: RunDir = DEFAULT_RUN_DIR) -> None:
 def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool, stage_count: int, layers: str,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
               mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True, max_prompt_tokens: int = 0,
-              request_timeout: float = 600.0, devices: str = "", deterministic: bool = True) -> None:
+              request_timeout: float = 600.0, devices: str = "", deterministic: bool = True,
+              scheduler_standby: float = 0.0) -> None:
     pair_draft = ""
     if model:
         from common.models.catalog import default_pair
@@ -180,7 +184,7 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting_text} ...")
         typer.echo(f"drafting with {drafting.note}")
         typer.echo(f"default mode: {default_mode} " + (f"({choice.reason})" if mode == "auto" else "(--mode)"))
-        start(spec, run_dir, log_level=log_level)
+        start(spec, run_dir, log_level=log_level, scheduler_standby_s=scheduler_standby or None)
         api = start_api(spec, run_dir, api_port) if api_port else ""
     except (LaunchError, ModelStoreError, ValueError, OSError) as exc:
         if running(run_dir):

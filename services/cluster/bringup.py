@@ -8,10 +8,11 @@ real address; the head's client reads it) and ``boards.json`` (boards, SSH optio
 ``down`` needs). On a board, under its ``home``: ``slices/<hash>/``, ``keys/board-NAME.key_secret`` (its own
 CURVE key pair, mode 0600 in a 0700 folder: common.cluster.keys), ``run/logs/<service>.log`` (its JSON
 log lines, rotated) and ``run/logs/<service>.out`` (anything else it printed, e.g. a crash). Every ZeroMQ
-socket of the cluster is CURVE (common.wire.curve); the head's own clients use the clients' key pair. Each ring
-service runs under the local cluster's supervisor (services/supervisor.py), started detached in its
-place, which restarts it on its board when a signal kills it (log ``run/logs/<service>-supervisor.log``);
-the pid recorded is the supervisor's, the leader of the process group that ``down`` stops.
+socket of the cluster is CURVE (common.wire.curve); the head's own clients use the clients' key pair. Each
+service, the scheduler included, runs under the local cluster's supervisor (services/supervisor.py), started
+detached in its place, which restarts it on its board when a signal kills it (log
+``run/logs/<service>-supervisor.log``; the scheduler's keeps a warm standby and resumes its journal,
+``run/journal.jsonl``); the pid recorded is the supervisor's, the leader of the process group that ``down`` stops.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ COMMAND_TIMEOUT_S = 30.0
 COPY_TIMEOUT_S = 3600.0
 ALIVE_CHECK_INTERVAL_S = 5.0
 STOP_GRACE_S = 10.0
+SCHEDULER_STANDBY_S = 5.0  # the scheduler's standby starts this long after it (its imports beside the others')
 LOG_TAIL_LINES = 20
 # Makes the folder $1 (and its parents) and leaves it to its owner alone.
 PRIVATE_FOLDER = 'mkdir -p "$1" && chmod 700 "$1"'
@@ -265,8 +267,10 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
             board = service.board
             argv = [board.python, "-m", "services.run", "--cluster", service.cluster_file, "--service",
                     service.name, "--log-level", log_level, "--log-file", service.log]
-            if service.name != "scheduler":  # the same supervisor as a local cluster's restarts a killed service
-                argv = supervised(service.name, argv, board.python, service.supervisor_log, log_level)
+            # The same supervisor as a local cluster's restarts a killed service; the scheduler's keeps a warm
+            # standby that takes over at once and resumes the journal (services/scheduler/journal.py).
+            standby = SCHEDULER_STANDBY_S if service.name == "scheduler" else None
+            argv = supervised(service.name, argv, board.python, service.supervisor_log, log_level, standby)
             # Ring services sharing a board's cores: OpenMP threads that sleep while they wait (machine_defaults).
             own_cores = ring_services[board.name] < 2 or bool(bringup.spec.placement(service.name).cpus)
             started = detached(board, service.output, argv, thread_environment(own_cores, {}))

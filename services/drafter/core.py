@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -46,6 +47,9 @@ class _Request:
     drafter: Drafter  # the shared draft model (or head) over this request's own context cache
     root: int = -1
     pending: list[int] = field(default_factory=list)  # committed tokens not yet in the draft cache
+    prompt_left: int = 0  # prompt tokens not yet in the draft cache: taken a chunk per work turn
+    prefill: deque[Segment] = field(default_factory=deque)  # prompt chunks not yet sent: one per work turn
+    prefill_chunk: int = 64
     tree: DraftTree | None = None  # None between rounds; nodes past ``sent`` are pre-drafted
     mode: Mode = Mode.FLOWSPEC
     context_length: int = 0  # prompt and output tokens, the root included
@@ -123,23 +127,28 @@ class DrafterCore:
 
     def next_work(self) -> str | None:
         """A request with drafting to do between messages (round-robin), or None: wait for a message."""
-        ids = [rid for rid, req in self._requests.active.items() if self._has_work(req)]
+        ids = [rid for rid, req in self._requests.active.items() if req.prefill or self._has_work(req)]
         if not ids:
             return None
         self._turn += 1
         return ids[self._turn % len(ids)]
 
     def work(self, request_id: str) -> list[Outbound]:
-        """One step of drafting for ``request_id``: a context pass or one growth level (and what it lets out)."""
+        """One step for ``request_id``: its next prompt chunk into the ring, and a context pass or one growth level
+        (and what it lets out). A long prompt goes a chunk per turn, into the ring and into the draft cache, so
+        other requests' segments go between its chunks at every hop."""
         req = self._requests.active.get(request_id)
-        if req is None or not self._has_work(req):
+        if req is None:
             return []
+        out: list[Outbound] = [("next", req.prefill.popleft())] if req.prefill else []
+        if not self._has_work(req):
+            return out
         if req.tree is None:
             with self._drafting(req):
-                self._extend_context(req)
-            return []
+                self._extend_context(req, req.prefill_chunk if req.prompt_left else None)
+            return out
         self._grow_level(req)
-        return self._spend_credit(req)
+        return out + self._spend_credit(req)
 
     # ------------------------------------------------------------------------------------------ messages
     def _release(self, request_id: str) -> None:
@@ -151,12 +160,13 @@ class DrafterCore:
         req = _Request(msg.request_id, msg.draft, self._drafters.take(), mode=msg.mode, context_length=len(msg.prompt))
         early = self._requests.start(msg.request_id, req)
         prompt = list(msg.prompt)
-        out: list[Outbound] = []
         for start in range(0, len(prompt), msg.prefill_chunk):
             chunk = prompt[start : start + msg.prefill_chunk]
             last = start + msg.prefill_chunk >= len(prompt)
-            out.append(("next", self._segment(req, Phase.PREFILL, start, chunk, (), range(start, start + len(chunk)), last)))
+            req.prefill.append(self._segment(req, Phase.PREFILL, start, chunk, (), range(start, start + len(chunk)), last))
+        out: list[Outbound] = [("next", req.prefill.popleft())] if req.prefill else []  # the rest in work turns
         req.pending = prompt  # drafted into the cache while the base model prefills
+        req.prompt_left, req.prefill_chunk = len(prompt), max(msg.prefill_chunk, 1)
         return out, early
 
     def _on_prune(self, req: _Request, event: Prune) -> None:
@@ -264,10 +274,13 @@ class DrafterCore:
         req.unreported_s += elapsed
 
     # ---------------------------------------------------------------------- drafting on a credit (others)
-    def _extend_context(self, req: _Request) -> None:
+    def _extend_context(self, req: _Request, most: int | None = None) -> None:
+        """The pending tokens into the draft cache: all of them, or at most ``most`` (a turn of the prompt's)."""
         if req.pending and req.mode.drafts:
-            req.drafter.extend_context(req.pending)
-            req.pending = []
+            take = len(req.pending) if most is None else min(most, len(req.pending))
+            req.drafter.extend_context(req.pending[:take])
+            req.pending = req.pending[take:]
+            req.prompt_left = max(req.prompt_left - take, 0)
 
     def _expand(self, req: _Request) -> list[Outbound]:
         """Draft now (a new round's fill, or a growth in the modes that do not draft ahead) and send it."""

@@ -187,10 +187,14 @@ class SchedulerCore:
         return self._finish(job, error=error, code=code)
 
     def expire(self, now: float, timeout_s: float) -> list[Outbound]:
-        """Fail every request that has been in the ring longer than ``timeout_s`` (its own deadline)."""
-        late = [job.request_id for job in self._jobs.values() if now - job.started > timeout_s]
-        error = f"request timed out after {timeout_s:g} s in the ring (this cluster's request_timeout_s)"
-        return [out for request_id in late for out in self.fail(request_id, error, code="timeout")]
+        """Fail every request, queued or in the ring, submitted more than ``timeout_s`` ago (its own deadline)."""
+        error = f"request timed out {timeout_s:g} s after its submission (this cluster's request_timeout_s)"
+        out: list[Outbound] = []
+        for job in [j for j in self._queue if now - j.submitted > timeout_s]:  # never started: nothing to end
+            self._queue.remove(job)
+            out.append((job.client, GenerateReply(ok=False, error=f"{error}, still queued", code="timeout")))
+        late = [job.request_id for job in self._jobs.values() if now - job.submitted > timeout_s]
+        return out + [o for request_id in late for o in self.fail(request_id, error, code="timeout")]
 
     def cancel(self, client: str) -> list[Outbound]:
         """Drop every request of ``client``, queued or running; running ones end on every service."""

@@ -31,8 +31,8 @@ class Job:
     request_id: str  # in the ring: the client's id, then "r3~1" ... once replayed (services/scheduler/replay.py)
     prompt: tuple[int, ...]
     kv_bytes: int  # admission's estimate of its KV need on the largest stage
-    submitted: float = field(default_factory=time.perf_counter)  # TTFT and latency count from here
-    started: float = 0.0  # when it entered the ring; its deadline counts from here
+    submitted: float = field(default_factory=time.perf_counter)  # TTFT, latency and the deadline count from here
+    started: float = 0.0  # when it entered the ring
     tree: DraftTree = field(default_factory=lambda: DraftTree((), (), ()))
     output: list[int] = field(default_factory=list)
     log: PruneLog = field(default_factory=PruneLog)  # the prunes issued: epoch, round, late reports forward

@@ -58,7 +58,12 @@ Dispatch = Callable[[list[tuple[str, Message]]], None]
 REPORTS = (Verdict, DraftReport, Ready, Heartbeat, Fault, StageStats)  # what ring services send the scheduler
 
 
-def build_core(spec: ClusterSpec, first_cmd_seq: int = 0) -> SchedulerCore:
+CoreBuilder = Callable[[int], SchedulerCore]  # first command number -> the core
+
+
+def prepare(spec: ClusterSpec) -> CoreBuilder:
+    """The slow part of building the core (tokenizer, model spec), done once; a supervisor's standby does it
+    before it takes over. Returns the core's builder, given the first command number."""
     if spec.draft:  # a draft head shares the base's own embedding and lm_head: nothing to compare
         check_same_tokenizer(spec.base, spec.draft)
     tokenizer = load_tokenizer(spec.base)
@@ -72,18 +77,18 @@ def build_core(spec: ClusterSpec, first_cmd_seq: int = 0) -> SchedulerCore:
         context_tokens=model.max_position_embeddings,
         kv_bytes_per_token=kv_bytes_per_token(model.num_kv_heads * model.head_dim, dtype_bytes(spec.dtype), largest),
     )
-    return SchedulerCore([p.name for p in spec.ring], codec, model.eos_token_ids, spec.draft_settings,
-                         spec.prefill_chunk, admission=spec.admission, capacity=capacity,
-                         default_mode=spec.default_mode, first_cmd_seq=first_cmd_seq)
+    return lambda first_cmd_seq: SchedulerCore(
+        [p.name for p in spec.ring], codec, model.eos_token_ids, spec.draft_settings, spec.prefill_chunk,
+        admission=spec.admission, capacity=capacity, default_mode=spec.default_mode, first_cmd_seq=first_cmd_seq)
 
 
 def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPair | None = None,
-          journal_path: Path | None = None, resume: bool = False) -> None:
+          journal_path: Path | None = None, resume: bool = False, prepared: CoreBuilder | None = None) -> None:
     """Serve until a client asks for shutdown; with ``own`` keys every socket is CURVE (common.wire.curve).
     With ``journal_path`` requests are journaled there; with ``resume`` too (a restart) the unfinished ones
-    found there are resumed, else the file starts anew."""
+    found there are resumed, else the file starts anew. ``prepared``: the core's builder, from :func:`prepare`."""
     journal = Journal(journal_path, resume=resume) if journal_path is not None else None
-    core = build_core(spec, ((journal.boot - 1) << CMD_SEQ_SHIFT) if journal else 0)
+    core = (prepared or prepare(spec))(((journal.boot - 1) << CMD_SEQ_SHIFT) if journal else 0)
     orphans = Orphans(max(spec.timeouts.recovery_timeout_s, 10.0), core.codec.decode if core.codec else None,  # type: ignore[arg-type]
                       restarted_at=time.perf_counter() if resume else None)
     metrics = metrics or SchedulerMetrics()

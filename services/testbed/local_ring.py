@@ -52,6 +52,7 @@ class LocalRing:
         device: str = "cpu",
         draft_head: Path | None = None,
         draft_ids: torch.Tensor | None = None,
+        prefill_chunk: int = 64,
     ) -> None:
         """``draft_head``: draft with this head (fed by the verifier's features) instead of ``draft``;
         ``draft_ids``: the draft model's reduced vocabulary."""
@@ -65,7 +66,7 @@ class LocalRing:
         self.verifier = build_core(self.spec, "verifier")
         self.drafter = build_core(self.spec, "drafter", draft_ids=draft_ids)
         names = ["drafter", *(s.name for s in self.stages), "verifier"]
-        self.scheduler = SchedulerCore(names, None, model.eos_token_ids, self.spec.draft_settings,
+        self.scheduler = SchedulerCore(names, None, model.eos_token_ids, self.spec.draft_settings, prefill_chunk,
                                        admission=admission, capacity=capacity)
         self._cores = {c.name: c for c in (self.drafter, *self.stages, self.verifier)}
         self._next = dict(zip(names[:-1], names[1:], strict=True))

@@ -102,3 +102,31 @@ def test_a_fault_frees_the_failed_request_and_others_finish(models):
                                                                     good[1].max_new_tokens)
     ring.deliver(lambda: False)
     _no_state_left(ring)
+
+
+def test_a_short_request_finishes_while_a_long_prompt_is_still_prefilling(models):
+    """Prefill chunks of a long prompt take turns with another request's segments at every hop: the short
+    request's whole reply arrives before the long one's first token (its prefill's end), and both equal their
+    solo runs."""
+    base, near = models
+    ring = LocalRing(base, near, 2, settings=TREES, interleave_seed=3, prefill_chunk=8)
+    long_prompt = [3 + (7 * i) % 290 for i in range(400)]  # 50 chunks
+    short_prompt = [5, 6, 7]
+    long_client = ring.submit(GenerateRequest(prompt="", prompt_ids=tuple(long_prompt), max_new_tokens=4))
+    short_client = ring.submit(GenerateRequest(prompt="", prompt_ids=tuple(short_prompt), max_new_tokens=6))
+    order: list[str] = []
+
+    def watch(r: LocalRing) -> None:
+        for name, client in (("long", long_client), ("short", short_client)):
+            if name not in order and r.received[client]:
+                order.append(name)
+        if r.final(short_client) is not None and "short done" not in order:
+            order.append("short done")
+
+    ring.after_each = watch
+    ring.deliver(lambda: ring.final(long_client) is not None and ring.final(short_client) is not None)
+    assert order.index("short done") < order.index("long"), order
+    for client, prompt, new in ((long_client, long_prompt, 4), (short_client, short_prompt, 6)):
+        reply = ring.final(client)
+        assert reply is not None and reply.ok, reply
+        assert list(reply.token_ids) == greedy_reference(base, prompt, new)

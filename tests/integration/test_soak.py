@@ -1,6 +1,7 @@
 """Soak: many requests back to back and concurrently (random prompts, temperatures, token limits) on the
-real process ring, with a stage SIGKILLed midway: none is lost, greedy ones equal the base model's own
-output, sampled ones stop only at EOS or their limit, and the cluster serves afterwards."""
+real process ring, with a stage SIGKILLed midway and the scheduler SIGKILLed at three quarters (its warm
+standby takes over and resumes the requests from its journal): none is lost, greedy ones equal the base
+model's own output, sampled ones stop only at EOS or their limit, and the cluster serves afterwards."""
 
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ def _asks(count: int, seed: int) -> list[Ask]:
                 rng.randrange(1, 25), seed=i) for i in range(count)]
 
 
-def test_soak_with_a_stage_killed_midway(pair, tmp_path):
+def test_soak_with_a_stage_and_the_scheduler_killed(pair, tmp_path):
     base, draft = pair
     count = REQUESTS
     spec = plan_local(base, draft, 2, draft_settings=TREES, threads=1, timeouts=Timeouts(poll_interval_s=0.2))
     run = tmp_path / "run"
-    start(spec, run)
+    start(spec, run, scheduler_standby_s=1.0)
     asks = _asks(count, seed=count)
     replies: dict[int, GenerateReply] = {}
     done = threading.Condition()
@@ -73,6 +74,10 @@ def test_soak_with_a_stage_killed_midway(pair, tmp_path):
                 with done:
                     done.wait_for(lambda: len(replies) >= count // 2 or any(w.done() for w in work))
                 os.kill(victim, signal.SIGKILL)  # midway, with requests in flight and queued
+                with done:
+                    done.wait_for(lambda: len(replies) >= count * 3 // 4 or all(w.done() for w in work))
+                scheduler = next(s.pid for s in admin.status().services if s.name == "scheduler")
+                os.kill(scheduler, signal.SIGKILL)  # its standby was started 1 s after it: warm long since
                 for w in work:
                     w.result()
             after = admin.generate("", prompt_ids=asks[0].prompt, max_new_tokens=8)
@@ -91,9 +96,12 @@ def test_soak_with_a_stage_killed_midway(pair, tmp_path):
             assert 1 <= len(tokens) <= ask.max_new_tokens and all(0 <= t < 320 for t in tokens)
             assert len(tokens) == ask.max_new_tokens or tokens[-1] == EOS_ID
     replayed = [e for e in _events(run / "logs" / "scheduler.log") if e["event"] == "request_replayed"]
-    assert replayed and {e["service"] for e in replayed} == {"stage-1"}
+    assert replayed and {e["service"] for e in replayed} <= {"stage-1", "scheduler"}
+    assert any(e["service"] == "stage-1" for e in replayed)
     restarts = [e for e in _events(run / "logs" / "stage-1-supervisor.log") if e["event"] == "service_restarted"]
     assert len(restarts) == 1
+    took_over = [e for e in _events(run / "logs" / "scheduler-supervisor.log") if e["event"] == "service_restarted"]
+    assert [e["standby"] for e in took_over] == [True]
 
 
 def _events(path):

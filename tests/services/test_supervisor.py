@@ -105,3 +105,51 @@ def test_a_restarted_child_knows_it_is_a_restart(tmp_path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+STANDBY_CHILD = """
+import os, sys, time
+from services.supervisor import STANDBY_ENV, await_takeover
+marks = open(sys.argv[1], "a", buffering=1)
+if STANDBY_ENV in os.environ:
+    marks.write(f"warm {os.getpid()}\\n")
+    marks.write(f"took-over {await_takeover()} {os.environ.get('FLOWRING_RESTART')}\\n")
+else:
+    marks.write(f"cold {os.environ.get('FLOWRING_RESTART', 'first')}\\n")
+time.sleep(60)
+"""
+
+
+def test_a_warm_standby_takes_over_and_a_new_one_follows(tmp_path) -> None:
+    marks = tmp_path / "marks"
+    log = tmp_path / "t-supervisor.log"
+    proc = subprocess.Popen([sys.executable, "-m", "services.supervisor", "--name", "t", "--log-file", str(log),
+                             "--standby", "0.1", "--", sys.executable, "-c", STANDBY_CHILD, str(marks)],
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        first = _events(log, "service_started", 1)[0]["pid"]
+        standby = _events(log, "standby_started", 1)[0]["pid"]
+        _lines(marks, f"warm {standby}")
+        os.kill(first, signal.SIGKILL)
+        restarted = _events(log, "service_restarted", 1)[0]
+        assert restarted["pid"] == standby and restarted["standby"] is True
+        _lines(marks, "took-over 1 1")  # the restart's number, in its environment too (the journal is resumed)
+        second = _events(log, "standby_started", 2)[1]["pid"]  # a new standby for the next death
+        assert second not in (first, standby)
+        assert "cold 1" not in marks.read_text()
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for pid in (standby, second):  # gone, or a zombie of the dead supervisor
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _lines(path: Path, line: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and line in path.read_text().splitlines():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no line {line!r} in {path}: {path.read_text() if path.exists() else ''}")

@@ -150,3 +150,45 @@ def test_a_fill_shrinks_to_the_request_share_of_the_budget(total_nodes, others, 
     assert _nodes(sent) == fill
     if len(fill) < 5:  # the tree is at its share: nothing is drafted ahead until a prune makes room
         assert core.next_work() is None
+
+
+class RecordingDrafters:
+    """A ScriptedDrafter per request; ``extended`` records each context pass as (drafter number, tokens)."""
+
+    def __init__(self) -> None:
+        self.extended: list[tuple[int, int]] = []
+        self.count = 0
+
+    def take(self) -> ScriptedDrafter:
+        drafter, number, log = ScriptedDrafter(), self.count, self.extended
+        self.count += 1
+        plain = drafter.extend_context
+
+        def extend(tokens: Sequence[int]) -> None:
+            if tokens:
+                log.append((number, len(tokens)))
+            plain(tokens)
+
+        drafter.extend_context = extend  # type: ignore[method-assign]
+        return drafter
+
+    def give(self, drafter: ScriptedDrafter) -> None:
+        pass
+
+
+def test_a_long_prompt_enters_the_draft_cache_a_chunk_per_turn_between_other_requests():
+    drafters = RecordingDrafters()
+    core = DrafterCore("drafter", drafters, hops=3)
+    long_prompt = tuple(range(3, 203))  # 200 tokens: 13 chunks of 16
+    core.handle(StartRequest("long", 0, long_prompt, 8, draft=SETTINGS, mode="flowspec", prefill_chunk=16))
+    core.handle(StartRequest("short", 0, (1, 2, 3), 8, draft=SETTINGS, mode="flowspec", prefill_chunk=16))
+    core.work(core.next_work())
+    core.work(core.next_work())  # one turn each
+    assert sorted(drafters.extended) == [(0, 16), (1, 3)], "the long prompt took one chunk, not the whole prompt"
+    core.handle(Prune("short", 1, 1, 1, (), (), (10,), 10, known=0))  # short's first token: its fill goes out
+    fill = core.handle(Expand("short", 2, 1))
+    assert _nodes(fill)[:1] == [10], "short drafts while long's prompt is still going in"
+    while (request_id := core.next_work()) is not None:
+        core.work(request_id)
+    passes = [n for d, n in drafters.extended if d == 0]
+    assert sum(passes) == 200 and max(passes) == 16 and len(passes) == 13

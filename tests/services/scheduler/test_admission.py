@@ -106,18 +106,29 @@ def test_cancel_ends_the_request_on_every_service_with_consistent_command_number
     assert core.jobs == {}
 
 
-def test_each_request_has_its_own_deadline():
+def test_each_request_has_its_own_deadline_from_its_submission():
     core = _core(max_in_flight=1)
     core.submit("client:a", _request())
     core.submit("client:b", _request())
-    first = core.jobs["r1"].started
+    first = core.jobs["r1"].submitted
+    core.waiting[0].submitted = first + 5.0  # b submitted 5 s after a, then queued behind it
     outs = core.expire(first + 11.0, timeout_s=10.0)
     assert [(d, r.code) for d, r in _replies(outs)] == [("client:a", "timeout")]
+    assert "after its submission" in _replies(outs)[0][1].error
     assert _starts(outs) == ["r2"]
-    second = core.jobs["r2"].started
-    assert second > first
-    assert core.expire(second + 9.0, timeout_s=10.0) == [], "the queued one's deadline starts when it starts"
-    assert _replies(core.expire(second + 11.0, timeout_s=10.0))[0][1].code == "timeout"
+    assert core.expire(first + 14.0, timeout_s=10.0) == [], "b's deadline: 10 s from its submission"
+    assert [(d, r.code) for d, r in _replies(core.expire(first + 15.5, timeout_s=10.0))] == [("client:b", "timeout")]
+
+
+def test_a_request_queued_past_its_deadline_times_out_without_starting():
+    core = _core(max_in_flight=1)
+    core.submit("client:a", _request())
+    core.submit("client:b", _request())
+    assert core.queued == 1
+    outs = core.expire(core.waiting[0].submitted + 10.5, timeout_s=10.0)
+    assert sorted((d, r.code) for d, r in _replies(outs)) == [("client:a", "timeout"), ("client:b", "timeout")]
+    assert "still queued" in dict(_replies(outs))["client:b"].error
+    assert _starts(outs) == [] and core.queued == 0 and core.jobs == {}, "b never entered the ring"
 
 
 def test_the_operators_prompt_cap_refuses_longer_prompts_in_one_line():
