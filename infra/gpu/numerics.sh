@@ -25,7 +25,7 @@ fits() {  # SECONDS_NEEDED NAME: whether a step of that timeout still ends withi
   fi
 }
 probes() {
-  timeout 90 python3 infra/gpu/numerics_report.py probes "$models/qwen-coder-1.5b" 1 2 4 2>&1 | filter | tee "$OUT/numerics-probes.txt" \
+  timeout 90 python3 infra/gpu/numerics_report.py probes "$models/qwen-coder-1.5b" 2 1 4 2>&1 | filter | tee "$OUT/numerics-probes.txt" \
     || echo "probes stopped (exit $?)" | tee -a "$OUT/numerics-probes.txt"
 }
 profile() {  # THREADS CPUS TIMEOUT
