@@ -62,9 +62,9 @@ def blocked_attention(q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | 
         vf = _padded(values, span)
         qs = F.pad(qf.reshape(kv_heads, stacked, dim), (0, 0, 0, height - stacked))  # [Hkv, H, D]
         if span == width:
-            torch.matmul(qs, kf.transpose(1, 2), out=scores)
+            torch.bmm(qs, kf.transpose(1, 2), out=scores)
         else:
-            scores[:, :, :span] = torch.matmul(qs, kf.transpose(1, 2))
+            scores[:, :, :span] = torch.bmm(qs, kf.transpose(1, 2))
     pad = -(-group // tile) * tile - group
     by_block = scores[:, :stacked].view(kv_heads, rows, group, n_blocks, block)
     if pairs.shape[0]:
@@ -74,29 +74,26 @@ def blocked_attention(q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | 
         qg = F.pad(qf[:, pairs[:, 0]], (0, 0, 0, pad))  # [Hkv, P, G padded, D]
         sg = torch.matmul(qg, kg.transpose(2, 3))[:, :, :group]  # [Hkv, P, G, B]
         by_block[:, pairs[:, 0], :, pairs[:, 1]] = sg.transpose(0, 1)
-    live = torch.arange(width, device=device)[None, :] < count[:, None]  # [L, NB * B]
-    if height > stacked:  # padding rows: the shared blocks (zero scores), never read back
-        live = torch.cat((live.repeat_interleave(group, dim=0), live.new_zeros(height - stacked, width)))
-        live[stacked:, : n_shared * block] = True
-        scores.masked_fill_(~live, -math.inf)
+    if height > stacked:  # padding rows see the shared blocks (zero scores); never read back
+        seen = F.pad(count.repeat_interleave(group), (0, height - stacked), value=n_shared * block)  # [H]
+        scores.masked_fill_(torch.arange(width, device=device)[None, :] >= seen[:, None], -math.inf)
     else:
-        by_block.masked_fill_(~live.view(rows, 1, n_blocks, block), -math.inf)
+        hidden = torch.arange(width, device=device)[None, :] >= count[:, None]  # [L, NB * B]
+        by_block.masked_fill_(hidden.view(rows, 1, n_blocks, block), -math.inf)
     scores.sub_(scores.amax(dim=-1, keepdim=True))  # each row's exact maximum
     flat.exp_()  # every element by the vectorised path: no thread's share ends in a scalar tail
     by_key = scores.view(kv_heads, height, n_blocks, block)  # the weights
     out = torch.empty(n_blocks, kv_heads, height, dim, device=device)  # each block's weighted values
     for b in range(n_shared):
-        torch.matmul(by_key[:, :, b], vf[:, b * block : (b + 1) * block], out=out[b])
+        torch.bmm(by_key[:, :, b], vf[:, b * block : (b + 1) * block], out=out[b])
     if pairs.shape[0]:
         out[n_shared:].zero_()  # a row's blocks past its own add exact zeros
         wg = by_key[:, :stacked].view(kv_heads, rows, group, n_blocks, block)[:, pairs[:, 0], :, pairs[:, 1]]
         og = torch.matmul(F.pad(wg.transpose(0, 1), (0, 0, 0, pad)), vg)[:, :, :group]  # [Hkv, P, G, D]
         out[:, :, :stacked].view(n_blocks, kv_heads, rows, group, dim)[pairs[:, 1], :, pairs[:, 0]] = og.transpose(0, 1)
-    sums = _halving_sum(by_key)  # [Hkv, H, NB]
-    total_weight, acc = sums[..., 0], out[0]
-    for b in range(1, n_blocks):  # left to right: a row's padding blocks add exact zeros
-        total_weight = total_weight + sums[..., b]
-        acc = acc + out[b]
+    # Left to right in one sequential scan each (float64 partial sums on CPU), a row's padding adding exact zeros:
+    total_weight = scores.cumsum(dim=-1)[..., -1]  # [Hkv, H]: over the row's keys in block order
+    acc = out.cumsum(dim=0)[-1]  # [Hkv, H, D]: over its blocks
     result = acc[:, :stacked] / total_weight[:, :stacked, None]  # [Hkv, L * G, D]
     return result.view(kv_heads, rows, group, dim).transpose(1, 2).reshape(heads, rows, dim).to(q.dtype)
 
@@ -130,11 +127,3 @@ def _aligned_buffer(size: int) -> Tensor:
     flat = torch.empty(size + (-size % align))
     flat[size:] = -math.inf
     return flat
-
-
-def _halving_sum(x: Tensor) -> Tensor:
-    """Sum over the last dimension (a power of two) by a fixed tree of elementwise additions."""
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    return x[..., 0]
