@@ -7,9 +7,10 @@ Every number a row's output is made of then comes from its own keys in its own b
 - a score is one element of a float32 matrix product whose rows are padded to a multiple of
   ``tile`` (a size probed by ``common.models.modeling.invariant`` to give every row bitwise the
   same element whatever the product's height, width or batch);
-- the softmax takes the row's maximum (exact in any order), sums each block of ``exp`` by a fixed
-  halving tree and the block sums left to right (a padded block adds exact zeros);
-- each block's values are weighted by a float32 product as above, the blocks added left to right.
+- the softmax takes the row's maximum (exact in any order) and sums the row's ``exp`` left to right
+  in one sequential scan (``cumsum``; padding adds exact zeros);
+- each block's values are weighted by a float32 product as above, the blocks added left to right
+  in one scan likewise.
 
 Blocks whose keys are slots ``[b*B, (b+1)*B)`` for every row that sees them (a prefix of the cache
 seen by all rows: the whole prompt in a prefill chunk, the committed context in a tree segment)
