@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KEY_BLOCK = 64  # keys per block: a power of two (the halving tree) and a multiple of every SIMD width
+KEY_BLOCK = 64  # keys per block: a multiple of every SIMD width
 _EXP_ALIGN = 1024  # exp runs on a length that splits into whole SIMD vectors per thread
 
 
