@@ -7,9 +7,10 @@ Every number a row's output is made of then comes from its own keys in its own b
 - a score is one element of a float32 matrix product whose rows are padded to a multiple of
   ``tile`` (a size probed by ``common.models.modeling.invariant`` to give every row bitwise the
   same element whatever the product's height, width or batch);
-- the softmax takes the row's maximum (exact in any order), sums each block of ``exp`` by a fixed
-  halving tree and the block sums left to right (a padded block adds exact zeros);
-- each block's values are weighted by a float32 product as above, the blocks added left to right.
+- the softmax takes the row's maximum (exact in any order) and sums the row's ``exp`` left to right
+  in one sequential scan (``cumsum``; padding adds exact zeros);
+- each block's values are weighted by a float32 product as above, the blocks added left to right
+  in one scan likewise.
 
 Blocks whose keys are slots ``[b*B, (b+1)*B)`` for every row that sees them (a prefix of the cache
 seen by all rows: the whole prompt in a prefill chunk, the committed context in a tree segment)
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KEY_BLOCK = 64  # keys per block: a power of two (the halving tree) and a multiple of every SIMD width
+KEY_BLOCK = 64  # keys per block: a multiple of every SIMD width
 _EXP_ALIGN = 1024  # exp runs on a length that splits into whole SIMD vectors per thread
 
 
@@ -49,52 +50,53 @@ def blocked_attention(q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | 
     shared = torch.where(run == count, blocks, run // block)  # leading blocks read straight from the cache
     n_blocks, n_shared = int(blocks.max()), int(shared.max())
     width = n_blocks * block
-    qf = q.float().view(kv_heads, group, rows, dim).transpose(1, 2)  # [Hkv, L, G, D]
-    stacked = rows * group
-    height = -(-stacked // tile) * tile
+    stacked = rows * group  # query rows of a key head: (row, head of the group), row-major
+    height = -(-stacked // tile) * tile if n_shared else stacked  # rows of the shared products
+    qf = (q.float() * (1.0 / math.sqrt(dim))).view(kv_heads, group, rows, dim).transpose(1, 2)  # [Hkv, L, G, D]
     index = torch.arange(n_blocks, device=device)[None, :]
     pairs = ((index >= shared[:, None]) & (index < blocks[:, None])).nonzero()  # [P, 2]: row, block gathered
-    if pairs.shape[0]:
-        scores = torch.full((kv_heads, rows, group, n_blocks, block), -math.inf, device=device)
+    flat = _aligned_buffer(kv_heads * height * width)
+    scores = flat[: kv_heads * height * width].view(kv_heads, height, width)  # [Hkv, H, NB * B]
     if n_shared:
         span = n_shared * block
         kf = _padded(keys, span)  # [Hkv, span, D] float32
         vf = _padded(values, span)
-        qs = F.pad(qf.reshape(kv_heads, stacked, dim), (0, 0, 0, height - stacked))
-        s = torch.matmul(qs, kf.transpose(1, 2))[:, :stacked]  # [Hkv, L*G, span]
-        s = s.reshape(kv_heads, rows, group, n_shared, block)
-        if pairs.shape[0]:
-            scores[:, :, :, :n_shared] = s
+        qs = F.pad(qf.reshape(kv_heads, stacked, dim), (0, 0, 0, height - stacked))  # [Hkv, H, D]
+        if span == width:
+            torch.bmm(qs, kf.transpose(1, 2), out=scores)
         else:
-            scores = s
+            scores[:, :, :span] = torch.bmm(qs, kf.transpose(1, 2))
+    pad = -(-group // tile) * tile - group
+    by_block = scores[:, :stacked].view(kv_heads, rows, group, n_blocks, block)
     if pairs.shape[0]:
         slot = _gathered_slots(attend, count, pairs, rows, total, n_blocks)  # [P * B]
         kg = keys.index_select(1, slot).float().view(kv_heads, -1, block, dim)  # [Hkv, P, B, D]
         vg = values.index_select(1, slot).float().view(kv_heads, -1, block, dim)
-        pad = -(-group // tile) * tile - group
         qg = F.pad(qf[:, pairs[:, 0]], (0, 0, 0, pad))  # [Hkv, P, G padded, D]
         sg = torch.matmul(qg, kg.transpose(2, 3))[:, :, :group]  # [Hkv, P, G, B]
-        scores[:, pairs[:, 0], :, pairs[:, 1]] = sg.transpose(0, 1)
-    valid = (torch.arange(width, device=device)[None, :] < count[:, None]).view(rows, 1, n_blocks, block)
-    scores = (scores * (1.0 / math.sqrt(dim))).masked_fill(~valid, -math.inf)
-    weights = _exp(scores - scores.amax(dim=(-2, -1), keepdim=True))  # [Hkv, L, G, NB, B]
-    out = torch.zeros(kv_heads, rows, group, n_blocks, dim, device=device)
-    if n_shared:
-        ws = weights[:, :, :, :n_shared].permute(0, 3, 1, 2, 4).reshape(kv_heads, n_shared, stacked, block)
-        ws = F.pad(ws, (0, 0, 0, height - stacked))
-        o = torch.matmul(ws, vf.view(kv_heads, n_shared, block, dim))[:, :, :stacked]  # [Hkv, NS, L*G, D]
-        out[:, :, :, :n_shared] = o.reshape(kv_heads, n_shared, rows, group, dim).permute(0, 2, 3, 1, 4)
+        by_block[:, pairs[:, 0], :, pairs[:, 1]] = sg.transpose(0, 1)
+    if height > stacked:  # padding rows see the shared blocks (zero scores); never read back
+        seen = F.pad(count.repeat_interleave(group), (0, height - stacked), value=n_shared * block)  # [H]
+        scores.masked_fill_(torch.arange(width, device=device)[None, :] >= seen[:, None], -math.inf)
+    else:
+        hidden = torch.arange(width, device=device)[None, :] >= count[:, None]  # [L, NB * B]
+        by_block.masked_fill_(hidden.view(rows, 1, n_blocks, block), -math.inf)
+    scores.sub_(scores.amax(dim=-1, keepdim=True))  # each row's exact maximum
+    flat.exp_()  # every element by the vectorised path: no thread's share ends in a scalar tail
+    by_key = scores.view(kv_heads, height, n_blocks, block)  # the weights
+    out = torch.empty(n_blocks, kv_heads, height, dim, device=device)  # each block's weighted values
+    for b in range(n_shared):
+        torch.bmm(by_key[:, :, b], vf[:, b * block : (b + 1) * block], out=out[b])
     if pairs.shape[0]:
-        wg = F.pad(weights[:, pairs[:, 0], :, pairs[:, 1]].transpose(0, 1), (0, 0, 0, pad))  # [Hkv, P, G', B]
-        og = torch.matmul(wg, vg)[:, :, :group]  # [Hkv, P, G, D]
-        out[:, pairs[:, 0], :, pairs[:, 1]] = og.transpose(0, 1)
-    sums = _halving_sum(weights)  # [Hkv, L, G, NB]
-    total_weight, acc = sums[..., 0], out[..., 0, :]
-    for b in range(1, n_blocks):  # left to right: a row's padding blocks add exact zeros
-        total_weight = total_weight + sums[..., b]
-        acc = acc + out[..., b, :]
-    result = acc / total_weight[..., None]  # [Hkv, L, G, D]
-    return result.transpose(1, 2).reshape(heads, rows, dim).to(q.dtype)
+        out[n_shared:].zero_()  # a row's blocks past its own add exact zeros
+        wg = by_key[:, :stacked].view(kv_heads, rows, group, n_blocks, block)[:, pairs[:, 0], :, pairs[:, 1]]
+        og = torch.matmul(F.pad(wg.transpose(0, 1), (0, 0, 0, pad)), vg)[:, :, :group]  # [Hkv, P, G, D]
+        out[:, :, :stacked].view(n_blocks, kv_heads, rows, group, dim)[pairs[:, 1], :, pairs[:, 0]] = og.transpose(0, 1)
+    # Left to right in one sequential scan each (float64 partial sums on CPU), a row's padding adding exact zeros:
+    total_weight = scores.cumsum(dim=-1)[..., -1]  # [Hkv, H]: over the row's keys in block order
+    acc = out.cumsum(dim=0)[-1]  # [Hkv, H, D]: over its blocks
+    result = acc[:, :stacked] / total_weight[:, :stacked, None]  # [Hkv, L * G, D]
+    return result.view(kv_heads, rows, group, dim).transpose(1, 2).reshape(heads, rows, dim).to(q.dtype)
 
 
 def _padded(x: Tensor, length: int) -> Tensor:
@@ -118,18 +120,11 @@ def _gathered_slots(attend: Tensor | None, count: Tensor, pairs: Tensor, rows: i
     return torch.where(live, slot, 0).reshape(-1)
 
 
-def _exp(x: Tensor) -> Tensor:
-    """``exp`` with every element computed by the vectorised path: the flat length is padded so that
-    no thread's share ends in a scalar tail (which may round differently)."""
-    flat = x.reshape(-1)
+def _aligned_buffer(size: int) -> Tensor:
+    """A float32 buffer of ``size`` elements and a ``-inf`` tail (``exp`` makes it zeros) up to a length
+    that splits into whole SIMD vectors per thread, so that an in-place ``exp`` of it all runs every
+    element by the vectorised path (a scalar tail may round differently)."""
     align = _EXP_ALIGN * torch.get_num_threads()
-    padded = F.pad(flat, (0, -flat.numel() % align), value=-math.inf)
-    return padded.exp()[: flat.numel()].view(x.shape)
-
-
-def _halving_sum(x: Tensor) -> Tensor:
-    """Sum over the last dimension (a power of two) by a fixed tree of elementwise additions."""
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    return x[..., 0]
+    flat = torch.empty(size + (-size % align))
+    flat[size:] = -math.inf
+    return flat

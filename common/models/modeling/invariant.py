@@ -39,21 +39,40 @@ TILE_HEIGHTS = (8, 16, 32, 64)  # row paddings of attention's products, tried in
 
 @dataclass(frozen=True)
 class RowBlocks:
-    """Row-block sizes that agree bitwise: the powers of two from ``smallest`` to ``largest``."""
+    """Row-block sizes that agree bitwise: the powers of two from ``smallest`` to ``largest``, and, with
+    ``any_size``, every row count from ``smallest`` to ``LARGEST_BLOCK_ROWS`` too."""
 
     smallest: int
     largest: int
+    any_size: bool = False
 
     def split(self, rows: int) -> list[int]:
-        """Sizes of consecutive blocks covering ``rows``, the last one padded up to ``smallest``."""
+        """Sizes of consecutive blocks covering ``rows``; their sum exceeds ``rows`` where the last one is padded.
+
+        Blocks of ``largest`` first; a remainder above ``LARGEST_BLOCK_ROWS`` in halving powers of two;
+        the last remainder (up to ``LARGEST_BLOCK_ROWS`` rows, where a forward reads every weight once
+        whatever its rows) in one block: as it is with ``any_size``, else padded up to a power of two.
+        """
         if rows < 0:
             raise ValueError(f"rows must be non-negative, got {rows}")
         sizes = []
         while rows > 0:
-            size = max(self.smallest, min(self.largest, 1 << (rows.bit_length() - 1)))
+            if rows >= self.largest:
+                size = self.largest
+            elif rows > LARGEST_BLOCK_ROWS:
+                size = 1 << (rows.bit_length() - 1)
+            elif self.any_size and rows >= self.smallest:
+                size = rows
+            else:
+                size = max(self.smallest, 1 << (rows - 1).bit_length())
             sizes.append(size)
             rows -= size
         return sizes
+
+
+def _product(x: Tensor, weight: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x @ weight.T``, into ``out`` where given: the one matrix kernel both the probes and ``linear`` run."""
+    return torch.mm(x, weight.t(), out=out)
 
 
 @functools.cache
@@ -64,12 +83,14 @@ def probe_row_blocks(out_features: int, in_features: int, dtype: torch.dtype, de
     rows holding a cancelling pair ``±2^30`` at random places among small values: two summation
     orders then almost surely give different rows, where ordinary data hides the difference in
     all but a few elements in ten thousand. ``threads`` is in the key: a path may depend on it.
+    ``any_size``: every product of the first ``n`` rows, ``n`` from ``smallest`` to 32, equals them
+    (every row at every place in every height up to 32).
     """
     assert threads == torch.get_num_threads(), "probe under the thread count it is keyed by"
     weight, x = _probe_inputs(out_features, in_features, LARGEST_BLOCK_ROWS, dtype, device, seed=0)
     sizes = [1 << i for i in range(LARGEST_BLOCK_ROWS.bit_length())]
     results = {
-        size: torch.cat([F.linear(x[s : s + size], weight) for s in range(0, LARGEST_BLOCK_ROWS, size)])
+        size: torch.cat([_product(x[s : s + size], weight) for s in range(0, LARGEST_BLOCK_ROWS, size)])
         for size in sizes
     }
     best = RowBlocks(1, 1)
@@ -82,6 +103,11 @@ def probe_row_blocks(out_features: int, in_features: int, dtype: torch.dtype, de
                 break
         if largest // smallest > best.largest // best.smallest:
             best = RowBlocks(smallest, largest)
+    if best.largest == LARGEST_BLOCK_ROWS:
+        reference = results[best.smallest]
+        heights = range(best.smallest, LARGEST_BLOCK_ROWS + 1)
+        if all(torch.equal(_product(x[:n], weight), reference[:n]) for n in heights):
+            best = RowBlocks(best.smallest, best.largest, any_size=True)
     return best
 
 
@@ -92,10 +118,10 @@ def probe_widest_block(out_features: int, in_features: int, dtype: torch.dtype, 
     assert threads == torch.get_num_threads(), "probe under the thread count it is keyed by"
     weight, x = _probe_inputs(out_features, in_features, WIDEST_BLOCK_ROWS, dtype, device, seed=1)
     step = LARGEST_BLOCK_ROWS
-    reference, size = [F.linear(x[:step], weight)], step
+    reference, size = [_product(x[:step], weight)], step
     while size < WIDEST_BLOCK_ROWS:
-        reference += [F.linear(x[s : s + step], weight) for s in range(size, 2 * size, step)]
-        if not torch.equal(F.linear(x[: 2 * size], weight), torch.cat(reference)):
+        reference += [_product(x[s : s + step], weight) for s in range(size, 2 * size, step)]
+        if not torch.equal(_product(x[: 2 * size], weight), torch.cat(reference)):
             break
         size *= 2
     return size
@@ -104,24 +130,28 @@ def probe_widest_block(out_features: int, in_features: int, dtype: torch.dtype, 
 def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     """``layer(x)`` for ``x`` ``[L, in]``, each row bitwise the same whatever rows ride with it.
 
-    The bias is added apart: a kernel that fuses it for some row counts and not others rounds
-    twice in one case and once in the other.
+    Each block's product is written in place into the output (only a padded last block goes
+    through a buffer). The bias is added apart: a kernel that fuses it for some row counts and
+    not others rounds twice in one case and once in the other.
     """
     weight = layer.weight
     key = (weight.shape[0], weight.shape[1], x.dtype, str(x.device), torch.get_num_threads())
     blocks = probe_row_blocks(*key)
     rows = x.shape[0]
     if rows > blocks.largest == LARGEST_BLOCK_ROWS and weight.numel() <= _WIDEN_LIMIT:
-        blocks = RowBlocks(blocks.smallest, probe_widest_block(*key))
-    sizes = blocks.split(rows)
-    if sizes == [rows]:
-        product = F.linear(x, weight)
-    else:
-        if sum(sizes) > rows:
-            x = torch.cat((x, x.new_zeros(sum(sizes) - rows, x.shape[1])))
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        product = torch.cat([F.linear(x[s : s + n], weight) for s, n in zip(starts, sizes, strict=True)])[:rows]
-    return product if layer.bias is None else product + layer.bias
+        blocks = RowBlocks(blocks.smallest, probe_widest_block(*key), blocks.any_size)
+    x = x.contiguous()
+    out = x.new_empty(rows, weight.shape[0])
+    start = 0
+    for size in blocks.split(rows):
+        part = x[start : start + size]
+        if part.shape[0] == size:
+            _product(part, weight, out[start : start + size])
+        else:  # the padded last block
+            padded = torch.cat((part, part.new_zeros(size - part.shape[0], part.shape[1])))
+            out[start:] = _product(padded, weight)[: part.shape[0]]
+        start += size
+    return out if layer.bias is None else out.add_(layer.bias)
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,21 @@ VOCAB = 320
     [
         (0, (1, 32), []),
         (1, (1, 32), [1]),
-        (20, (1, 32), [16, 4]),
+        (20, (1, 32), [32]),
+        (20, (1, 32, True), [20]),
         (64, (1, 32), [32, 32]),
         (7, (1, 2), [2, 2, 2, 1]),
         (5, (1, 1), [1] * 5),
         (1, (2, 32), [2]),
-        (7, (2, 32), [4, 2, 2]),
-        (37, (4, 16), [16, 16, 4, 4]),
+        (1, (2, 32, True), [2]),
+        (7, (2, 32), [8]),
+        (37, (4, 16), [16, 16, 8]),
+        (300, (1, 256), [256, 32, 16]),
+        (300, (1, 256, True), [256, 32, 12]),
+        (200, (2, 256, True), [128, 64, 8]),
     ],
 )
-def test_row_blocks_split(rows: int, blocks: tuple[int, int], expected: list[int]) -> None:
+def test_row_blocks_split(rows: int, blocks: tuple[int, ...], expected: list[int]) -> None:
     assert invariant.RowBlocks(*blocks).split(rows) == expected
 
 
@@ -44,6 +49,18 @@ def test_linear_rows_equal_their_lone_result(features: tuple[int, int], bias: bo
     for n in (1, 5, 16, 33, 64, 70):
         for start in (0, 70 - n):
             assert torch.equal(invariant.linear(layer, x[start : start + n]), alone[start : start + n])
+
+
+def test_linear_writes_each_block_where_the_split_puts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks written in place, the last one padded with zero rows, the bias added after."""
+    gen = torch.Generator().manual_seed(3)
+    layer = nn.Linear(48, 40, bias=True, dtype=BF16).requires_grad_(False)
+    layer.bias.copy_(torch.randn(40, generator=gen))
+    x = torch.randn(37, 48, generator=gen).to(BF16)
+    monkeypatch.setattr(invariant, "probe_row_blocks", lambda *key: invariant.RowBlocks(4, 16))
+    padded = torch.cat((x, x.new_zeros(3, 48)))
+    expected = torch.cat([torch.mm(padded[s : s + n], layer.weight.t()) for s, n in ((0, 16), (16, 16), (32, 8))])
+    assert torch.equal(invariant.linear(layer, x), expected[:37] + layer.bias)
 
 
 @pytest.mark.parametrize("features", [(64, 64), (96, 64), (576, 1536)])
