@@ -21,6 +21,7 @@ in that function's place.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -262,6 +263,7 @@ def main() -> None:
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    gc.freeze()  # the imported objects stay out of the collector: their pages stay shared with the forks
     _run(_serve(sys.argv[1]))
 
 
