@@ -26,6 +26,7 @@ import importlib
 import json
 import os
 import runpy
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,6 +116,7 @@ class Zygotes:
         for zygote in self.started.values():
             zygote.close()
         self.started.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # -- in the zygote and its forks ---------------------------------------------------------------------------------
