@@ -150,6 +150,7 @@ class _Forked:
     def __init__(self, args: list[str], stdin: int | None = None, stdout: int | None = None,
                  stderr: int | None = None, env: Mapping[str, str] | None = None) -> None:
         self.args, self.returncode = args, None
+        self.stdin = self.stdout = self.stderr = None  # as Popen's, with no pipes
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         pid = os.fork()
@@ -199,7 +200,9 @@ class _Forked:
 def _forking_popen(args, *rest, **options):  # type: ignore[no-untyped-def]
     """``subprocess.Popen`` in a forked process: a ``python -m`` command with only the options a supervisor
     passes is forked; anything else is started as usual."""
-    if not rest and isinstance(args, list) and _python_module(args) and set(options) <= {"stdin", "stdout", "stderr", "env"}:
+    plain = all(options.get(k) in (None, subprocess.DEVNULL) for k in ("stdin", "stdout", "stderr"))
+    if not rest and isinstance(args, list) and _python_module(args) and set(options) <= {"stdin", "stdout", "stderr", "env"} \
+            and plain:  # a pipe (a standby's stdin) needs the real Popen
         return _Forked(args, **options)
     return _REAL_POPEN(args, *rest, **options)
 
