@@ -46,6 +46,7 @@ def test_greedy_output_equals_base_generate_over_tcp(pair, stages, tmp_path, mon
     assert len(stopped) == stages + 3
 
 
+@pytest.mark.exec_services  # `flowring up` as users start it: every service a fresh `python -m services.run`
 def test_cli_up_generate_status_down(pair, tmp_path, monkeypatch):
     base, draft = pair
     monkeypatch.setenv("FLOWRING_HOME", str(tmp_path / "home"))
