@@ -90,7 +90,7 @@ def _build(spec: ClusterSpec, name: str, dtype: torch.dtype):
         from services.drafter.core import DrafterCore
 
         core = DrafterCore(name, _drafter(spec, dtype), hops=len(spec.stages) + 1)
-        return core, CoreHooks(core.drop_request, next_work=core.next_work, work=core.work)
+        return core, CoreHooks(core.drop_request, batch_ready=core.batch_ready, run_batch=core.run_batch)
     if name == "verifier":
         from services.verifier.core import VerifierCore
 
