@@ -23,7 +23,7 @@ def _short(name: str) -> str:
 
 
 def _per_service(services: dict[str, dict[str, float]], key: str, digits: int) -> str:
-    return " ".join(f"{_short(name)}{load[key]:.{digits}f}" for name, load in services.items()) or "-"
+    return " ".join(f"{_short(name)}:{load[key]:.{digits}f}" for name, load in services.items()) or "-"
 
 
 def rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:

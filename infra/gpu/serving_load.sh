@@ -10,7 +10,7 @@
 # the table (infra/serving_load_table.py) is printed last. Each run is bounded by `timeout`, so a stuck one
 # leaves the other's files.
 # Overrides (dry runs on a small machine): BASE, DRAFT, HEAD (none: draft with DRAFT), STAGES, CORES, TOKENS,
-# PROMPTS, LOADS ("4 8"), FLOWRING (the command), T_RUN (seconds per run, default 250).
+# PROMPTS, LOADS ("4 8"), FLOWRING (the command), T_RUN (seconds per run; default 200 for 4 in flight, else 300).
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
 name=${1:-load}
@@ -24,7 +24,7 @@ started=$SECONDS
 filter() { grep --line-buffered -v -E 'Loading weights|UNEXPECTED|^Key |^---|LOAD REPORT|can be ignored|USDT' || true; }
 run() {  # run K: K prompts solo, then K in flight, for ar and flowspec
   local k=$1
-  timeout "${T_RUN:-250}" "${flowring[@]}" bench --pin --base "$base" --draft "$draft" "${drafting[@]}" \
+  timeout "${T_RUN:-$(( k == 4 ? 200 : 300 ))}" "${flowring[@]}" bench --pin --base "$base" --draft "$draft" "${drafting[@]}" \
     --stages "${STAGES:-4}" --cores-per-service "${CORES:-2}" --prompts "${PROMPTS:-infra/data/code_prompts.jsonl}" \
     --num-prompts "$k" --max-new-tokens "${TOKENS:-48}" --temperature 0 --concurrency "$k" --modes ar,flowspec \
     --json "$OUT/$name-conc$k.json" 2>&1 | filter | tee "$OUT/$name-conc$k.txt"
