@@ -106,7 +106,7 @@ def _hooks(core: RingCore) -> CoreHooks:
     from services.verifier.core import VerifierCore
 
     if isinstance(core, DrafterCore):
-        return CoreHooks(core.drop_request, next_work=core.next_work, work=core.work)
+        return CoreHooks(core.drop_request, batch_ready=core.batch_ready, run_batch=core.run_batch)
     if isinstance(core, VerifierCore):
         return CoreHooks(core.drop_request, batch_ready=core.batch_ready, run_batch=core.run_batch)
     stage = core

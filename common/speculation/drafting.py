@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 
 from common.models.modeling import KVCache, ModelSlice
+from common.models.modeling.batch import Rows, forward_many
 from common.models.modeling.cache_pool import CachePool
 from common.speculation.draft_rows import Path, TreeRows
 from common.speculation.draft_vocab import DraftLogits
-from common.speculation.growth import FrontierGrowth, TreeShape, tree_paths
+from common.speculation.growth import FrontierGrowth, LevelStep, TreeShape, best_children, tree_paths
 from common.speculation.tree import DraftTree
 
 
@@ -39,11 +40,11 @@ class TreeDrafter(FrontierGrowth):
 
     def __init__(
         self, model: ModelSlice, cache: KVCache | None = None, *, logits: DraftLogits | None = None,
-        keep_tree_rows: bool = True,
+        keep_tree_rows: bool = True, calls: DraftModelCalls | None = None,
     ) -> None:
         assert model.with_embedding and model.with_head, "the draft model must be whole"
         self._model = model
-        self._logits = logits or DraftLogits(model)
+        self._calls = calls or DraftModelCalls(model, logits or DraftLogits(model))
         self._cache: KVCache = cache if cache is not None else model.new_cache()
         self._rows = TreeRows(self._cache)
         self._keep = keep_tree_rows
@@ -106,11 +107,15 @@ class TreeDrafter(FrontierGrowth):
         self._end_step()
         return tree
 
-    @torch.no_grad()
-    def grow(
+    @property
+    def shared(self) -> DraftModelCalls:
+        """The draft model's calls, shared by every request's drafter of one ``ModelDrafters``."""
+        return self._calls
+
+    def level(
         self, tree: DraftTree, frontier: list[int], width: int, top_k: int, pending: Sequence[int] = ()
-    ) -> DraftTree:
-        """Append the ``width`` best new children of ``frontier`` nodes (by cumulative score).
+    ) -> LevelStep:
+        """The ``width`` best new children of ``frontier`` nodes, to draft alone (``grow``) or beside others'.
 
         ``pending``: committed tokens not yet in the draft cache, ending with the tree's root; they are
         committed first (cached rows adopted) and the rest ride in the same forward as the new tree
@@ -118,21 +123,7 @@ class TreeDrafter(FrontierGrowth):
         """
         assert len(tree) >= 1 and frontier
         assert not pending or pending[-1] == tree.tokens[0], "pending tokens end with the root"
-        rest = self._commit(pending)
-        paths = tree_paths(tree)
-        wanted = [paths[f] for f in frontier]
-        self._forward(rest, wanted)
-        values, tokens = self._proposals(self._hidden(wanted), top_k + 1)  # one spare for a known child
-        existing = {(p, t) for p, t in zip(tree.parents, tree.tokens, strict=True)}
-        candidates: list[tuple[float, int, int, int]] = []
-        for f, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
-            fresh = [(v, t) for v, t in zip(row_values, row_tokens, strict=True) if (f, t) not in existing][:top_k]
-            for value, token in fresh:
-                candidates.append((tree.scores[f] + value, len(candidates), token, f))
-        candidates.sort(key=lambda c: (-c[0], c[1]))
-        best = candidates[:width]
-        self._end_step()
-        return tree.appended([c[2] for c in best], [c[3] for c in best], [c[0] for c in best])
+        return _ModelLevel(self, tree, frontier, width, top_k, self._commit(pending))
 
     def _commit(self, tokens: Sequence[int]) -> list[int]:
         """Adopt the cached rows of the path ``tokens`` starts with; returns the tokens still to forward."""
@@ -142,12 +133,20 @@ class TreeDrafter(FrontierGrowth):
         return list(tokens[adopted:])
 
     def _forward(self, pending: Sequence[int], paths: list[Path]) -> None:
-        """At most one forward: the pending committed tokens (causal, they join the context), then the
-        rows that ``paths`` and their ancestors lack (tree mask, kept in the tree region)."""
+        """At most one forward: the pending committed tokens, then the rows ``paths`` and their ancestors lack."""
+        planned = self._plan(pending, paths)
+        if planned is not None:
+            rows, new = planned
+            self._absorb(len(pending), new, self._model(rows.inputs, rows.positions, rows.attend, rows.cache))
+
+    def _plan(self, pending: Sequence[int], paths: list[Path]) -> tuple[Rows, list[Path]] | None:
+        """The rows of one forward (None: nothing to forward): the pending committed tokens (causal, they join
+        the context), then the rows that ``paths`` and their ancestors lack (tree mask, kept in the tree region).
+        The new rows join the tree mask now: ``_absorb`` must follow with their hidden states."""
         new = self._rows.missing(paths)
         p, n, t = len(pending), len(new), len(self._rows)
         if not (p or n):
-            return
+            return None
         assert not (p and t), "committed tokens cannot follow kept tree rows"
         past = self._rows.committed
         attend = torch.zeros(p + n, past + p + t + n, dtype=torch.bool)
@@ -159,8 +158,11 @@ class TreeDrafter(FrontierGrowth):
         root_position = past + p - 1
         positions = torch.tensor([*range(past, past + p), *(root_position + len(q) for q in new)])
         ids = torch.tensor([*pending, *(q[-1] for q in new)], dtype=torch.long)
-        hidden = self._model(ids, positions, attend, self._cache)  # [p + n, H]
-        self.rows_forwarded += p + n
+        return Rows(ids, positions, attend, self._cache), new
+
+    def _absorb(self, p: int, new: list[Path], hidden: Tensor) -> None:
+        """The hidden states ``[p + n, H]`` of a planned forward: ``p`` committed tokens, then ``new`` tree rows."""
+        self.rows_forwarded += p + len(new)
         if p:
             self._rows.committed += p
             self._root_hidden = hidden[p - 1]
@@ -173,9 +175,9 @@ class TreeDrafter(FrontierGrowth):
 
     def _proposals(self, hidden: Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
         """Top-``k`` log-probabilities and full-vocabulary token ids per hidden row."""
-        logp = torch.log_softmax(self._logits(hidden), dim=-1)  # [F, draft_vocab]
+        logp = torch.log_softmax(self._calls.logits(hidden), dim=-1)  # [F, draft_vocab]
         top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-        return top.values.tolist(), self._logits.token_ids(top.indices)
+        return top.values.tolist(), self._calls.token_ids(top.indices)
 
     def _end_step(self) -> None:
         if not self._keep:
@@ -188,14 +190,65 @@ class ModelDrafters:
     def __init__(self, model: ModelSlice, draft_ids: Tensor | None = None) -> None:
         """``draft_ids``: a reduced draft vocabulary, the only tokens proposed (None: every token)."""
         self._model = model
-        self._logits = DraftLogits(model, draft_ids)
+        self._calls = DraftModelCalls(model, DraftLogits(model, draft_ids))
         self._caches = CachePool(model.new_cache)
 
     def take(self) -> TreeDrafter:
-        return TreeDrafter(self._model, self._caches.take(), logits=self._logits)
+        return TreeDrafter(self._model, self._caches.take(), calls=self._calls)
 
     def give(self, drafter: TreeDrafter) -> None:
         self._caches.give(drafter.cache)
+
+
+class DraftModelCalls:
+    """The draft model's shared forward (``fused``: its own numerics may vary with the rows beside it) and logits."""
+
+    def __init__(self, model: ModelSlice, logits: DraftLogits) -> None:
+        self._model, self._logits = model, logits
+
+    def forward_many(self, parts: list[Rows]) -> list[Tensor]:
+        return forward_many(self._model, parts, fused=True)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self._logits(hidden)
+
+    def token_ids(self, rows: Tensor) -> list[list[int]]:
+        return self._logits.token_ids(rows)
+
+
+class _ModelLevel:
+    """A ``LevelStep`` of the draft model: one part (pending tokens and missing frontier rows), then proposals."""
+
+    def __init__(self, drafter: TreeDrafter, tree: DraftTree, frontier: list[int], width: int, top_k: int,
+                 pending: list[int]) -> None:
+        self.shared, self.top_k = drafter.shared, top_k
+        self._drafter, self._tree, self._frontier, self._width = drafter, tree, frontier, width
+        self._pending: list[int] | None = pending  # None once planned
+        paths = tree_paths(tree)
+        self._wanted = [paths[f] for f in frontier]
+        self._new: list[Path] = []
+
+    def rows(self) -> Rows | None:
+        if self._pending is None:
+            return None
+        planned = self._drafter._plan(self._pending, self._wanted)
+        if planned is None:
+            self._pending = None
+            return None
+        rows, self._new = planned
+        return rows
+
+    def take(self, hidden: Tensor) -> None:
+        assert self._pending is not None, "a part was planned"
+        self._drafter._absorb(len(self._pending), self._new, hidden)
+        self._pending = None
+
+    def frontier_hidden(self) -> Tensor:
+        return self._drafter._hidden(self._wanted)
+
+    def finish(self, values: list[list[float]], tokens: list[list[int]]) -> DraftTree:
+        self._drafter._end_step()
+        return best_children(self._tree, self._frontier, values, tokens, self._width, self.top_k)
 
 
 class CandidatePool:

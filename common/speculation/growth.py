@@ -3,20 +3,28 @@
 A ``Drafter`` drafts for one request over its own context: a draft model's (``common.speculation.drafting``)
 or a draft head's (``common.speculation.heads``). Both grow a tree the same two ways, from a frontier they
 pick the same way (``FrontierGrowth``): PipeDec's next level (the deepest nodes) and best-first growth (the
-best-scoring leaves). Only ``grow``, drafting the children of a frontier, is their own.
+best-scoring leaves). Only ``level``, planning the children of a frontier, is their own.
+
+A level is a ``LevelStep``: rounds of rows to forward (a draft model's: one; a head's: one per missing
+depth), then the frontier's proposals. ``grow_many`` drafts the levels of several requests together: each
+round is one shared forward (``SharedDraft.forward_many``: rows of every request concatenated, attention
+per request over its own cache and tree mask), and one logits call serves every request's frontier. One
+request alone goes through the same code. A request's proposals then depend on its neighbours only through
+the kernels' numerics: with row-invariant ones (``common.models.modeling.invariant``) not at all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
 
 from common.speculation.draft_rows import Path
 from common.speculation.tree import DraftTree
 
-if TYPE_CHECKING:
-    from torch import Tensor
 
 @dataclass(frozen=True)
 class TreeShape:
@@ -41,16 +49,101 @@ class Drafter(Protocol):
         self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
     ) -> DraftTree: ...
 
+    def level_best(
+        self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
+    ) -> LevelStep: ...
+
     def add_features(self, position: int, hidden: Tensor) -> None: ...
 
     def has_features(self, context_length: int) -> bool: ...
 
 
+class SharedDraft(Protocol):
+    """The model (or head) several requests' drafters share: one forward and one logits call for all of them."""
+
+    def forward_many(self, parts: list[Any]) -> list[Tensor]: ...
+
+    def logits(self, hidden: Tensor) -> Tensor: ...
+
+    def token_ids(self, rows: Tensor) -> list[list[int]]: ...
+
+
+class LevelStep(Protocol):
+    """One request's growth level: its parts of the shared forwards, then its frontier's proposals."""
+
+    shared: SharedDraft  # steps of one SharedDraft may share forwards
+    top_k: int
+
+    def rows(self) -> Any | None:
+        """This request's part of the next shared forward; None: it has no more rows to forward."""
+
+    def take(self, hidden: Tensor) -> None:
+        """The hidden states of the part ``rows`` returned last."""
+
+    def frontier_hidden(self) -> Tensor:
+        """What the logits read for the frontier ``[F, H]``, once every round ran."""
+
+    def finish(self, values: list[list[float]], tokens: list[list[int]]) -> DraftTree:
+        """The grown tree from the frontier's top ``top_k + 1`` proposals (log-probabilities, token ids)."""
+
+
+@torch.no_grad()
+def grow_many(shared: SharedDraft, steps: Sequence[LevelStep]) -> tuple[list[DraftTree], list[tuple[int, int]]]:
+    """Every step's grown tree, and (requests, rows) of each shared forward run.
+
+    An exception fails every step (their drafters' caches are as before the forward that failed).
+    """
+    forwards: list[tuple[int, int]] = []
+    while True:
+        parts = [(step, step.rows()) for step in steps]
+        parts = [(step, part) for step, part in parts if part is not None]
+        if not parts:
+            break
+        outs = shared.forward_many([part for _, part in parts])
+        for (step, _), hidden in zip(parts, outs, strict=True):
+            step.take(hidden)
+        forwards.append((len(parts), sum(int(h.shape[0]) for h in outs)))
+    hidden = [step.frontier_hidden() for step in steps]
+    logits = shared.logits(torch.cat(hidden)).split([h.shape[0] for h in hidden])  # one call: [F_i, V] each
+    trees = []
+    for step, rows in zip(steps, logits, strict=True):
+        logp = torch.log_softmax(rows, dim=-1)
+        top = torch.topk(logp, min(step.top_k + 1, logp.shape[-1]), dim=-1)  # one spare for a known child
+        trees.append(step.finish(top.values.tolist(), shared.token_ids(top.indices)))
+    return trees, forwards
+
+
+def best_children(tree: DraftTree, frontier: list[int], values: list[list[float]], tokens: list[list[int]],
+                  width: int, top_k: int) -> DraftTree:
+    """``tree`` with the ``width`` best new children of ``frontier`` (cumulative score; ties by proposal order).
+
+    ``values``/``tokens``: each frontier node's proposals, best first; children the tree has are skipped.
+    """
+    existing = set(zip(tree.parents, tree.tokens, strict=True))
+    candidates: list[tuple[float, int, int, int]] = []
+    for f, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
+        fresh = [(v, t) for v, t in zip(row_values, row_tokens, strict=True) if (f, t) not in existing][:top_k]
+        for value, token in fresh:
+            candidates.append((tree.scores[f] + value, len(candidates), token, f))
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    best = candidates[:width]
+    return tree.appended([c[2] for c in best], [c[3] for c in best], [c[0] for c in best])
+
+
 class FrontierGrowth:
-    """Growth from a frontier: the subclass drafts the frontier's children in ``grow``."""
+    """Growth from a frontier: the subclass plans the frontier's children in ``level``."""
+
+    def level(self, tree: DraftTree, frontier: list[int], width: int, top_k: int, pending=()) -> LevelStep:
+        raise NotImplementedError
 
     def grow(self, tree: DraftTree, frontier: list[int], width: int, top_k: int, pending=()) -> DraftTree:
-        raise NotImplementedError
+        """Append the ``width`` best new children of ``frontier`` nodes (by cumulative score), alone."""
+        step = self.level(tree, frontier, width, top_k, pending)
+        return grow_many(step.shared, [step])[0][0]
+
+    def level_best(self, tree: DraftTree, leaves: int, width: int, top_k: int, pending=()) -> LevelStep:
+        """``grow_best``'s level, to draft beside other requests' (``grow_many``)."""
+        return self.level(tree, best_leaves(tree, leaves), width, top_k, pending)
 
     def grow_level(self, tree: DraftTree, width: int, top_k: int, pending=()) -> DraftTree:
         """PipeDec growth: one more level, the ``width`` best children of the deepest nodes."""

@@ -21,9 +21,11 @@ from typing import Any
 from common.prompts import Prompt
 from common.wire.client import GenerateChunk, GenerateReply
 from common.wire.errors import ProtocolError
+from services.bench.service_load import Counters, ServiceLoad, between
 from services.client import Client, ClusterUnavailable
 
 Connect = Callable[[], Client]
+Scrape = Callable[[], dict[str, Counters]]  # every ring service's Prometheus counters now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,7 @@ class TimedRun:
 class Phase:
     runs: tuple[TimedRun, ...]  # in prompt order
     wall_s: float
+    services: dict[str, ServiceLoad] = dataclasses.field(default_factory=dict)  # busy ratio, rows per forward
 
     @property
     def new_tokens(self) -> int:
@@ -114,7 +117,8 @@ class ConcurrencyResult:
         def phase(p: Phase) -> dict[str, Any]:
             return {"new_tokens": p.new_tokens, "wall_s": p.wall_s, "tokens_per_s": p.tokens_per_s,
                     "ttft_ms_median": p.ttft_median_ms, "ttft_ms_p95": p.ttft_p95_ms,
-                    "latency_ms_p95": p.latency_p95_ms, "latency_ms_max": p.latency_max_ms}
+                    "latency_ms_p95": p.latency_p95_ms, "latency_ms_max": p.latency_max_ms,
+                    "services": {name: load.to_json() for name, load in p.services.items()}}
 
         def run(r: TimedRun) -> dict[str, Any]:
             return {"ok": r.ok, "new_tokens": len(r.token_ids), "ttft_ms": r.ttft_ms, "latency_ms": r.latency_ms,
@@ -187,8 +191,15 @@ def run_concurrent(connect: Connect, prompts: Sequence[Prompt], options: dict[st
                  wall_s)
 
 
-def measure(connect: Connect, prompts: Sequence[Prompt], options: dict[str, Any], concurrency: int) -> ConcurrencyResult:
-    """Solo, then concurrent, on the same cluster with the same options."""
-    solo = run_solo(connect, prompts, options)
-    together = run_concurrent(connect, prompts, options, concurrency)
+def measure(connect: Connect, prompts: Sequence[Prompt], options: dict[str, Any], concurrency: int,
+            scrape: Scrape | None = None) -> ConcurrencyResult:
+    """Solo, then concurrent, on the same cluster with the same options; ``scrape``: each phase also records
+    every service's busy ratio and rows and requests per forward."""
+    def phase(run: Callable[[], Phase]) -> Phase:
+        before = scrape() if scrape else {}
+        done = run()
+        return dataclasses.replace(done, services=between(before, scrape(), done.wall_s)) if scrape else done
+
+    solo = phase(lambda: run_solo(connect, prompts, options))
+    together = phase(lambda: run_concurrent(connect, prompts, options, concurrency))
     return ConcurrencyResult(options.get("mode", ""), concurrency, solo, together)

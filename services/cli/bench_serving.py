@@ -20,7 +20,7 @@ from rich.table import Table
 
 from common.cluster.settings import ClusterSpec
 from common.prompts import Prompt
-from services.bench import concurrency, ttft
+from services.bench import concurrency, service_load, ttft
 from services.bench.concurrency import ConcurrencyResult
 from services.bench.ttft import TtftResult
 from services.launcher import client_for
@@ -65,7 +65,9 @@ def measure(spec: ClusterSpec, run_dir: Path, settings: ServingSettings, prompts
         _warm_up(connect, prompts[0], {**options, "max_new_tokens": WARMUP_MAX_NEW_TOKENS}, settings.warmup, console)
         if settings.concurrency:
             console.print(f"mode {mode}: {len(prompts)} prompts solo, then {settings.concurrency} in flight")
-            together.append(concurrency.measure(connect, prompts, options, settings.concurrency))
+            urls = {place.name: place.metrics_url for place in spec.ring}
+            together.append(concurrency.measure(connect, prompts, options, settings.concurrency,
+                                                functools.partial(service_load.scrape, urls)))
         if settings.ttft_repeats:
             console.print(f"mode {mode}: time to first token, ring and HTTP, {settings.ttft_repeats} round(s)")
             with ttft.api_server(run_dir, mode) as url:
@@ -123,12 +125,30 @@ def _print_concurrency(console: Console, spec: ClusterSpec, r: ConcurrencyResult
                          f"{a_run.latency_ms:.0f}", f"{b_run.ttft_ms:.0f}", f"{b_run.latency_ms:.0f}",
                          f"{slow:.2f}" if slow is not None else "-", "yes" if same else "NO")
     console.print(requests)
+    _print_service_load(console, r)
     equal = r.equal()
     console.print(f"aggregate tokens/s: solo {r.solo.tokens_per_s:.2f}, {r.concurrency} in flight "
                   f"{r.together.tokens_per_s:.2f}, speed-up {r.speedup:.2f}x; p95 latency {r.p95_latency_ratio:.2f}x "
                   f"solo; outputs equal to solo: {sum(equal)}/{len(equal)}")
     for run in r.failures():
         console.print(f"[red]failed[/]: prompt {escape(run.prompt_id)}: {escape(run.error)}")
+
+
+def _print_service_load(console: Console, r: ConcurrencyResult) -> None:
+    names = list(dict.fromkeys([*r.solo.services, *r.together.services]))
+    if not names:
+        return
+    table = Table(title="per service (Prometheus, before and after each phase)", box=box.SIMPLE_HEAD,
+                  caption="busy: busy seconds / phase wall time. rows, requests: per model forward (shared forwards).")
+    for header in ("service", "solo busy", "solo rows/fwd", f"{r.concurrency} busy", f"{r.concurrency} rows/fwd",
+                   f"{r.concurrency} requests/fwd"):
+        table.add_column(header, justify="left" if header == "service" else "right")
+    for name in names:
+        a, b = r.solo.services.get(name), r.together.services.get(name)
+        table.add_row(name, f"{a.busy_ratio:.2f}" if a else "-", f"{a.rows_per_forward:.1f}" if a else "-",
+                      f"{b.busy_ratio:.2f}" if b else "-", f"{b.rows_per_forward:.1f}" if b else "-",
+                      f"{b.requests_per_forward:.2f}" if b else "-")
+    console.print(table)
 
 
 def _print_ttft(console: Console, results: Sequence[TtftResult]) -> None:

@@ -4,8 +4,10 @@ It mirrors the scheduler's tree by applying the same prune events (nodes the sch
 heard of survive iff their parent does). Sending is paced by credits: each Expand says one segment
 left the ring. A new round's first credit gets a fill tree cut into one segment per pipeline hop, and
 one more segment may follow at once (``EXTRA_IN_FLIGHT``). In flowspec "grow" mode drafting is not
-paced: between messages (:meth:`DrafterCore.next_work`, :meth:`DrafterCore.work`) the drafter grows
-the tree a level at a time from its best leaves, ahead of the verdicts; a credit sends every
+paced: between messages (:meth:`DrafterCore.run_batch`, which the service loop runs once every arrived
+message is handled) the drafter grows every request's tree a level at a time from its best leaves, ahead
+of the verdicts, all requests' levels in one shared draft forward (:func:`common.speculation.growth.grow_many`:
+rows concatenated, attention per request over its own cache and tree mask); a credit sends every
 pre-drafted node that survived the prunes since, and the next growth starts. Its shape follows the
 measured acceptance (:mod:`common.speculation.tree_policy`). Other modes draft when a credit arrives.
 With a draft head the base's features of committed tokens arrive from the verifier (``Features``);
@@ -16,60 +18,27 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.observability import trace
 from common.speculation import tree_policy
 from common.speculation.budget import SpeculationBudget
 from common.speculation.drafting import TreeShape
-from common.speculation.growth import Drafter
-from common.speculation.modes import DraftSettings, Mode
+from common.speculation.growth import Drafter, LevelStep, grow_many
 from common.speculation.tree import DraftTree, merge_trees, renumbered, segment_sizes, single_root
 from common.wire.codec import Message
 from common.wire.commands import EndRequest, Expand, Prune, StartRequest
-from common.wire.ordering import OrderError, PruneLog
+from common.wire.ordering import OrderError
 from common.wire.reports import DraftReport, StageStats
 from common.wire.request_table import RequestTable
 from common.wire.ring import Features, Phase, Segment
+from services.batch import Batched, Forward
+from services.drafter.request import DraftingRequest
 
 Outbound = tuple[str, Message]
 MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find nodes the tree lacks
 EXTRA_IN_FLIGHT = 1  # segments beyond a fill's one per hop: the pipeline has room, the drafter does not flood it
-
-
-@dataclass
-class _Request:
-    request_id: str
-    draft: DraftSettings
-    drafter: Drafter  # the shared draft model (or head) over this request's own context cache
-    root: int = -1
-    pending: list[int] = field(default_factory=list)  # committed tokens not yet in the draft cache
-    prompt_left: int = 0  # prompt tokens not yet in the draft cache: taken a chunk per work turn
-    prefill: deque[Segment] = field(default_factory=deque)  # prompt chunks not yet sent: one per work turn
-    prefill_chunk: int = 64
-    tree: DraftTree | None = None  # None between rounds; nodes past ``sent`` are pre-drafted
-    mode: Mode = Mode.FLOWSPEC
-    context_length: int = 0  # prompt and output tokens, the root included
-    log: PruneLog = field(default_factory=PruneLog)
-    seq: int = 0
-    idle_expands: int = 0  # Expands since the last prune: grow the draft to find new nodes
-    busy_s: float = 0.0  # drafting time: expansions and context passes
-    unreported_s: float = 0.0  # drafting time not yet in a DraftReport
-    expansions: int = 0
-    nodes: int = 0  # tree nodes sent
-    credits: int = 0  # segments it may send now
-    sent: int = 0  # nodes of ``tree`` already in the ring
-    shape: tree_policy.GrowthShape | None = None  # the growth under way; None: the tree is at its cap
-    levels_grown: int = 0  # levels of that growth drafted so far
-    acceptance: tree_policy.Acceptance = field(default_factory=tree_policy.Acceptance)
-
-    @property
-    def continuous(self) -> bool:
-        """Whether it drafts ahead of the verdicts (flowspec, best-leaf growth)."""
-        return self.mode.drafts_ahead(self.draft)
 
 
 class Drafters(Protocol):
@@ -86,11 +55,11 @@ class DrafterCore:
         self._drafters = drafters
         self._hops = hops  # stages + verifier: segments a fill keeps in flight
         self._budget = budget or SpeculationBudget()  # draft nodes of all the requests in flight together
-        self._requests: RequestTable[_Request] = RequestTable()
+        self._requests: RequestTable[DraftingRequest] = RequestTable()
         self._turn = 0  # round-robin over requests with work
 
     @property
-    def requests(self) -> dict[str, _Request]:
+    def requests(self) -> dict[str, DraftingRequest]:
         """The requests this drafter holds state for, by id."""
         return self._requests.active
 
@@ -125,6 +94,15 @@ class DrafterCore:
             return self._spend_credit(req)
         raise OrderError(f"{self.name} does not handle {msg.KIND} messages")
 
+    def batch_ready(self) -> bool:
+        """Whether a request has drafting to do between messages (a context pass or a growth level)."""
+        return any(req.prefill or self._has_work(req) for req in self._requests.active.values())
+
+    def run_batch(self) -> Batched:
+        """A step for every request with work: its next prompt chunk into the ring, and one context pass or growth
+        level each, the levels in shared forwards."""
+        return self._draft_step([req for req in self._requests.active.values() if req.prefill or self._has_work(req)])
+
     def next_work(self) -> str | None:
         """A request with drafting to do between messages (round-robin), or None: wait for a message."""
         ids = [rid for rid, req in self._requests.active.items() if req.prefill or self._has_work(req)]
@@ -134,21 +112,59 @@ class DrafterCore:
         return ids[self._turn % len(ids)]
 
     def work(self, request_id: str) -> list[Outbound]:
-        """One step for ``request_id``: its next prompt chunk into the ring, and a context pass or one growth level
-        (and what it lets out). A long prompt goes a chunk per turn, into the ring and into the draft cache, so
-        other requests' segments go between its chunks at every hop."""
+        """One step for ``request_id`` alone: its next prompt chunk into the ring, and a context pass or one growth
+        level (and what it lets out)."""
         req = self._requests.active.get(request_id)
-        if req is None:
+        if req is None or not (req.prefill or self._has_work(req)):
             return []
-        out: list[Outbound] = [("next", req.prefill.popleft())] if req.prefill else []
-        if not self._has_work(req):
-            return out
-        if req.tree is None:
-            with self._drafting(req):
-                self._extend_context(req, req.prefill_chunk if req.prompt_left else None)
-            return out
-        self._grow_level(req)
-        return out + self._spend_credit(req)
+        out = self._draft_step([req])
+        if out.failed:
+            raise out.failed[0][1]
+        return out.sends
+
+    def _draft_step(self, reqs: list[DraftingRequest]) -> Batched:
+        """Each request's next prompt chunk into the ring, context passes one by one, then every growing request's
+        next level in shared forwards. A long prompt goes a chunk per step, into the ring and into the draft cache,
+        so other requests' segments go between its chunks at every hop."""
+        out = Batched()
+        levels: dict[int, list[tuple[DraftingRequest, LevelStep]]] = {}  # by shared model: requests whose forwards it shares
+        for req in reqs:
+            if req.prefill:
+                out.sends.append(("next", req.prefill.popleft()))
+            if not self._has_work(req):
+                continue
+            try:
+                if req.tree is None:
+                    with self._drafting(req):
+                        self._extend_context(req, req.prefill_chunk if req.prompt_left else None)
+                    continue
+                step = self._begin_level(req)
+            except Exception as exc:  # this request's state is at fault: it fails alone
+                out.fail([req.request_id], exc)
+                continue
+            levels.setdefault(id(step.shared), []).append((req, step))
+        for group in levels.values():
+            self._grow_levels(group, out)
+        return out
+
+    def _grow_levels(self, group: list[tuple[DraftingRequest, LevelStep]], out: Batched) -> None:
+        started, started_ns = time.perf_counter(), trace.now_ns()
+        try:
+            trees, forwards = grow_many(group[0][1].shared, [step for _, step in group])
+        except Exception as exc:  # the shared forward failed: every request in it fails
+            out.fail([req.request_id for req, _ in group], exc)
+            return
+        share = (time.perf_counter() - started) / len(group)  # each request is charged its share
+        out.forwards += [Forward(requests, rows) for requests, rows in forwards]
+        for (req, _), tree in zip(group, trees, strict=True):
+            trace.record("draft", req.request_id, started_ns, trace.now_ns())
+            req.busy_s += share
+            req.unreported_s += share
+            try:
+                self._end_level(req, tree)
+                out.sends += self._spend_credit(req)
+            except Exception as exc:
+                out.fail([req.request_id], exc)
 
     # ------------------------------------------------------------------------------------------ messages
     def _release(self, request_id: str) -> None:
@@ -157,19 +173,19 @@ class DrafterCore:
             self._drafters.give(req.drafter)
 
     def _start(self, msg: StartRequest) -> tuple[list[Outbound], list[Message]]:
-        req = _Request(msg.request_id, msg.draft, self._drafters.take(), mode=msg.mode, context_length=len(msg.prompt))
+        req = DraftingRequest(msg.request_id, msg.draft, self._drafters.take(), mode=msg.mode, context_length=len(msg.prompt))
         early = self._requests.start(msg.request_id, req)
         prompt = list(msg.prompt)
         for start in range(0, len(prompt), msg.prefill_chunk):
             chunk = prompt[start : start + msg.prefill_chunk]
             last = start + msg.prefill_chunk >= len(prompt)
             req.prefill.append(self._segment(req, Phase.PREFILL, start, chunk, (), range(start, start + len(chunk)), last))
-        out: list[Outbound] = [("next", req.prefill.popleft())] if req.prefill else []  # the rest in work turns
+        out: list[Outbound] = [("next", req.prefill.popleft())] if req.prefill else []  # the rest a chunk per step
         req.pending = prompt  # drafted into the cache while the base model prefills
         req.prompt_left, req.prefill_chunk = len(prompt), max(msg.prefill_chunk, 1)
         return out, early
 
-    def _on_prune(self, req: _Request, event: Prune) -> None:
+    def _on_prune(self, req: DraftingRequest, event: Prune) -> None:
         """Apply a prune event: commit its tokens, keep the next token's subtree (pre-drafted nodes too)."""
         req.log.record(event)
         if event.accepted and req.tree is not None:
@@ -181,14 +197,14 @@ class DrafterCore:
         self._renumber(req, event)
         req.idle_expands = 0
 
-    def _observe(self, req: _Request, event: Prune) -> None:
+    def _observe(self, req: DraftingRequest, event: Prune) -> None:
         """Fold one verification into the acceptance averages (before the tree is renumbered)."""
         assert req.tree is not None, "observed only while a round's tree stands"
         last = event.accepted[-1]
         full = last not in req.tree.parents  # the accepted path ran to a leaf
         req.acceptance = tree_policy.observe(req.acceptance, len(event.accepted) - 1, full, bool(event.keep))
 
-    def _renumber(self, req: _Request, event: Prune) -> None:
+    def _renumber(self, req: DraftingRequest, event: Prune) -> None:
         if event.ends_round or req.tree is None:
             req.tree, req.sent, req.shape, req.levels_grown = None, 0, None, 0
             return
@@ -198,7 +214,7 @@ class DrafterCore:
         if not len(req.tree):
             raise OrderError(f"prune epoch {event.epoch} keeps nodes but none of this drafter's tree")
 
-    def _spend_credit(self, req: _Request) -> list[Outbound]:
+    def _spend_credit(self, req: DraftingRequest) -> list[Outbound]:
         """Send what a credit allows now: a fill, the pre-drafted nodes, or (other modes) a fresh growth."""
         if req.credits < 1 or not self._features_ready(req):
             return []
@@ -218,13 +234,13 @@ class DrafterCore:
             self._start_growth(req)
         return out
 
-    def _features_ready(self, req: _Request) -> bool:
+    def _features_ready(self, req: DraftingRequest) -> bool:
         """Whether a draft head has the features of every committed token but the root (a model always has)."""
         head = req.drafter.takes_features and req.mode.drafts
         return not head or req.drafter.has_features(req.context_length)
 
     # ------------------------------------------------------------------------- drafting ahead (flowspec)
-    def _has_work(self, req: _Request) -> bool:
+    def _has_work(self, req: DraftingRequest) -> bool:
         if not req.mode.drafts or not self._features_ready(req):
             return False
         if req.tree is None:
@@ -232,10 +248,10 @@ class DrafterCore:
         return req.continuous and self._growing(req)
 
     @staticmethod
-    def _growing(req: _Request) -> bool:
+    def _growing(req: DraftingRequest) -> bool:
         return req.shape is not None and req.levels_grown < req.shape.levels
 
-    def _start_growth(self, req: _Request) -> None:
+    def _start_growth(self, req: DraftingRequest) -> None:
         """Choose the next growth's shape (None at the node cap: the next prune makes room)."""
         assert req.tree is not None, "a growth starts on a round's tree"
         settings = req.draft
@@ -249,14 +265,17 @@ class DrafterCore:
             req.shape = base if fits else None
         req.levels_grown = 0
 
-    def _grow_level(self, req: _Request) -> None:
-        """One draft forward: children of the best leaves (the pending context rides along)."""
+    def _begin_level(self, req: DraftingRequest) -> LevelStep:
+        """The next level of ``req``'s growth: children of the best leaves (the pending context rides along)."""
         shape = req.shape
         assert req.tree is not None and shape is not None, "a level grows only while a growth runs"
         pending, req.pending = req.pending, []
-        before = len(req.tree)
-        with self._drafting(req):
-            req.tree = req.drafter.grow_best(req.tree, shape.leaves, shape.width, req.draft.top_k, pending)
+        return req.drafter.level_best(req.tree, shape.leaves, shape.width, req.draft.top_k, pending)
+
+    def _end_level(self, req: DraftingRequest, tree: DraftTree) -> None:
+        shape = req.shape
+        assert req.tree is not None and shape is not None, "a level grows only while a growth runs"
+        before, req.tree = len(req.tree), tree
         trace.counter("tree_levels", shape.levels, req.request_id)
         trace.counter("tree_width", shape.width, req.request_id)
         req.expansions += 1
@@ -264,7 +283,7 @@ class DrafterCore:
 
     @staticmethod
     @contextlib.contextmanager
-    def _drafting(req: _Request) -> Iterator[None]:
+    def _drafting(req: DraftingRequest) -> Iterator[None]:
         """Time a drafting step: a ``draft`` span, the request's busy time and its next report's draft_ms."""
         started = time.perf_counter()
         with trace.span("draft", req.request_id):
@@ -274,22 +293,22 @@ class DrafterCore:
         req.unreported_s += elapsed
 
     # ---------------------------------------------------------------------- drafting on a credit (others)
-    def _extend_context(self, req: _Request, most: int | None = None) -> None:
-        """The pending tokens into the draft cache: all of them, or at most ``most`` (a turn of the prompt's)."""
+    def _extend_context(self, req: DraftingRequest, most: int | None = None) -> None:
+        """The pending tokens into the draft cache: all of them, or at most ``most`` (a step of the prompt's)."""
         if req.pending and req.mode.drafts:
             take = len(req.pending) if most is None else min(most, len(req.pending))
             req.drafter.extend_context(req.pending[:take])
             req.pending = req.pending[take:]
             req.prompt_left = max(req.prompt_left - take, 0)
 
-    def _expand(self, req: _Request) -> list[Outbound]:
+    def _expand(self, req: DraftingRequest) -> list[Outbound]:
         """Draft now (a new round's fill, or a growth in the modes that do not draft ahead) and send it."""
         with self._drafting(req):
             sizes = self._draft(req)
         req.expansions += 1
         return self._send(req, sizes)
 
-    def _draft(self, req: _Request) -> list[int]:
+    def _draft(self, req: DraftingRequest) -> list[int]:
         """Grow (or start) the tree; returns the segment sizes of its unsent nodes."""
         if not req.mode.drafts:
             req.tree = single_root(req.root)  # no speculation: the root alone
@@ -302,7 +321,7 @@ class DrafterCore:
         req.tree = self._grow(req)
         return [len(req.tree) - first]
 
-    def _fill(self, req: _Request) -> tuple[DraftTree, list[int]]:
+    def _fill(self, req: DraftingRequest) -> tuple[DraftTree, list[int]]:
         """A new round's tree and its segment sizes: one segment per pipeline hop."""
         settings = req.draft
         count = settings.fill_segments or self._hops
@@ -319,11 +338,11 @@ class DrafterCore:
         tree = req.drafter.draft(req.root, TreeShape(nodes, settings.fill_depth, settings.top_k))
         return tree, segment_sizes(len(tree), count, settings.segment_cap)
 
-    def _node_share(self, req: _Request) -> int:
+    def _node_share(self, req: DraftingRequest) -> int:
         """The most nodes ``req``'s tree may hold now: its share of the budget, within its own node cap."""
         return self._budget.share(len(self._requests.active), req.draft.node_cap)
 
-    def _grow(self, req: _Request) -> DraftTree:
+    def _grow(self, req: DraftingRequest) -> DraftTree:
         """The running round's tree after one expansion (nodes appended at the end).
 
         pipedec adds one level; flowspec "redraft" merges in a fresh draft from the root. (flowspec "grow"
@@ -342,7 +361,7 @@ class DrafterCore:
         return merged
 
     # --------------------------------------------------------------------------------------------- output
-    def _send(self, req: _Request, sizes: list[int]) -> list[Outbound]:
+    def _send(self, req: DraftingRequest, sizes: list[int]) -> list[Outbound]:
         """The report of the tree's unsent nodes, then those nodes cut into segments of ``sizes``."""
         tree, first = req.tree, req.sent
         assert tree is not None, "only a round's tree is sent"

@@ -1,9 +1,9 @@
 """All ring services in one process, wired by per-link FIFO queues.
 
 Messages are delivered in a seeded random interleaving that respects each link's FIFO order, as a
-network of PUSH/PULL sockets would, and the drafter's work between messages (drafting ahead) takes
-random turns among them, as do the stages' and the verifier's shared forwards (every request's waiting
-segments in one forward, :mod:`services.batch`): this exercises the epoch logic under arbitrary timing, fast and
+network of PUSH/PULL sockets would, and the shared forwards take random turns among them: the drafter's
+(every growing request's next draft level, drafting ahead), the stages' and the verifier's (every request's
+waiting segments, :mod:`services.batch`): this exercises the epoch logic under arbitrary timing, fast and
 reproducibly, with the very cores the real services run. ``after_each`` (if set) sees the ring after
 every delivery and every drafting step.
 """
@@ -74,7 +74,7 @@ class LocalRing:
         self._random = random.Random(interleave_seed)
         self._wire = wire  # round-trip every message through the codec, as the sockets do
         self.delivered = 0
-        self.forwards: dict[str, list[Forward]] = {c.name: [] for c in (*self.stages, self.verifier)}  # shared ones
+        self.forwards: dict[str, list[Forward]] = {c.name: [] for c in (self.drafter, *self.stages, self.verifier)}
         self.after_each: Callable[[LocalRing], None] | None = None
         self.received: dict[str, list[Message]] = {}  # client -> chunks and replies, in order
         self._clients = itertools.count()
@@ -109,19 +109,12 @@ class LocalRing:
     def deliver(self, until: Callable[[], bool]) -> None:
         """Deliver messages in a random FIFO-respecting interleaving until ``until()`` or the ring is quiet."""
         while not until():
-            busy: list[tuple[str, str] | str | None] = [link for link, queue in self._links.items() if queue]
-            drafting = self.drafter.next_work()
-            if drafting is not None:
-                busy.append(None)  # the drafter's turn to draft ahead
+            busy: list[tuple[str, str] | str] = [link for link, queue in self._links.items() if queue]
             busy += [name for name in self.forwards if self._cores[name].batch_ready()]  # a shared forward's turn
             if not busy:  # what the scheduler's request deadline does in a real cluster
                 self._route("scheduler", self.scheduler.expire(float("inf"), 0.0))
                 return
             link = self._random.choice(busy)
-            if link is None:
-                self._route("drafter", self.drafter.work(drafting))
-                self._observe()
-                continue
             if isinstance(link, str):
                 self._batch(link)
                 continue

@@ -62,12 +62,17 @@ def test_concurrency_reports_both_phases_latencies_and_equality(models, cluster,
         assert r["solo"]["new_tokens"] == r["concurrent"]["new_tokens"] == sum(
             q["solo"]["new_tokens"] for q in r["requests"])
         assert [q["prompt_id"] for q in r["requests"]] == IDS
+        for phase in ("solo", "concurrent"):  # every ring service's load, from its Prometheus counters
+            services = r[phase]["services"]
+            assert set(services) == {"drafter", "stage-1", "stage-2", "verifier"}, services
+            assert all(0 < services[name]["busy_ratio"] <= 1.05 for name in ("stage-1", "stage-2", "verifier"))
+            assert all(services[name]["rows_per_forward"] >= 1 for name in ("stage-1", "stage-2", "verifier"))
         for q in r["requests"]:
             assert q["equal"] and q["slowdown"] > 0
             for run in (q["solo"], q["concurrent"]):
                 assert run["ok"] and 1 <= run["new_tokens"] <= 8
                 assert 0 < run["ttft_ms"] <= run["latency_ms"]
-    for text in ("solo", "3 in flight", "per request", "slowdown", "outputs equal to solo: 3/3", "mode ar",
+    for text in ("solo", "3 in flight", "per request", "slowdown", "outputs equal to solo: 3/3", "mode ar", "per service",
                  "machine:", "command:"):
         assert text in result.output
 

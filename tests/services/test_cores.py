@@ -41,7 +41,7 @@ def _settings(core) -> tuple:
     drafters = core._drafters
     if hasattr(drafters, "_head"):
         return kind, type(drafters).__name__, next(drafters._head.parameters()).dtype, core._hops
-    return kind, type(drafters).__name__, _slice(drafters._model), drafters._logits.draft_ids, core._hops
+    return kind, type(drafters).__name__, _slice(drafters._model), drafters._calls._logits.draft_ids, core._hops
 
 
 @pytest.mark.parametrize("drafting", ["draft model", "draft head"])

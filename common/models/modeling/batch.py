@@ -5,7 +5,8 @@ linear layer, a norm, RoPE or the MLP is bitwise what it is alone, so the rows o
 share those calls (on a CPU the weight reads dominate, so a few more rows cost little). Attention runs
 per request, over that request's KV cache and attention mask, so each request's hidden states, keys and
 values are bitwise those of its own :meth:`ModelSlice.forward`. Without row invariance a shared call
-would change a request's numerics with its neighbours: the requests then run one after another.
+would change a request's numerics with its neighbours: the requests then run one after another, unless
+the caller accepts that (``fused=True``: the drafter, whose numerics choose proposals, never the output).
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ class Rows:
 
 
 @torch.no_grad()
-def forward_many(model: ModelSlice, parts: Sequence[Rows]) -> list[Tensor]:
+def forward_many(model: ModelSlice, parts: Sequence[Rows], *, fused: bool = False) -> list[Tensor]:
     """Hidden states ``[L_i, H]`` of every part, each bitwise what ``model`` returns for that part alone.
+
+    ``fused``: share the linear layers even without row invariance; a part's hidden states may then differ
+    from its solo ones in the last bits, with its neighbours (attention stays per part).
 
     An exception in a shared forward leaves every cache as it was; one by one (no row invariance),
     the parts before the failing one keep their rows.
     """
     if len({id(p.cache) for p in parts}) != len(parts):
         raise ValueError("each part of a shared forward needs a cache of its own")
-    if len(parts) < 2 or not model.row_invariant:
+    if len(parts) < 2 or not (model.row_invariant or fused):
         return _one_by_one(model, parts)
     xs = [model.embed(p.inputs) for p in parts]  # each [L_i, H]
     sizes = [x.shape[0] for x in xs]
@@ -50,7 +54,7 @@ def forward_many(model: ModelSlice, parts: Sequence[Rows]) -> list[Tensor]:
     cos, sin = model.rope(torch.cat([p.positions for p in parts]))  # [N, D] each
     try:
         for i, layer in enumerate(cast(Sequence[DecoderLayer], model.layers)):  # typed as plain Modules
-            x = _layer(layer, i, x, cos, sin, sizes, attends, caches)
+            x = layer_many(layer, i, x, cos, sin, sizes, attends, caches)
     except BaseException:
         for cache in caches:
             cache.rollback()
@@ -60,7 +64,7 @@ def forward_many(model: ModelSlice, parts: Sequence[Rows]) -> list[Tensor]:
     return [h.clone() for h in x.split(sizes)]  # each its own storage: sent on its own, without the others
 
 
-def _layer(layer: DecoderLayer, index: int, x: Tensor, cos: Tensor, sin: Tensor, sizes: list[int],
+def layer_many(layer: DecoderLayer, index: int, x: Tensor, cos: Tensor, sin: Tensor, sizes: list[int],
            attends: list[Tensor | None], caches: list[KVCache]) -> Tensor:
     """One decoder layer over the rows of every part: ``DecoderLayer.forward`` with attention split by part."""
     attn = layer.self_attn

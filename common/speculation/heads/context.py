@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from common.speculation.drafting import TreeShape
+from common.speculation.growth import LevelStep
 from common.speculation.heads.drafter import FeaturePairs, HeadTreeDrafter
 from common.speculation.heads.model import DraftHead
 from common.speculation.tree import DraftTree
@@ -63,6 +64,14 @@ class HeadContextDrafter:
         self.extend_context(pending)
         self._check(tree.tokens[0])
         return self._drafter.grow_best(tree, leaves, width, top_k)
+
+    def level_best(
+        self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
+    ) -> LevelStep:
+        """``grow_best``'s level, to draft beside other requests' (``common.speculation.growth.grow_many``)."""
+        self.extend_context(pending)
+        self._check(tree.tokens[0])
+        return self._drafter.level_best(tree, leaves, width, top_k)
 
     def _ready_pairs(self) -> list[int]:
         """Context positions ``i`` whose pair ``(f(t_i), t_{i+1})`` is complete and next in line."""

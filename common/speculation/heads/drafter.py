@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from common.speculation.drafting import CandidatePool, TreeShape
-from common.speculation.growth import FrontierGrowth, tree_paths
-from common.speculation.heads.model import DraftHead
+from common.speculation.growth import FrontierGrowth, LevelStep, best_children, tree_paths
+from common.speculation.heads.model import DraftHead, PairRows
 from common.speculation.tree import DraftTree
 
 Path = tuple[int, ...]  # tokens from the root (excluded) down to a node
@@ -91,44 +91,46 @@ class HeadTreeDrafter(FrontierGrowth):
             frontier = pool.expand(frontier, *proposals, keep=shape.top_k)
         return pool.tree(shape.nodes)
 
-    def grow(
+    @property
+    def shared(self) -> DraftHead:
+        """The head, shared by every request's drafter: ``forward_many`` and ``logits`` for all of them."""
+        return self._head
+
+    def level(
         self, tree: DraftTree, frontier: list[int], width: int, top_k: int, pending: FeaturePairs | None = None
-    ) -> DraftTree:
-        """Append the ``width`` best new children of ``frontier`` nodes (by cumulative score).
+    ) -> LevelStep:
+        """The ``width`` best new children of ``frontier`` nodes, to draft alone (``grow``) or beside others'.
 
         ``pending``: committed pairs not yet in the cache, their last token the tree's root; they are
-        appended first. Children the tree already has are not proposed again.
+        appended first (a forward of their own). Children the tree already has are not proposed again.
         """
         assert len(tree) >= 1 and frontier
         if pending:  # FeaturePairs; FrontierGrowth passes () when there are none
             assert pending.tokens[-1] == tree.tokens[0], "pending pairs end with the root"
             self.extend_context(pending)
-        paths = tree_paths(tree)
-        logp, tokens = self._proposals(self._features([paths[i] for i in frontier]), top_k + 1)  # one spare
-        existing = set(zip(tree.parents, tree.tokens, strict=True))
-        candidates: list[tuple[float, int, int, int]] = []
-        for f, values, ids in zip(frontier, logp, tokens, strict=True):
-            fresh = [(v, t) for v, t in zip(values, ids, strict=True) if (f, t) not in existing][:top_k]
-            for value, token in fresh:
-                candidates.append((tree.scores[f] + value, len(candidates), token, f))
-        candidates.sort(key=lambda c: (-c[0], c[1]))
-        best = candidates[:width]
-        return tree.appended([c[2] for c in best], [c[3] for c in best], [c[0] for c in best])
+        return _HeadLevel(self, tree, frontier, width, top_k)
 
     def _features(self, paths: list[Path]) -> Tensor:
         """Predicted features ``[len(paths), H]`` of nodes; missing rows computed, one forward per depth."""
+        for level in self._missing_levels(paths):
+            self._take_rows(level, self._head.forward_many([self._plan_rows(level)])[0])
+        return self._known_features(paths)
+
+    def _known_features(self, paths: list[Path]) -> Tensor:
         assert self._root_feature is not None, "the head has no context yet"
+        return torch.stack([self._root_feature if not p else self._nodes[p][1] for p in paths])
+
+    def _missing_levels(self, paths: list[Path]) -> list[list[Path]]:
+        """The nodes of ``paths`` (and their ancestors) lacking a row, by depth, shallowest first."""
         missing: set[Path] = set()
         for path in paths:
             while path and path not in self._nodes and path not in missing:
                 missing.add(path)
                 path = path[:-1]
-        for depth in sorted({len(p) for p in missing}):
-            self._run_rows(sorted(p for p in missing if len(p) == depth))
-        return torch.stack([self._root_feature if not p else self._nodes[p][1] for p in paths])
+        return [sorted(p for p in missing if len(p) == depth) for depth in sorted({len(p) for p in missing})]
 
-    def _run_rows(self, level: list[Path]) -> None:
-        """Run nodes of one depth through the head; their parents' rows exist."""
+    def _plan_rows(self, level: list[Path]) -> PairRows:
+        """The head rows of nodes of one depth; their parents' rows exist."""
         past, n = self._cache.length, len(level)
         attend = torch.zeros(n, past + n, dtype=torch.bool)
         attend[:, self._committed] = True
@@ -141,7 +143,11 @@ class HeadTreeDrafter(FrontierGrowth):
         inputs = torch.stack([root if len(p) == 1 else self._nodes[p[:-1]][1] for p in level])
         ids = torch.tensor([p[-1] for p in level], dtype=torch.long)
         position = len(self._committed) - 1 + len(level[0])
-        out = self._head(inputs, ids, torch.full((n,), position, dtype=torch.long), attend, self._cache)
+        return PairRows(inputs, ids, torch.full((n,), position, dtype=torch.long), attend, self._cache)
+
+    def _take_rows(self, level: list[Path], out: Tensor) -> None:
+        """The predicted features ``[n, H]`` of a planned level, whose rows are the cache's last ``n``."""
+        past = self._cache.length - len(level)
         for r, path in enumerate(level):
             self._nodes[path] = (past + r, out[r])
 
@@ -155,6 +161,7 @@ class HeadTreeDrafter(FrontierGrowth):
         self._committed = [new_row[row] for row in self._committed]
         self._nodes = {path: (new_row[row], f) for path, (row, f) in self._nodes.items()}
 
+    @torch.no_grad()
     def _proposals(self, features: Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
         """Top-``k`` log-probabilities and full-vocabulary token ids per feature row."""
         logp = torch.log_softmax(self._head.logits(features), dim=-1)  # [F, draft_vocab]
@@ -162,3 +169,31 @@ class HeadTreeDrafter(FrontierGrowth):
         # One copy to the host per level (a GPU waits once): float64 holds the float32 scores and the ids exactly.
         both = torch.stack((top.values.double(), self._head.full_ids(top.indices).double())).cpu()  # [2, F, k]
         return both[0].tolist(), both[1].long().tolist()
+
+
+class _HeadLevel:
+    """A ``LevelStep`` of the head: one part per depth of missing frontier rows, then proposals."""
+
+    def __init__(self, drafter: HeadTreeDrafter, tree: DraftTree, frontier: list[int], width: int,
+                 top_k: int) -> None:
+        self.shared, self.top_k = drafter.shared, top_k
+        self._drafter, self._tree, self._frontier, self._width = drafter, tree, frontier, width
+        paths = tree_paths(tree)
+        self._wanted = [paths[f] for f in frontier]
+        self._levels = drafter._missing_levels(self._wanted)
+        self._next = 0  # levels forwarded
+
+    def rows(self) -> PairRows | None:
+        if self._next == len(self._levels):
+            return None
+        return self._drafter._plan_rows(self._levels[self._next])
+
+    def take(self, hidden: Tensor) -> None:
+        self._drafter._take_rows(self._levels[self._next], hidden)
+        self._next += 1
+
+    def frontier_hidden(self) -> Tensor:
+        return self._drafter._known_features(self._wanted)
+
+    def finish(self, values: list[list[float]], tokens: list[list[int]]) -> DraftTree:
+        return best_children(self._tree, self._frontier, values, tokens, self._width, self.top_k)

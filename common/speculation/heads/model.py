@@ -5,18 +5,25 @@ position ``t``; ``fc(concat(embed(x_{t+1}), f_t))`` (2H -> H) runs through one d
 its input norm, and the output is the predicted feature ``f_{t+1}``; the base's lm_head turns a feature
 into logits. The row sits at RoPE position ``t``. Embedding and lm_head come from the base checkpoint
 and stay frozen; with a reduced draft vocabulary the lm_head keeps only ``draft_ids`` rows.
+
+``forward_many`` runs the rows of several requests in one call (``fc``, projections and MLP over every
+row, attention per request over its own cache). The head drafts with fused kernels, so a request's rows
+may differ in the last bits with their neighbours; ``use_row_invariant(True)`` makes every row bitwise
+what it is alone (as the base's row-invariant numerics do), at their cost.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from common.models.modeling import KVCache, ModelSpec, load_model_spec, rope_inv_freq
+from common.models.modeling import KVCache, ModelSpec, invariant, load_model_spec, rope_inv_freq
+from common.models.modeling.batch import layer_many
 from common.models.modeling.loader import read_embedding_and_head
 from common.models.modeling.slice import DecoderLayer
 from common.speculation.heads.config import (
@@ -27,6 +34,17 @@ from common.speculation.heads.config import (
     check_base,
 )
 from common.speculation.heads.packing import DRAFT_IDS, decode, encode, read_shards, write_shards
+
+
+@dataclass(frozen=True)
+class PairRows:
+    """One request's part of a shared head forward: the arguments of :meth:`DraftHead.forward`."""
+
+    features: Tensor  # [L, H] base (or predicted) features f_t
+    tokens: Tensor  # [L] the tokens x_{t+1}
+    positions: Tensor  # [L]
+    attend: Tensor  # bool [L, cache.length + L]
+    cache: KVCache
 
 
 class DraftHead(nn.Module):
@@ -79,32 +97,67 @@ class DraftHead(nn.Module):
         return KVCache(1, spec.num_kv_heads, spec.head_dim, dtype=self.dtype, device=self.device,
                        initial_capacity=initial_capacity)
 
+    @property
+    def row_invariant(self) -> bool:
+        """Whether every row is computed bitwise as it would be alone (else fused kernels, the default)."""
+        return self.layer.mlp.row_invariant
+
+    def use_row_invariant(self, flag: bool) -> None:
+        """Switch the numerics of ``fc``, the layer and the lm_head: row-invariant (True) or fused kernels."""
+        self.layer.self_attn.row_invariant = flag
+        self.layer.mlp.row_invariant = flag
+
+    def _linear(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        return invariant.linear(layer, x) if self.row_invariant else layer(x)
+
     def forward(self, features: Tensor, tokens: Tensor, positions: Tensor, attend: Tensor, cache: KVCache) -> Tensor:
         """Predicted features ``[L, H]`` of ``L`` pair rows; their keys/values are appended to ``cache``.
 
         ``features``: ``[L, H]`` (f_t), ``tokens``: ``[L]`` (x_{t+1}), ``positions``: ``[L]`` (t),
         ``attend``: bool ``[L, cache.length + L]`` as in ``ModelSlice.forward``.
         """
-        x = self.fc(torch.cat((self.embed_tokens(tokens.to(self.device)), features.to(self.device, self.dtype)), -1))
+        return self.forward_many([PairRows(features, tokens, positions, attend, cache)])[0]
+
+    def forward_many(self, parts: list[PairRows]) -> list[Tensor]:
+        """Predicted features ``[L_i, H]`` of every part in one call; attention per part, over its own cache.
+
+        An exception leaves every cache as it was.
+        """
+        if len({id(p.cache) for p in parts}) != len(parts):
+            raise ValueError("each part of a shared head forward needs a cache of its own")
+        ids = torch.cat([p.tokens for p in parts]).to(self.device)
+        features = torch.cat([p.features.to(self.device, self.dtype) for p in parts])
+        x = self._linear(self.fc, torch.cat((self.embed_tokens(ids), features), -1))  # [N, H]
         if self._inv_freq.device != self.device:
             self._inv_freq = self._inv_freq.to(self.device)
-        freqs = positions.to(self.device, torch.float32)[:, None] * self._inv_freq[None, :]  # [L, D/2]
-        angles = torch.cat((freqs, freqs), dim=-1)  # [L, D]
+        positions = torch.cat([p.positions for p in parts])
+        freqs = positions.to(self.device, torch.float32)[:, None] * self._inv_freq[None, :]  # [N, D/2]
+        angles = torch.cat((freqs, freqs), dim=-1)  # [N, D]
+        sizes = [p.tokens.shape[0] for p in parts]
+        attends: list[Tensor | None] = [p.attend.to(self.device) for p in parts]
+        caches = [p.cache for p in parts]
         try:
-            out = self.layer(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), attend.to(self.device), cache, 0)
+            out = layer_many(self.layer, 0, x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), sizes, attends,
+                             caches)
         except BaseException:
-            cache.rollback()
+            for cache in caches:
+                cache.rollback()
             raise
-        cache.advance(x.shape[0])
-        return out
+        for cache, n in zip(caches, sizes, strict=True):
+            cache.advance(n)
+        return list(out.split(sizes))
 
     def logits(self, features: Tensor) -> Tensor:
         """Float32 logits ``[L, draft_vocab]`` of features ``[L, H]`` (draft-vocabulary order)."""
-        return self.lm_head(features.to(self.device, self.dtype)).float()
+        return self._linear(self.lm_head, features.to(self.device, self.dtype)).float()
 
     def full_ids(self, draft_rows: Tensor) -> Tensor:
         """Full-vocabulary token ids of lm_head rows."""
         return draft_rows if self.draft_ids is None else self.draft_ids[draft_rows.to(self.device)]
+
+    def token_ids(self, draft_rows: Tensor) -> list[list[int]]:
+        """Full-vocabulary token ids of lm_head rows ``[F, k]``, as lists."""
+        return self.full_ids(draft_rows).tolist()
 
     def trainable_state(self) -> dict[str, Tensor]:
         """The tensors a head folder stores: ``fc``, the layer, and the draft ids if any."""

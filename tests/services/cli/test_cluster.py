@@ -125,7 +125,7 @@ def test_up_tree_settings_reach_every_service(tmp_path, monkeypatch):
 
     base, draft = make_tiny_pair(tmp_path)
     started: list[ClusterSpec] = []
-    monkeypatch.setattr(cluster, "start", lambda spec, run_dir, log_level: started.append(spec))
+    monkeypatch.setattr(cluster, "start", lambda spec, run_dir, log_level, **_: started.append(spec))
     result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--stages", "2", "--mode", "ar",
                                  "--dtype", "float32", "--api-port", "0", "--tree", "node_cap=64", "--tree",
                                  "expansion=redraft", "--tree", "adaptive=false", "--run-dir", str(tmp_path / "r")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+import torch
 
 from common.speculation.budget import SpeculationBudget
 from common.speculation.drafting import TreeShape
@@ -46,6 +47,45 @@ class ScriptedDrafter:
                       for f in best_leaves(tree, leaves) for i in range(1, top_k + 1)]
         best = sorted(candidates, key=lambda c: -c[0])[:width]
         return tree.appended([c[1] for c in best], [c[2] for c in best], [c[0] for c in best])
+
+
+    def level_best(self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()):
+        return ScriptedLevel(self.grow_best(tree, leaves, width, top_k, pending))
+
+
+class NoModel:
+    """The SharedDraft of scripted levels: no rows, no logits."""
+
+    def forward_many(self, parts: list) -> list[torch.Tensor]:
+        raise AssertionError("scripted levels forward no rows")
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(hidden.shape[0], 1)
+
+    def token_ids(self, rows: torch.Tensor) -> list[list[int]]:
+        return rows.tolist()
+
+
+class ScriptedLevel:
+    """A LevelStep whose tree was made up at once."""
+
+    shared = NoModel()
+    top_k = 1
+
+    def __init__(self, tree: DraftTree) -> None:
+        self._tree = tree
+
+    def rows(self) -> None:
+        return None
+
+    def take(self, hidden: torch.Tensor) -> None:
+        raise AssertionError("scripted levels forward no rows")
+
+    def frontier_hidden(self) -> torch.Tensor:
+        return torch.zeros(0, 1)
+
+    def finish(self, values: list[list[float]], tokens: list[list[int]]) -> DraftTree:
+        return self._tree
 
 
 class ScriptedDrafters:

@@ -60,7 +60,7 @@ def test_the_choice_of_drafter(bases, shipped_root) -> None:
 def test_up_drafts_with_the_shipped_head_and_says_so(bases, shipped_root, tmp_path, monkeypatch) -> None:
     base, _, _ = bases
     started = []
-    monkeypatch.setattr(cluster, "start", lambda spec, run_dir, log_level: started.append(spec))
+    monkeypatch.setattr(cluster, "start", lambda spec, run_dir, log_level, **_: started.append(spec))
     result = CliRunner().invoke(app, ["up", "--base", str(base), "--stages", "1", "--api-port", "0",
                                       "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
