@@ -71,8 +71,13 @@ class SharedDraft(Protocol):
 class LevelStep(Protocol):
     """One request's growth level: its parts of the shared forwards, then its frontier's proposals."""
 
-    shared: SharedDraft  # steps of one SharedDraft may share forwards
-    top_k: int
+    @property
+    def shared(self) -> SharedDraft:
+        """The model (or head) whose forwards this step shares with other steps of the same one."""
+
+    @property
+    def top_k(self) -> int:
+        """Children proposed per frontier node."""
 
     def rows(self) -> Any | None:
         """This request's part of the next shared forward; None: it has no more rows to forward."""
@@ -103,8 +108,8 @@ def grow_many(shared: SharedDraft, steps: Sequence[LevelStep]) -> tuple[list[Dra
         for (step, _), hidden in zip(parts, outs, strict=True):
             step.take(hidden)
         forwards.append((len(parts), sum(int(h.shape[0]) for h in outs)))
-    hidden = [step.frontier_hidden() for step in steps]
-    logits = shared.logits(torch.cat(hidden)).split([h.shape[0] for h in hidden])  # one call: [F_i, V] each
+    frontier = [step.frontier_hidden() for step in steps]
+    logits = shared.logits(torch.cat(frontier)).split([h.shape[0] for h in frontier])  # one call: [F_i, V] each
     trees = []
     for step, rows in zip(steps, logits, strict=True):
         logp = torch.log_softmax(rows, dim=-1)
