@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +66,18 @@ def build_slice(model_dir: Path, tensors: Sequence[str], dtype: str, store: Path
         digest = json.loads(recipe_file.read_text())["digest"]
         if (store / digest).is_dir():
             return SliceFolder(store / digest, digest, _size(store / digest))
+    built = store_by_digest(store, lambda staging: _write_folder(model_dir, tensors, dtype, staging))
+    recipe_file.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(json.dumps({"digest": built.digest, "model": str(model_dir), "tensors": len(tensors)}))
+    return built
+
+
+def store_by_digest(store: Path, write: Callable[[Path], None]) -> SliceFolder:
+    """The folder ``write`` fills, kept in ``store`` under its content hash (an existing equal one is reused)."""
     store.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=store))
     try:
-        _write_folder(model_dir, tensors, dtype, staging)
+        write(staging)
         digest = folder_digest(staging)
         final = store / digest
         if final.is_dir():
@@ -77,10 +85,8 @@ def build_slice(model_dir: Path, tensors: Sequence[str], dtype: str, store: Path
         else:
             staging.rename(final)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written slice behind
+        shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written folder behind
         raise
-    recipe_file.parent.mkdir(parents=True, exist_ok=True)
-    recipe_file.write_text(json.dumps({"digest": digest, "model": str(model_dir), "tensors": len(tensors)}))
     return SliceFolder(final, digest, _size(final))
 
 

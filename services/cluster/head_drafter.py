@@ -9,12 +9,11 @@ config and weight files), stored and shipped like a slice under its content hash
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from common.cluster.inventory import SHIPPED_HEAD
 from common.cluster.partition import EMBED_NAME, HEAD_NAME, LayerCosts
-from common.cluster.slices import SliceFolder, build_slice, folder_digest
+from common.cluster.slices import SliceFolder, build_slice, store_by_digest
 from common.models.dtypes import MODEL_DTYPES
 from services.launcher import LaunchError
 
@@ -86,19 +85,9 @@ def head_drafter_parts(base_dir: Path, head_dir: Path, store: Path) -> tuple[Sli
 
 def store_folder(folder: Path, store: Path) -> SliceFolder:
     """A copy of ``folder``'s head files in ``store``, named by its content hash (as a slice is)."""
-    store.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=store))
-    try:
+    def write(staging: Path) -> None:
         for pattern in HEAD_FILES:
             for path in folder.glob(pattern):
                 shutil.copyfile(path, staging / path.name)
-        digest = folder_digest(staging)
-        final = store / digest
-        if final.is_dir():
-            shutil.rmtree(staging)
-        else:
-            staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return SliceFolder(final, digest, sum(p.stat().st_size for p in final.iterdir()))
+
+    return store_by_digest(store, write)
