@@ -55,7 +55,7 @@ class _Waiting:
 class _Request:
     request_id: str
     temperature: float
-    generator: torch.Generator
+    seed: int  # with each sampled token's position, the key of its draw (common.speculation.verification)
     log: PruneLog = field(default_factory=PruneLog)
     segments: SequenceCheck = field(default_factory=lambda: SequenceCheck("segment"))
     waiting: deque[_Waiting] = field(default_factory=deque)
@@ -88,8 +88,7 @@ class VerifierCore:
 
     def handle(self, msg: Message) -> list[Outbound]:
         if isinstance(msg, StartRequest):
-            generator = torch.Generator().manual_seed(msg.seed)
-            new = _Request(msg.request_id, msg.temperature, generator, mode=msg.mode)
+            new = _Request(msg.request_id, msg.temperature, msg.seed, mode=msg.mode)
             return [out for early in self._requests.start(msg.request_id, new) for out in self.handle(early)]
         req = self._requests.route(msg)
         if req is None:
@@ -180,7 +179,8 @@ class VerifierCore:
                 return None
             req.awaiting_epoch = req.log.epoch + 1
             last = _present(logits)[-1]
-            token = sample_token(last, req.temperature, req.generator) if req.temperature > 0 else int(last)
+            token = sample_token(last, req.temperature, req.seed, seg.positions[-1] + 1) if req.temperature > 0 \
+                else int(last)
             return Verdict(**base, kind=VerdictKind.PREFILL, next_token=token, rows=seg.rows)
         now = req.log.bring_forward(seg.epoch, seg.first, seg.parents)
         if not now.rows:
@@ -203,7 +203,7 @@ class VerifierCore:
         tokens = [seg.tokens[r] for r in rows]
         picked = logits[rows] if len(rows) != seg.rows else logits
         if req.temperature > 0:
-            decision = accept_sampling(tokens, now.parents, picked, req.temperature, req.generator)
+            decision = accept_sampling(tokens, now.parents, picked, req.temperature, req.seed, seg.positions[rows[0]])
         else:
             decision = accept_greedy_ids(tokens, now.parents, picked.tolist())
         req.awaiting_epoch = req.log.epoch + 1

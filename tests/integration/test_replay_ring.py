@@ -58,3 +58,23 @@ def test_every_request_in_the_ring_is_replayed(pair):
         reply = ring.final(client)
         assert isinstance(reply, GenerateReply) and reply.ok, reply.error
         assert list(reply.token_ids) == greedy_reference(base, prompt, NEW_TOKENS)
+
+
+@pytest.mark.parametrize("victim", ["stage-1", "verifier"])
+def test_a_sampled_request_restarted_midway_draws_what_an_undisturbed_run_draws(pair, victim):
+    """Each token's draw is keyed by the seed and its position, so the replay continues the same sample."""
+    base, draft = pair
+    prompt = long_running_prompt(base, NEW_TOKENS)
+    request = GenerateRequest(prompt="", prompt_ids=tuple(prompt), max_new_tokens=NEW_TOKENS, temperature=0.9, seed=5)
+    undisturbed = LocalRing(base, draft, 2, settings=TREES, interleave_seed=2).generate_many([request])[0]
+    ring = LocalRing(base, draft, 2, settings=TREES, interleave_seed=7)
+    client = ring.submit(request)
+    job = next(iter(ring.scheduler.jobs.values()))
+    ring.deliver(lambda: len(job.output) >= 6)
+    ring.restart(victim)
+    ring.deliver(lambda: ring.final(client) is not None)
+    reply = ring.final(client)
+    assert reply.ok and undisturbed.ok, (reply.error, undisturbed.error)
+    assert reply.stats["replays"] == 1
+    assert list(reply.token_ids) == list(undisturbed.token_ids)
+    assert list(reply.token_ids) != greedy_reference(base, prompt, NEW_TOKENS)  # a sample, not the greedy output

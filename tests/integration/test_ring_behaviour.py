@@ -1,4 +1,5 @@
-"""Ring-level behaviour on tiny models: sampling follows the base distribution, seeds reproduce,
+"""Ring-level behaviour on tiny models: sampling follows the base distribution and gives ar's tokens seed for
+seed, seeds reproduce,
 partial acceptance stays lossless, and lost/duplicated/reordered messages are caught."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from common.wire.commands import Prune
 from common.wire.ring import Segment
 from tests.support.local_ring import LocalRing
 from tests.support.reference import greedy_reference
-from tests.support.sampling import assert_sampling_follows_base
+from tests.support.sampling import assert_sampled_like_ar, assert_sampling_follows_base
 from tests.support.tiny_models import make_perturbed_copy, make_tiny_pair
 
 TREES = DraftSettings(top_k=3, fill_nodes=10, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
@@ -53,11 +54,23 @@ def test_sampling_follows_the_base_distribution(models):
     assert_sampling_follows_base(LocalRing(base, near, 2, settings=TREES, interleave_seed=3, wire=False), base)
 
 
-def test_sampling_with_a_reduced_draft_vocabulary_follows_the_base_distribution(models):
-    """The draft proposes only half the vocabulary; the rest reaches the output through the residual."""
+SAMPLED_PROMPTS = [[5, 9, 14, 3], [40, 41, 42, 43, 44, 45, 46], [7]]
+
+
+def test_sampled_tokens_are_ars_seed_for_seed(models):
+    """Flowspec and chunk draw each token with the key ar would use: the same tokens, alone or all at once."""
+    base, near = models
+    ring = LocalRing(base, near, 2, settings=TREES, interleave_seed=4, wire=False)
+    drafted, _ = assert_sampled_like_ar(ring, SAMPLED_PROMPTS, 10, 0.25, range(4))
+    assert drafted > 0.15  # accepted drafts gave many tokens: the trees were really tested
+
+
+def test_sampling_with_a_reduced_draft_vocabulary_gives_ars_tokens(models):
+    """The draft proposes only half the vocabulary; the other half still comes out, as ar's draws."""
     base, near = models
     ring = LocalRing(base, near, 2, settings=TREES, interleave_seed=3, wire=False, draft_ids=torch.arange(0, 320, 2))
-    assert_sampling_follows_base(ring, base)
+    drafted, _ = assert_sampled_like_ar(ring, SAMPLED_PROMPTS, 10, 0.25, range(4), modes=("flowspec",))
+    assert drafted > 0.1
 
 
 def test_fixed_seed_reproduces_a_sampled_run(models):

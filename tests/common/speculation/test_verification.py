@@ -1,4 +1,5 @@
-"""Acceptance: greedy walks the argmax exactly; sampling is lossless (chi-square against softmax)."""
+"""Acceptance: greedy walks the argmax exactly; sampling emits the base model's own (seed, position) draws,
+distributed as softmax (chi-square) whatever the tree."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import chisquare
+from scipy.stats import chisquare, kstest
 
 from common.speculation.tree import DraftTree
 from common.speculation.verification import (
     Acceptance,
     accept_greedy,
     accept_sampling,
+    draw,
+    position_uniform,
     sample_token,
     target_probs,
 )
@@ -97,7 +100,7 @@ def s_logits() -> torch.Tensor:
     return torch.randn(len(S_TOKENS), S_VOCAB, generator=torch.Generator().manual_seed(1234)) * 0.8
 
 
-Sampler = Callable[[Sequence[int], Sequence[int], torch.Tensor, float, torch.Generator], Acceptance]
+Sampler = Callable[[Sequence[int], Sequence[int], torch.Tensor, float, int, int], Acceptance]
 
 
 def emitted(tokens: Sequence[int], result: Acceptance) -> list[int]:
@@ -106,11 +109,11 @@ def emitted(tokens: Sequence[int], result: Acceptance) -> list[int]:
 
 
 def draw_many(sampler: Sampler, temperature: float, seed: int) -> list[tuple[list[int], Acceptance]]:
+    """``DRAWS`` verifications of the fixed tree, each as a request of its own seed would make it."""
     logits = s_logits()
-    gen = torch.Generator().manual_seed(seed)
     out = []
-    for _ in range(DRAWS):
-        result = sampler(S_TOKENS, S_PARENTS, logits, temperature, gen)
+    for i in range(DRAWS):
+        result = sampler(S_TOKENS, S_PARENTS, logits, temperature, seed + i, 0)
         out.append((emitted(S_TOKENS, result), result))
     return out
 
@@ -135,50 +138,43 @@ def second_token_p(samples, temperature: float, child: int) -> float:
     return chi2_p(counts, target_probs(s_logits()[child], temperature))
 
 
-def always_first_child(tokens, parents, logits, temperature, generator) -> Acceptance:
+def kids_of(parents: Sequence[int], node: int) -> list[int]:
+    return [i for i in range(1, len(parents)) if parents[i] == node]
+
+
+def always_first_child(tokens, parents, logits, temperature, seed, root_position) -> Acceptance:
     """A WRONG sampler: accept the first child at every level, then sample from the full p."""
-    return descend_first_children(parents, logits, temperature, generator, [0])
+    return descend_first_children(parents, logits, temperature, seed, root_position, [0])
 
 
-def descend_first_children(parents, logits, temperature, generator, path: list[int]) -> Acceptance:
+def descend_first_children(parents, logits, temperature, seed, root_position, path: list[int]) -> Acceptance:
     while True:
-        kids = [i for i in range(1, len(parents)) if parents[i] == path[-1]]
+        kids = kids_of(parents, path[-1])
         if not kids:
-            return Acceptance(tuple(path), sample_token(logits[path[-1]], temperature, generator))
+            return Acceptance(tuple(path), sample_token(logits[path[-1]], temperature, seed, root_position + len(path)))
         path.append(kids[0])
 
 
-def no_residual(tokens, parents, logits, temperature, generator) -> Acceptance:
-    """A subtly WRONG sampler: accepts with p(x) but, when every child is rejected, draws the next token
-    from the full p instead of the residual (and never renormalises between siblings)."""
+def fresh_draw_on_a_miss(tokens, parents, logits, temperature, seed, root_position) -> Acceptance:
+    """A subtly WRONG sampler: accepts the child matching the draw, but when none matches emits a fresh
+    draw from the full p (another key) instead of the draw itself, so child tokens come out too often."""
     path = [0]
     while True:
-        node = path[-1]
-        p = target_probs(logits[node], temperature)
-        kids = [i for i in range(1, len(parents)) if parents[i] == node]
-        accepted = None
-        for c in kids:
-            if float(torch.rand((), generator=generator, dtype=torch.float64)) < float(p[tokens[c]]):
-                accepted = c
-                break
-        if accepted is None:
-            return Acceptance(tuple(path), int(torch.multinomial(p, 1, generator=generator)))
-        path.append(accepted)
+        position = root_position + len(path)
+        token = sample_token(logits[path[-1]], temperature, seed, position)
+        match = next((c for c in kids_of(parents, path[-1]) if tokens[c] == token), None)
+        if match is None:
+            return Acceptance(tuple(path), sample_token(logits[path[-1]], temperature, seed, position + 10**6))
+        path.append(match)
 
 
-def first_child_below_root(tokens, parents, logits, temperature, generator) -> Acceptance:
+def first_child_below_root(tokens, parents, logits, temperature, seed, root_position) -> Acceptance:
     """A WRONG sampler that is right at the root: below it, always accepts the first child."""
-    path = [0]
-    p = target_probs(logits[0], temperature)
-    for c in [i for i in range(1, len(parents)) if parents[i] == 0]:
-        if float(torch.rand((), generator=generator, dtype=torch.float64)) < float(p[tokens[c]]):
-            path.append(c)
-            break
-        p[tokens[c]] = 0.0
-        p /= p.sum()
-    else:
-        return Acceptance((0,), int(torch.multinomial(p, 1, generator=generator)))
-    return descend_first_children(parents, logits, temperature, generator, path)
+    token = sample_token(logits[0], temperature, seed, root_position + 1)
+    match = next((c for c in kids_of(parents, 0) if tokens[c] == token), None)
+    if match is None:
+        return Acceptance((0,), token)
+    return descend_first_children(parents, logits, temperature, seed, root_position, [0, match])
 
 
 @pytest.fixture(scope="module", params=[1.0, 0.7])
@@ -194,13 +190,13 @@ def test_sampling_first_token_is_target_distributed(sampled) -> None:
 
 @pytest.mark.parametrize("child", [1, 2, 3])
 def test_sampling_second_token_given_first_child(sampled, child: int) -> None:
-    """Child 1 has two children of its own (recursive rejection), 2 has one, 3 is a leaf (plain draw)."""
+    """Child 1 has two children of its own, 2 has one, 3 is a leaf (a plain draw)."""
     temperature, samples = sampled
     assert second_token_p(samples, temperature, child) > 1e-3
 
 
 def test_sampling_second_token_given_residual(sampled) -> None:
-    """When every root child is rejected, the residual draw is p restricted to non-child tokens."""
+    """When no root child is accepted, the next token is p restricted to non-child tokens."""
     temperature, samples = sampled
     p = target_probs(s_logits()[0], temperature).clone()
     for token in (0, 1, 2):
@@ -213,6 +209,16 @@ def test_sampling_second_token_given_residual(sampled) -> None:
     assert chisquare(observed, [total * float(p[3]), total * float(p[4])]).pvalue > 1e-3
 
 
+def test_a_child_is_accepted_with_its_probability(sampled) -> None:
+    """The acceptance rate of recursive rejection sampling with point-mass proposals: p(child)."""
+    temperature, samples = sampled
+    p = target_probs(s_logits()[0], temperature)
+    accepted = Counter(res.path[1] for _, res in samples if len(res.path) > 1)
+    for child in (1, 2, 3):
+        expected = float(p[S_TOKENS[child]]) * DRAWS
+        assert abs(accepted[child] - expected) < 5 * (expected * (1 - expected / DRAWS)) ** 0.5
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_negative_control_always_first_child(temperature: float) -> None:
     samples = draw_many(always_first_child, temperature, seed=20240601)
@@ -220,8 +226,8 @@ def test_negative_control_always_first_child(temperature: float) -> None:
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_negative_control_no_residual(temperature: float) -> None:
-    samples = draw_many(no_residual, temperature, seed=20240601)
+def test_negative_control_fresh_draw_on_a_miss(temperature: float) -> None:
+    samples = draw_many(fresh_draw_on_a_miss, temperature, seed=20240601)
     assert first_token_p(samples, temperature) < 1e-6
 
 
@@ -234,50 +240,67 @@ def test_negative_control_wrong_below_root(temperature: float) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(trees(max_nodes=20, vocab=VOCAB), st.integers(0, 2**31 - 1), st.sampled_from([0.3, 0.7, 1.0, 2.0]))
-def test_sampling_result_is_a_path_and_next_token_avoids_rejected_children(tree, seed, temperature) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    logits = torch.randn(len(tree), VOCAB, generator=gen) * 2
-    result = accept_sampling(tree.tokens, tree.parents, logits, temperature, gen)
+@given(trees(max_nodes=20, vocab=VOCAB), st.integers(0, 2**63 - 1), st.integers(0, 4096),
+       st.sampled_from([0.3, 0.7, 1.0, 2.0]))
+def test_the_output_is_the_base_models_own_draws_whatever_the_tree(tree, seed, root, temperature) -> None:
+    """Every emitted token is the (seed, position) draw of p at its node: the tokens a one-token-a-step
+    sampler with the same seed would emit, so the draft tree changes how many come per step, never which."""
+    logits = torch.randn(len(tree), VOCAB, generator=torch.Generator().manual_seed(seed % 2**31)) * 2
+    result = accept_sampling(tree.tokens, tree.parents, logits, temperature, seed, root)
     assert result.path[0] == 0
     assert all(tree.parents[b] == a for a, b in zip(result.path, result.path[1:], strict=False))
-    assert 0 <= result.next_token < VOCAB
+    out = emitted(tree.tokens, result)
+    assert out == [sample_token(logits[node], temperature, seed, root + 1 + d) for d, node in enumerate(result.path)]
     rejected = {tree.tokens[c] for c in tree.children().get(result.path[-1], [])}
     assert result.next_token not in rejected
+    alone = accept_sampling(tree.tokens[:1], tree.parents[:1], logits[:1], temperature, seed, root)
+    assert alone.next_token == out[0]  # the root alone (ar) draws the same first token
 
 
 def test_sampling_with_a_certain_child_always_accepts_it() -> None:
     tokens, parents = (0, 2, 1), (-1, 0, 0)
     logits = torch.full((3, 4), -1e4)
     logits[0, 1] = 0.0  # p(1) = 1 exactly at the root
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        result = accept_sampling(tokens, parents, logits, 1.0, gen)
+    for seed in range(200):
+        result = accept_sampling(tokens, parents, logits, 1.0, seed, 7)
         assert result.path == (0, 2)
 
 
 # -------------------------------------------------------------------------------------- determinism
-def test_sampling_is_deterministic_per_seed() -> None:
+def test_sampling_is_deterministic_per_seed_and_position() -> None:
     logits = s_logits()
 
-    def run(seed: int) -> list[Acceptance]:
-        gen = torch.Generator().manual_seed(seed)
-        return [accept_sampling(S_TOKENS, S_PARENTS, logits, 0.8, gen) for _ in range(200)]
+    def run(seed: int, shift: int = 0) -> list[Acceptance]:
+        return [accept_sampling(S_TOKENS, S_PARENTS, logits, 0.8, seed, root + shift) for root in range(200)]
 
     assert run(7) == run(7)
     assert run(7) != run(8)
+    assert run(7) != run(7, shift=1)
+
+
+def test_position_uniforms_are_uniform_and_independent_of_each_other() -> None:
+    us = [position_uniform(seed, position) for seed in range(40) for position in range(500)]
+    assert all(0.0 <= u < 1.0 for u in us)
+    assert kstest(us, "uniform").pvalue > 1e-3
+    pairs = Counter((int(a * 4), int(b * 4)) for a, b in zip(us[::2], us[1::2], strict=True))
+    assert chisquare([pairs.get((i, j), 0) for i in range(4) for j in range(4)]).pvalue > 1e-3  # neighbours
+    assert position_uniform(0, 5) != position_uniform(1, 5) and position_uniform(0, 5) != position_uniform(0, 6)
+
+
+def test_a_draw_never_picks_a_token_of_probability_zero() -> None:
+    p = torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0], dtype=torch.float64)
+    assert {draw(p, u / 1000) for u in range(1000)} == {1, 3}
+    assert draw(p, 0.0) == 1 and draw(p, 0.999999999) == 3
 
 
 def test_sample_token() -> None:
     row = torch.tensor([0.1, 2.0, -1.0, 1.9])
-    assert sample_token(row, 0.0, None) == 1
-    assert sample_token(row, -1.0, None) == 1
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    a = [sample_token(row, 1.0, g1) for _ in range(100)]
-    assert a == [sample_token(row, 1.0, g2) for _ in range(100)]
+    assert sample_token(row, 0.0, 0, 0) == 1
+    assert sample_token(row, -1.0, 0, 0) == 1
+    a = [sample_token(row, 1.0, 3, n) for n in range(100)]
+    assert a == [sample_token(row, 1.0, 3, n) for n in range(100)]
     assert len(set(a)) > 1
-    gen = torch.Generator().manual_seed(11)
-    counts = Counter(sample_token(row, 0.7, gen) for _ in range(DRAWS))
+    counts = Counter(sample_token(row, 0.7, 11, n) for n in range(DRAWS))
     assert chi2_p(counts, target_probs(row, 0.7)) > 1e-3
 
 
