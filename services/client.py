@@ -6,6 +6,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import zmq
 
@@ -18,6 +19,7 @@ from common.wire.client import (
     ResumeRequest,
     StatusReply,
     StatusRequest,
+    own_answer,
 )
 from common.wire.codec import Message, decode, encode
 from common.wire.commands import Shutdown
@@ -33,6 +35,11 @@ def routing_id() -> bytes:
     """A fixed ZeroMQ identity for one DEALER: a restarted scheduler still knows whom a request belongs to
     (the first byte is never 0, which ZeroMQ reserves)."""
     return b"c" + secrets.token_bytes(15)
+
+
+def fresh_ref() -> str:
+    """A request's own id on the client side (GenerateRequest.ref): its chunks and reply carry it back."""
+    return secrets.token_hex(8)
 
 
 def fresh_seed() -> int:
@@ -86,15 +93,16 @@ class Client:
 
     def _exchange(self, request: GenerateRequest) -> Iterator[GenerateChunk | GenerateReply]:
         """Across a scheduler restart too: the socket reconnects by itself under the same identity, and each
-        silence of RESUME_AFTER_S says how many tokens arrived, so the restarted scheduler sends the rest."""
+        silence of RESUME_AFTER_S says how many tokens arrived, so the restarted scheduler sends the rest.
+        Only this request's own chunks and reply (by its ref) are handed over; another's raises WrongReply."""
+        request = replace(request, ref=request.ref or fresh_ref())
         self._sock.send_multipart(encode(request), copy=False)
         finished = False
         received = 0
         try:
             while not finished:
-                msg = self._receive(self.timeout_s, resume=ResumeRequest(received=received))
-                if not isinstance(msg, GenerateChunk | GenerateReply):
-                    raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
+                msg = own_answer(self._receive(self.timeout_s, resume=ResumeRequest(received, request.ref)),
+                                 request.ref)
                 if isinstance(msg, GenerateReply) and msg.error == NOT_ADMITTED and not received:
                     self._sock.send_multipart(encode(request), copy=False)  # lost with a scheduler: again
                     continue

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from common.wire.errors import ProtocolError
+
 
 @dataclass(frozen=True)
 class GenerateRequest:
@@ -20,8 +22,10 @@ class GenerateRequest:
     link_latency_ms: float = 0.0
     trace: bool = False  # return every service's timeline in the reply's stats
     stream: bool = False  # send a GenerateChunk as tokens are committed, then the GenerateReply
+    ref: str = ""  # the client's own id of this request (at most MAX_REF_CHARS), echoed in its chunks and reply
 
 
+MAX_REF_CHARS = 64
 REPLY_CODES = ("", "invalid", "busy", "cancelled", "timeout", "failed")
 NOT_ADMITTED = "the scheduler restarted and holds no request of this client"  # a client with no output resends
 
@@ -39,6 +43,8 @@ class GenerateReply:
     error: str = ""
     code: str = ""  # one of REPLY_CODES
     retry_after_s: float = 0.0
+    request_id: str = ""  # the scheduler's id of the request ("r7"); "" when it was never admitted
+    ref: str = ""  # the request's GenerateRequest.ref (its ResumeRequest's for NOT_ADMITTED)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class GenerateChunk:
     request_id: str
     token_ids: tuple[int, ...]
     text: str
+    ref: str = ""  # the request's GenerateRequest.ref
 
 
 @dataclass(frozen=True)
@@ -61,10 +68,29 @@ class CancelRequest:
 @dataclass(frozen=True)
 class ResumeRequest:
     """After a scheduler restart: this client (its fixed ZeroMQ routing id) still waits for its request, and
-    has ``received`` of its output tokens in chunks; the restarted scheduler sends the rest, then the reply."""
+    has ``received`` of its output tokens in chunks (of the request ``ref``); the restarted scheduler sends the
+    rest, then the reply."""
 
     KIND: ClassVar[str] = "resume"
     received: int = 0
+    ref: str = ""  # the GenerateRequest.ref of the request it waits for
+
+
+class WrongReply(ProtocolError):
+    """A chunk or reply of another request than the one the client waits for (refused, never handed over)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="wrong_reply")
+
+
+def own_answer(msg: object, ref: str) -> GenerateChunk | GenerateReply:
+    """``msg`` as the answer of the request ``ref`` this client waits for; a ProtocolError if it is no generate
+    answer, a WrongReply if it belongs to another request."""
+    if not isinstance(msg, GenerateChunk | GenerateReply):
+        raise ProtocolError(f"expected a generate reply, got {getattr(msg, 'KIND', type(msg).__name__)}")
+    if msg.ref != ref:
+        raise WrongReply(f"a {msg.KIND} of request {msg.ref or '(no ref)'} reached the client waiting for {ref}")
+    return msg
 
 
 @dataclass(frozen=True)

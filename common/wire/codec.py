@@ -40,7 +40,9 @@ from common.wire.errors import ProtocolError
 from common.wire.reports import DraftReport, Fault, Heartbeat, Ready, StageStats, Verdict
 from common.wire.ring import Features, Segment
 
-PROTOCOL_VERSION = 5  # 2: Heartbeat; StatusReply carries ServiceHealth rows. 3: Prune.known. 4: Fault.lost. 5: ResumeRequest
+# 2: Heartbeat; StatusReply carries ServiceHealth rows. 3: Prune.known. 4: Fault.lost. 5: ResumeRequest.
+# 6: GenerateRequest.ref, echoed in GenerateChunk, GenerateReply (with its request_id) and ResumeRequest.
+PROTOCOL_VERSION = 6
 
 
 _DTYPES = {name: torch_dtype(name) for name in DTYPE_BYTES}  # the one table (common.models.dtypes), looked up

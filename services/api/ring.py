@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import zmq
 import zmq.asyncio
@@ -17,15 +18,16 @@ from common.wire.client import (
     GenerateReply,
     GenerateRequest,
     ResumeRequest,
+    own_answer,
 )
 from common.wire.codec import decode, encode
 from common.wire.curve import ClientCurve, as_client
-from common.wire.errors import ProtocolError
 from services.client import (
     CANCEL_LINGER_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
     RESUME_AFTER_S,
     ClusterUnavailable,
+    fresh_ref,
     routing_id,
 )
 
@@ -43,7 +45,9 @@ async def exchange(
 ) -> AsyncIterator[GenerateChunk | GenerateReply]:
     """Chunks, then the final reply. Closed early, or its HTTP client gone, the ring request is cancelled.
     With ``curve``, the DEALER is a CURVE client of the scheduler (a LAN cluster). An answer over
-    ``max_bytes`` is refused (MAXMSGSIZE drops a frame over it; decode, a message)."""
+    ``max_bytes`` is refused (MAXMSGSIZE drops a frame over it; decode, a message). Only this request's own
+    chunks and reply (by its ref) are handed over; another's raises WrongReply."""
+    request = replace(request, ref=request.ref or fresh_ref())
     sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
@@ -60,9 +64,7 @@ async def exchange(
         await sock.send_multipart(encode(request))
         while not finished:
             if await sock.poll(int(POLL_INTERVAL_S * 1000)):
-                msg = decode(await sock.recv_multipart(), max_bytes)
-                if not isinstance(msg, GenerateChunk | GenerateReply):
-                    raise ProtocolError(f"expected a generate reply, got {msg.KIND}")
+                msg = own_answer(decode(await sock.recv_multipart(), max_bytes), request.ref)
                 heard = loop.time()
                 if isinstance(msg, GenerateReply) and msg.error == NOT_ADMITTED and not received:
                     await sock.send_multipart(encode(request))  # lost with a scheduler before admitted: again
@@ -76,7 +78,7 @@ async def exchange(
             elif loop.time() - heard > RESUME_AFTER_S:  # heard only by a scheduler restarted meanwhile
                 heard = loop.time()
                 with contextlib.suppress(zmq.Again):
-                    await sock.send_multipart(encode(ResumeRequest(received=received)), flags=zmq.NOBLOCK)
+                    await sock.send_multipart(encode(ResumeRequest(received, request.ref)), flags=zmq.NOBLOCK)
             if not finished and loop.time() >= next_check:  # also while chunks keep coming
                 next_check = loop.time() + POLL_INTERVAL_S
                 if await client_gone():

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from common.speculation.modes import MODES, DraftSettings
-from common.wire.client import GenerateRequest
+from common.wire.client import MAX_REF_CHARS, GenerateRequest
 
 MIB = 1 << 20
 
@@ -35,6 +35,8 @@ def kv_need_bytes(prompt_tokens: int, max_new_tokens: int, draft: DraftSettings,
 def invalid_reason(request: GenerateRequest, prompt_tokens: int, capacity: Capacity, max_prompt_tokens: int = 0) -> str:
     """Why ``request`` cannot run (one clear sentence), or "" when it can; ``max_prompt_tokens``: the
     operator's cap (0: none but the context)."""
+    if len(request.ref) > MAX_REF_CHARS:
+        return f"ref of {len(request.ref)} characters exceeds the limit of {MAX_REF_CHARS}"
     if prompt_tokens == 0:
         return "empty prompt: send prompt text or prompt_ids"
     if max_prompt_tokens and prompt_tokens > max_prompt_tokens:

@@ -105,12 +105,15 @@ class SchedulerCore:
 
     def submit(self, client: str, request: GenerateRequest) -> list[Outbound]:
         """Validate, then start, queue, or answer busy; an invalid request is answered at once."""
+        if not isinstance(request.ref, str):  # echoed in every answer: a string only
+            return [(client, GenerateReply(ok=False, error="ref must be a string", code="invalid"))]
         if not request.mode:
             request = replace(request, mode=self._default_mode)
         prompt = tuple(request.prompt_ids)
         if not prompt and request.prompt:
             if self._codec is None:
-                return [(client, GenerateReply(ok=False, error="no tokenizer: send prompt_ids", code="invalid"))]
+                return [(client, GenerateReply(ok=False, error="no tokenizer: send prompt_ids", code="invalid",
+                                               ref=request.ref))]
             prompt = tuple(self._codec.encode(request.prompt, request.raw))
         error = invalid_reason(request, len(prompt), self._capacity, self._admission.max_prompt_tokens)
         kv_bytes = kv_need_bytes(len(prompt), request.max_new_tokens, self._draft, self._capacity)
@@ -119,12 +122,12 @@ class SchedulerCore:
             error = (f"the request needs about {kv_bytes / MIB:.0f} MiB of KV cache per stage, more than the "
                      f"budget of {self._admission.kv_budget_mib:g} MiB")
         if error:
-            return [(client, GenerateReply(ok=False, error=error, code="invalid"))]
+            return [(client, GenerateReply(ok=False, error=error, code="invalid", ref=request.ref))]
         starts_now = not self._queue and self._fits(kv_bytes)
         if not starts_now and len(self._queue) >= self._admission.max_queued:
             retry = self._admission.retry_after_s
             error = busy_reason(len(self._jobs), len(self._queue), retry)
-            return [(client, GenerateReply(ok=False, error=error, code="busy", retry_after_s=retry))]
+            return [(client, GenerateReply(ok=False, error=error, code="busy", retry_after_s=retry, ref=request.ref))]
         self._queue.append(Job(client, request, f"r{next(self._ids)}", prompt, kv_bytes))
         return self._admit()
 
@@ -192,7 +195,7 @@ class SchedulerCore:
         out: list[Outbound] = []
         for job in [j for j in self._queue if now - j.submitted > timeout_s]:  # never started: nothing to end
             self._queue.remove(job)
-            out.append((job.client, GenerateReply(ok=False, error=f"{error}, still queued", code="timeout")))
+            out.append((job.client, _failed(job, f"{error}, still queued", "timeout")))
         late = [job.request_id for job in self._jobs.values() if now - job.submitted > timeout_s]
         return out + [o for request_id in late for o in self.fail(request_id, error, code="timeout")]
 
@@ -201,13 +204,13 @@ class SchedulerCore:
         out: list[Outbound] = []
         for job in [j for j in self._queue if j.client == client]:
             self._queue.remove(job)
-            out.append((client, GenerateReply(ok=False, error="cancelled", code="cancelled")))
+            out.append((client, _failed(job, "cancelled", "cancelled")))
         for job in [j for j in self._jobs.values() if j.client == client]:
             if job.reply is None:
                 out += self._end_everywhere(job, "cancelled")
             trace.finish(job.request_id)
             del self._jobs[job.request_id]
-            out.append((client, GenerateReply(ok=False, error="cancelled", code="cancelled")))
+            out.append((client, _failed(job, "cancelled", "cancelled")))
         return out + self._admit()
 
     def interrupt(self, request_id: str, reason: str) -> list[Outbound]:
@@ -343,13 +346,15 @@ class SchedulerCore:
         text = job.text.push(job.output, final) if job.text is not None else ""
         if not new and not text:
             return []
-        return [(job.client, GenerateChunk(request_id=request_id_of(job.request_id), token_ids=new, text=text))]
+        return [(job.client, GenerateChunk(request_id=request_id_of(job.request_id), token_ids=new, text=text,
+                                           ref=job.request.ref))]
 
     def _finish(self, job: Job, error: str = "", code: str = "failed") -> list[Outbound]:
         job.finished_at = time.perf_counter()
         text = self._codec.decode(job.output) if self._codec and not error else ""
         job.reply = GenerateReply(ok=not error, text=text, token_ids=tuple(job.output), error=error,
-                                  code=code if error else "")
+                                  code=code if error else "", request_id=request_id_of(job.request_id),
+                                  ref=job.request.ref)
         out = self._end_everywhere(job, error or "done")
         if error:
             return out + self._reply(job)
@@ -373,3 +378,8 @@ class SchedulerCore:
         reply = replace(job.reply, stats=request_stats(job))
         del self._jobs[job.request_id]
         return [(job.client, reply), *self._admit()]
+
+
+def _failed(job: Job, error: str, code: str) -> GenerateReply:
+    """The reply of a request that ends before its output is done (queued or cancelled)."""
+    return GenerateReply(ok=False, error=error, code=code, request_id=request_id_of(job.request_id), ref=job.request.ref)

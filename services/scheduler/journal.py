@@ -2,8 +2,10 @@
 
 ``journal.jsonl`` in the run folder (services/run_folder.py), append-only, one JSON line per event:
 
-- ``{"e": "boot", "n": 3}``: a scheduler process started (the third); its ``cmd_seq`` numbers start at
-  ``n << 32`` so that no ring service takes a restarted scheduler's commands for repeats;
+- ``{"e": "boot", "n": 3, "last": 41}``: a scheduler process started (the third); its ``cmd_seq`` numbers
+  start at ``n << 32`` so that no ring service takes a restarted scheduler's commands for repeats; ``last``
+  (written by compaction): the highest request number admitted before, so that no new request ever gets
+  an id that a ring service or the journal already knows;
 - ``{"e": "admit", "id": "r1", "ring": "r1", "client": "client:ab12..", "prompt": [...], "request": {...}}``:
   a request admitted (queued or started), with its GenerateRequest and the client's ZeroMQ identity;
 - ``{"e": "commit", "id": "r1", "ring": "r1~1", "tokens": [...]}``: output tokens committed since the last
@@ -73,6 +75,7 @@ def read(path: Path) -> Recovered:
             kind = event["e"]
             if kind == "boot":
                 boots = max(boots, int(event["n"]))
+                last_id = max(last_id, int(event.get("last", 0)))
             elif kind == "admit":
                 fields = {f.name for f in dataclasses.fields(GenerateRequest)}
                 request = GenerateRequest(**{k: tuple(v) if isinstance(v, list) else v
@@ -144,7 +147,8 @@ class Journal:
 
     def _compact(self, recovered: Recovered) -> None:
         """Rewrite the file with the unfinished requests only (atomically: a temporary file renamed)."""
-        events: list[dict[str, object]] = [{"e": "boot", "n": recovered.boots}] if recovered.boots else []
+        events: list[dict[str, object]] = (
+            [{"e": "boot", "n": recovered.boots, "last": recovered.last_id}] if recovered.boots else [])
         for u in recovered.unfinished:
             events.append({"e": "admit", "id": u.request_id, "ring": u.ring_id, "client": u.client,
                            "prompt": list(u.prompt), "request": dataclasses.asdict(u.request)})

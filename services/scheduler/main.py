@@ -126,6 +126,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
             if dest.startswith(CLIENT):
                 if isinstance(msg, GenerateReply):
                     _request_done(msg, metrics)
+                    orphans.answered(dest, msg.ref)
                 if orphans.hold(dest, msg):
                     continue
                 identity = bytes.fromhex(dest[len(CLIENT):])
@@ -139,7 +140,7 @@ def serve(spec: ClusterSpec, metrics: SchedulerMetrics | None = None, own: KeyPa
                 if isinstance(msg, EndRequest) and dest == ring_names[-1]:  # the last one of its EndRequests
                     links.pop(request_id, None)
 
-    if journal is not None and journal.recovered.unfinished:
+    if journal is not None:  # new request ids continue past every id it holds, unfinished requests or not
         _restore(core, journal, replays, orphans, dispatch)
 
     # One poll interval at most between checks, and never longer than the liveness timeout allows.
@@ -223,13 +224,15 @@ def _on_client(core: SchedulerCore, spec: ClusterSpec, clients: zmq.Socket, conn
     elif isinstance(request, CancelRequest):
         dispatch(core.cancel(client))
     elif isinstance(request, ResumeRequest):  # after a restart; to a scheduler that did not restart, nothing
-        known = any(job.client == client for job in (*core.waiting, *core.jobs.values()))
+        known = any(job.client == client and job.request.ref == request.ref
+                    for job in (*core.waiting, *core.jobs.values()))
         dispatch(orphans.resume(client, request, time.perf_counter(), known))
     elif isinstance(request, GenerateRequest):
         try:
             LinkSettings(request.link_mbps, request.link_latency_ms)
         except LinkError as exc:
-            dispatch([(client, GenerateReply(ok=False, error=str(exc), code="invalid"))])
+            dispatch([(client, GenerateReply(ok=False, error=str(exc), code="invalid",
+                                             ref=request.ref if isinstance(request.ref, str) else ""))])
             return True
         dispatch(core.submit(client, request))
     elif isinstance(request, Shutdown):

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 import zmq
 
-from common.wire.client import CancelRequest, GenerateChunk, GenerateReply, GenerateRequest
+from common.wire.client import (
+    NOT_ADMITTED,
+    CancelRequest,
+    GenerateChunk,
+    GenerateReply,
+    GenerateRequest,
+    ResumeRequest,
+    WrongReply,
+)
 from common.wire.codec import decode, encode
 from services.client import Client
 
@@ -55,19 +64,53 @@ def test_a_stream_yields_chunks_then_the_reply_and_closing_it_early_cancels(sche
         identity, request = _receive(router)
         assert isinstance(request, GenerateRequest) and request.stream
         for m in (chunk, reply):
-            router.send_multipart([identity, *encode(m)])
+            router.send_multipart([identity, *encode(replace(m, ref=request.ref))])
 
     worker = threading.Thread(target=answer)
     worker.start()
-    assert list(stream) == [chunk, reply]
+    assert [replace(m, ref="") for m in stream] == [chunk, reply]
     worker.join()
 
     early = client.stream("again")
-    thread = threading.Thread(target=lambda: router.send_multipart([_receive(router)[0], *encode(chunk)]))
+
+    def first_chunk() -> None:
+        identity, request = _receive(router)
+        router.send_multipart([identity, *encode(replace(chunk, ref=request.ref))])
+
+    thread = threading.Thread(target=first_chunk)
     thread.start()
-    assert next(early) == chunk
+    assert next(early).token_ids == chunk.token_ids
     thread.join()
     early.close()
     _, cancel = _receive(router)
     assert isinstance(cancel, CancelRequest)
+    client.close()
+
+
+def test_a_reply_of_another_request_is_refused_never_handed_over(scheduler):
+    """The soak's failure: a restarted scheduler told NOT_ADMITTED about a request it had just answered; the
+    client took it for its next request's answer and sent that one twice, so the one after got its reply."""
+    router, endpoint = scheduler
+    client = Client(endpoint, timeout_s=5)
+
+    def answer() -> None:
+        identity, first = _receive(router)
+        assert isinstance(first, GenerateRequest) and first.ref
+        for m in (GenerateReply(ok=True, token_ids=first.prompt_ids, ref=first.ref),
+                  GenerateReply(ok=False, error=NOT_ADMITTED, code="failed", ref=first.ref)):  # trailing
+            router.send_multipart([identity, *encode(m)])
+        identity, second = _receive(router)
+        assert isinstance(second, GenerateRequest) and second.ref not in ("", first.ref)
+        while not isinstance(message := _receive(router)[1], CancelRequest):  # refused: cancelled, not resent
+            assert isinstance(message, ResumeRequest) and message.ref == second.ref
+        identity, third = _receive(router)  # on a new connection
+        router.send_multipart([identity, *encode(GenerateReply(ok=True, token_ids=third.prompt_ids, ref=third.ref))])
+
+    worker = threading.Thread(target=answer)
+    worker.start()
+    assert client.generate("", prompt_ids=(1,)).token_ids == (1,)
+    with pytest.raises(WrongReply, match=r"^a generate_reply of request [0-9a-f]+ reached the client waiting for"):
+        client.generate("", prompt_ids=(2,))
+    assert client.generate("", prompt_ids=(3,)).token_ids == (3,)
+    worker.join()
     client.close()

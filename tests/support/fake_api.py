@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -58,8 +59,9 @@ class FakeScheduler:
                 continue
             if isinstance(msg, GenerateRequest):
                 self.requests.append(msg)
-                for out in self.answer(msg):
-                    self._router.send_multipart([identity, *encode(out)])
+                for out in self.answer(msg):  # as the scheduler does, each answer echoes its request's ref
+                    own = replace(out, ref=msg.ref) if isinstance(out, GenerateChunk | GenerateReply) else out
+                    self._router.send_multipart([identity, *encode(own)])
 
 
 @contextmanager

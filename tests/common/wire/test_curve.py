@@ -177,8 +177,9 @@ def _curve_scheduler(ctx: zmq.Context, own: KeyPair, clients: set[bytes]):
     def answer() -> None:
         if router.poll(RECEIVE_TIMEOUT_MS):
             identity, *frames = router.recv_multipart()
-            assert isinstance(decode(frames), GenerateRequest)
-            router.send_multipart([identity, *encode(GenerateReply(ok=True, token_ids=(4, 2)))])
+            request = decode(frames)
+            assert isinstance(request, GenerateRequest)
+            router.send_multipart([identity, *encode(GenerateReply(ok=True, token_ids=(4, 2), ref=request.ref))])
 
     thread = threading.Thread(target=answer)
     thread.start()
