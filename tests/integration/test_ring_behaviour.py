@@ -49,7 +49,8 @@ def test_partially_agreeing_draft_is_lossless_under_any_interleaving(models, exp
 
 
 def test_sampling_follows_the_base_distribution(models):
-    """Chi-square of the first three sampled tokens against the base model's exact probabilities."""
+    """Chi-square of the first three sampled tokens against the base model's exact probabilities: the ring's
+    draws (ar; flowspec and chunk give ar's tokens seed for seed, tested below)."""
     base, near = models
     assert_sampling_follows_base(LocalRing(base, near, 2, settings=TREES, interleave_seed=3, wire=False), base)
 

@@ -34,10 +34,13 @@ def exact_triples(base, prompt: list[int], temperature: float, top: int = 8) -> 
     return out
 
 
-def assert_sampling_follows_base(ring, base) -> None:
-    """``ring`` (a LocalRing) samples 3 tokens ``RUNS`` times; their frequencies must fit the base's exact ones."""
+def assert_sampling_follows_base(ring, base, mode: str = "ar") -> None:
+    """``ring`` (a LocalRing) samples 3 tokens ``RUNS`` times in ``mode``; their frequencies must fit the base's
+    exact ones. ar by default: the cheapest path through the same verifier draws, and the drafting modes give
+    ar's tokens seed for seed (``assert_sampled_like_ar``)."""
     exact = exact_triples(base, PROMPT, TEMPERATURE)
-    asks = [GenerateRequest(prompt="", prompt_ids=tuple(PROMPT), max_new_tokens=3, temperature=TEMPERATURE, seed=s)
+    asks = [GenerateRequest(prompt="", prompt_ids=tuple(PROMPT), max_new_tokens=3, temperature=TEMPERATURE, seed=s,
+                            mode=mode)
             for s in range(RUNS)]
     replies = [r for i in range(0, RUNS, BATCH) for r in ring.generate_many(asks[i:i + BATCH])]
     assert all(r.ok for r in replies), next(r.error for r in replies if not r.ok)
