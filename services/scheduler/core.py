@@ -112,8 +112,7 @@ class SchedulerCore:
         prompt = tuple(request.prompt_ids)
         if not prompt and request.prompt:
             if self._codec is None:
-                return [(client, GenerateReply(ok=False, error="no tokenizer: send prompt_ids", code="invalid",
-                                               ref=request.ref))]
+                return [(client, _refused(request, "no tokenizer: send prompt_ids"))]
             prompt = tuple(self._codec.encode(request.prompt, request.raw))
         error = invalid_reason(request, len(prompt), self._capacity, self._admission.max_prompt_tokens)
         kv_bytes = kv_need_bytes(len(prompt), request.max_new_tokens, self._draft, self._capacity)
@@ -122,12 +121,12 @@ class SchedulerCore:
             error = (f"the request needs about {kv_bytes / MIB:.0f} MiB of KV cache per stage, more than the "
                      f"budget of {self._admission.kv_budget_mib:g} MiB")
         if error:
-            return [(client, GenerateReply(ok=False, error=error, code="invalid", ref=request.ref))]
+            return [(client, _refused(request, error))]
         starts_now = not self._queue and self._fits(kv_bytes)
         if not starts_now and len(self._queue) >= self._admission.max_queued:
             retry = self._admission.retry_after_s
             error = busy_reason(len(self._jobs), len(self._queue), retry)
-            return [(client, GenerateReply(ok=False, error=error, code="busy", retry_after_s=retry, ref=request.ref))]
+            return [(client, _refused(request, error, code="busy", retry_after_s=retry))]
         self._queue.append(Job(client, request, f"r{next(self._ids)}", prompt, kv_bytes))
         return self._admit()
 
@@ -378,6 +377,11 @@ class SchedulerCore:
         reply = replace(job.reply, stats=request_stats(job))
         del self._jobs[job.request_id]
         return [(job.client, reply), *self._admit()]
+
+
+def _refused(request: GenerateRequest, error: str, code: str = "invalid", retry_after_s: float = 0.0) -> GenerateReply:
+    """The answer to a request that is never admitted (invalid, or the queue full)."""
+    return GenerateReply(ok=False, error=error, code=code, retry_after_s=retry_after_s, ref=request.ref)
 
 
 def _failed(job: Job, error: str, code: str) -> GenerateReply:

@@ -59,10 +59,10 @@ SAMPLED_PROMPTS = [[5, 9, 14, 3], [40, 41, 42, 43, 44, 45, 46], [7]]
 
 
 def test_sampled_tokens_are_ars_seed_for_seed(models):
-    """Flowspec and chunk draw each token with the key ar would use: the same tokens, alone or all at once."""
+    """Flowspec, chunk and pipedec draw each token with the key ar would use: the same tokens, alone or all at once."""
     base, near = models
     ring = LocalRing(base, near, 2, settings=TREES, interleave_seed=4, wire=False)
-    drafted, _ = assert_sampled_like_ar(ring, SAMPLED_PROMPTS, 10, 0.25, range(4))
+    drafted, _ = assert_sampled_like_ar(ring, SAMPLED_PROMPTS, 10, 0.25, range(4), modes=("flowspec", "chunk", "pipedec"))
     assert drafted > 0.15  # accepted drafts gave many tokens: the trees were really tested
 
 

@@ -54,24 +54,26 @@ class HeadContextDrafter:
         return self._drafter.draft(root, shape)
 
     def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: Sequence[int] = ()) -> DraftTree:
-        self.extend_context(pending)
-        self._check(tree.tokens[0])
+        self._catch_up(tree, pending)
         return self._drafter.grow_level(tree, width, top_k)
 
     def grow_best(
         self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
     ) -> DraftTree:
-        self.extend_context(pending)
-        self._check(tree.tokens[0])
+        self._catch_up(tree, pending)
         return self._drafter.grow_best(tree, leaves, width, top_k)
 
     def level_best(
         self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()
     ) -> LevelStep:
         """``grow_best``'s level, to draft beside other requests' (``common.speculation.growth.grow_many``)."""
+        self._catch_up(tree, pending)
+        return self._drafter.level_best(tree, leaves, width, top_k)
+
+    def _catch_up(self, tree: DraftTree, pending: Sequence[int]) -> None:
+        """Before growing ``tree``: the committed ``pending`` tokens in, and its root where the context ends."""
         self.extend_context(pending)
         self._check(tree.tokens[0])
-        return self._drafter.level_best(tree, leaves, width, top_k)
 
     def _ready_pairs(self) -> list[int]:
         """Context positions ``i`` whose pair ``(f(t_i), t_{i+1})`` is complete and next in line."""

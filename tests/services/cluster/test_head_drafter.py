@@ -14,23 +14,16 @@ from safetensors import safe_open
 from common.cluster.inventory import parse_inventory
 from common.cluster.keys import create_keys, load_keys
 from common.speculation.heads import load_head, shipped
-from common.speculation.heads.model import new_head, save_head
-from common.speculation.heads.packing import INT8_ROWS
 from services.cluster.bringup import build_slices, plan, service_spec
 from services.launcher import LaunchError
 from tests.common.cluster.test_inventory import EXAMPLE
-from tests.support.tiny_models import make_tiny_model
+from tests.support.shipped_head import base_with_shipped_head
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A base, a head trained for it (here: initialised) in a shipped folder, and another base."""
-    root = tmp_path_factory.mktemp("lan-head")
-    base = make_tiny_model(root / "tiny-base", family="qwen2", num_layers=3, seed=4)
-    other = make_tiny_model(root / "other-base", family="qwen2", num_layers=3, seed=5)
-    head = new_head(base, intermediate_size=32, draft_ids=None, dtype=torch.float32, seed=1, base_name="tiny-base")
-    save_head(head, root / "shipped" / "tiny-base", weights=INT8_ROWS)
-    return base, root / "shipped" / "tiny-base", other
+    return base_with_shipped_head(tmp_path_factory.mktemp("lan-head"), num_layers=3)
 
 
 def _inventory(base: Path, draft_head: str, tmp_path: Path):

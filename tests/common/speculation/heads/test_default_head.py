@@ -5,29 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from common.cluster.machine_defaults import choose_mode
 from common.speculation.heads import shipped
-from common.speculation.heads.model import new_head, save_head
-from common.speculation.heads.packing import INT8_ROWS
 from common.speculation.heads.shipped import head_for_base, shipped_heads
 from services.cli import cluster
 from services.cli.cluster import choose_drafting
 from services.cli.main import app
-from tests.support.tiny_models import make_tiny_model
+from tests.support.shipped_head import base_with_shipped_head
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A base with a shipped head (in a shipped folder of its own), and another base."""
     root = tmp_path_factory.mktemp("default-head")
-    base = make_tiny_model(root / "tiny-base", family="qwen2", num_layers=2, seed=4)
-    other = make_tiny_model(root / "other-base", family="qwen2", num_layers=2, seed=5)
-    head = new_head(base, intermediate_size=32, draft_ids=None, dtype=torch.float32, seed=1, base_name="tiny-base")
-    save_head(head, root / "shipped" / "tiny-base", weights=INT8_ROWS,
-              extra={"acceptance": {"code": {"tokens_per_round": 3.5}, "prose": {"tokens_per_round": 2.5}}})
+    base, _, other = base_with_shipped_head(root, num_layers=2, extra={
+        "acceptance": {"code": {"tokens_per_round": 3.5}, "prose": {"tokens_per_round": 2.5}}})
     return base, other, root / "shipped"
 
 
