@@ -96,7 +96,7 @@ class Client:
         silence of RESUME_AFTER_S says how many tokens arrived, so the restarted scheduler sends the rest.
         Only this request's own chunks and reply (by its ref) are handed over; another's raises WrongReply."""
         request = replace(request, ref=request.ref or fresh_ref())
-        self._sock.send_multipart(encode(request), copy=False)
+        self._send(request, self.timeout_s)
         finished = False
         received = 0
         try:
@@ -104,7 +104,7 @@ class Client:
                 msg = own_answer(self._receive(self.timeout_s, resume=ResumeRequest(received, request.ref)),
                                  request.ref)
                 if isinstance(msg, GenerateReply) and msg.error == NOT_ADMITTED and not received:
-                    self._sock.send_multipart(encode(request), copy=False)  # lost with a scheduler: again
+                    self._send(request, self.timeout_s)  # lost with a scheduler: again
                     continue
                 finished = isinstance(msg, GenerateReply)
                 if isinstance(msg, GenerateChunk):
@@ -115,8 +115,22 @@ class Client:
                 self._cancel()
 
     def _ask(self, msg: Message, timeout_s: float) -> Message:
-        self._sock.send_multipart(encode(msg), copy=False)
+        self._send(msg, timeout_s)
         return self._receive(timeout_s)
+
+    def _send(self, msg: Message, timeout_s: float) -> None:
+        """Send within ``timeout_s``: a DEALER with no connected peer (a scheduler that is down, or one whose
+        CURVE handshake refused this client) would block in a plain send for ever."""
+        frames = encode(msg)
+        for wait_ms in (0, int(timeout_s * 1000)):  # at once, or once a peer can take it
+            if wait_ms and not self._sock.poll(wait_ms, zmq.POLLOUT):
+                break
+            with contextlib.suppress(zmq.Again):
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return
+        self._sock.close(0)
+        self._sock = self._connect()
+        raise ClusterUnavailable(f"could not reach the scheduler at {self.endpoint} within {timeout_s:.0f} s")
 
     def _receive(self, timeout_s: float, resume: ResumeRequest | None = None) -> Message:
         deadline = time.monotonic() + timeout_s
@@ -135,7 +149,8 @@ class Client:
     def _cancel(self) -> None:
         """Cancel this connection's requests; a new socket keeps their late replies from the next question."""
         if not self._sock.closed:  # a closed connection is noticed by the scheduler on its own
-            self._sock.send_multipart(encode(CancelRequest()), copy=False)
+            with contextlib.suppress(zmq.Again):  # no peer to take it: closing cancels as well
+                self._sock.send_multipart(encode(CancelRequest()), flags=zmq.NOBLOCK, copy=False)
             self._sock.close(linger=CANCEL_LINGER_MS)  # the disconnect alone would cancel too
         self._sock = self._connect()
 

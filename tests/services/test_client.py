@@ -18,7 +18,7 @@ from common.wire.client import (
     WrongReply,
 )
 from common.wire.codec import decode, encode
-from services.client import Client
+from services.client import Client, ClusterUnavailable
 
 
 @pytest.fixture
@@ -113,4 +113,26 @@ def test_a_reply_of_another_request_is_refused_never_handed_over(scheduler):
         client.generate("", prompt_ids=(2,))
     assert client.generate("", prompt_ids=(3,)).token_ids == (3,)
     worker.join()
+    client.close()
+
+
+def test_a_scheduler_that_takes_nothing_is_unavailable_not_a_hang(scheduler, monkeypatch):
+    """A DEALER with no connected peer (a scheduler whose CURVE handshake refused this client) blocks a plain
+    send for ever; the client gives up within its timeout instead."""
+    _, endpoint = scheduler
+    client = Client(endpoint, timeout_s=0.2)
+    waited: list[int] = []
+
+    def full(*_, **__):
+        raise zmq.Again
+
+    def no_room(timeout_ms, flags):
+        waited.append(timeout_ms)
+        return 0
+
+    monkeypatch.setattr(client._sock, "send_multipart", full)
+    monkeypatch.setattr(client._sock, "poll", no_room)
+    with pytest.raises(ClusterUnavailable, match="could not reach the scheduler"):
+        client.status(timeout_s=0.2)
+    assert waited == [200]
     client.close()
