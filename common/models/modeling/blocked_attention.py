@@ -36,6 +36,8 @@ def blocked_attention(q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | 
     Every row must see at least one key. ``tile``: the row padding of every matrix product.
     """
     heads, rows, dim = q.shape
+    if rows == 1 and attend is None:
+        return _one_row(q, keys, values, tile)
     kv_heads, total = keys.shape[0], keys.shape[1]
     group = heads // kv_heads
     device = q.device
@@ -97,6 +99,36 @@ def blocked_attention(q: Tensor, keys: Tensor, values: Tensor, attend: Tensor | 
     acc = out.cumsum(dim=0)[-1]  # [Hkv, H, D]: over its blocks
     result = acc[:, :stacked] / total_weight[:, :stacked, None]  # [Hkv, L * G, D]
     return result.view(kv_heads, rows, group, dim).transpose(1, 2).reshape(heads, rows, dim).to(q.dtype)
+
+
+def _one_row(q: Tensor, keys: Tensor, values: Tensor, tile: int) -> Tensor:
+    """``blocked_attention`` of one row seeing every key (an autoregressive step), bitwise: the same
+    products, scan and buffers in the same shapes, with the masks and layouts (which the general
+    path computes as tensors for any rows) worked out in Python, so a step runs a few dozen ops."""
+    heads, _, dim = q.shape
+    kv_heads, total = keys.shape[0], keys.shape[1]
+    group = heads // kv_heads
+    block = KEY_BLOCK
+    n_blocks = -(-total // block)
+    width = n_blocks * block
+    height = -(-group // tile) * tile  # the query rows of a key head, padded to the tile
+    qs = torch.zeros(kv_heads, height, dim, device=q.device)
+    qs[:, :group] = (q.float() * (1.0 / math.sqrt(dim))).view(kv_heads, group, dim)
+    kf, vf = _padded(keys, width), _padded(values, width)  # [Hkv, NB * B, D] float32
+    flat = _aligned_buffer(kv_heads * height * width)
+    scores = flat[: kv_heads * height * width].view(kv_heads, height, width)
+    torch.bmm(qs, kf.transpose(1, 2), out=scores)
+    if width > total:  # the query rows' padding keys; the tile's padding rows see the whole width
+        scores[:, :group, total:] = -math.inf
+    scores.sub_(scores.amax(dim=-1, keepdim=True))
+    flat.exp_()
+    by_key = scores.view(kv_heads, height, n_blocks, block)
+    out = torch.empty(n_blocks, kv_heads, height, dim, device=q.device)
+    for b in range(n_blocks):
+        torch.bmm(by_key[:, :, b], vf[:, b * block : (b + 1) * block], out=out[b])
+    total_weight = scores.cumsum(dim=-1)[:, :group, -1]  # [Hkv, G]
+    result = out.cumsum(dim=0)[-1, :, :group] / total_weight[:, :, None]  # [Hkv, G, D]
+    return result.reshape(heads, 1, dim).to(q.dtype)
 
 
 def _padded(x: Tensor, length: int) -> Tensor:

@@ -165,6 +165,26 @@ def test_blocked_attention_keeps_every_tile_row_invariant_over_many_blocks(tile:
                            blocked_attention(q[:, i : i + 1], keys[:, slots], values[:, slots], None, tile))
 
 
+@settings(max_examples=60, deadline=None)
+@given(context=st.integers(1, 300), group=st.sampled_from([1, 2, 6, 7, 12]), kv_heads=st.integers(1, 2),
+       dim=st.sampled_from([16, 128]), tile=st.sampled_from(invariant.TILE_HEIGHTS),
+       dtype=st.sampled_from([BF16, torch.float32]), seed=st.integers(0, 2**16))
+def test_one_row_seeing_every_key_takes_a_shorter_path_to_the_same_bits(context, group, kv_heads, dim, tile, dtype,
+                                                                         seed) -> None:
+    """An autoregressive step (one row, no mask) skips the general path's mask arithmetic: the same bits as that
+    path given the row's all-visible mask, and its query left as it was."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(group * kv_heads, 1, dim, generator=gen)
+    q[..., 0] *= 16
+    q = q.to(dtype)
+    before = q.clone()
+    keys = torch.randn(kv_heads, context, dim, generator=gen).to(dtype)
+    values = torch.randn(kv_heads, context, dim, generator=gen).to(dtype)
+    every_key = torch.ones(1, context, dtype=torch.bool)
+    assert torch.equal(blocked_attention(q, keys, values, None, tile), blocked_attention(q, keys, values, every_key, tile))
+    assert torch.equal(q, before)
+
+
 def test_rows_of_other_requests_attend_to_their_own_caches() -> None:
     """Rows from two requests, each with its own keys, in one call: each as it is alone."""
     gen = torch.Generator().manual_seed(9)
