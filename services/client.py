@@ -60,7 +60,7 @@ class Client:
         self.timeout_s = timeout_s
         self.max_message_bytes = max_message_bytes  # a larger answer is refused (MAXMSGSIZE and decode)
         self._curve = curve
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = self._connect()
 
     def close(self) -> None:

@@ -61,13 +61,13 @@ async def exchange(
     received = 0
     heard = loop.time()
     try:
-        await sock.send_multipart(encode(request))
+        await _send(sock, encode(request), endpoint, timeout_s)
         while not finished:
             if await sock.poll(int(POLL_INTERVAL_S * 1000)):
                 msg = own_answer(decode(await sock.recv_multipart(), max_bytes), request.ref)
                 heard = loop.time()
                 if isinstance(msg, GenerateReply) and msg.error == NOT_ADMITTED and not received:
-                    await sock.send_multipart(encode(request))  # lost with a scheduler before admitted: again
+                    await _send(sock, encode(request), endpoint, timeout_s)  # lost with a scheduler before admitted
                     continue
                 finished = isinstance(msg, GenerateReply)
                 if isinstance(msg, GenerateChunk):
@@ -89,3 +89,12 @@ async def exchange(
         else:  # the disconnect alone would cancel too; the explicit message is quicker
             sock.send_multipart(encode(CancelRequest()))  # queued at once; closing lingers to deliver it
             sock.close(linger=CANCEL_LINGER_MS)
+
+
+async def _send(sock: zmq.asyncio.Socket, frames: list[bytes | memoryview], endpoint: str, timeout_s: float) -> None:
+    """Send within ``timeout_s``: a DEALER with no connected peer (a scheduler that is down, or one whose CURVE
+    handshake refused this API) would wait for ever, and the HTTP request would never be answered."""
+    try:
+        await asyncio.wait_for(sock.send_multipart(frames), timeout_s)
+    except TimeoutError:
+        raise ClusterUnavailable(f"could not reach the scheduler at {endpoint} within {timeout_s:.0f} s") from None

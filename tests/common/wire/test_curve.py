@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import structlog
 import zmq
+import zmq.asyncio
 
 from common.cluster.keys import admitted_keys
 from common.cluster.settings import ClusterSpec, Curve, Placement
@@ -27,7 +29,7 @@ from common.wire.curve import (
 )
 from common.wire.transport import pull, push, recv, send
 from services.api.ring import exchange
-from services.client import Client
+from services.client import Client, ClusterUnavailable
 
 RECEIVE_TIMEOUT_MS = 10_000  # generous: the machine may be loaded; a passing test returns at once
 
@@ -165,9 +167,10 @@ def test_admitted_keys_are_the_boards_on_the_ring_and_the_clients_on_the_client_
     assert ClusterSpec.from_json(spec.to_json()) == spec  # the keys survive the cluster file
 
 
-def _curve_scheduler(ctx: zmq.Context, own: KeyPair, clients: set[bytes]):
+def _curve_scheduler(ctx: zmq.Context, own: KeyPair, clients: set[bytes], wait_ms: int = RECEIVE_TIMEOUT_MS,
+                     refused: threading.Event | None = None):
     """A ROUTER in the client domain that answers one GenerateRequest with a GenerateReply, in a thread."""
-    gate = Gatekeeper(ctx, {CLIENT: frozenset(clients)})
+    gate = Gatekeeper(ctx, {CLIENT: frozenset(clients)}, on_refused=refused.set if refused else None)
     gate.start()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -175,7 +178,7 @@ def _curve_scheduler(ctx: zmq.Context, own: KeyPair, clients: set[bytes]):
     port = router.bind_to_random_port("tcp://127.0.0.1")
 
     def answer() -> None:
-        if router.poll(RECEIVE_TIMEOUT_MS):
+        if router.poll(wait_ms):
             identity, *frames = router.recv_multipart()
             request = decode(frames)
             assert isinstance(request, GenerateRequest)
@@ -212,3 +215,39 @@ async def _last_reply(endpoint: str, curve: ClientCurve) -> GenerateReply:
                                           client_gone=present, curve=curve)]
     assert isinstance(messages[-1], GenerateReply)
     return messages[-1]
+
+
+def test_a_client_whose_key_the_scheduler_refused_is_told_so_within_its_timeout(ctx):
+    """A refused CURVE handshake leaves the DEALER without a peer, where a plain send waits for ever: the
+    client gives up within its timeout (this hung a CI run when the refusal came before the send)."""
+    server, stranger = _pair(), _pair()
+    refused = threading.Event()
+    gate, router, thread, endpoint = _curve_scheduler(ctx, server, set(), wait_ms=3000, refused=refused)
+    try:
+        with Client(endpoint, 0.5, ClientCurve(stranger, server.public.decode())) as cli:
+            assert refused.wait(RECEIVE_TIMEOUT_MS / 1000), "the gatekeeper was never asked about the stranger"
+            time.sleep(0.2)  # the failed handshake's pipe is gone
+            with pytest.raises(ClusterUnavailable):
+                cli.status(timeout_s=0.5)
+    finally:
+        thread.join()
+        router.close(0)
+        gate.stop()
+
+
+def test_the_http_api_gives_up_on_a_send_no_scheduler_takes(monkeypatch):
+    """The HTTP API's send has the same bound, so its HTTP request is answered (503) rather than never."""
+    def never(*_, **__) -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()  # what a send waits on with no peer: never done
+
+    async def present() -> bool:
+        return False
+
+    async def drain() -> None:
+        async for _ in exchange("tcp://127.0.0.1:9", GenerateRequest(prompt="hi"), timeout_s=0.3,
+                                client_gone=present):
+            pass
+
+    monkeypatch.setattr(zmq.asyncio.Socket, "send_multipart", never)
+    with pytest.raises(ClusterUnavailable, match="could not reach the scheduler"):
+        asyncio.run(asyncio.wait_for(drain(), 10))  # a hang fails with TimeoutError instead
