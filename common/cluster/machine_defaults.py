@@ -6,16 +6,24 @@ stages' time, so there ar is the default: on shared cores the bottleneck is veri
 drafting (docs/results.md gives the measured runs). A head is a much cheaper drafter than a draft
 model, so it needs one core of its own where a draft model needs two. A user can always name a mode
 per request.
+
+Speculation also needs rows that come almost free: each verification forwards a tree's rows to accept a
+few tokens. Where a 16-row forward costs many one-row forwards (bf16 matrix products on a CPU without
+bf16 instructions run about row by row; docs/results.md gives the figures measured here), a stage
+spends on a tree about what the steps it saves would cost. Pipelined
+over ``stages`` stages that work at once, a tree pays while its row cost stays under the tokens it
+accepts times the stages; beyond, ar is the default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 CORES_PER_SERVICE_FOR_OVERLAP = 2  # each of drafter, stages and verifier busy at once without sharing
 CORES_FOR_A_HEAD_DRAFTER = 1  # a one-layer head keeps up with the stages on one core
 DRAFTERS = ("model", "head")
+TOKENS_PER_STEP = 3.0  # tokens a verification accepts: the draft model's and the head's trees on code, about 3
 
 
 @dataclass(frozen=True)
@@ -24,13 +32,23 @@ class ModeChoice:
     reason: str
 
 
-def choose_mode(cores: int, stages: int, drafter: str = "model") -> ModeChoice:
+def choose_mode(cores: int, stages: int, drafter: str = "model",
+                row_cost: Callable[[], float] | None = None) -> ModeChoice:
     """The default mode for ``stages`` pipeline stages (plus drafter and verifier) on ``cores`` cores;
-    ``drafter``: a draft ``model`` or a ``head``."""
+    ``drafter``: a draft ``model`` or a ``head``. ``row_cost``: measures what a 16-row forward costs in
+    one-row forwards on this machine (``services.discovery.speed.measured_row_cost``), called only when the
+    cores would allow speculation."""
     services = stages + 2
     drafter_cores = CORES_FOR_A_HEAD_DRAFTER if drafter == "head" else CORES_PER_SERVICE_FOR_OVERLAP
     needed = (stages + 1) * CORES_PER_SERVICE_FOR_OVERLAP + drafter_cores
     kind = "a head drafter" if drafter == "head" else "a draft model"
+    if cores >= needed and row_cost is not None:
+        cost, bound = row_cost(), TOKENS_PER_STEP * stages
+        if cost > bound:
+            return ModeChoice("ar", f"a 16-row forward costs {cost:.1f} one-row forwards on this CPU (over "
+                                    f"{bound:.0f}, {TOKENS_PER_STEP:.0f} tokens a verification accepts x {stages} "
+                                    f"stage(s)): verifying trees would cost what they save, though {cores} cores "
+                                    f"would let drafting overlap")
     if cores >= needed:
         return ModeChoice("flowspec", f"{cores} cores give each of the {services} ring services its own "
                                       f"({needed} needed with {kind}), so drafting overlaps verifying")

@@ -63,7 +63,7 @@ def agent(
     ad = BoardAd(
         name=name or socket.gethostname().split(".")[0], address=address, ssh_port=ssh_port,
         user=user or getpass.getuser(), cores=len(os.sched_getaffinity(0)),
-        memory_mib=memory_mib or _mem_available_mib(), speed=speed.forwards_per_s, probe=speed.probe,
+        memory_mib=memory_mib or _mem_available_mib(), speed=speed.value, probe=speed.probe,
         python=os.path.abspath(sys.executable), workdir=str(REPO), home=str(home), host=socket.gethostname(),
         flowring=flowring_version(), torch=torch.__version__, group=group,
     )

@@ -165,7 +165,9 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
             check_same_tokenizer(base_dir, draft_dir)
         ranges = explicit_ranges(layers, load_model_spec(base_dir).num_layers) if layers else None
         stage_count = len(ranges) if ranges else stage_count
-        choice = choose_mode(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model")
+        on_cpu = device == "cpu" and not devices
+        choice = choose_mode(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model",
+                             row_cost=(lambda: _row_cost(dtype, threads)) if on_cpu and mode == "auto" else None)
         default_mode = choice.mode if mode == "auto" else mode
         asked = ClusterRequest(base=str(base_dir), draft=str(draft_dir or ""), draft_head=str(head_dir or ""),
                                draft_vocab=draft_vocab, dtype=dtype, device=device, threads=threads,
@@ -198,6 +200,27 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
     typer.echo("  status:    .venv/bin/flowring status")
     typer.echo(f"  logs:      tail -f {RunFolder(run_dir).logs}/*.log")
     typer.echo("  stop:      .venv/bin/flowring down")
+
+
+def _row_cost(dtype: str, threads: int) -> float:
+    """What a 16-row forward costs in one-row forwards here, with a ring service's threads (measured once, cached
+    in FLOWRING_HOME/agent)."""
+    import torch
+
+    from common.cluster.machine_defaults import CORES_PER_SERVICE_FOR_OVERLAP
+    from common.models.cache import cache_root
+    from services.discovery.speed import measured_row_cost
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or CORES_PER_SERVICE_FOR_OVERLAP)
+    try:
+        measured = measured_row_cost(cache_root(), dtype)
+    finally:
+        torch.set_num_threads(before)
+    if not measured.cached:
+        typer.echo(f"row cost on this CPU: {measured.value:.1f} ({measured.probe}; measured in {measured.seconds:.1f} s, "
+                   "cached)")
+    return measured.value
 
 
 @dataclass(frozen=True)

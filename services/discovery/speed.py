@@ -8,12 +8,19 @@ kernels' row blocks) is not counted. The figure is in reference-layer forwards p
 compare with each other, which is all the planner needs (it splits by relative speed). The result is
 cached in ``FLOWRING_HOME/agent/speed.json`` under the probe's description, the flowring and torch
 versions and the thread count; a change of any of them measures again.
+
+The row cost (``measured_row_cost``, cached in ``agent/row-cost.json`` the same way) is what a ``ROWS``-row
+forward of that layer costs in one-row forwards, over the same cached context. Speculation verifies many
+rows to save steps of one, so it pays only where rows come almost free: where the matrix products read
+each weight once for all rows (on a CPU with bf16 instructions, or in float32). Where the products run
+row by row (bf16 on a CPU without them, e.g. AVX2 only), a tree's rows cost what its accepted tokens save.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -28,42 +35,62 @@ REFERENCE_CONFIG = {
 
 
 @dataclass(frozen=True)
-class Speed:
-    forwards_per_s: float
+class Measured:
+    value: float  # forwards per second (measured_speed), or one-row forwards per 16-row one (measured_row_cost)
     probe: str  # what was measured
     cached: bool  # read from the cache rather than measured now
     seconds: float  # how long measuring took (0 when cached)
 
 
-def measured_speed(home: Path, dtype: str, *, remeasure: bool = False, repeats: int = REPEATS) -> Speed:
+def measured_speed(home: Path, dtype: str, *, remeasure: bool = False, repeats: int = REPEATS) -> Measured:
     """The cached figure for this probe, versions and thread count, else a fresh measurement (then cached)."""
+    return _cached(home / "agent" / "speed.json", "forwards_per_s", f"{ROWS} rows", dtype,
+                   lambda: reference_layer_speed(dtype, repeats=repeats), remeasure)
+
+
+def measured_row_cost(home: Path, dtype: str, *, remeasure: bool = False, repeats: int = REPEATS) -> Measured:
+    """The row cost: a ``ROWS``-row forward's time over a one-row forward's (cached like ``measured_speed``)."""
+    return _cached(home / "agent" / "row-cost.json", "row_cost", f"{ROWS} rows / 1 row", dtype,
+                   lambda: reference_row_cost(dtype, repeats=repeats), remeasure)
+
+
+def _cached(cache: Path, field: str, rows: str, dtype: str, measure: Callable[[], float], remeasure: bool) -> Measured:
     import torch
 
     from services.cluster.board_agent import flowring_version
 
     probe = (f"{REFERENCE_CONFIG['model_type']}-{REFERENCE_CONFIG['hidden_size']}x"
-             f"{REFERENCE_CONFIG['intermediate_size']} {dtype} {ROWS} rows {torch.get_num_threads()} thread(s)")
+             f"{REFERENCE_CONFIG['intermediate_size']} {dtype} {rows} {torch.get_num_threads()} thread(s)")
     key = f"{probe} | flowring {flowring_version()} | torch {torch.__version__}"
-    cache = home / "agent" / "speed.json"
     if not remeasure:
         try:
             saved = json.loads(cache.read_text())
-            if saved.get("key") == key and float(saved["forwards_per_s"]) > 0:
-                return Speed(float(saved["forwards_per_s"]), probe, True, 0.0)
+            if saved.get("key") == key and float(saved[field]) > 0:
+                return Measured(float(saved[field]), probe, True, 0.0)
         except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: measure
             pass
     began = time.perf_counter()
-    speed = reference_layer_speed(dtype, repeats=repeats)
+    value = measure()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "forwards_per_s": speed}) + "\n")
-    return Speed(speed, probe, False, time.perf_counter() - began)
+    cache.write_text(json.dumps({"key": key, field: value}) + "\n")
+    return Measured(value, probe, False, time.perf_counter() - began)
 
 
 def reference_layer_speed(dtype: str, *, repeats: int = REPEATS) -> float:
     """Forwards per second of a ``ROWS``-row step through the reference layer (median of ``repeats``)."""
+    return 1.0 / max(_step_seconds(_reference_layer(dtype), 0, ROWS, repeats), 1e-9)
+
+
+def reference_row_cost(dtype: str, *, repeats: int = REPEATS) -> float:
+    """A ``ROWS``-row step's time over a one-row step's, both after ``ROWS`` cached rows (medians of ``repeats``)."""
+    layer = _reference_layer(dtype)
+    one = _step_seconds(layer, ROWS, 1, repeats)
+    return _step_seconds(layer, ROWS, ROWS, repeats) / max(one, 1e-9)
+
+
+def _reference_layer(dtype: str):  # -> ModelSlice, imported lazily (torch)
     import torch
 
-    from common.models.modeling import causal_attend
     from common.models.modeling.slice import ModelSlice
     from common.models.modeling.spec import ModelSpec
 
@@ -72,13 +99,27 @@ def reference_layer_speed(dtype: str, *, repeats: int = REPEATS) -> float:
     gen = torch.Generator().manual_seed(0)
     for param in layer.parameters():  # allocated uninitialised: random values, not whatever memory held
         param.normal_(0.0, 0.02, generator=gen)
-    hidden = torch.randn(ROWS, spec.hidden_size, generator=gen).to(layer.dtype)
-    positions, attend, cache = torch.arange(ROWS), causal_attend(0, ROWS), layer.new_cache()
+    return layer
+
+
+def _step_seconds(layer, context: int, rows: int, repeats: int) -> float:
+    """Median time of a forward of ``rows`` new rows (causal) after ``context`` cached ones; the first run warms
+    up (and probes the kernels' row blocks) and is not counted."""
+    import torch
+
+    from common.models.modeling import causal_attend
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(context + rows, layer.spec.hidden_size, generator=gen).to(layer.dtype)
+    cache = layer.new_cache()
     times = []
-    for i in range(repeats + 1):  # the first run warms up and is not counted
+    for i in range(repeats + 1):
         cache.reset()
+        if context:
+            layer.forward(hidden[:context], torch.arange(context), causal_attend(0, context), cache)
+        attend = None if rows == 1 else causal_attend(context, rows)
         start = time.perf_counter()
-        layer.forward(hidden, positions, attend, cache)
+        layer.forward(hidden[context:], torch.arange(context, context + rows), attend, cache)
         if i:
             times.append(time.perf_counter() - start)
-    return 1.0 / max(median(times), 1e-9)
+    return median(times)

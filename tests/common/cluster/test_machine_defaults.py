@@ -20,3 +20,19 @@ def test_services_sharing_cores_get_sleeping_openmp_threads_unless_pinned_or_cho
     assert thread_environment(pinned=False, environ={}) == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert thread_environment(pinned=True, environ={}) == {}
     assert thread_environment(pinned=False, environ={"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+
+
+def test_where_tree_rows_cost_what_they_save_ar_stays_the_default():
+    """Measured row cost over 3 tokens x stages: ar, and the reason says the cost; under it: flowspec."""
+    dear = choose_mode(12, 1, row_cost=lambda: 9.4)
+    assert dear.mode == "ar" and "9.4 one-row forwards" in dear.reason and "12 cores" in dear.reason
+    assert choose_mode(12, 1, row_cost=lambda: 2.0).mode == "flowspec"
+    assert choose_mode(12, 4, row_cost=lambda: 9.4).mode == "flowspec"  # four stages at once: 9.4 < 3 x 4
+    assert choose_mode(12, 4, row_cost=lambda: 12.5).mode == "ar"
+
+
+def test_the_row_cost_is_measured_only_where_the_cores_would_allow_speculation():
+    def never() -> float:
+        raise AssertionError("measured on a machine whose cores decide alone")
+
+    assert choose_mode(2, 1, row_cost=never).mode == "ar"
