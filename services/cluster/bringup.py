@@ -49,7 +49,7 @@ from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
 from services.launcher import LaunchError, client_for, supervised, wait_ready
 from services.run_folder import RunFolder
 
-PROBE_TIMEOUT_S = 60.0  # the probe imports torch, slow on a small board
+PROBE_TIMEOUT_S = 60.0  # a Python start on a small, busy board
 COMMAND_TIMEOUT_S = 30.0
 COPY_TIMEOUT_S = 3600.0
 ALIVE_CHECK_INTERVAL_S = 5.0
