@@ -86,21 +86,23 @@ def _parsed_once() -> Iterator[None]:
     # Both are pure reads of one read-only file, so for the duration each is built once per argument.
     import gguf
 
-    readers: dict[tuple[str, str], Any] = {}
+    readers: dict[str, Any] = {}
     real_reader, real_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
 
-    def reader(path: Path | str, mode: str = "r") -> Any:
-        key = (str(Path(path).resolve()), mode)
+    def reader(path: Path | str, mode: Any = "r") -> Any:
+        key = f"{Path(path).resolve()} {mode}"
         if key not in readers:
             readers[key] = real_reader(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = reader  # type: ignore[assignment,misc]  # transformers imports both names at call time
-    gguf.get_tensor_name_map = functools.cache(real_name_map)
+    # transformers imports both names from gguf at call time, so swapping the module's attributes reaches it.
+    setattr(gguf, "GGUFReader", reader)  # noqa: B010 (mypy refuses a plain assignment to a class name)
+    setattr(gguf, "get_tensor_name_map", functools.cache(real_name_map))  # noqa: B010
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_name_map
+        setattr(gguf, "GGUFReader", real_reader)  # noqa: B010
+        setattr(gguf, "get_tensor_name_map", real_name_map)  # noqa: B010
 
 
 def _dequantize_option() -> dict[str, object]:
