@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -28,11 +29,12 @@ def flowring_version() -> str:
 
 
 def probe(address: str, ports: list[int]) -> dict:
+    """Torch's version is read from its installed metadata, not by importing it: the import costs seconds of CPU
+    on every board at every ``up`` (tens on a small one), and a torch that is installed but cannot load still
+    stops ``up``, when its services start (their log's last line is the launch error)."""
     try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
         torch_version = ""
     return {
         "flowring": flowring_version(),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,7 @@ from services.cluster.ssh import SSH_FAILED, Result, Ssh, agent, detached
 from services.launcher import LaunchError, client_for, supervised, wait_ready
 from services.run_folder import RunFolder
 
-PROBE_TIMEOUT_S = 60.0  # the probe imports torch, slow on a small board
+PROBE_TIMEOUT_S = 60.0  # a Python start on a small, busy board
 COMMAND_TIMEOUT_S = 30.0
 COPY_TIMEOUT_S = 3600.0
 ALIVE_CHECK_INTERVAL_S = 5.0
@@ -261,10 +262,12 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
     run_dir.mkdir(parents=True, exist_ok=True)
     RunFolder(run_dir).cluster.write_text(bringup.spec.to_json())
     pids: dict[str, int] = {}
+    recording = threading.Lock()
     ring_services = Counter(s.board.name for s in bringup.services if s.name != "scheduler")
-    try:
-        for service in bringup.services:
-            board = service.board
+
+    def start_on(board: Board) -> None:
+        """This board's services, one after another; the boards at once (each start is an SSH round trip)."""
+        for service in bringup.on(board.name):
             argv = [board.python, "-m", "services.run", "--cluster", service.cluster_file, "--service",
                     service.name, "--log-level", log_level, "--log-file", service.log]
             # The same supervisor as a local cluster's restarts a killed service; the scheduler's keeps a warm
@@ -275,8 +278,12 @@ def start(bringup: Bringup, ssh: Ssh, run_dir: Path, *, log_level: str = "info")
             own_cores = ring_services[board.name] < 2 or bool(bringup.spec.placement(service.name).cpus)
             started = detached(board, service.output, argv, thread_environment(own_cores, {}))
             result = _must(ssh.run(board, started, timeout_s=COMMAND_TIMEOUT_S), board, f"starting {service.name}")
-            pids[service.name] = _pid(result, board, service.name)
-            _record(run_dir, bringup, pids)
+            with recording:  # every started pid is recorded before anything can fail: `down` finds it
+                pids[service.name] = _pid(result, board, service.name)
+                _record(run_dir, bringup, pids)
+
+    try:
+        _parallel(start_on, {s.board.name: s.board for s in bringup.services}.values())
         wait_ready(bringup.spec, _BoardProcesses(bringup, ssh, pids))
     except LaunchError as exc:
         if pids:

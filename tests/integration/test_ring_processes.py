@@ -14,7 +14,7 @@ from services.cli.main import app
 from services.launcher import client_for, free_ports, plan_local, start, stop
 from services.run_folder import RunFolder
 from tests.support.processes import process_environment
-from tests.support.reference import assert_greedy_on_random_prompts, greedy_reference
+from tests.support.reference import assert_greedy_on_random_prompts_concurrently, greedy_reference
 from tests.support.tiny_models import make_tiny_pair
 
 TREES = DraftSettings(top_k=3, fill_nodes=12, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
@@ -35,12 +35,13 @@ def test_greedy_output_equals_base_generate_over_tcp(pair, stages, tmp_path, mon
         # The services share this host's cores: their OpenMP threads sleep while they wait, never spin.
         pids = json.loads((tmp_path / "run" / "pids.json").read_text())
         assert {process_environment(pids[p.name]).get("OMP_WAIT_POLICY") for p in spec.ring} == {"PASSIVE"}
-        with client_for(spec, 120) as client:
-            replies = assert_greedy_on_random_prompts(client, base, seed=stages, prompts=20, longest=80,
-                                                      max_new_tokens=16)
-            for reply in replies:
-                assert reply.stats["steps"] >= 1
-                assert set(reply.stats["services"]) == {p.name for p in spec.ring if p.name != "drafter"}
+        # The first prompt alone, then the other 19 from 4 clients at once (the scheduler runs 4): each reply equal
+        # to generate on its own prompt, whatever rows rode beside it.
+        replies = assert_greedy_on_random_prompts_concurrently(lambda: client_for(spec, 120), base, seed=stages,
+                                                               prompts=20, longest=80, max_new_tokens=16, clients=4)
+        for reply in replies:
+            assert reply.stats["steps"] >= 1
+            assert set(reply.stats["services"]) == {p.name for p in spec.ring if p.name != "drafter"}
     finally:
         stopped = stop(tmp_path / "run")
     assert len(stopped) == stages + 3

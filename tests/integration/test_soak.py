@@ -23,8 +23,10 @@ from tests.support.reference import greedy_reference
 from tests.support.tiny_models import EOS_ID, make_tiny_pair
 
 TREES = DraftSettings(top_k=3, fill_nodes=12, fill_depth=4, segment_cap=4, expand_nodes=6, expand_depth=3)
-REQUESTS = 200  # about a minute on two loaded cores
-CLIENTS = 8  # concurrent clients, each sending its share back to back; the scheduler runs 4 and queues the rest
+# 64 requests: 8 a client, so both kills land with every client's request in flight or queued (the scheduler
+# runs 4 and queues the rest); FLOWRING_SOAK_REQUESTS=200 runs a longer soak (about 3 minutes on 2 loaded cores).
+REQUESTS = int(os.environ.get("FLOWRING_SOAK_REQUESTS", "64"))
+CLIENTS = 8  # concurrent clients, each sending its share back to back
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,11 @@ def test_soak_with_a_stage_and_the_scheduler_killed(pair, tmp_path):
                 work = [pool.submit(send, list(range(c, count, CLIENTS))) for c in range(CLIENTS)]
                 with done:
                     done.wait_for(lambda: len(replies) >= count // 2 or any(w.done() for w in work))
+                    at_stage_kill = len(replies)
                 os.kill(victim, signal.SIGKILL)  # midway, with requests in flight and queued
                 with done:
                     done.wait_for(lambda: len(replies) >= count * 3 // 4 or all(w.done() for w in work))
+                    at_scheduler_kill = len(replies)
                 scheduler = next(s.pid for s in admin.status().services if s.name == "scheduler")
                 os.kill(scheduler, signal.SIGKILL)  # its standby was started 1 s after it: warm long since
                 for w in work:
@@ -86,6 +90,7 @@ def test_soak_with_a_stage_and_the_scheduler_killed(pair, tmp_path):
     finally:
         stop(run)
     assert sorted(replies) == list(range(count))  # nothing lost
+    assert at_stage_kill < at_scheduler_kill < count  # both kills landed under load, the second after the first
     for i, ask in enumerate(asks):
         reply = replies[i]
         assert reply.ok, (i, reply.error)

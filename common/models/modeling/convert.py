@@ -78,6 +78,33 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def _parsed_once() -> Iterator[None]:
+    # One conversion reads the GGUF four times (token info, then transformers' config, tokenizer and weights
+    # loaders, each building a gguf.GGUFReader, which parses every metadata field in Python: seconds for a
+    # 49k-token vocabulary), and transformers builds the same tensor-name map once per module (hundreds).
+    # Both are pure reads of one read-only file, so for the duration each is built once per argument.
+    import gguf
+
+    readers: dict[str, Any] = {}
+    real_reader, real_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    def reader(path: Path | str, mode: Any = "r") -> Any:
+        key = f"{Path(path).resolve()} {mode}"
+        if key not in readers:
+            readers[key] = real_reader(path, mode)
+        return readers[key]
+
+    # transformers imports both names from gguf at call time, so swapping the module's attributes reaches it.
+    setattr(gguf, "GGUFReader", reader)  # noqa: B010 (mypy refuses a plain assignment to a class name)
+    setattr(gguf, "get_tensor_name_map", functools.cache(real_name_map))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(gguf, "GGUFReader", real_reader)  # noqa: B010
+        setattr(gguf, "get_tensor_name_map", real_name_map)  # noqa: B010
+
+
 def _dequantize_option() -> dict[str, object]:
     """Ask for dense weights: recent transformers may otherwise keep GGUF blocks packed in memory."""
     try:
@@ -136,9 +163,9 @@ def convert_gguf(
     if progress is not None:
         progress.start(4, f"convert {gguf_path.name}")  # metadata, tokenizer, weights, save
     try:
-        info = read_token_info(gguf_path)
-        _advance(progress)
-        with _quiet_transformers():
+        with _parsed_once(), _quiet_transformers():
+            info = read_token_info(gguf_path)
+            _advance(progress)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
             _advance(progress)
             model = AutoModelForCausalLM.from_pretrained(

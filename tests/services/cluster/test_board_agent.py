@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 import socket
 import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 from services.cluster import board_agent
 from services.cluster.bringup import _probe_problems
 from tests.common.cluster.test_inventory import EXAMPLE
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_probe_reports_version_torch_memory_and_taken_ports():
@@ -24,6 +30,22 @@ def test_probe_reports_version_torch_memory_and_taken_ports():
     version = tomllib.loads((EXAMPLE.parents[1] / "pyproject.toml").read_text())["project"]["version"]
     assert answer["flowring"] == version and answer["torch"] and answer["mem_available_mib"] > 0
     assert answer["busy_ports"] == [busy]
+
+
+def test_probe_reads_torch_from_its_metadata_without_importing_it(monkeypatch):
+    probed = subprocess.run(
+        [sys.executable, "-c", "import sys, json; from services.cluster import board_agent; "
+         "answer = board_agent.probe('127.0.0.1', []); print(json.dumps([answer['torch'], 'torch' in sys.modules]))"],
+        capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    import torch
+
+    assert json.loads(probed.stdout) == [torch.__version__, False]
+
+    def absent(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", absent)
+    assert board_agent.probe("127.0.0.1", [])["torch"] == ""  # what the head reports as "torch is missing"
 
 
 def test_have_lists_the_held_slices_of_those_wanted(tmp_path, capsys):
