@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.speculation.budget import DEFAULT_TOTAL_NODES
+
 CORES_PER_SERVICE_FOR_OVERLAP = 2  # each of drafter, stages and verifier busy at once without sharing
 CORES_FOR_A_HEAD_DRAFTER = 1  # a one-layer head keeps up with the stages on one core
+SHARED_CORES_MAX_IN_FLIGHT = 1  # on shared cores a request speculates only alone (docs/results.md: 2 cores)
 DRAFTERS = ("model", "head")
 
 
@@ -51,3 +54,24 @@ def thread_environment(pinned: bool, environ: Mapping[str, str]) -> dict[str, st
     if pinned or "OMP_WAIT_POLICY" in environ:
         return {}
     return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    total_nodes: int  # draft nodes of every request in flight together (common.speculation.budget)
+    max_in_flight: int  # beyond this many requests in flight none speculates (0: no limit)
+    reason: str
+
+
+def choose_budget(cores: int, stages: int, drafter: str = "model") -> BudgetChoice:
+    """The speculation budget for ``stages`` stages on ``cores`` cores (``drafter``: a draft ``model`` or a
+    ``head``): the default budget where every service has cores of its own; where they share cores, no
+    speculation with more than ``SHARED_CORES_MAX_IN_FLIGHT`` requests in flight: every draft forward and tree row
+    is then taken from the cores ar spends on other requests' tokens."""
+    if choose_mode(cores, stages, drafter).mode == "flowspec":
+        return BudgetChoice(DEFAULT_TOTAL_NODES, 0, f"{cores} cores: every ring service drafts or verifies on "
+                                                    "its own cores")
+    return BudgetChoice(DEFAULT_TOTAL_NODES, SHARED_CORES_MAX_IN_FLIGHT,
+                        f"{cores} cores shared by {stages + 2} ring services: with more requests in flight, every "
+                        "draft forward and tree row takes the cores ar spends on their tokens; measured on 2 cores "
+                        "(docs/results.md)")

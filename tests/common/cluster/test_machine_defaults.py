@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from common.cluster.machine_defaults import choose_mode, thread_environment
+from common.cluster.machine_defaults import (
+    SHARED_CORES_MAX_IN_FLIGHT,
+    choose_budget,
+    choose_mode,
+    thread_environment,
+)
 
 
 @pytest.mark.parametrize(
@@ -20,3 +25,11 @@ def test_services_sharing_cores_get_sleeping_openmp_threads_unless_pinned_or_cho
     assert thread_environment(pinned=False, environ={}) == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert thread_environment(pinned=True, environ={}) == {}
     assert thread_environment(pinned=False, environ={"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+
+
+@pytest.mark.parametrize("cores, stages, drafter, limit", [(2, 2, "model", SHARED_CORES_MAX_IN_FLIGHT),
+                                                           (2, 1, "head", SHARED_CORES_MAX_IN_FLIGHT),
+                                                           (8, 2, "model", 0), (12, 4, "model", 0)])
+def test_services_sharing_cores_stop_speculating_under_load_and_others_never_do(cores, stages, drafter, limit):
+    choice = choose_budget(cores, stages, drafter)
+    assert choice.max_in_flight == limit and choice.total_nodes == 128 and str(cores) in choice.reason
