@@ -17,7 +17,7 @@ from common.speculation.budget import DEFAULT_TOTAL_NODES
 
 CORES_PER_SERVICE_FOR_OVERLAP = 2  # each of drafter, stages and verifier busy at once without sharing
 CORES_FOR_A_HEAD_DRAFTER = 1  # a one-layer head keeps up with the stages on one core
-SHARED_CORES_MAX_IN_FLIGHT = 1  # on shared cores a request speculates only alone (docs/results.md: 2 cores)
+SHARED_CORES_TOTAL_NODES = 1  # on shared cores every share is the root alone: no speculation (docs/results.md)
 DRAFTERS = ("model", "head")
 
 
@@ -65,13 +65,14 @@ class BudgetChoice:
 
 def choose_budget(cores: int, stages: int, drafter: str = "model") -> BudgetChoice:
     """The speculation budget for ``stages`` stages on ``cores`` cores (``drafter``: a draft ``model`` or a
-    ``head``): the default budget where every service has cores of its own; where they share cores, no
-    speculation with more than ``SHARED_CORES_MAX_IN_FLIGHT`` requests in flight: every draft forward and tree row
-    is then taken from the cores ar spends on other requests' tokens."""
+    ``head``): the default budget where every service has cores of its own; where they share cores, the root
+    alone (``SHARED_CORES_TOTAL_NODES``): every draft forward and tree row is then taken from the cores ar
+    spends on tokens. Measured on 2 cores (docs/results.md, 2026-12-08): speculating only alone still lost to ar
+    with 4 in flight, because a batch's last request runs alone, at flowspec's solo speed (a third of ar's there)."""
     if choose_mode(cores, stages, drafter).mode == "flowspec":
         return BudgetChoice(DEFAULT_TOTAL_NODES, 0, f"{cores} cores: every ring service drafts or verifies on "
                                                     "its own cores")
-    return BudgetChoice(DEFAULT_TOTAL_NODES, SHARED_CORES_MAX_IN_FLIGHT,
-                        f"{cores} cores shared by {stages + 2} ring services: with more requests in flight, every "
-                        "draft forward and tree row takes the cores ar spends on their tokens; measured on 2 cores "
-                        "(docs/results.md)")
+    return BudgetChoice(SHARED_CORES_TOTAL_NODES, 0,
+                        f"{cores} cores shared by {stages + 2} ring services: every draft forward and tree row takes "
+                        "the cores ar spends on tokens, so no request speculates (flowspec and chunk send the root "
+                        "alone, as ar does); measured on 2 cores (docs/results.md)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from common.cluster.machine_defaults import (
-    SHARED_CORES_MAX_IN_FLIGHT,
+    SHARED_CORES_TOTAL_NODES,
     choose_budget,
     choose_mode,
     thread_environment,
 )
+from common.speculation.budget import SpeculationBudget
 
 
 @pytest.mark.parametrize(
@@ -27,9 +28,10 @@ def test_services_sharing_cores_get_sleeping_openmp_threads_unless_pinned_or_cho
     assert thread_environment(pinned=False, environ={"OMP_WAIT_POLICY": "ACTIVE"}) == {}
 
 
-@pytest.mark.parametrize("cores, stages, drafter, limit", [(2, 2, "model", SHARED_CORES_MAX_IN_FLIGHT),
-                                                           (2, 1, "head", SHARED_CORES_MAX_IN_FLIGHT),
-                                                           (8, 2, "model", 0), (12, 4, "model", 0)])
-def test_services_sharing_cores_stop_speculating_under_load_and_others_never_do(cores, stages, drafter, limit):
+@pytest.mark.parametrize("cores, stages, drafter, total", [(2, 2, "model", SHARED_CORES_TOTAL_NODES),
+                                                           (2, 1, "head", SHARED_CORES_TOTAL_NODES),
+                                                           (8, 2, "model", 128), (12, 4, "model", 128)])
+def test_services_sharing_cores_do_not_speculate_and_others_keep_the_default_budget(cores, stages, drafter, total):
     choice = choose_budget(cores, stages, drafter)
-    assert choice.max_in_flight == limit and choice.total_nodes == 128 and str(cores) in choice.reason
+    assert choice.total_nodes == total and choice.max_in_flight == 0 and str(cores) in choice.reason
+    assert (SpeculationBudget(choice.total_nodes).fill_nodes(1, 128, 24) == 0) == (total == SHARED_CORES_TOTAL_NODES)
