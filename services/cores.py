@@ -18,6 +18,7 @@ import torch
 from common.cluster.settings import ClusterSpec
 from common.models.dtypes import torch_dtype
 from common.models.modeling import load_model_spec, load_slice
+from common.speculation.budget import SpeculationBudget
 from common.speculation.draft_vocab import draft_vocabulary
 from common.speculation.drafting import ModelDrafters
 from common.speculation.heads.context import HeadDrafters
@@ -41,7 +42,8 @@ def build_core(spec: ClusterSpec, name: str, *, draft_ids: torch.Tensor | None =
         # A pool takes back only the drafters it handed out: its ``give`` narrows Drafter to its own kind, which
         # the Drafters protocol (services/drafter/core.py) does not express.
         drafters = cast(Drafters, build_drafters(spec, dtype, draft_ids))
-        return DrafterCore(name, drafters, hops=len(spec.stages) + 1)
+        return DrafterCore(name, drafters, hops=len(spec.stages) + 1,
+                           budget=SpeculationBudget(spec.speculation_budget, spec.speculation_max_in_flight))
     if name == "verifier":
         layers = load_model_spec(Path(spec.base)).num_layers
         head = load_slice(Path(spec.base), (layers, layers), with_embedding=False, with_head=True, dtype=dtype,

@@ -20,8 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from common.speculation.budget import DEFAULT_TOTAL_NODES
+
 CORES_PER_SERVICE_FOR_OVERLAP = 2  # each of drafter, stages and verifier busy at once without sharing
 CORES_FOR_A_HEAD_DRAFTER = 1  # a one-layer head keeps up with the stages on one core
+SHARED_CORES_TOTAL_NODES = 1  # on shared cores every share is the root alone: no speculation (docs/results.md)
 DRAFTERS = ("model", "head")
 TOKENS_PER_STEP = 3.0  # tokens a verification accepts: the draft model's and the head's trees on code, about 3
 
@@ -69,3 +72,25 @@ def thread_environment(pinned: bool, environ: Mapping[str, str]) -> dict[str, st
     if pinned or "OMP_WAIT_POLICY" in environ:
         return {}
     return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    total_nodes: int  # draft nodes of every request in flight together (common.speculation.budget)
+    max_in_flight: int  # beyond this many requests in flight none speculates (0: no limit)
+    reason: str
+
+
+def choose_budget(cores: int, stages: int, drafter: str = "model") -> BudgetChoice:
+    """The speculation budget for ``stages`` stages on ``cores`` cores (``drafter``: a draft ``model`` or a
+    ``head``): the default budget where every service has cores of its own; where they share cores, the root
+    alone (``SHARED_CORES_TOTAL_NODES``): every draft forward and tree row is then taken from the cores ar
+    spends on tokens. Measured on 2 cores (docs/results.md, 2026-12-08): speculating only alone still lost to ar
+    with 4 in flight, because a batch's last request runs alone, at flowspec's solo speed (a third of ar's there)."""
+    if choose_mode(cores, stages, drafter).mode == "flowspec":
+        return BudgetChoice(DEFAULT_TOTAL_NODES, 0, f"{cores} cores: every ring service drafts or verifies on "
+                                                    "its own cores")
+    return BudgetChoice(SHARED_CORES_TOTAL_NODES, 0,
+                        f"{cores} cores shared by {stages + 2} ring services: every draft forward and tree row takes "
+                        "the cores ar spends on tokens, so no request speculates (flowspec and chunk send the root "
+                        "alone, as ar does); measured on 2 cores (docs/results.md)")

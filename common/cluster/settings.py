@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.speculation.budget import DEFAULT_TOTAL_NODES
 from common.speculation.modes import DraftSettings
 
 
@@ -98,6 +99,10 @@ class ClusterSpec:
     timeouts: Timeouts = field(default_factory=Timeouts)
     admission: Admission = field(default_factory=Admission)
     default_mode: str = "flowspec"  # for requests that name none (common.cluster.machine_defaults chooses it at `up`)
+    # Draft nodes (roots included) of every request in flight together: each tree shrinks as the load grows
+    # (common.speculation.budget); common.cluster.machine_defaults chooses it at `up`.
+    speculation_budget: int = DEFAULT_TOTAL_NODES
+    speculation_max_in_flight: int = 0  # with more requests in flight than this none speculates (0: no limit)
     curve: Curve = field(default_factory=Curve)
 
     @property

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from common.cluster.settings import Admission, ClusterSpec, Placement, Timeouts
+from common.speculation.budget import DEFAULT_TOTAL_NODES
 from common.speculation.modes import DraftSettings
 
 
@@ -49,6 +50,8 @@ class ClusterRequest:
     admission: Admission = field(default_factory=Admission)
     default_mode: str = "flowspec"
     pinning: Pinning | None = None
+    speculation_budget: int = DEFAULT_TOTAL_NODES  # draft nodes of every request in flight together
+    speculation_max_in_flight: int = 0  # beyond this many requests in flight none speculates (0: no limit)
 
 
 def ports_needed(stages: int) -> int:
@@ -85,7 +88,8 @@ def build_spec(asked: ClusterRequest, ranges: Sequence[tuple[int, int]], host_of
         deterministic=asked.deterministic,
         drafter=drafter, stages=stages, verifier=verifier, scheduler=scheduler,
         draft_settings=asked.draft_settings, timeouts=asked.timeouts, admission=asked.admission,
-        default_mode=asked.default_mode,
+        default_mode=asked.default_mode, speculation_budget=asked.speculation_budget,
+        speculation_max_in_flight=asked.speculation_max_in_flight,
     )
 
 

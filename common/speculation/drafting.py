@@ -26,6 +26,7 @@ from common.models.modeling.batch import Rows, forward_many
 from common.models.modeling.cache_pool import CachePool
 from common.speculation.draft_rows import Path, TreeRows
 from common.speculation.draft_vocab import DraftLogits
+from common.speculation.fill import ModelContext, ModelFill
 from common.speculation.growth import FrontierGrowth, LevelStep, TreeShape, best_children, tree_paths
 from common.speculation.tree import DraftTree
 
@@ -106,6 +107,15 @@ class TreeDrafter(FrontierGrowth):
         self._rows.discard(created - set(tree_paths(tree)))  # expanded, but left out of the tree
         self._end_step()
         return tree
+
+    def fill(self, root: int, shape: TreeShape, pending: Sequence[int] = ()) -> ModelFill:
+        """``extend_context(pending)`` then ``draft(root, shape)`` a level at a time, beside other requests'
+        (``common.speculation.fill``)."""
+        return ModelFill(self, root, shape, pending)
+
+    def context_step(self, tokens: Sequence[int]) -> ModelContext:
+        """``extend_context(tokens)`` as parts of shared forwards (``common.speculation.fill.extend_many``)."""
+        return ModelContext(self, tokens)
 
     @property
     def shared(self) -> DraftModelCalls:

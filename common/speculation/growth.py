@@ -55,6 +55,12 @@ class Drafter(Protocol):
 
     def add_features(self, position: int, hidden: Tensor) -> None: ...
 
+    def fill(self, root: int, shape: TreeShape, pending: Sequence[int] = ()) -> Any:
+        """A new round's tree as a ``common.speculation.fill.Fill``: levels to draft beside other requests'."""
+
+    def context_step(self, tokens: Sequence[int]) -> Any:
+        """``extend_context(tokens)`` as a ``common.speculation.fill.ContextStep``, to share forwards."""
+
     def has_features(self, context_length: int) -> bool: ...
 
 

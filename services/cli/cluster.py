@@ -53,6 +53,14 @@ def up(
                                                      "(reproducible greedy output in every mode); --fused-numerics: "
                                                      "the faster fused kernels.")] = True,
     tree: Annotated[list[str] | None, typer.Option("--tree", help=TREE_HELP)] = None,
+    speculation_budget: Annotated[int, typer.Option(min=0, help="Draft nodes (roots included) of all the requests "
+                                                    "in flight together: each tree shrinks as the load grows, and a "
+                                                    "request whose share is its root alone drafts nothing (ar's "
+                                                    "work); 0: chosen from the machine's cores.")] = 0,
+    speculation_max_in_flight: Annotated[int, typer.Option(min=-1, help="With more requests in flight than this, "
+                                                           "none speculates (each sends its next token alone, as "
+                                                           "ar does); 0: no limit; -1: chosen from the machine's "
+                                                           "cores.")] = -1,
     max_prompt_tokens: Annotated[int, typer.Option(min=0, help="Refuse prompts longer than this many tokens "
                                                               "(0: the model's context).")] = 0,
     request_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds from a request's submission (queue "
@@ -92,7 +100,8 @@ def up(
               run_dir, log_level,
               dtype=dtype, device=device, threads=threads, mode=mode, api_port=api_port, draft_vocab=draft_vocab,
               row_invariant=row_invariant, max_prompt_tokens=max_prompt_tokens, request_timeout=request_timeout,
-              devices=devices, deterministic=deterministic, scheduler_standby=scheduler_standby)
+              devices=devices, deterministic=deterministic, scheduler_standby=scheduler_standby,
+              speculation_budget=speculation_budget, speculation_max_in_flight=speculation_max_in_flight)
 
 
 def _check_devices(device: str, devices: str) -> None:
@@ -137,7 +146,8 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
               settings: DraftSettings, run_dir: Path, log_level: str, *, dtype: str, device: str, threads: int,
               mode: str, api_port: int, draft_vocab: int = 0, row_invariant: bool = True, max_prompt_tokens: int = 0,
               request_timeout: float = 600.0, devices: str = "", deterministic: bool = True,
-              scheduler_standby: float = 0.0) -> None:
+              scheduler_standby: float = 0.0, speculation_budget: int = 0,
+              speculation_max_in_flight: int = -1) -> None:
     pair_draft = ""
     if model:
         from common.models.catalog import default_pair
@@ -148,7 +158,7 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
             fail(str(exc))
     if not base:
         fail("give --model NAME, or --base (with --draft or --draft-head to choose the drafter), or --cluster FILE")
-    from common.cluster.machine_defaults import choose_mode
+    from common.cluster.machine_defaults import choose_budget, choose_mode
     from common.cluster.partition import explicit_ranges
     from common.models.catalog import ModelStoreError
     from common.models.modeling import load_model_spec
@@ -169,11 +179,18 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         choice = choose_mode(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model",
                              row_cost=(lambda: _row_cost(dtype, threads)) if on_cpu and mode == "auto" else None)
         default_mode = choice.mode if mode == "auto" else mode
+        budget = choose_budget(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model")
+        chosen = not speculation_budget and speculation_max_in_flight < 0
+        speculation_budget = speculation_budget or budget.total_nodes
+        if speculation_max_in_flight < 0:
+            speculation_max_in_flight = budget.max_in_flight
         asked = ClusterRequest(base=str(base_dir), draft=str(draft_dir or ""), draft_head=str(head_dir or ""),
                                draft_vocab=draft_vocab, dtype=dtype, device=device, threads=threads,
                                row_invariant=row_invariant, deterministic=deterministic, draft_settings=settings,
                                timeouts=Timeouts(request_timeout_s=request_timeout),
-                               admission=Admission(max_prompt_tokens=max_prompt_tokens), default_mode=default_mode)
+                               admission=Admission(max_prompt_tokens=max_prompt_tokens), default_mode=default_mode,
+                               speculation_budget=speculation_budget,
+                               speculation_max_in_flight=speculation_max_in_flight)
         spec = local_spec(asked, stage_count, ranges)
         if devices:
             from common.cluster.devices import device_table, spread_text
@@ -186,6 +203,9 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         typer.echo(f"starting {stage_count} stage(s) of {base_dir.name} with {drafting_text} ...")
         typer.echo(f"drafting with {drafting.note}")
         typer.echo(f"default mode: {default_mode} " + (f"({choice.reason})" if mode == "auto" else "(--mode)"))
+        most = f", none beyond {speculation_max_in_flight} in flight" if speculation_max_in_flight else ""
+        typer.echo(f"speculation budget: {speculation_budget} draft nodes of all requests in flight{most} "
+                   + (f"({budget.reason})" if chosen else "(--speculation-budget, --speculation-max-in-flight)"))
         start(spec, run_dir, log_level=log_level, scheduler_standby_s=scheduler_standby or None)
         api = start_api(spec, run_dir, api_port) if api_port else ""
     except (LaunchError, ModelStoreError, ValueError, OSError) as exc:

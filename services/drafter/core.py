@@ -16,28 +16,27 @@ drafting that needs features not yet arrived waits for them.
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 from common.observability import trace
 from common.speculation import tree_policy
 from common.speculation.budget import SpeculationBudget
 from common.speculation.drafting import TreeShape
-from common.speculation.growth import Drafter, LevelStep, grow_many
-from common.speculation.tree import DraftTree, merge_trees, renumbered, segment_sizes, single_root
+from common.speculation.fill import ContextStep, Fill
+from common.speculation.growth import Drafter, LevelStep
+from common.speculation.tree import DraftTree, renumbered, segment_sizes, single_root
 from common.wire.codec import Message
 from common.wire.commands import EndRequest, Expand, Prune, StartRequest
 from common.wire.ordering import OrderError
 from common.wire.reports import DraftReport, StageStats
 from common.wire.request_table import RequestTable
 from common.wire.ring import Features, Phase, Segment
-from services.batch import Batched, Forward
+from services.batch import Batched
+from services.drafter import on_credit, shared
 from services.drafter.request import DraftingRequest
 
 Outbound = tuple[str, Message]
-MAX_GROWTH = 2  # an idle expansion drafts up to 3x the nodes, deeper, to find nodes the tree lacks
 EXTRA_IN_FLIGHT = 1  # segments beyond a fill's one per hop: the pipeline has room, the drafter does not flood it
 
 
@@ -123,48 +122,54 @@ class DrafterCore:
         return out.sends
 
     def _draft_step(self, reqs: list[DraftingRequest]) -> Batched:
-        """Each request's next prompt chunk into the ring, context passes one by one, then every growing request's
-        next level in shared forwards. A long prompt goes a chunk per step, into the ring and into the draft cache,
-        so other requests' segments go between its chunks at every hop."""
+        """Each request's next prompt chunk into the ring, then the drafting of every request with work in shared
+        forwards (:mod:`services.drafter.shared`): context passes, new rounds' fills, growth levels. A long prompt
+        goes a chunk per step, into the ring and into the draft cache, so other requests' segments go between its
+        chunks at every hop."""
         out = Batched()
-        levels: dict[int, list[tuple[DraftingRequest, LevelStep]]] = {}  # by shared model: requests whose forwards it shares
+        contexts: list[tuple[DraftingRequest, ContextStep]] = []
+        fills: list[tuple[DraftingRequest, Fill]] = []
+        levels: list[tuple[DraftingRequest, LevelStep]] = []
         for req in reqs:
             if req.prefill:
                 out.sends.append(("next", req.prefill.popleft()))
             if not self._has_work(req):
                 continue
             try:
-                if req.tree is None:
-                    with self._drafting(req):
-                        self._extend_context(req, req.prefill_chunk if req.prompt_left else None)
-                    continue
-                step = self._begin_level(req)
+                if req.fill_due:
+                    fills.append((req, self._begin_fill(req)))
+                elif req.tree is None:
+                    contexts.append((req, self._begin_context(req)))
+                else:
+                    levels.append((req, self._begin_level(req)))
             except Exception as exc:  # this request's state is at fault: it fails alone
                 out.fail([req.request_id], exc)
-                continue
-            levels.setdefault(id(step.shared), []).append((req, step))
-        for group in levels.values():
-            self._grow_levels(group, out)
+        for group in shared.by_model(contexts, lambda step: step.shared):
+            shared.extend_contexts(group, out)
+        drafted = shared.draft_fills(fills, out) if fills else []
+        for req, tree in drafted:
+            self._guarded(req, out, lambda r=req, t=tree: self._send_fill(r, t))
+        for group in shared.by_model(levels, lambda step: step.shared):
+            for req, tree in shared.grow_levels(group, out):
+                self._guarded(req, out, lambda r=req, t=tree: self._after_level(r, t))
         return out
 
-    def _grow_levels(self, group: list[tuple[DraftingRequest, LevelStep]], out: Batched) -> None:
-        started, started_ns = time.perf_counter(), trace.now_ns()
+    @staticmethod
+    def _guarded(req: DraftingRequest, out: Batched, then: Callable[[], list[Outbound] | None]) -> None:
+        """What ``req`` does with its drafted tree; a failure fails it alone."""
         try:
-            trees, forwards = grow_many(group[0][1].shared, [step for _, step in group])
-        except Exception as exc:  # the shared forward failed: every request in it fails
-            out.fail([req.request_id for req, _ in group], exc)
-            return
-        share = (time.perf_counter() - started) / len(group)  # each request is charged its share
-        out.forwards += [Forward(requests, rows) for requests, rows in forwards]
-        for (req, _), tree in zip(group, trees, strict=True):
-            trace.record("draft", req.request_id, started_ns, trace.now_ns())
-            req.busy_s += share
-            req.unreported_s += share
-            try:
-                self._end_level(req, tree)
-                out.sends += self._spend_credit(req)
-            except Exception as exc:
-                out.fail([req.request_id], exc)
+            out.sends += then() or []
+        except Exception as exc:
+            out.fail([req.request_id], exc)
+
+    def _send_fill(self, req: DraftingRequest, tree: DraftTree) -> list[Outbound]:
+        """A new round's fill out, one segment per hop; one more segment may follow at once, then one per credit."""
+        req.tree, req.fill_due = tree, False
+        req.expansions += 1
+        out = self._send(req, segment_sizes(len(tree), self._fill_segments(req), req.draft.segment_cap))
+        req.credits = EXTRA_IN_FLIGHT
+        self._start_growth(req)
+        return out
 
     # ------------------------------------------------------------------------------------------ messages
     def _release(self, request_id: str) -> None:
@@ -227,9 +232,14 @@ class DrafterCore:
             out = self._send(req, [len(req.tree) - req.sent])
             self._start_growth(req)
             return out
+        if req.fill_due:
+            return []  # the fill is drafted at the next batch, beside other requests' (``run_batch``)
         req.credits -= 1
+        if req.continuous and self._speculates(req):
+            req.fill_due = True
+            return []
         out = self._expand(req)
-        if req.continuous:  # a new round's fill: one more segment may follow, then one per credit
+        if req.continuous:  # a round without speculation now (the root alone): growth waits for a share
             req.credits = EXTRA_IN_FLIGHT
             self._start_growth(req)
         return out
@@ -243,9 +253,32 @@ class DrafterCore:
     def _has_work(self, req: DraftingRequest) -> bool:
         if not req.mode.drafts or not self._features_ready(req):
             return False
-        if req.tree is None:
-            return bool(req.pending)
+        if req.fill_due:
+            return True
+        if req.tree is None:  # a context pass, unless it speculates on no round now (no draft at all: ar's work)
+            return bool(req.pending) and self._speculates(req)
         return req.continuous and self._growing(req)
+
+    def _speculates(self, req: DraftingRequest) -> bool:
+        """Whether ``req``'s share of the budget holds a node below the root (else it drafts nothing at all)."""
+        return self._budget.fill_nodes(len(self._requests.active), req.draft.node_cap, req.draft.fill_nodes) > 0
+
+    def _begin_fill(self, req: DraftingRequest) -> Fill:
+        """A new round's fill, the pending context riding in its first level (``_fill`` for modes on a credit)."""
+        nodes = max(1, self._budget.fill_nodes(len(self._requests.active), req.draft.node_cap, req.draft.fill_nodes))
+        pending, req.pending = req.pending, []
+        req.prompt_left = 0
+        return req.drafter.fill(req.root, TreeShape(nodes, req.draft.fill_depth, req.draft.top_k), pending)
+
+    def _begin_context(self, req: DraftingRequest) -> ContextStep:
+        """The pending tokens into the draft cache: all of them, or a prompt's chunk while the prompt goes in."""
+        take = min(req.prefill_chunk, len(req.pending)) if req.prompt_left else len(req.pending)
+        tokens, req.pending = req.pending[:take], req.pending[take:]
+        req.prompt_left = max(req.prompt_left - take, 0)
+        return req.drafter.context_step(tokens)
+
+    def _fill_segments(self, req: DraftingRequest) -> int:
+        return req.draft.fill_segments or self._hops
 
     @staticmethod
     def _growing(req: DraftingRequest) -> bool:
@@ -272,6 +305,11 @@ class DrafterCore:
         pending, req.pending = req.pending, []
         return req.drafter.level_best(req.tree, shape.leaves, shape.width, req.draft.top_k, pending)
 
+    def _after_level(self, req: DraftingRequest, tree: DraftTree) -> list[Outbound]:
+        """A growth level's tree in, and what a credit lets out now."""
+        self._end_level(req, tree)
+        return self._spend_credit(req)
+
     def _end_level(self, req: DraftingRequest, tree: DraftTree) -> None:
         shape = req.shape
         assert req.tree is not None and shape is not None, "a level grows only while a growth runs"
@@ -281,84 +319,31 @@ class DrafterCore:
         req.expansions += 1
         req.levels_grown = req.levels_grown + 1 if len(req.tree) > before else shape.levels  # none new: done
 
-    @staticmethod
-    @contextlib.contextmanager
-    def _drafting(req: DraftingRequest) -> Iterator[None]:
-        """Time a drafting step: a ``draft`` span, the request's busy time and its next report's draft_ms."""
-        started = time.perf_counter()
-        with trace.span("draft", req.request_id):
-            yield
-        elapsed = time.perf_counter() - started
-        req.busy_s += elapsed
-        req.unreported_s += elapsed
-
     # ---------------------------------------------------------------------- drafting on a credit (others)
-    def _extend_context(self, req: DraftingRequest, most: int | None = None) -> None:
-        """The pending tokens into the draft cache: all of them, or at most ``most`` (a step of the prompt's)."""
-        if req.pending and req.mode.drafts:
-            take = len(req.pending) if most is None else min(most, len(req.pending))
-            req.drafter.extend_context(req.pending[:take])
-            req.pending = req.pending[take:]
-            req.prompt_left = max(req.prompt_left - take, 0)
-
     def _expand(self, req: DraftingRequest) -> list[Outbound]:
         """Draft now (a new round's fill, or a growth in the modes that do not draft ahead) and send it."""
-        with self._drafting(req):
+        with shared.charged([req]):
             sizes = self._draft(req)
         req.expansions += 1
         return self._send(req, sizes)
 
     def _draft(self, req: DraftingRequest) -> list[int]:
-        """Grow (or start) the tree; returns the segment sizes of its unsent nodes."""
-        if not req.mode.drafts:
-            req.tree = single_root(req.root)  # no speculation: the root alone
-            return [1]
+        """Grow (or start) the tree (:mod:`services.drafter.on_credit`); returns the segment sizes of its unsent
+        nodes. Without speculation (ar, or no share of the budget now) the root goes alone and nothing is drafted."""
         if req.tree is None:
-            self._extend_context(req)
-            req.tree, sizes = self._fill(req)
+            if not req.mode.drafts or not (req.mode.grows_by_level or self._speculates(req)):
+                req.tree = single_root(req.root)
+                return [1]
+            nodes = self._budget.fill_nodes(len(self._requests.active), req.draft.node_cap, req.draft.fill_nodes)
+            req.tree, sizes = on_credit.fill(req, nodes, self._fill_segments(req))
             return sizes
         first = len(req.tree)
-        req.tree = self._grow(req)
+        req.tree = on_credit.grow(req)
         return [len(req.tree) - first]
-
-    def _fill(self, req: DraftingRequest) -> tuple[DraftTree, list[int]]:
-        """A new round's tree and its segment sizes: one segment per pipeline hop."""
-        settings = req.draft
-        count = settings.fill_segments or self._hops
-        if req.mode.grows_by_level:  # one tree level per segment, the root riding with the first
-            tree, sizes = single_root(req.root), []
-            for _ in range(count):
-                before = len(tree)
-                tree = req.drafter.grow_level(tree, settings.pipedec_width, settings.top_k)
-                sizes.append(len(tree) - before + (1 if before == 1 else 0))
-            return tree, sizes
-        nodes = self._budget.fill_nodes(len(self._requests.active), settings.node_cap, settings.fill_nodes)
-        if nodes == 0:  # no speculation this round: the root alone, as ar sends it
-            return single_root(req.root), [1]
-        tree = req.drafter.draft(req.root, TreeShape(nodes, settings.fill_depth, settings.top_k))
-        return tree, segment_sizes(len(tree), count, settings.segment_cap)
 
     def _node_share(self, req: DraftingRequest) -> int:
         """The most nodes ``req``'s tree may hold now: its share of the budget, within its own node cap."""
         return self._budget.share(len(self._requests.active), req.draft.node_cap)
-
-    def _grow(self, req: DraftingRequest) -> DraftTree:
-        """The running round's tree after one expansion (nodes appended at the end).
-
-        pipedec adds one level; flowspec "redraft" merges in a fresh draft from the root. (flowspec "grow"
-        drafts ahead instead, in ``work``; chunk and ar end their round at every verdict, so never grow.)
-        """
-        assert req.tree is not None, "an expansion grows a round's tree"
-        settings = req.draft
-        if req.mode.grows_by_level:
-            pending, req.pending = req.pending, []  # they ride in the growth's one draft forward
-            return req.drafter.grow_level(req.tree, settings.pipedec_width, settings.top_k, pending)
-        scale = 1 + min(req.idle_expands, MAX_GROWTH)  # idle expansions draft more to find new nodes
-        req.idle_expands += 1
-        self._extend_context(req)
-        shape = TreeShape(settings.expand_nodes * scale, settings.expand_depth + scale - 1, settings.top_k)
-        merged, _ = merge_trees(req.tree, req.drafter.draft(req.root, shape))
-        return merged
 
     # --------------------------------------------------------------------------------------------- output
     def _send(self, req: DraftingRequest, sizes: list[int]) -> list[Outbound]:

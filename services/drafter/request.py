@@ -36,6 +36,7 @@ class DraftingRequest:
     expansions: int = 0
     nodes: int = 0  # tree nodes sent
     credits: int = 0  # segments it may send now
+    fill_due: bool = False  # a credit started a new round: its fill is drafted at the next batch, beside others'
     sent: int = 0  # nodes of ``tree`` already in the ring
     shape: tree_policy.GrowthShape | None = None  # the growth under way; None: the tree is at its cap
     levels_grown: int = 0  # levels of that growth drafted so far

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from common.speculation.drafting import TreeShape
+from common.speculation.fill import SoloContext, SoloFill
 from common.speculation.growth import LevelStep
 from common.speculation.heads.drafter import FeaturePairs, HeadTreeDrafter
 from common.speculation.heads.model import DraftHead
@@ -52,6 +53,13 @@ class HeadContextDrafter:
     def draft(self, root: int, shape: TreeShape) -> DraftTree:
         self._check(root)
         return self._drafter.draft(root, shape)
+
+    def fill(self, root: int, shape: TreeShape, pending: Sequence[int] = ()) -> SoloFill:
+        """``extend_context(pending)`` then ``draft``, at once: a head's fill shares no forward."""
+        return SoloFill(self, root, shape, pending)
+
+    def context_step(self, tokens: Sequence[int]) -> SoloContext:
+        return SoloContext(self, tokens)
 
     def grow_level(self, tree: DraftTree, width: int, top_k: int, pending: Sequence[int] = ()) -> DraftTree:
         self._catch_up(tree, pending)

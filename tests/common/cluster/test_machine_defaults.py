@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from common.cluster.machine_defaults import choose_mode, thread_environment
+from common.cluster.machine_defaults import (
+    SHARED_CORES_TOTAL_NODES,
+    choose_budget,
+    choose_mode,
+    thread_environment,
+)
+from common.speculation.budget import SpeculationBudget
 
 
 @pytest.mark.parametrize(
@@ -36,3 +42,12 @@ def test_the_row_cost_is_measured_only_where_the_cores_would_allow_speculation()
         raise AssertionError("measured on a machine whose cores decide alone")
 
     assert choose_mode(2, 1, row_cost=never).mode == "ar"
+
+
+@pytest.mark.parametrize("cores, stages, drafter, total", [(2, 2, "model", SHARED_CORES_TOTAL_NODES),
+                                                           (2, 1, "head", SHARED_CORES_TOTAL_NODES),
+                                                           (8, 2, "model", 128), (12, 4, "model", 128)])
+def test_services_sharing_cores_do_not_speculate_and_others_keep_the_default_budget(cores, stages, drafter, total):
+    choice = choose_budget(cores, stages, drafter)
+    assert choice.total_nodes == total and choice.max_in_flight == 0 and str(cores) in choice.reason
+    assert (SpeculationBudget(choice.total_nodes).fill_nodes(1, 128, 24) == 0) == (total == SHARED_CORES_TOTAL_NODES)

@@ -49,3 +49,15 @@ def test_shares_stay_within_the_budget_and_never_below_the_root(total: int, in_f
 def test_bad_arguments_are_refused(total: int, in_flight: int) -> None:
     with pytest.raises(ValueError):
         SpeculationBudget(total).share(in_flight, 128)
+
+
+@pytest.mark.parametrize(("in_flight", "share"), [(1, 128), (2, 64), (3, 1), (16, 1)])
+def test_beyond_max_in_flight_no_request_speculates(in_flight: int, share: int) -> None:
+    budget = SpeculationBudget(128, max_in_flight=2)
+    assert budget.share(in_flight, 128) == share
+    assert (budget.fill_nodes(in_flight, 128, 24) == 0) == (share == 1)
+
+
+def test_a_negative_max_in_flight_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        SpeculationBudget(128, max_in_flight=-1)

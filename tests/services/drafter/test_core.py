@@ -9,6 +9,7 @@ import torch
 
 from common.speculation.budget import SpeculationBudget
 from common.speculation.drafting import TreeShape
+from common.speculation.fill import SoloContext, SoloFill
 from common.speculation.growth import best_leaves
 from common.speculation.modes import DraftSettings
 from common.speculation.tree import DraftTree, single_root
@@ -51,6 +52,12 @@ class ScriptedDrafter:
 
     def level_best(self, tree: DraftTree, leaves: int, width: int, top_k: int, pending: Sequence[int] = ()):
         return ScriptedLevel(self.grow_best(tree, leaves, width, top_k, pending))
+
+    def fill(self, root: int, shape: TreeShape, pending: Sequence[int] = ()) -> SoloFill:
+        return SoloFill(self, root, shape, pending)
+
+    def context_step(self, tokens: Sequence[int]) -> SoloContext:
+        return SoloContext(self, tokens)
 
 
 class NoModel:
@@ -173,7 +180,8 @@ def _fill_under_load(total_nodes: int, others: int) -> tuple[DrafterCore, list]:
     core.handle(StartRequest("r1", 0, (1, 2, 3), 50, draft=SETTINGS, mode="flowspec"))
     core.work(core.next_work())  # the prompt into the draft cache
     core.handle(Prune("r1", 1, 1, 1, (), (), (10,), 10, known=0))
-    return core, core.handle(Expand("r1", 2, 1))
+    sent = core.handle(Expand("r1", 2, 1))  # the root alone at once, or a fill drafted at the next batch
+    return core, sent + core.run_batch().sends
 
 
 @pytest.mark.parametrize(
@@ -226,7 +234,7 @@ def test_a_long_prompt_enters_the_draft_cache_a_chunk_per_turn_between_other_req
     core.work(core.next_work())  # one turn each
     assert sorted(drafters.extended) == [(0, 16), (1, 3)], "the long prompt took one chunk, not the whole prompt"
     core.handle(Prune("short", 1, 1, 1, (), (), (10,), 10, known=0))  # short's first token: its fill goes out
-    fill = core.handle(Expand("short", 2, 1))
+    fill = core.handle(Expand("short", 2, 1)) + core.work("short")  # drafted at short's next turn
     assert _nodes(fill)[:1] == [10], "short drafts while long's prompt is still going in"
     while (request_id := core.next_work()) is not None:
         core.work(request_id)
