@@ -35,6 +35,12 @@ class ModeChoice:
     reason: str
 
 
+def cores_needed(stages: int, drafter: str) -> int:
+    """Cores for every ring service of ``stages`` stages to draft or verify on cores of its own."""
+    drafter_cores = CORES_FOR_A_HEAD_DRAFTER if drafter == "head" else CORES_PER_SERVICE_FOR_OVERLAP
+    return (stages + 1) * CORES_PER_SERVICE_FOR_OVERLAP + drafter_cores
+
+
 def choose_mode(cores: int, stages: int, drafter: str = "model",
                 row_cost: Callable[[], float] | None = None) -> ModeChoice:
     """The default mode for ``stages`` pipeline stages (plus drafter and verifier) on ``cores`` cores;
@@ -42,8 +48,7 @@ def choose_mode(cores: int, stages: int, drafter: str = "model",
     one-row forwards on this machine (``services.discovery.speed.measured_row_cost``), called only when the
     cores would allow speculation."""
     services = stages + 2
-    drafter_cores = CORES_FOR_A_HEAD_DRAFTER if drafter == "head" else CORES_PER_SERVICE_FOR_OVERLAP
-    needed = (stages + 1) * CORES_PER_SERVICE_FOR_OVERLAP + drafter_cores
+    needed = cores_needed(stages, drafter)
     kind = "a head drafter" if drafter == "head" else "a draft model"
     if cores >= needed and row_cost is not None:
         cost, bound = row_cost(), TOKENS_PER_STEP * stages
@@ -81,15 +86,20 @@ class BudgetChoice:
     reason: str
 
 
-def choose_budget(cores: int, stages: int, drafter: str = "model") -> BudgetChoice:
+def choose_budget(cores: int, stages: int, drafter: str = "model",
+                  row_cost: Callable[[], float] | None = None) -> BudgetChoice:
     """The speculation budget for ``stages`` stages on ``cores`` cores (``drafter``: a draft ``model`` or a
     ``head``): the default budget where every service has cores of its own; where they share cores, the root
     alone (``SHARED_CORES_TOTAL_NODES``): every draft forward and tree row is then taken from the cores ar
     spends on tokens. Measured on 2 cores (docs/results.md, 2026-12-08): speculating only alone still lost to ar
-    with 4 in flight, because a batch's last request runs alone, at flowspec's solo speed (a third of ar's there)."""
-    if choose_mode(cores, stages, drafter).mode == "flowspec":
+    with 4 in flight, because a batch's last request runs alone, at flowspec's solo speed (a third of ar's there).
+    Likewise where ``row_cost`` (as for ``choose_mode``) says a tree's rows cost what they save."""
+    mode = choose_mode(cores, stages, drafter, row_cost)
+    if mode.mode == "flowspec":
         return BudgetChoice(DEFAULT_TOTAL_NODES, 0, f"{cores} cores: every ring service drafts or verifies on "
                                                     "its own cores")
+    if cores >= cores_needed(stages, drafter):
+        return BudgetChoice(SHARED_CORES_TOTAL_NODES, 0, f"no request speculates: {mode.reason}")
     return BudgetChoice(SHARED_CORES_TOTAL_NODES, 0,
                         f"{cores} cores shared by {stages + 2} ring services: every draft forward and tree row takes "
                         "the cores ar spends on tokens, so no request speculates (flowspec and chunk send the root "

@@ -176,10 +176,12 @@ def _up_local(base: str, draft: str, draft_head: str, model: str, no_head: bool,
         ranges = explicit_ranges(layers, load_model_spec(base_dir).num_layers) if layers else None
         stage_count = len(ranges) if ranges else stage_count
         on_cpu = device == "cpu" and not devices
+        row_cost = (lambda: _row_cost(dtype, threads)) if on_cpu else None
         choice = choose_mode(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model",
-                             row_cost=(lambda: _row_cost(dtype, threads)) if on_cpu and mode == "auto" else None)
+                             row_cost=row_cost)
         default_mode = choice.mode if mode == "auto" else mode
-        budget = choose_budget(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model")
+        budget = choose_budget(os.cpu_count() or 1, stage_count, drafter="head" if head_dir else "model",
+                               row_cost=row_cost)
         chosen = not speculation_budget and speculation_max_in_flight < 0
         speculation_budget = speculation_budget or budget.total_nodes
         if speculation_max_in_flight < 0:

@@ -51,3 +51,9 @@ def test_services_sharing_cores_do_not_speculate_and_others_keep_the_default_bud
     choice = choose_budget(cores, stages, drafter)
     assert choice.total_nodes == total and choice.max_in_flight == 0 and str(cores) in choice.reason
     assert (SpeculationBudget(choice.total_nodes).fill_nodes(1, 128, 24) == 0) == (total == SHARED_CORES_TOTAL_NODES)
+
+
+def test_where_tree_rows_cost_what_they_save_no_request_speculates_by_default():
+    dear = choose_budget(12, 1, row_cost=lambda: 9.4)
+    assert dear.total_nodes == SHARED_CORES_TOTAL_NODES and "9.4 one-row forwards" in dear.reason
+    assert choose_budget(12, 1, row_cost=lambda: 2.0).total_nodes == 128
