@@ -54,10 +54,13 @@ def test_cli_up_generate_status_down(pair, tmp_path, monkeypatch):
     run_dir = str(tmp_path / "run")
     runner = CliRunner()
     api_port = free_ports("127.0.0.1", 1)[0]
+    # An explicit budget: on shared cores (CI's 2) up's default is the root alone, and the trees would go untested.
     result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--layers", "0-1,1-4",
-                                 "--threads", "1", "--api-port", str(api_port), "--run-dir", run_dir])
+                                 "--threads", "1", "--api-port", str(api_port), "--speculation-budget", "128",
+                                 "--run-dir", run_dir])
     assert result.exit_code == 0, result.output
     assert "flowring is up" in result.output and f"OpenAI API: http://127.0.0.1:{api_port}/v1" in result.output
+    assert "speculation budget: 128 draft nodes" in result.output
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/v1/models", timeout=10) as answer:
             assert json.loads(answer.read())["data"][0]["id"] == base.name
@@ -108,7 +111,7 @@ def test_cli_up_with_a_reduced_draft_vocabulary_and_fused_numerics(tmp_path, mon
     runner = CliRunner()
     result = runner.invoke(app, ["up", "--base", str(base), "--draft", str(draft), "--draft-vocab", "64",
                                  "--stages", "1", "--threads", "1", "--api-port", "0", "--fused-numerics",
-                                 "--run-dir", run_dir])
+                                 "--speculation-budget", "128", "--run-dir", run_dir])
     assert result.exit_code == 0, result.output
     assert "over 64 of 320 tokens" in result.output
     assert (draft / "draft_vocab_64.pt").is_file()
@@ -117,7 +120,7 @@ def test_cli_up_with_a_reduced_draft_vocabulary_and_fused_numerics(tmp_path, mon
         assert spec.draft_vocab == 64 and spec.row_invariant is False
         with client_for(spec, 120) as client:
             for prompt in ([5, 6, 7], [40, 2, 99, 17, 3]):
-                reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=12)
+                reply = client.generate("", prompt_ids=tuple(prompt), max_new_tokens=12, mode="flowspec")
                 assert reply.ok, reply.error
                 assert list(reply.token_ids) == greedy_reference(base, prompt, 12)
     finally:
