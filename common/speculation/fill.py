@@ -14,19 +14,36 @@ A drafter without shared forwards (a draft head) drafts its fill at once (``Solo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from common.speculation.draft_rows import Path
-from common.speculation.growth import SharedDraft, TreeShape, tree_paths
+from common.speculation.growth import CandidatePool, SharedDraft, TreeShape, tree_paths
 from common.speculation.tree import DraftTree
 
-if TYPE_CHECKING:
-    from common.speculation.drafting import TreeDrafter
-
 CONTEXT_CHUNK = 64  # committed tokens per forward (TreeDrafter.extend_context's chunk)
+
+
+class StepDrafter(Protocol):
+    """What a fill and a context pass drive a level at a time: ``common.speculation.drafting.TreeDrafter``'s
+    step (declared here, so that the drafter may build fills without the two modules importing each other)."""
+
+    _rows: Any  # the drafter's TreeRows
+
+    @property
+    def shared(self) -> Any: ...
+
+    def _commit(self, tokens: Sequence[int]) -> list[int]: ...
+
+    def _plan(self, pending: Sequence[int], paths: list[Path]) -> tuple[Any, list[Path]] | None: ...
+
+    def _absorb(self, p: int, new: list[Path], hidden: Tensor) -> None: ...
+
+    def _hidden(self, paths: list[Path]) -> Tensor: ...
+
+    def _end_step(self) -> None: ...
 
 
 class Fill(Protocol):
@@ -99,7 +116,7 @@ def extend_many(shared: SharedDraft | None, steps: Sequence[ContextStep]) -> lis
 class ModelContext:
     """A draft model's context pass: the tokens a chunk per forward (cached tree rows adopted first)."""
 
-    def __init__(self, drafter: TreeDrafter, tokens: Sequence[int]) -> None:
+    def __init__(self, drafter: StepDrafter, tokens: Sequence[int]) -> None:
         self.shared = drafter.shared
         self._drafter, self._rest = drafter, drafter._commit(tokens)
         self._chunk = 0  # tokens of the part planned last
@@ -120,9 +137,7 @@ class ModelContext:
 class ModelFill:
     """``TreeDrafter.draft`` a level at a time (the pending committed tokens riding in the first level)."""
 
-    def __init__(self, drafter: TreeDrafter, root: int, shape: TreeShape, pending: Sequence[int]) -> None:
-        from common.speculation.drafting import CandidatePool
-
+    def __init__(self, drafter: StepDrafter, root: int, shape: TreeShape, pending: Sequence[int]) -> None:
         assert shape.nodes >= 1 and shape.depth >= 1 and shape.top_k >= 1
         assert not pending or pending[-1] == root, "pending tokens end with the root"
         self._drafter, self._shape = drafter, shape

@@ -187,3 +187,46 @@ def tree_paths(tree: DraftTree) -> list[Path]:
     for i in range(1, len(tree)):
         paths.append((*paths[tree.parents[i]], tree.tokens[i]))
     return paths
+
+
+class CandidatePool:
+    """Every node a draft proposed, from the root down; creation order breaks score ties, so a parent
+    always sorts before its child. ``paths`` name nodes by their tokens below the root."""
+
+    def __init__(self, root: int) -> None:
+        self.tokens, self.parents, self.scores = [root], [-1], [0.0]
+        self.paths: list[Path] = [()]
+
+    def expand(self, frontier: list[int], values: list[list[float]], tokens: list[list[int]], keep: int) -> list[int]:
+        """Add each frontier node's proposed children (log-probabilities ``values``); the ``keep`` best
+        new candidates by cumulative score are the next frontier."""
+        candidates = []
+        for parent, row_values, row_tokens in zip(frontier, values, tokens, strict=True):
+            for value, token in zip(row_values, row_tokens, strict=True):
+                candidates.append(len(self.tokens))
+                self.tokens.append(token)
+                self.parents.append(parent)
+                self.scores.append(self.scores[parent] + value)
+                self.paths.append((*self.paths[parent], token))
+        candidates.sort(key=lambda i: (-self.scores[i], i))
+        return candidates[:keep]
+
+    def tree(self, nodes: int) -> DraftTree:
+        return select_tree(self.tokens, self.parents, self.scores, nodes)
+
+
+def select_tree(tokens: list[int], parents: list[int], scores: list[float], nodes: int) -> DraftTree:
+    """The ``nodes`` best-scoring candidates whose ancestors are all selected, in score order."""
+    order = sorted(range(1, len(tokens)), key=lambda i: (-scores[i], i))
+    index = {0: 0}
+    out_tokens, out_parents, out_scores = [tokens[0]], [-1], [0.0]
+    for i in order:
+        if len(out_tokens) > nodes:
+            break
+        if parents[i] not in index:
+            continue  # a tie at the cut-off left its parent out
+        index[i] = len(out_tokens)
+        out_tokens.append(tokens[i])
+        out_parents.append(index[parents[i]])
+        out_scores.append(scores[i])
+    return DraftTree(tuple(out_tokens), tuple(out_parents), tuple(out_scores))

@@ -19,8 +19,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from common.speculation.drafting import CandidatePool, TreeShape
-from common.speculation.growth import FrontierGrowth, LevelStep, best_children, tree_paths
+from common.speculation.growth import (
+    CandidatePool,
+    FrontierGrowth,
+    LevelStep,
+    TreeShape,
+    best_children,
+    tree_paths,
+)
 from common.speculation.heads.model import DraftHead, PairRows
 from common.speculation.tree import DraftTree
 
