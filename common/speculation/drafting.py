@@ -28,11 +28,11 @@ from common.speculation.draft_rows import Path, TreeRows
 from common.speculation.draft_vocab import DraftLogits
 from common.speculation.fill import ModelContext, ModelFill
 from common.speculation.growth import (
-    CandidatePool,
     FrontierGrowth,
     LevelStep,
     TreeShape,
     best_children,
+    grow_many,
     tree_paths,
 )
 from common.speculation.tree import DraftTree
@@ -99,21 +99,13 @@ class TreeDrafter(FrontierGrowth):
 
     @torch.no_grad()
     def draft(self, root: int, shape: TreeShape) -> DraftTree:
-        """A tree rooted at ``root``, which must be the last token of the committed context."""
-        assert self._root_hidden is not None and shape.nodes >= 1 and shape.depth >= 1 and shape.top_k >= 1
-        k = shape.top_k
-        pool = CandidatePool(root)
-        created: set[Path] = set()
-        frontier = [0]
-        for _ in range(shape.depth):
-            frontier_paths = [pool.paths[i] for i in frontier]
-            created.update(self._rows.missing(frontier_paths))
-            self._forward((), frontier_paths)
-            frontier = pool.expand(frontier, *self._proposals(self._hidden(frontier_paths), k), keep=k)
-        tree = pool.tree(shape.nodes)
-        self._rows.discard(created - set(tree_paths(tree)))  # expanded, but left out of the tree
-        self._end_step()
-        return tree
+        """A tree rooted at ``root``, which must be the last token of the committed context: its fill's levels,
+        drafted alone (the one best-first growth, ``common.speculation.fill.ModelFill``)."""
+        assert self._root_hidden is not None
+        fill = self.fill(root, shape)
+        while (step := fill.level()) is not None:
+            grow_many(self.shared, [step])
+        return fill.tree
 
     def fill(self, root: int, shape: TreeShape, pending: Sequence[int] = ()) -> ModelFill:
         """``extend_context(pending)`` then ``draft(root, shape)`` a level at a time, beside other requests'
@@ -189,12 +181,6 @@ class TreeDrafter(FrontierGrowth):
         """Final hidden states ``[len(paths), H]`` at tree nodes with rows (the root's path: ``()``)."""
         assert self._root_hidden is not None, "the draft model has no context yet"
         return torch.stack([self._root_hidden if not q else self._rows.hidden(q) for q in paths])
-
-    def _proposals(self, hidden: Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
-        """Top-``k`` log-probabilities and full-vocabulary token ids per hidden row."""
-        logp = torch.log_softmax(self._calls.logits(hidden), dim=-1)  # [F, draft_vocab]
-        top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-        return top.values.tolist(), self._calls.token_ids(top.indices)
 
     def _end_step(self) -> None:
         if not self._keep:
