@@ -16,6 +16,7 @@ drafting that needs features not yet arrived waits for them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -144,14 +145,14 @@ class DrafterCore:
                     levels.append((req, self._begin_level(req)))
             except Exception as exc:  # this request's state is at fault: it fails alone
                 out.fail([req.request_id], exc)
-        for group in shared.by_model(contexts, lambda step: step.shared):
-            shared.extend_contexts(group, out)
+        for context_group in shared.by_model(contexts, lambda step: step.shared):
+            shared.extend_contexts(context_group, out)
         drafted = shared.draft_fills(fills, out) if fills else []
         for req, tree in drafted:
-            self._guarded(req, out, lambda r=req, t=tree: self._send_fill(r, t))
-        for group in shared.by_model(levels, lambda step: step.shared):
-            for req, tree in shared.grow_levels(group, out):
-                self._guarded(req, out, lambda r=req, t=tree: self._after_level(r, t))
+            self._guarded(req, out, functools.partial(self._send_fill, req, tree))
+        for level_group in shared.by_model(levels, lambda step: step.shared):
+            for req, tree in shared.grow_levels(level_group, out):
+                self._guarded(req, out, functools.partial(self._after_level, req, tree))
         return out
 
     @staticmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from common.observability import trace
@@ -24,7 +24,8 @@ from services.drafter.request import DraftingRequest
 T = TypeVar("T")
 
 
-def by_model(items: Sequence[tuple[DraftingRequest, T]], shared_of) -> list[list[tuple[DraftingRequest, T]]]:
+def by_model(items: Sequence[tuple[DraftingRequest, T]],
+             shared_of: Callable[[T], object]) -> list[list[tuple[DraftingRequest, T]]]:
     """``items`` grouped by the model (or head) their forwards share, in order of first appearance."""
     groups: dict[int, list[tuple[DraftingRequest, T]]] = {}
     for req, item in items:
